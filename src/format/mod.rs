@@ -1,0 +1,353 @@
+//! The `.rlt` recording format: records, and the chunked container that holds them.
+//!
+//! `docs/FORMAT.md` is the specification; this module is its implementation.
+
+pub mod codec;
+pub mod reader;
+pub mod writer;
+
+pub use reader::Reader;
+pub use writer::Writer;
+
+/// First eight bytes of every recording.
+pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
+/// The format version this build writes and the newest it reads.
+pub const VERSION: u16 = 1;
+/// Size of the file header: magic, version, reserved, feature bits.
+pub const FILE_HEADER_LEN: usize = 16;
+/// Size of a chunk header.
+pub const CHUNK_HEADER_LEN: usize = 16;
+/// Largest stored or decompressed chunk payload a reader accepts.
+pub const MAX_CHUNK_LEN: u32 = 64 << 20;
+/// Largest string (path, name, note) a reader accepts.
+pub const MAX_STRING: usize = 64 << 10;
+/// Largest number of frames in one stack.
+pub const MAX_FRAMES: usize = 1024;
+/// Largest number of arguments in one call record.
+pub const MAX_ARGS: usize = 16;
+
+/// Chunk type: metadata key/value pairs.
+pub const CHUNK_META: u8 = 1;
+/// Chunk type: a batch of records.
+pub const CHUNK_RECORDS: u8 = 2;
+/// Chunk type: end marker written when the recorder finished cleanly.
+pub const CHUNK_END: u8 = 3;
+/// Chunk flag: payload is zstd-compressed.
+pub const CHUNK_FLAG_ZSTD: u8 = 1;
+/// Chunk flag: readers that do not know the chunk type may skip it.
+pub const CHUNK_FLAG_OPTIONAL: u8 = 0x80;
+
+/// Errors reading or writing a recording.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// An I/O error from the underlying file.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file does not start with the rltrace magic.
+    #[error("not an rltrace recording (bad magic at offset 0)")]
+    BadMagic,
+    /// The file is shorter than its header.
+    #[error("not an rltrace recording: file is only {0} bytes long")]
+    TooShort(u64),
+    /// The file was written by a newer rltrace.
+    #[error("recording format version {found} is newer than this rltrace supports (version {VERSION}); upgrade rltrace")]
+    NewerVersion {
+        /// Version found in the header.
+        found: u16,
+    },
+    /// The header asks for features this build does not know.
+    #[error("recording uses unknown required features {0:#x} (offset 12); upgrade rltrace")]
+    UnknownFeatures(u32),
+    /// A chunk failed its checksum.
+    #[error("chunk at offset {offset} is corrupt: checksum mismatch")]
+    BadChecksum {
+        /// File offset of the chunk header.
+        offset: u64,
+    },
+    /// A chunk header is impossible.
+    #[error("chunk at offset {offset} is corrupt: {what}")]
+    BadChunk {
+        /// File offset of the chunk header.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A record inside a chunk is malformed.
+    #[error("corrupt record in chunk at offset {offset} (byte {within} of its payload): {what}")]
+    Corrupt {
+        /// File offset of the chunk header.
+        offset: u64,
+        /// Position inside the decompressed payload.
+        within: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// What an allocator-family function does with its arguments; analyses key on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FnClass {
+    /// Not an allocator function.
+    Other,
+    /// `malloc(size)`.
+    Malloc,
+    /// `calloc(n, size)`.
+    Calloc,
+    /// `realloc(ptr, size)`.
+    Realloc,
+    /// `reallocarray(ptr, n, size)`.
+    ReallocArray,
+    /// `free(ptr)`.
+    Free,
+    /// `posix_memalign(&ptr, align, size)`: the block comes back through the first argument.
+    PosixMemalign,
+    /// `aligned_alloc(align, size)` and `memalign(align, size)`.
+    AlignedAlloc,
+    /// `valloc(size)`.
+    Valloc,
+    /// `pvalloc(size)`: size rounded up to whole pages.
+    Pvalloc,
+}
+
+impl FnClass {
+    /// The code stored in function records.
+    pub fn code(self) -> u8 {
+        match self {
+            FnClass::Other => 0,
+            FnClass::Malloc => 1,
+            FnClass::Calloc => 2,
+            FnClass::Realloc => 3,
+            FnClass::ReallocArray => 4,
+            FnClass::Free => 5,
+            FnClass::PosixMemalign => 6,
+            FnClass::AlignedAlloc => 7,
+            FnClass::Valloc => 8,
+            FnClass::Pvalloc => 9,
+        }
+    }
+
+    /// Decodes a stored code; unknown codes read as `Other` so newer classes degrade gracefully.
+    pub fn from_code(c: u8) -> FnClass {
+        match c {
+            1 => FnClass::Malloc,
+            2 => FnClass::Calloc,
+            3 => FnClass::Realloc,
+            4 => FnClass::ReallocArray,
+            5 => FnClass::Free,
+            6 => FnClass::PosixMemalign,
+            7 => FnClass::AlignedAlloc,
+            8 => FnClass::Valloc,
+            9 => FnClass::Pvalloc,
+            _ => FnClass::Other,
+        }
+    }
+}
+
+/// A mapped object file (executable, shared library) in one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleDef {
+    /// Recording-wide module id.
+    pub id: u32,
+    /// Process that mapped it.
+    pub pid: u32,
+    /// Path of the file as the tracee saw it.
+    pub path: String,
+    /// GNU build-id note, empty if the file has none.
+    pub build_id: Vec<u8>,
+    /// Load bias: runtime address minus the address stated in the ELF file.
+    pub bias: u64,
+    /// Lowest mapped address.
+    pub start: u64,
+    /// One past the highest mapped address.
+    pub end: u64,
+}
+
+/// A traced function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionDef {
+    /// Recording-wide function id.
+    pub id: u32,
+    /// Symbol name.
+    pub name: String,
+    /// What the function does, for the analyses.
+    pub class: FnClass,
+    /// False for `void` functions: no exit record follows their enter record.
+    pub returns: bool,
+}
+
+/// A thread, numbered compactly for the event records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadDef {
+    /// Recording-wide thread number.
+    pub num: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Kernel thread id.
+    pub tid: u32,
+}
+
+/// One frame of a stored stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Module the address lies in, if any.
+    pub module: Option<u32>,
+    /// Module-relative address (ELF stated address) if `module` is set, else absolute.
+    pub addr: u64,
+}
+
+/// A call stack of return addresses, innermost (the traced function's caller) first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackDef {
+    /// Recording-wide stack id.
+    pub id: u32,
+    /// Return addresses.
+    pub frames: Vec<Frame>,
+}
+
+/// Entry into a traced function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enter {
+    /// Thread number.
+    pub thread: u32,
+    /// Nanoseconds since the recording started.
+    pub ts: u64,
+    /// Function id.
+    pub func: u32,
+    /// Integer arguments in ABI order.
+    pub args: Vec<u64>,
+    /// Stack id, if the stack was captured.
+    pub stack: Option<u32>,
+}
+
+/// Return from the innermost open call of a thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Thread number.
+    pub thread: u32,
+    /// Return value; `None` when the call never returned (thread or process died in it,
+    /// or its frame was unwound by `longjmp` or an exception).
+    pub ret: Option<u64>,
+    /// Value stored through an out-pointer argument (`posix_memalign`), read at return.
+    pub out: Option<u64>,
+}
+
+/// How a process came to be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartCause {
+    /// Started by `rltrace record`.
+    Spawn,
+    /// Created by `fork` (or a `clone` without a shared address space).
+    Fork,
+    /// Created by `vfork` or a `clone` sharing the address space.
+    Vfork,
+    /// Replaced its image with `execve`.
+    Exec,
+}
+
+/// A process begins (or begins a new image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessStart {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id, 0 if none is recorded.
+    pub parent: u32,
+    /// Nanoseconds since the recording started.
+    pub ts: u64,
+    /// Why it appears.
+    pub cause: StartCause,
+    /// Executable path, when known.
+    pub path: String,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitHow {
+    /// Exited with a status code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+    /// Still running when recording stopped (detached or recorder interrupted).
+    Running,
+}
+
+/// A process ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Process id.
+    pub pid: u32,
+    /// Nanoseconds since the recording started.
+    pub ts: u64,
+    /// Exit status.
+    pub how: ExitHow,
+}
+
+/// A diagnostic the recorder wants replay to repeat (a hook it could not place, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Process concerned, 0 for the recording as a whole.
+    pub pid: u32,
+    /// The message.
+    pub text: String,
+}
+
+/// One record of the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A module was mapped.
+    Module(ModuleDef),
+    /// A module was unmapped (by id).
+    ModuleUnload(u32),
+    /// A function definition.
+    Function(FunctionDef),
+    /// A thread definition.
+    Thread(ThreadDef),
+    /// A stack definition.
+    Stack(StackDef),
+    /// A call entry.
+    Enter(Enter),
+    /// A call return.
+    Exit(Exit),
+    /// A process began.
+    ProcessStart(ProcessStart),
+    /// A process ended.
+    ProcessExit(ProcessExit),
+    /// A diagnostic.
+    Note(Note),
+}
+
+/// The metadata chunk: ordered key/value pairs (`command`, `arg`, `engine`, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The pairs, in file order; keys may repeat (`arg`).
+    pub pairs: Vec<(String, String)>,
+}
+
+impl Meta {
+    /// First value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value stored under `key`, in order.
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Totals the recorder writes in the end chunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Number of records written.
+    pub records: u64,
+    /// Calls that could not be recorded (stack unreadable, say); 0 when nothing was lost.
+    pub dropped: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,371 @@
+//! Streams records out of a recording, validating every chunk; never trusts a size it reads.
+
+use std::collections::VecDeque;
+use std::io::Read;
+
+use super::codec::Decoder;
+use super::writer::tag;
+use super::*;
+
+/// Reads a recording chunk by chunk, in bounded memory.
+pub struct Reader<R: Read> {
+    r: R,
+    offset: u64,
+    meta: Meta,
+    pending: VecDeque<Record>,
+    finished: bool,
+    summary: Option<Summary>,
+    warnings: Vec<String>,
+}
+
+enum Fill {
+    Full,
+    Eof(usize),
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<Fill> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => return Ok(Fill::Eof(got)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Fill::Full)
+}
+
+/// One chunk as read from the file.
+struct RawChunk {
+    kind: u8,
+    flags: u8,
+    raw: u32,
+    offset: u64,
+    payload: Vec<u8>,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the file header and reads the metadata chunk.
+    pub fn new(mut r: R) -> Result<Self, FormatError> {
+        let mut header = [0u8; FILE_HEADER_LEN];
+        if let Fill::Eof(n) = read_full(&mut r, &mut header)? {
+            if n >= 8 && &header[..8] != MAGIC || n < 8 && header[..n] != MAGIC[..n] {
+                return Err(FormatError::BadMagic);
+            }
+            return Err(FormatError::TooShort(n as u64));
+        }
+        if &header[..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let version = u16::from_le_bytes([header[8], header[9]]);
+        if version > VERSION || version == 0 {
+            return Err(FormatError::NewerVersion { found: version });
+        }
+        let features = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+        if features != 0 {
+            return Err(FormatError::UnknownFeatures(features));
+        }
+        let mut reader = Reader {
+            r,
+            offset: FILE_HEADER_LEN as u64,
+            meta: Meta::default(),
+            pending: VecDeque::new(),
+            finished: false,
+            summary: None,
+            warnings: Vec::new(),
+        };
+        let chunk = match reader.read_chunk()? {
+            Some(c) if c.kind == CHUNK_META => c,
+            Some(c) => {
+                return Err(FormatError::BadChunk {
+                    offset: c.offset,
+                    what: format!("expected the metadata chunk first, found type {}", c.kind),
+                });
+            }
+            None => {
+                return Err(FormatError::BadChunk {
+                    offset: reader.offset,
+                    what: "recording ends before its metadata chunk".into(),
+                });
+            }
+        };
+        let data = decompress(&chunk)?;
+        let mut d = Decoder::new(&data, chunk.offset);
+        let n = d.uvar()?;
+        for _ in 0..n {
+            let k = d.str(MAX_STRING)?;
+            let v = d.str(MAX_STRING)?;
+            reader.meta.pairs.push((k, v));
+        }
+        Ok(reader)
+    }
+
+    /// The recording's metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Totals from the end chunk, once reading has reached it.
+    pub fn summary(&self) -> Option<&Summary> {
+        self.summary.as_ref()
+    }
+
+    /// Problems that did not stop reading: a truncated tail, a missing end chunk.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Returns the next record, or `None` at the end of the recording.
+    pub fn next_record(&mut self) -> Result<Option<Record>, FormatError> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Ok(Some(r));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            let Some(chunk) = self.read_chunk()? else {
+                self.finished = true;
+                if self.summary.is_none() && !self.warnings.iter().any(|w| w.contains("truncated")) {
+                    self.warnings.push(format!(
+                        "recording has no end marker (offset {}): the recorder was interrupted; replaying what was written",
+                        self.offset
+                    ));
+                }
+                return Ok(None);
+            };
+            match chunk.kind {
+                CHUNK_RECORDS => {
+                    let data = decompress(&chunk)?;
+                    decode_records(&data, chunk.offset, &mut self.pending)?;
+                }
+                CHUNK_END => {
+                    let data = decompress(&chunk)?;
+                    let mut d = Decoder::new(&data, chunk.offset);
+                    self.summary = Some(Summary {
+                        records: d.uvar()?,
+                        dropped: d.uvar()?,
+                    });
+                    self.finished = true;
+                }
+                CHUNK_META => {
+                    return Err(FormatError::BadChunk {
+                        offset: chunk.offset,
+                        what: "second metadata chunk".into(),
+                    });
+                }
+                other if chunk.flags & CHUNK_FLAG_OPTIONAL != 0 => {
+                    let _ = other;
+                }
+                other => {
+                    return Err(FormatError::BadChunk {
+                        offset: chunk.offset,
+                        what: format!("unknown chunk type {other}; the recording needs a newer rltrace"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads one chunk; `None` at end of file or at a truncated tail (with a warning).
+    fn read_chunk(&mut self) -> Result<Option<RawChunk>, FormatError> {
+        let offset = self.offset;
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        match read_full(&mut self.r, &mut h)? {
+            Fill::Full => {}
+            Fill::Eof(0) => return Ok(None),
+            Fill::Eof(n) => {
+                self.warnings.push(format!(
+                    "recording truncated at offset {offset}: {n} bytes of an incomplete chunk header ignored; replaying up to the last complete chunk"
+                ));
+                return Ok(None);
+            }
+        }
+        let kind = h[0];
+        let flags = h[1];
+        let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let raw = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        if stored > MAX_CHUNK_LEN || raw > MAX_CHUNK_LEN {
+            return Err(FormatError::BadChunk {
+                offset,
+                what: format!("chunk claims {stored} stored / {raw} raw bytes, over the {MAX_CHUNK_LEN}-byte limit"),
+            });
+        }
+        if flags & !(CHUNK_FLAG_ZSTD | CHUNK_FLAG_OPTIONAL) != 0 {
+            return Err(FormatError::BadChunk {
+                offset,
+                what: format!("unknown chunk flags {flags:#x}"),
+            });
+        }
+        if flags & CHUNK_FLAG_ZSTD == 0 && stored != raw {
+            return Err(FormatError::BadChunk {
+                offset,
+                what: format!("uncompressed chunk with stored size {stored} != raw size {raw}"),
+            });
+        }
+        // Grow with the data actually present: a lying size cannot force a large allocation.
+        let mut payload = Vec::new();
+        (&mut self.r).take(u64::from(stored)).read_to_end(&mut payload)?;
+        if payload.len() < stored as usize {
+            self.warnings.push(format!(
+                "recording truncated at offset {offset}: the last chunk has {} of its {stored} bytes; replaying up to the last complete chunk",
+                payload.len()
+            ));
+            return Ok(None);
+        }
+        if crc32fast::hash(&payload) != crc {
+            return Err(FormatError::BadChecksum { offset });
+        }
+        self.offset = offset + CHUNK_HEADER_LEN as u64 + u64::from(stored);
+        Ok(Some(RawChunk {
+            kind,
+            flags,
+            raw,
+            offset,
+            payload,
+        }))
+    }
+}
+
+fn decompress(chunk: &RawChunk) -> Result<Vec<u8>, FormatError> {
+    if chunk.flags & CHUNK_FLAG_ZSTD == 0 {
+        return Ok(chunk.payload.clone());
+    }
+    // The declared raw size was checked against MAX_CHUNK_LEN when the header was read,
+    // and zstd refuses to write past it, so a bomb cannot inflate beyond that bound.
+    let data = zstd::bulk::decompress(&chunk.payload, chunk.raw as usize).map_err(|e| {
+        FormatError::BadChunk {
+            offset: chunk.offset,
+            what: format!("zstd payload does not decompress to its declared size: {e}"),
+        }
+    })?;
+    if data.len() != chunk.raw as usize {
+        return Err(FormatError::BadChunk {
+            offset: chunk.offset,
+            what: format!("payload decompresses to {} bytes, header says {}", data.len(), chunk.raw),
+        });
+    }
+    Ok(data)
+}
+
+fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Result<(), FormatError> {
+    let mut d = Decoder::new(data, offset);
+    let mut last_ts: u64 = 0;
+    while !d.is_empty() {
+        let t = d.u8()?;
+        let rec = match t {
+            tag::MODULE => Record::Module(ModuleDef {
+                id: d.uvar32()?,
+                pid: d.uvar32()?,
+                path: d.str(MAX_STRING)?,
+                build_id: d.bytes(256)?.to_vec(),
+                bias: d.uvar()?,
+                start: d.uvar()?,
+                end: d.uvar()?,
+            }),
+            tag::MODULE_UNLOAD => Record::ModuleUnload(d.uvar32()?),
+            tag::FUNCTION => Record::Function(FunctionDef {
+                id: d.uvar32()?,
+                name: d.str(MAX_STRING)?,
+                class: FnClass::from_code(d.u8()?),
+                returns: d.u8()? != 0,
+            }),
+            tag::THREAD => Record::Thread(ThreadDef {
+                num: d.uvar32()?,
+                pid: d.uvar32()?,
+                tid: d.uvar32()?,
+            }),
+            tag::STACK => {
+                let id = d.uvar32()?;
+                let n = d.uvar()?;
+                if n > MAX_FRAMES as u64 {
+                    return Err(d.error(format!("stack of {n} frames exceeds the limit of {MAX_FRAMES}")));
+                }
+                let mut frames = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let m = d.uvar()?;
+                    let module = if m == 0 {
+                        None
+                    } else {
+                        Some(u32::try_from(m - 1).map_err(|_| d.error("module id out of range"))?)
+                    };
+                    frames.push(Frame {
+                        module,
+                        addr: d.uvar()?,
+                    });
+                }
+                Record::Stack(StackDef { id, frames })
+            }
+            tag::ENTER => {
+                let thread = d.uvar32()?;
+                let ts = last_ts.wrapping_add(d.svar()? as u64);
+                last_ts = ts;
+                let func = d.uvar32()?;
+                let n = d.uvar()?;
+                if n > MAX_ARGS as u64 {
+                    return Err(d.error(format!("call with {n} arguments exceeds the limit of {MAX_ARGS}")));
+                }
+                let mut args = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    args.push(d.uvar()?);
+                }
+                let s = d.uvar()?;
+                let stack = if s == 0 {
+                    None
+                } else {
+                    Some(u32::try_from(s - 1).map_err(|_| d.error("stack id out of range"))?)
+                };
+                Record::Enter(Enter {
+                    thread,
+                    ts,
+                    func,
+                    args,
+                    stack,
+                })
+            }
+            tag::EXIT => {
+                let thread = d.uvar32()?;
+                let flags = d.u8()?;
+                if flags & !3 != 0 {
+                    return Err(d.error(format!("unknown exit flags {flags:#x}")));
+                }
+                let ret = if flags & 1 != 0 { Some(d.uvar()?) } else { None };
+                let out = if flags & 2 != 0 { Some(d.uvar()?) } else { None };
+                Record::Exit(Exit { thread, ret, out })
+            }
+            tag::PROCESS_START => Record::ProcessStart(ProcessStart {
+                pid: d.uvar32()?,
+                parent: d.uvar32()?,
+                ts: d.uvar()?,
+                cause: match d.u8()? {
+                    0 => StartCause::Spawn,
+                    1 => StartCause::Fork,
+                    2 => StartCause::Vfork,
+                    3 => StartCause::Exec,
+                    c => return Err(d.error(format!("unknown process start cause {c}"))),
+                },
+                path: d.str(MAX_STRING)?,
+            }),
+            tag::PROCESS_EXIT => {
+                let pid = d.uvar32()?;
+                let ts = d.uvar()?;
+                let how = match d.u8()? {
+                    0 => ExitHow::Code(d.svar()? as i32),
+                    1 => ExitHow::Signal(d.svar()? as i32),
+                    2 => ExitHow::Running,
+                    c => return Err(d.error(format!("unknown process exit kind {c}"))),
+                };
+                Record::ProcessExit(ProcessExit { pid, ts, how })
+            }
+            tag::NOTE => Record::Note(Note {
+                pid: d.uvar32()?,
+                text: d.str(MAX_STRING)?,
+            }),
+            other => return Err(d.error(format!("unknown record tag {other}"))),
+        };
+        out.push_back(rec);
+    }
+    Ok(())
+}

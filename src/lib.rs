@@ -1,0 +1,7 @@
+//! rltrace: record library calls with their stacks, replay them symbolized, find leaks.
+//!
+//! Data flows one way: [`record`] engines capture events into a recording ([`format`]);
+//! replay reads it back, [`symbolize`]s addresses, runs [`analyze`] passes and
+//! [`render`]s text.
+
+pub mod format;
