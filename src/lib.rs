@@ -4,4 +4,7 @@
 //! replay reads it back, [`symbolize`]s addresses, runs [`analyze`] passes and
 //! [`render`]s text.
 
+pub mod elf;
 pub mod format;
+pub mod record;
+pub mod unwind;

@@ -1,0 +1,262 @@
+//! The few facts rltrace needs from an ELF file: build-id, load segments, defined
+//! functions, unwind sections. Shared by the recorder and the symbolizer.
+
+use std::fs::File;
+use std::ops::{Deref, Range};
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use object::elf;
+use object::read::elf::{ElfFile64, ProgramHeader, Sym};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
+
+/// Errors inspecting an ELF file.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    /// The file could not be opened or mapped.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a 64-bit ELF file object can parse.
+    #[error("{path}: not a 64-bit ELF file: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: object::Error,
+    },
+}
+
+/// A read-only mapping of a whole file, shared by everything that slices it.
+#[derive(Clone)]
+pub struct MappedFile(Arc<Mmap>);
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<Self, ElfError> {
+        let io = |source| ElfError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the mapping is private and read-only; a file truncated underneath us
+        // could fault, which is the accepted risk of every debugger and symbolizer that
+        // maps binaries (addr2line, gdb) — they are not rewritten in place in practice.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Ok(MappedFile(Arc::new(map)))
+    }
+
+    /// A shared slice of the file.
+    pub fn slice(&self, range: Range<usize>) -> FileSlice {
+        FileSlice {
+            file: self.clone(),
+            range,
+        }
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A byte range of a [`MappedFile`] that keeps the mapping alive.
+#[derive(Clone)]
+pub struct FileSlice {
+    file: MappedFile,
+    range: Range<usize>,
+}
+
+impl Deref for FileSlice {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.file.0.get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// A `PT_LOAD` segment.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSegment {
+    /// File offset.
+    pub offset: u64,
+    /// Stated virtual address.
+    pub vaddr: u64,
+    /// Bytes in the file.
+    pub filesz: u64,
+}
+
+/// A parsed ELF file with the facts rltrace uses.
+pub struct ElfInfo {
+    /// The mapping.
+    pub file: MappedFile,
+    /// GNU build-id, empty if absent.
+    pub build_id: Vec<u8>,
+    /// Load segments.
+    pub loads: Vec<LoadSegment>,
+    /// Path it was opened from, for messages.
+    pub path: String,
+}
+
+impl ElfInfo {
+    /// Opens and parses `path`.
+    pub fn open(path: &Path) -> Result<Self, ElfError> {
+        let file = MappedFile::open(path)?;
+        let shown = path.display().to_string();
+        let parsed = ElfFile64::<Endianness>::parse(file.bytes()).map_err(|source| ElfError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        let build_id = parsed.build_id().ok().flatten().map(<[u8]>::to_vec).unwrap_or_default();
+        let endian = parsed.endian();
+        let loads = parsed
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .map(|ph| LoadSegment {
+                offset: ph.p_offset(endian),
+                vaddr: ph.p_vaddr(endian),
+                filesz: ph.p_filesz(endian),
+            })
+            .collect();
+        Ok(ElfInfo {
+            file,
+            build_id,
+            loads,
+            path: shown,
+        })
+    }
+
+    /// The load bias for a mapping of this file at `start` from file offset `offset`.
+    pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
+        let seg = self
+            .loads
+            .iter()
+            .find(|s| offset >= s.offset && offset < s.offset + s.filesz.max(1))?;
+        Some(start.wrapping_sub(seg.vaddr + (offset - seg.offset)))
+    }
+
+    /// Stated addresses of the global or weak functions named in `names` that this file
+    /// defines, as `(index into names, address)`. GNU IFUNC resolvers are skipped: their
+    /// symbol value is the resolver, not the function.
+    pub fn defined_functions(&self, names: &[&str]) -> Vec<(usize, u64)> {
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let endian = parsed.endian();
+        let mut out = Vec::new();
+        for sym in parsed.dynamic_symbols().chain(parsed.symbols()) {
+            {
+                let raw = sym.elf_symbol();
+                let bind = raw.st_bind();
+                if raw.st_type() != elf::STT_FUNC
+                    || !(bind == elf::STB_GLOBAL || bind == elf::STB_WEAK)
+                    || raw.st_shndx(endian) == elf::SHN_UNDEF
+                    || raw.st_value(endian) == 0
+                {
+                    continue;
+                }
+                let Ok(name) = sym.name() else { continue };
+                if let Some(i) = names.iter().position(|n| *n == name) {
+                    let addr = raw.st_value(endian);
+                    if !out.contains(&(i, addr)) {
+                        out.push((i, addr));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Looks up one symbol's stated address (any type, global or local).
+    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        let parsed = ElfFile64::<Endianness>::parse(self.file.bytes()).ok()?;
+        let found = parsed
+            .dynamic_symbols()
+            .chain(parsed.symbols())
+            .find(|s| s.name() == Ok(name) && s.is_definition())
+            .map(|s| s.address());
+        found
+    }
+
+    /// The sections framehop needs to unwind through this file.
+    pub fn unwind_info(&self) -> framehop::ExplicitModuleSectionInfo<FileSlice> {
+        let mut info = framehop::ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: None,
+            text: None,
+            stubs_svma: None,
+            stub_helper_svma: None,
+            got_svma: None,
+            unwind_info: None,
+            eh_frame_svma: None,
+            eh_frame: None,
+            eh_frame_hdr_svma: None,
+            eh_frame_hdr: None,
+            debug_frame: None,
+            text_segment_svma: None,
+            text_segment: None,
+        };
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return info;
+        };
+        let section = |name: &str| -> Option<(Range<u64>, FileSlice)> {
+            let s = parsed.section_by_name(name)?;
+            let (off, size) = s.file_range()?;
+            let range = s.address()..s.address() + s.size();
+            Some((range, self.file.slice(off as usize..(off + size) as usize)))
+        };
+        if let Some((r, d)) = section(".text") {
+            info.text_svma = Some(r);
+            info.text = Some(d);
+        }
+        if let Some((r, d)) = section(".eh_frame") {
+            info.eh_frame_svma = Some(r);
+            info.eh_frame = Some(d);
+        }
+        if let Some((r, d)) = section(".eh_frame_hdr") {
+            info.eh_frame_hdr_svma = Some(r);
+            info.eh_frame_hdr = Some(d);
+        }
+        if let Some((r, _)) = section(".got") {
+            info.got_svma = Some(r);
+        }
+        if let Some((_, d)) = section(".debug_frame") {
+            info.debug_frame = Some(d);
+        }
+        info
+    }
+}
+
+/// Formats a build-id as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libc_defines_the_allocator() {
+        let maps = crate::record::procfs::read_maps(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .find(|m| m.path.contains("libc.so"))
+            .expect("test binary links libc");
+        let info = ElfInfo::open(Path::new(&libc.path)).unwrap();
+        assert_eq!(info.build_id.len(), 20);
+        let found = info.defined_functions(&["malloc", "free", "no_such_function"]);
+        assert!(found.iter().any(|(i, _)| *i == 0));
+        assert!(found.iter().any(|(i, _)| *i == 1));
+        assert!(!found.iter().any(|(i, _)| *i == 2));
+        // The bias of the mapping must put malloc's stated address at its runtime address.
+        let bias = info.bias(libc.start, libc.offset).unwrap();
+        let (_, malloc_svma) = found.iter().find(|(i, _)| *i == 0).unwrap();
+        assert_eq!(bias + malloc_svma, libc::malloc as *const () as usize as u64);
+    }
+}

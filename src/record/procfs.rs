@@ -1,0 +1,104 @@
+//! Reading `/proc/PID/maps` and friends.
+
+use std::path::PathBuf;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Start address.
+    pub start: u64,
+    /// End address (exclusive).
+    pub end: u64,
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Device and inode identify the file even when its path is reused.
+    pub dev_inode: (String, u64),
+    /// Path or pseudo-name (`[stack]`, `[vdso]`), empty for anonymous memory.
+    pub path: String,
+}
+
+impl Mapping {
+    /// True for mappings of a regular file.
+    pub fn is_file(&self) -> bool {
+        self.dev_inode.1 != 0 && self.path.starts_with('/')
+    }
+
+    /// The `/proc/PID/map_files` entry that opens exactly the mapped file, even if the
+    /// path on disk was replaced or deleted since.
+    pub fn map_file(&self, pid: u32) -> PathBuf {
+        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+    }
+}
+
+/// Parses the text of a maps file; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    Some(Mapping {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        offset,
+        dev_inode: (dev, inode),
+        path,
+    })
+}
+
+/// Reads and parses `/proc/PID/maps`.
+pub fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
+/// The thread-group id of a task, from `/proc/TID/status`.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_anonymous_lines() {
+        let text = "55d0c0a00000-55d0c0a01000 r-xp 00001000 fe:01 1234                       /usr/bin/true\n\
+                    7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
+                    7f0000000000-7f0000001000 ---p 00000000 00:00 0 \n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 3);
+        assert!(m[0].exec && m[0].is_file());
+        assert_eq!(m[0].offset, 0x1000);
+        assert_eq!(m[0].path, "/usr/bin/true");
+        assert_eq!(m[1].path, "[stack]");
+        assert!(!m[1].is_file());
+        assert_eq!(m[2].path, "");
+    }
+
+    #[test]
+    fn own_maps_have_an_executable_file() {
+        let m = read_maps(std::process::id()).unwrap();
+        assert!(m.iter().any(|m| m.exec && m.is_file()));
+        assert_eq!(tgid_of(std::process::id()), Some(std::process::id()));
+    }
+}

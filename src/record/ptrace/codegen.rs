@@ -1,0 +1,215 @@
+//! Machine code the ptrace engine places in the tracee: the layout of an injected region,
+//! the per-call return stubs, and out-of-line copies of displaced instructions.
+//!
+//! A region is one anonymous mapping:
+//!
+//! ```text
+//! base + 0               syscall; int3            (gadget for injected syscalls)
+//! base + TRAMP_OFF ..    trampolines, TRAMP_SIZE bytes each: the instruction a
+//!                        breakpoint displaced, relocated, then a jump back
+//! base + STUB_OFF ..     SLOTS return stubs, STUB_SIZE bytes each        (r-x)
+//! base + DATA_OFF        u64 sequence counter shared by all stubs        (rw-)
+//! base + SLOT_OFF ..     SLOTS slots of SLOT_SIZE bytes: the data of stub i
+//! ```
+//!
+//! A slot holds `retaddr` (the real return address, written by the tracer), `arg` (an
+//! address the stub dereferences: the out-pointer of `posix_memalign`, otherwise the slot
+//! itself), `seq` (u64::MAX until the stub runs), `ret` (rax) and `out` (`*arg`).
+
+use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Instruction, InstructionBlock};
+
+/// Offset of the first trampoline.
+pub const TRAMP_OFF: u64 = 64;
+/// Bytes reserved per trampoline.
+pub const TRAMP_SIZE: u64 = 64;
+/// Number of trampolines a region holds.
+pub const TRAMPS: u64 = 1023;
+/// Offset of the stubs.
+pub const STUB_OFF: u64 = TRAMP_OFF + TRAMPS * TRAMP_SIZE;
+/// Bytes per stub.
+pub const STUB_SIZE: u64 = 64;
+/// Number of return slots (calls in flight at once, across all threads of a process).
+pub const SLOTS: u64 = 2048;
+/// Offset of the data part (page-aligned).
+pub const DATA_OFF: u64 = STUB_OFF + SLOTS * STUB_SIZE;
+/// Offset of the first slot.
+pub const SLOT_OFF: u64 = DATA_OFF + 64;
+/// Bytes per slot.
+pub const SLOT_SIZE: u64 = 64;
+/// Total size of a region.
+pub const REGION_LEN: u64 = (SLOT_OFF + SLOTS * SLOT_SIZE + 4095) & !4095;
+
+/// Field offsets inside a slot.
+pub mod slot {
+    /// Real return address.
+    pub const RETADDR: u64 = 0;
+    /// Address the stub dereferences into `OUT`.
+    pub const ARG: u64 = 8;
+    /// Sequence number taken at return, u64::MAX while the call is running.
+    pub const SEQ: u64 = 16;
+    /// rax at return.
+    pub const RET: u64 = 24;
+    /// `*ARG` at return.
+    pub const OUT: u64 = 32;
+}
+
+const _: () = assert!(DATA_OFF % 4096 == 0, "data must start on a page boundary");
+
+/// The gadget at the start of every region: `syscall; int3`.
+pub const GADGET: [u8; 3] = [0x0f, 0x05, 0xcc];
+
+fn rel32(next_ip: u64, target: u64) -> [u8; 4] {
+    let d = target.wrapping_sub(next_ip) as i64;
+    debug_assert!(d >= i32::MIN as i64 && d <= i32::MAX as i64);
+    (d as i32).to_le_bytes()
+}
+
+/// The code of stub `i` of a region at `base`.
+pub fn stub(base: u64, i: u64) -> Vec<u8> {
+    let at = base + STUB_OFF + i * STUB_SIZE;
+    let s = base + SLOT_OFF + i * SLOT_SIZE;
+    let seq_counter = base + DATA_OFF;
+    let mut c: Vec<u8> = Vec::with_capacity(STUB_SIZE as usize);
+    // Each rip-relative instruction is pushed with its displacement computed from the
+    // address just past it.
+    let rip_rel = |c: &mut Vec<u8>, prefix: &[u8], target: u64, suffix: &[u8]| {
+        let next = at + (c.len() + prefix.len() + 4 + suffix.len()) as u64;
+        c.extend_from_slice(prefix);
+        c.extend_from_slice(&rel32(next, target));
+        c.extend_from_slice(suffix);
+    };
+    rip_rel(&mut c, &[0x48, 0x89, 0x05], s + slot::RET, &[]); // mov [rip+ret], rax
+    rip_rel(&mut c, &[0x4c, 0x8b, 0x1d], s + slot::ARG, &[]); // mov r11, [rip+arg]
+    c.extend_from_slice(&[0x4d, 0x8b, 0x1b]); // mov r11, [r11]
+    rip_rel(&mut c, &[0x4c, 0x89, 0x1d], s + slot::OUT, &[]); // mov [rip+out], r11
+    c.extend_from_slice(&[0x41, 0xbb, 1, 0, 0, 0]); // mov r11d, 1
+    rip_rel(&mut c, &[0xf0, 0x4c, 0x0f, 0xc1, 0x1d], seq_counter, &[]); // lock xadd [rip+seq], r11
+    rip_rel(&mut c, &[0x4c, 0x89, 0x1d], s + slot::SEQ, &[]); // mov [rip+slot.seq], r11
+    rip_rel(&mut c, &[0xff, 0x25], s + slot::RETADDR, &[]); // jmp [rip+retaddr]
+    debug_assert!(c.len() as u64 <= STUB_SIZE);
+    c.resize(STUB_SIZE as usize, 0xcc);
+    c
+}
+
+/// All the code of a region at `base`: gadget, empty trampoline area, stubs.
+pub fn region_code(base: u64) -> Vec<u8> {
+    let mut code = vec![0xccu8; DATA_OFF as usize];
+    code[..GADGET.len()].copy_from_slice(&GADGET);
+    for i in 0..SLOTS {
+        let off = (STUB_OFF + i * STUB_SIZE) as usize;
+        code[off..off + STUB_SIZE as usize].copy_from_slice(&stub(base, i));
+    }
+    code
+}
+
+/// Why an instruction cannot be run out of line.
+#[derive(Debug, thiserror::Error)]
+pub enum RelocateError {
+    /// The bytes do not decode.
+    #[error("cannot decode the instruction at {0:#x}")]
+    Invalid(u64),
+    /// iced could not re-encode it at the new address (a rip-relative operand out of range).
+    #[error("cannot relocate the instruction at {addr:#x}: {why}")]
+    Encode {
+        /// Original address.
+        addr: u64,
+        /// iced's reason.
+        why: String,
+    },
+}
+
+/// Relocates the first instruction of `orig` (located at `addr`) to `at`, followed by a
+/// jump back to the instruction after it. Returns the code and the instruction length.
+pub fn trampoline(orig: &[u8], addr: u64, at: u64) -> Result<(Vec<u8>, u64), RelocateError> {
+    let mut dec = Decoder::with_ip(64, orig, addr, DecoderOptions::NONE);
+    let ins = dec.decode();
+    if ins.is_invalid() {
+        return Err(RelocateError::Invalid(addr));
+    }
+    let len = ins.len() as u64;
+    let back = Instruction::with_branch(Code::Jmp_rel32_64, addr + len).map_err(|e| RelocateError::Encode {
+        addr,
+        why: e.to_string(),
+    })?;
+    let mut back = back;
+    // The block encoder resolves branch targets against the IPs of the block's own
+    // instructions; an IP equal to the target would make the jump loop onto itself.
+    back.set_ip(u64::MAX - 16);
+    let instrs = [ins, back];
+    let block = InstructionBlock::new(&instrs, at);
+    let res = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).map_err(|e| RelocateError::Encode {
+        addr,
+        why: e.to_string(),
+    })?;
+    if res.code_buffer.len() as u64 > TRAMP_SIZE {
+        return Err(RelocateError::Encode {
+            addr,
+            why: format!("relocated code needs {} bytes", res.code_buffer.len()),
+        });
+    }
+    Ok((res.code_buffer, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(code: &[u8], ip: u64) -> Vec<Instruction> {
+        let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut v = Vec::new();
+        while d.can_decode() {
+            v.push(d.decode());
+        }
+        v
+    }
+
+    #[test]
+    fn stub_decodes_to_the_intended_instructions() {
+        let base = 0x7f12_3456_0000;
+        let code = stub(base, 5);
+        let ins = decode_all(&code, base + STUB_OFF + 5 * STUB_SIZE);
+        let codes: Vec<Code> = ins.iter().take(8).map(|i| i.code()).collect();
+        assert_eq!(
+            codes,
+            [
+                Code::Mov_rm64_r64,
+                Code::Mov_r64_rm64,
+                Code::Mov_r64_rm64,
+                Code::Mov_rm64_r64,
+                Code::Mov_r32_imm32,
+                Code::Xadd_rm64_r64,
+                Code::Mov_rm64_r64,
+                Code::Jmp_rm64,
+            ]
+        );
+        let s = base + SLOT_OFF + 5 * SLOT_SIZE;
+        assert_eq!(ins[0].ip_rel_memory_address(), s + slot::RET);
+        assert_eq!(ins[1].ip_rel_memory_address(), s + slot::ARG);
+        assert_eq!(ins[3].ip_rel_memory_address(), s + slot::OUT);
+        assert!(ins[5].has_lock_prefix());
+        assert_eq!(ins[5].ip_rel_memory_address(), base + DATA_OFF);
+        assert_eq!(ins[6].ip_rel_memory_address(), s + slot::SEQ);
+        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::RETADDR);
+    }
+
+    #[test]
+    fn trampoline_fixes_rip_relative_operands() {
+        // mov rax, [rip+0x100] at 0x1000, relocated to 0x2000.
+        let orig = [0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00, 0x90];
+        let (code, len) = trampoline(&orig, 0x1000, 0x2000).unwrap();
+        assert_eq!(len, 7);
+        let ins = decode_all(&code, 0x2000);
+        assert_eq!(ins[0].ip_rel_memory_address(), 0x1107);
+        assert_eq!(ins[1].near_branch_target(), 0x1007);
+    }
+
+    #[test]
+    fn trampoline_reaches_far_targets() {
+        // push r12, relocated 100 GiB away: the jump back must still land.
+        let orig = [0x41, 0x54];
+        let far = 100u64 << 30;
+        let (code, len) = trampoline(&orig, 0x7f00_0000_0000, 0x7f00_0000_0000 - far).unwrap();
+        assert_eq!(len, 2);
+        assert!(code.len() <= TRAMP_SIZE as usize);
+    }
+}

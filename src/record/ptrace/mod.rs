@@ -1,0 +1,4 @@
+//! The ptrace engine: breakpoints at the entry of traced functions in the library that
+//! defines them, one stop per call, return values collected through per-call stubs.
+
+pub mod codegen;
