@@ -1,1 +1,90 @@
-fn main() {}
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use rltrace::format::{ExitHow, Reader};
+use rltrace::record::{self, RecordRequest};
+
+/// Record library calls with their stacks; replay them symbolized; find leaks.
+#[derive(Parser)]
+#[command(name = "rltrace", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command and record its allocator calls with their stacks.
+    Record {
+        /// Output file (default: rltrace-<cmd>-<pid>.rlt).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Most frames kept per stack.
+        #[arg(long, default_value_t = 64)]
+        max_depth: usize,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Dump the raw records of a recording (debugging aid).
+    Dump {
+        /// The recording.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rltrace: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Record {
+            output,
+            max_depth,
+            command,
+        } => {
+            let mut req = RecordRequest {
+                command,
+                output,
+                trace: Default::default(),
+            };
+            req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
+            let out = record::record(&req)?;
+            eprintln!(
+                "rltrace: recorded {} records to {}{}",
+                out.records,
+                out.path.display(),
+                if out.dropped > 0 { format!(" ({} calls could not be recorded)", out.dropped) } else { String::new() }
+            );
+            Ok(match out.exit {
+                ExitHow::Code(c) => ExitCode::from(c as u8),
+                ExitHow::Signal(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
+                ExitHow::Running => ExitCode::SUCCESS,
+            })
+        }
+        Cmd::Dump { file } => {
+            let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let mut r = Reader::new(std::io::BufReader::new(f)).with_context(|| file.display().to_string())?;
+            println!("{:?}", r.meta());
+            while let Some(rec) = r.next_record().with_context(|| file.display().to_string())? {
+                println!("{rec:?}");
+            }
+            for w in r.warnings() {
+                eprintln!("rltrace: warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -4,3 +4,111 @@
 pub mod funcs;
 pub mod procfs;
 pub mod ptrace;
+pub mod sink;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use crate::format::{ExitHow, Meta};
+use ptrace::tracer::{TraceError, TraceOptions, Tracer};
+use sink::Sink;
+
+/// What `rltrace record` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RecordRequest {
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+    /// Output path; `None` for `rltrace-<cmd>-<pid>.rlt` in the current directory.
+    pub output: Option<PathBuf>,
+    /// Engine knobs.
+    pub trace: TraceOptions,
+}
+
+/// What a finished recording reports.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    /// The file written.
+    pub path: PathBuf,
+    /// How the command ended.
+    pub exit: ExitHow,
+    /// Records written.
+    pub records: u64,
+    /// Calls seen but not recorded.
+    pub dropped: u64,
+}
+
+/// Errors of `rltrace record`.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Tracing failed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The output file could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Default recording name for a command and pid.
+pub fn default_output(command: &Path, pid: u32) -> PathBuf {
+    let base = command
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cmd".into());
+    let base: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
+    PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
+}
+
+/// Runs the command under the ptrace engine and writes the recording.
+pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
+    let pid = ptrace::tracer::spawn(&req.command)?;
+    let first = req.command.first().cloned().unwrap_or_default();
+    let path = req.output.clone().unwrap_or_else(|| default_output(Path::new(&first), pid));
+    let file = match File::create(&path) {
+        Ok(f) => f,
+        Err(source) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            return Err(RecordError::Create {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut meta = Meta::default();
+    let mut put = |k: &str, v: String| meta.pairs.push((k.to_string(), v));
+    put("rltrace-version", env!("CARGO_PKG_VERSION").to_string());
+    put("engine", "ptrace".to_string());
+    for a in &req.command {
+        put("arg", a.to_string_lossy().into_owned());
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        put("cwd", cwd.display().to_string());
+    }
+    if let Ok(h) = nix::unistd::gethostname() {
+        put("host", h.to_string_lossy().into_owned());
+    }
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        put("start-unix-ns", d.as_nanos().to_string());
+    }
+    put("pid", pid.to_string());
+    let funcs = funcs::ALLOCATOR_FAMILY;
+    let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs).map_err(TraceError::from)?;
+    let exit = Tracer::new(&mut sink, funcs, req.trace.clone()).run(pid);
+    // Whatever happened, close the file properly so it replays.
+    let (_, summary) = sink.finish().map_err(TraceError::from)?;
+    Ok(RecordOutcome {
+        path,
+        exit: exit?,
+        records: summary.records,
+        dropped: summary.dropped,
+    })
+}

@@ -2,3 +2,6 @@
 //! defines them, one stop per call, return values collected through per-call stubs.
 
 pub mod codegen;
+pub mod mem;
+pub mod space;
+pub mod tracer;

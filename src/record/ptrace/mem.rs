@@ -1,0 +1,110 @@
+//! Reading and writing tracee memory and registers: the only place the ptrace engine
+//! calls into libc for memory access.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Registers of a stopped thread.
+pub type Regs = libc::user_regs_struct;
+
+/// Reads several remote ranges into one local buffer with a single `process_vm_readv`.
+/// Returns the number of bytes read; the kernel stops at the first range it cannot read,
+/// so callers put the ranges that must succeed first and split optional ones by page.
+pub fn readv(pid: u32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
+    let total: usize = remote.iter().map(|r| r.1).sum();
+    assert!(total <= local.len(), "local buffer smaller than the remote ranges");
+    let liov = libc::iovec {
+        iov_base: local.as_mut_ptr().cast(),
+        iov_len: total,
+    };
+    let riov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: the local iovec covers `total` bytes of `local`, which is at least that long
+    // (asserted above) and exclusively borrowed; remote iovecs name tracee addresses, which
+    // the kernel validates, never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes several small pieces to tracee memory with one `process_vm_writev`. The target
+/// pages must be writable by the tracee (stack, the injected region's data part).
+pub fn writev(pid: u32, pieces: &[(u64, &[u8])]) -> io::Result<()> {
+    let liov: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|(_, b)| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let riov: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|&(addr, b)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let total: usize = pieces.iter().map(|p| p.1.len()).sum();
+    // SAFETY: each local iovec points into a borrowed slice of exactly its length, which the
+    // kernel only reads; remote addresses are validated by the kernel.
+    let n = unsafe {
+        libc::process_vm_writev(
+            pid as libc::pid_t,
+            liov.as_ptr(),
+            liov.len() as libc::c_ulong,
+            riov.as_ptr(),
+            riov.len() as libc::c_ulong,
+            0,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else if n as usize != total {
+        Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short write to tracee: {n} of {total} bytes")))
+    } else {
+        Ok(())
+    }
+}
+
+/// `/proc/PID/mem`, which (unlike `process_vm_writev`) can write read-only code pages of a
+/// traced process: used for breakpoints and trampolines.
+pub struct MemFile {
+    file: File,
+}
+
+impl MemFile {
+    /// Opens the memory of `pid`; the tracer must be attached to it.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))?;
+        Ok(MemFile { file })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `addr`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+
+    /// Writes all of `data` at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, addr)
+    }
+}
+
+/// Fetches the registers of a stopped thread.
+pub fn get_regs(tid: u32) -> io::Result<Regs> {
+    nix::sys::ptrace::getregs(nix::unistd::Pid::from_raw(tid as i32)).map_err(io::Error::from)
+}
+
+/// Sets the registers of a stopped thread.
+pub fn set_regs(tid: u32, regs: Regs) -> io::Result<()> {
+    nix::sys::ptrace::setregs(nix::unistd::Pid::from_raw(tid as i32), regs).map_err(io::Error::from)
+}

@@ -1,0 +1,548 @@
+//! One traced address space: its modules, breakpoints, injected regions and return slots.
+//! Threads of a process, and a `vfork` child until it execs, share one.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::path::Path;
+
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::codegen::{self, slot, REGION_LEN, SLOTS, SLOT_OFF, SLOT_SIZE, STUB_OFF, STUB_SIZE, TRAMPS, TRAMP_OFF, TRAMP_SIZE};
+use super::mem::{get_regs, set_regs, MemFile};
+use crate::elf::{self, ElfInfo};
+use crate::format::Frame;
+use crate::record::procfs::{self, Mapping};
+use crate::unwind::StackUnwinder;
+
+/// What a breakpoint is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpKind {
+    /// Entry of traced function number N.
+    Call(u32),
+    /// The dynamic linker's `_dl_debug_state`: the module list changed.
+    DlDebugState,
+}
+
+/// An `int3` at a function entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Breakpoint {
+    /// What it is for.
+    pub kind: BpKind,
+    /// Where the displaced instruction runs out of line.
+    pub tramp: u64,
+}
+
+/// A module known in the address space.
+#[derive(Clone, Debug)]
+pub struct LoadedModule {
+    /// Recording-wide module id.
+    pub id: u32,
+    /// One past the highest mapped address.
+    pub end: u64,
+    /// Load bias.
+    pub bias: u64,
+    /// File identity, to notice a different file mapped at the same place.
+    pub dev_inode: (String, u64),
+}
+
+/// A module found in `/proc/PID/maps` that the tracer must record.
+pub struct NewModule {
+    /// Lowest address.
+    pub start: u64,
+    /// One past the highest address.
+    pub end: u64,
+    /// Path as the tracee sees it.
+    pub path: String,
+    /// Parsed file.
+    pub elf: ElfInfo,
+    /// Load bias.
+    pub bias: u64,
+    /// File identity.
+    pub dev_inode: (String, u64),
+}
+
+/// Errors that make an address space untraceable.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// A system call on the tracee failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The injected system call failed in the tracee.
+    #[error("injected {what} failed in the tracee: errno {errno}")]
+    Remote {
+        /// Which system call.
+        what: &'static str,
+        /// The errno it returned.
+        errno: i64,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SpaceError {
+    let what = what.into();
+    move |source| SpaceError::Io { what, source }
+}
+
+fn nix_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SpaceError {
+    let what = what.into();
+    move |e| SpaceError::Io {
+        what,
+        source: io::Error::from(e),
+    }
+}
+
+struct Region {
+    base: u64,
+    next_tramp: u64,
+}
+
+/// State of one address space.
+pub struct Space {
+    /// A process whose `/proc/PID/mem` is open.
+    pub pid: u32,
+    mem: MemFile,
+    regions: Vec<Region>,
+    /// Breakpoints by address.
+    pub bps: HashMap<u64, Breakpoint>,
+    free_slots: VecDeque<u32>,
+    /// Real return address of each slot in use, to undo stub addresses while unwinding.
+    slot_retaddr: Vec<u64>,
+    /// Modules by start address.
+    pub modules: BTreeMap<u64, LoadedModule>,
+    /// CFI unwinder over the modules.
+    pub unwinder: StackUnwinder,
+    /// Signals that arrived while the tracer ran an injected system call, to deliver later.
+    pub deferred_signals: Vec<(u32, i32)>,
+}
+
+impl Space {
+    /// Opens the address space of `pid`, with no regions yet.
+    pub fn new(pid: u32) -> Result<Self, SpaceError> {
+        Ok(Space {
+            pid,
+            mem: MemFile::open(pid).map_err(io_err(format!("open /proc/{pid}/mem")))?,
+            regions: Vec::new(),
+            bps: HashMap::new(),
+            free_slots: (0..SLOTS as u32).collect(),
+            slot_retaddr: vec![0; SLOTS as usize],
+            modules: BTreeMap::new(),
+            unwinder: StackUnwinder::default(),
+            deferred_signals: Vec::new(),
+        })
+    }
+
+    /// A copy for a forked child: same layout, the child's own memory file.
+    pub fn fork_for(&self, child: u32) -> Result<Self, SpaceError> {
+        Ok(Space {
+            pid: child,
+            mem: MemFile::open(child).map_err(io_err(format!("open /proc/{child}/mem")))?,
+            regions: self
+                .regions
+                .iter()
+                .map(|r| Region {
+                    base: r.base,
+                    next_tramp: r.next_tramp,
+                })
+                .collect(),
+            bps: self.bps.clone(),
+            free_slots: self.free_slots.clone(),
+            slot_retaddr: self.slot_retaddr.clone(),
+            modules: self.modules.clone(),
+            unwinder: self.unwinder.clone(),
+            deferred_signals: Vec::new(),
+        })
+    }
+
+    /// Base of the region holding the return stubs.
+    fn primary(&self) -> Option<u64> {
+        self.regions.first().map(|r| r.base)
+    }
+
+    /// Address of the sequence counter.
+    pub fn seq_addr(&self) -> Option<u64> {
+        self.primary().map(|b| b + codegen::DATA_OFF)
+    }
+
+    /// Address of slot `i`.
+    pub fn slot_addr(&self, i: u32) -> u64 {
+        self.primary().unwrap_or(0) + SLOT_OFF + u64::from(i) * SLOT_SIZE
+    }
+
+    /// Address of stub `i`.
+    pub fn stub_addr(&self, i: u32) -> u64 {
+        self.primary().unwrap_or(0) + STUB_OFF + u64::from(i) * STUB_SIZE
+    }
+
+    /// The slot whose stub is at `addr`, if `addr` is a stub.
+    pub fn stub_slot(&self, addr: u64) -> Option<u32> {
+        let base = self.primary()?;
+        let off = addr.checked_sub(base + STUB_OFF)?;
+        (off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS).then(|| (off / STUB_SIZE) as u32)
+    }
+
+    /// Replaces a stub address by the real return address it stands for.
+    pub fn real_retaddr(&self, value: u64) -> u64 {
+        match self.stub_slot(value) {
+            Some(i) => self.slot_retaddr[i as usize],
+            None => value,
+        }
+    }
+
+    /// Takes a free return slot.
+    pub fn alloc_slot(&mut self, retaddr: u64) -> Option<u32> {
+        let i = self.free_slots.pop_front()?;
+        self.slot_retaddr[i as usize] = retaddr;
+        Some(i)
+    }
+
+    /// Returns a slot; it is reused last, so a stub that still fires late (a frame the
+    /// tracer wrongly believed unwound) is unlikely to clobber a live call.
+    pub fn free_slot(&mut self, i: u32) {
+        self.free_slots.push_back(i);
+    }
+
+    /// Runs one system call in the tracee on stopped thread `tid` and returns its result.
+    pub fn remote_syscall(&mut self, tid: u32, nr: i64, args: [u64; 6], what: &'static str) -> Result<u64, SpaceError> {
+        let saved = get_regs(tid).map_err(io_err("read registers"))?;
+        let (gadget, patched) = match self.primary() {
+            Some(base) => (base, None),
+            None => {
+                // No region yet: only at an exec stop, where the process has one thread,
+                // so patching the instruction at rip cannot be seen by anyone else.
+                let mut orig = [0u8; 3];
+                self.mem.read(saved.rip, &mut orig).map_err(io_err("read code at rip"))?;
+                self.mem.write(saved.rip, &codegen::GADGET).map_err(io_err("patch code at rip"))?;
+                (saved.rip, Some(orig))
+            }
+        };
+        let mut r = saved;
+        r.rip = gadget;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        set_regs(tid, r).map_err(io_err("set registers"))?;
+        let pid = Pid::from_raw(tid as i32);
+        ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::__WALL)).map_err(nix_err("wait for injected syscall"))? {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
+                WaitStatus::Stopped(_, sig) => {
+                    self.deferred_signals.push((tid, sig as i32));
+                    ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
+                }
+                WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) | WaitStatus::Continued(_) => {
+                    ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
+                }
+                other => {
+                    return Err(SpaceError::Io {
+                        what: format!("thread {tid} ended during injected {what}: {other:?}"),
+                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    });
+                }
+            }
+        }
+        let result = get_regs(tid).map_err(io_err("read registers"))?.rax;
+        if let Some(orig) = patched {
+            self.mem.write(saved.rip, &orig).map_err(io_err("restore code at rip"))?;
+        }
+        set_regs(tid, saved).map_err(io_err("restore registers"))?;
+        let signed = result as i64;
+        if (-4095..0).contains(&signed) {
+            return Err(SpaceError::Remote { what, errno: -signed });
+        }
+        Ok(result)
+    }
+
+    /// Maps a new region in the tracee, at `hint` if given (which must be free).
+    fn inject_region(&mut self, tid: u32, hint: Option<u64>) -> Result<u64, SpaceError> {
+        let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let mut flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        if hint.is_some() {
+            flags |= libc::MAP_FIXED_NOREPLACE as u64;
+        }
+        let base = self.remote_syscall(
+            tid,
+            libc::SYS_mmap,
+            [hint.unwrap_or(0), REGION_LEN, prot_rw, flags, u64::MAX, 0],
+            "mmap",
+        )?;
+        if hint.is_some_and(|h| h != base) {
+            return Err(SpaceError::Remote {
+                what: "mmap at a fixed address",
+                errno: libc::EEXIST.into(),
+            });
+        }
+        self.mem
+            .write(base, &codegen::region_code(base))
+            .map_err(io_err("write injected code"))?;
+        let prot_rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        self.remote_syscall(tid, libc::SYS_mprotect, [base, codegen::DATA_OFF, prot_rx, 0, 0, 0], "mprotect")?;
+        self.regions.push(Region {
+            base,
+            next_tramp: TRAMP_OFF,
+        });
+        Ok(base)
+    }
+
+    /// Maps the region holding the stubs; called once per new image, at its exec stop.
+    pub fn inject_primary(&mut self, tid: u32) -> Result<(), SpaceError> {
+        self.regions.clear();
+        self.inject_region(tid, None).map(|_| ())
+    }
+
+    /// Finds room for a trampoline within reach of rip-relative code at `near`, injecting
+    /// a new region next to it if no existing one is close enough.
+    fn tramp_slot(&mut self, tid: u32, near: u64) -> Result<u64, SpaceError> {
+        const REACH: u64 = 1 << 30;
+        if let Some(r) = self
+            .regions
+            .iter_mut()
+            .find(|r| r.base.abs_diff(near) < REACH && r.next_tramp < TRAMP_OFF + TRAMPS * TRAMP_SIZE)
+        {
+            let at = r.base + r.next_tramp;
+            r.next_tramp += TRAMP_SIZE;
+            return Ok(at);
+        }
+        let maps = procfs::read_maps(self.pid).map_err(io_err("read maps"))?;
+        let hint = free_gap_near(&maps, near, REGION_LEN, REACH).ok_or_else(|| SpaceError::Io {
+            what: format!("no free address space within 1 GiB of {near:#x}"),
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        })?;
+        let base = self.inject_region(tid, Some(hint))?;
+        let r = self.regions.last_mut().expect("region just pushed");
+        r.next_tramp += TRAMP_SIZE;
+        Ok(base + TRAMP_OFF)
+    }
+
+    /// Places a breakpoint at `addr`; the displaced instruction gets a trampoline.
+    pub fn insert_bp(&mut self, tid: u32, addr: u64, kind: BpKind) -> Result<(), String> {
+        if self.bps.contains_key(&addr) {
+            return Ok(());
+        }
+        let mut orig = [0u8; 16];
+        self.mem
+            .read(addr, &mut orig)
+            .map_err(|e| format!("cannot read code at {addr:#x}: {e}"))?;
+        if orig[0] == 0xcc {
+            return Err(format!("code at {addr:#x} already starts with int3"));
+        }
+        let tramp = self.tramp_slot(tid, addr).map_err(|e| e.to_string())?;
+        let (code, _) = codegen::trampoline(&orig, addr, tramp).map_err(|e| e.to_string())?;
+        self.mem
+            .write(tramp, &code)
+            .map_err(|e| format!("cannot write trampoline at {tramp:#x}: {e}"))?;
+        self.mem
+            .write(addr, &[0xcc])
+            .map_err(|e| format!("cannot write breakpoint at {addr:#x}: {e}"))?;
+        self.bps.insert(addr, Breakpoint { kind, tramp });
+        Ok(())
+    }
+
+    /// Reads `/proc/PID/maps` and returns modules that appeared and the ids of those that
+    /// vanished; the caller records them and registers the new ones.
+    pub fn scan_modules(&mut self) -> Result<(Vec<NewModule>, Vec<u32>), SpaceError> {
+        let maps = procfs::read_maps(self.pid).map_err(io_err("read maps"))?;
+        let mut present: BTreeMap<u64, (u64, &Mapping)> = BTreeMap::new();
+        // A module is the run of mappings of one file; it counts if any of them is code.
+        let mut i = 0;
+        while i < maps.len() {
+            let m = &maps[i];
+            if !m.is_file() {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            let mut exec = false;
+            let mut end = m.end;
+            while j < maps.len() && maps[j].dev_inode == m.dev_inode && maps[j].path == m.path {
+                exec |= maps[j].exec;
+                end = maps[j].end;
+                j += 1;
+            }
+            if exec {
+                present.insert(m.start, (end, m));
+            }
+            i = j;
+        }
+        let gone: Vec<u64> = self
+            .modules
+            .iter()
+            .filter(|(start, lm)| present.get(start).is_none_or(|(_, m)| m.dev_inode != lm.dev_inode))
+            .map(|(s, _)| *s)
+            .collect();
+        let mut removed = Vec::new();
+        for start in gone {
+            if let Some(lm) = self.modules.remove(&start) {
+                self.unwinder.remove_module(start);
+                self.bps.retain(|a, _| !(start..lm.end).contains(a));
+                removed.push(lm.id);
+            }
+        }
+        let mut added = Vec::new();
+        for (start, (end, m)) in present {
+            if self.modules.contains_key(&start) {
+                continue;
+            }
+            let elf = match ElfInfo::open(&m.map_file(self.pid)).or_else(|_| ElfInfo::open(Path::new(&m.path))) {
+                Ok(e) => e,
+                Err(_) => continue,
+            };
+            let Some(bias) = elf.bias(m.start, m.offset) else { continue };
+            added.push(NewModule {
+                start,
+                end,
+                path: m.path.clone(),
+                elf,
+                bias,
+                dev_inode: m.dev_inode.clone(),
+            });
+        }
+        Ok((added, removed))
+    }
+
+    /// Makes a recorded module known to the unwinder and the address resolver.
+    pub fn register_module(&mut self, id: u32, m: &NewModule) {
+        self.unwinder
+            .add_module(m.path.clone(), m.start..m.end, m.bias, m.elf.unwind_info());
+        self.modules.insert(
+            m.start,
+            LoadedModule {
+                id,
+                end: m.end,
+                bias: m.bias,
+                dev_inode: m.dev_inode.clone(),
+            },
+        );
+    }
+
+    /// Forgets every module and breakpoint (the image was replaced by exec).
+    pub fn clear(&mut self) -> Vec<u32> {
+        self.bps.clear();
+        self.unwinder = StackUnwinder::default();
+        std::mem::take(&mut self.modules).into_values().map(|m| m.id).collect()
+    }
+
+    /// Resolves an absolute address to a module-relative frame.
+    pub fn frame(&self, addr: u64) -> Frame {
+        match self.modules.range(..=addr).next_back() {
+            Some((_, m)) if addr < m.end => Frame {
+                module: Some(m.id),
+                addr: addr.wrapping_sub(m.bias),
+            },
+            _ => Frame { module: None, addr },
+        }
+    }
+
+    /// Initial slot contents for a call: real return address, the address the stub
+    /// dereferences, and the "still running" sequence marker.
+    pub fn slot_init(&self, i: u32, retaddr: u64, out_ptr: Option<u64>) -> [u8; 24] {
+        let s = self.slot_addr(i);
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&retaddr.to_le_bytes());
+        b[8..16].copy_from_slice(&out_ptr.unwrap_or(s + slot::ARG).to_le_bytes());
+        b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        b
+    }
+}
+
+/// A free, page-aligned gap of `len` bytes within `reach` of `near`, closest first.
+fn free_gap_near(maps: &[Mapping], near: u64, len: u64, reach: u64) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    let lo_limit = near.saturating_sub(reach).max(0x10000);
+    let hi_limit = near.saturating_add(reach).min(0x7fff_ffff_f000);
+    let mut prev_end = lo_limit;
+    let mut consider = |gap_start: u64, gap_end: u64| {
+        let gs = gap_start.max(lo_limit);
+        let ge = gap_end.min(hi_limit);
+        if ge <= gs || ge - gs < len {
+            return;
+        }
+        // Take the end of the gap nearest to `near`.
+        let cand = if ge <= near { (ge - len) & !0xfff } else { (gs + 0xfff) & !0xfff };
+        if cand < gs || cand + len > ge {
+            return;
+        }
+        if best.is_none_or(|b| cand.abs_diff(near) < b.abs_diff(near)) {
+            best = Some(cand);
+        }
+    };
+    for m in maps {
+        if m.start > prev_end {
+            consider(prev_end, m.start);
+        }
+        prev_end = prev_end.max(m.end);
+    }
+    consider(prev_end, hi_limit);
+    best
+}
+
+/// Hex form of a build-id, for notes.
+pub fn build_id_hex(b: &[u8]) -> String {
+    elf::hex(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, end: u64) -> Mapping {
+        Mapping {
+            start,
+            end,
+            read: true,
+            write: false,
+            exec: false,
+            offset: 0,
+            dev_inode: ("00:00".into(), 0),
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn gap_is_found_next_to_the_module() {
+        let maps = [map(0x5555_0000_0000, 0x5555_0010_0000), map(0x7f00_0000_0000, 0x7f00_1000_0000)];
+        let g = free_gap_near(&maps, 0x5555_0000_1000, 0x10000, 1 << 30).unwrap();
+        assert!(g + 0x10000 <= 0x5555_0000_0000 || g >= 0x5555_0010_0000);
+        assert!(g.abs_diff(0x5555_0000_1000) < 1 << 30);
+    }
+}
+
+impl Space {
+    /// Unwinds a thread stopped at `pc` from a copy of its stack starting at `sp`. Stub
+    /// addresses found on the stack are replaced by the return addresses they stand for.
+    /// Returns (reached the outermost frame, ran past the copied bytes).
+    pub fn unwind(&mut self, pc: u64, sp: u64, bp: u64, max: usize, stack: &[u8], out: &mut Vec<u64>) -> (bool, bool) {
+        let primary = self.primary();
+        let slot_retaddr = &self.slot_retaddr;
+        let hi = sp + stack.len() as u64;
+        let mut overran = false;
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            if addr < sp || addr.saturating_add(8) > hi {
+                overran |= addr >= hi;
+                return Err(());
+            }
+            let o = (addr - sp) as usize;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&stack[o..o + 8]);
+            let v = u64::from_le_bytes(w);
+            Ok(match primary.and_then(|b| v.checked_sub(b + STUB_OFF)) {
+                Some(off) if off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS => slot_retaddr[(off / STUB_SIZE) as usize],
+                _ => v,
+            })
+        };
+        let done = self.unwinder.unwind(pc, sp, bp, max, &mut read, out);
+        (done, overran)
+    }
+}

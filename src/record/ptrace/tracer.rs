@@ -1,0 +1,807 @@
+//! The event loop: one stop per traced call, threads/forks/execs followed, return values
+//! collected from the stubs' slots at later stops, events released in causal order.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options as PtOptions};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::codegen::slot;
+use super::mem::{self, Regs};
+use super::space::{BpKind, Space, SpaceError};
+use crate::format::{ExitHow, FnClass, FormatError, StartCause};
+use crate::record::funcs::TracedFn;
+use crate::record::procfs;
+use crate::record::sink::{Event, Sink};
+
+/// Errors that end a recording.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The command could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        /// The command.
+        cmd: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A ptrace or wait call failed.
+    #[error("{what}: {source}")]
+    Ptrace {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: nix::Error,
+    },
+    /// Setting up an address space failed.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// Writing the recording failed.
+    #[error("writing the recording: {0}")]
+    Format(#[from] FormatError),
+}
+
+fn pt(what: impl Into<String>) -> impl FnOnce(nix::Error) -> TraceError {
+    let what = what.into();
+    move |source| TraceError::Ptrace { what, source }
+}
+
+/// Knobs of the ptrace engine.
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    /// Most return addresses kept per stack.
+    pub max_depth: usize,
+    /// Stack bytes copied per stop before unwinding; doubled on demand.
+    pub stack_bytes: usize,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            max_depth: 64,
+            stack_bytes: 16 << 10,
+        }
+    }
+}
+
+/// A call whose return the tracer has not collected yet.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    slot: u32,
+    entry_seq: u64,
+    entry_rsp: u64,
+    has_out: bool,
+}
+
+struct Thread {
+    pid: u32,
+    pending: Vec<Pending>,
+}
+
+/// Ordering key of a buffered event: the tracee-wide sequence number, 0 for entries and
+/// abandoned calls and 1 for returns, then arrival order.
+type Key = (u64, u8, u64);
+
+struct Proc {
+    space: Rc<RefCell<Space>>,
+    tids: Vec<u32>,
+    reorder: BTreeMap<Key, Event>,
+    ctr: u64,
+    last_seq: u64,
+}
+
+enum NewTask {
+    Thread { pid: u32 },
+    Process { parent_tid: u32, shared: bool, cause: StartCause },
+}
+
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+static SIGTERMS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGINT || sig == libc::SIGQUIT {
+        SIGINTS.fetch_add(1, Ordering::SeqCst);
+    } else {
+        SIGTERMS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only touches atomics (async-signal-safe); no SA_RESTART, so a
+        // signal interrupts waitpid and the loop reacts to it.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Starts `cmd` stopped at its first instruction under ptrace; returns its pid.
+pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
+    let shown = cmd.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut c = Command::new(cmd.first().ok_or_else(|| TraceError::Spawn {
+        cmd: shown.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
+    })?);
+    c.args(&cmd[1..]);
+    // SAFETY: runs in the forked child before exec; PTRACE_TRACEME is a single system call
+    // and touches no state shared with the parent.
+    unsafe {
+        c.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
+    }
+    let child = c.spawn().map_err(|source| TraceError::Spawn { cmd: shown, source })?;
+    Ok(child.id())
+}
+
+/// The ptrace engine.
+pub struct Tracer<'s, W: Write> {
+    sink: &'s mut Sink<W>,
+    funcs: &'s [TracedFn],
+    names: Vec<&'static str>,
+    opts: TraceOptions,
+    threads: HashMap<u32, Thread>,
+    procs: HashMap<u32, Proc>,
+    expected_new: HashMap<u32, NewTask>,
+    early_stopped: HashSet<u32>,
+    root: u32,
+    root_status: Option<ExitHow>,
+    ranges: Vec<(u64, usize)>,
+    buf: Vec<u8>,
+    ras: Vec<u64>,
+    handled_ints: usize,
+    handled_terms: usize,
+}
+
+impl<'s, W: Write> Tracer<'s, W> {
+    /// Prepares to trace the given functions.
+    pub fn new(sink: &'s mut Sink<W>, funcs: &'s [TracedFn], opts: TraceOptions) -> Self {
+        Tracer {
+            sink,
+            funcs,
+            names: funcs.iter().map(|f| f.name).collect(),
+            opts,
+            threads: HashMap::new(),
+            procs: HashMap::new(),
+            expected_new: HashMap::new(),
+            early_stopped: HashSet::new(),
+            root: 0,
+            root_status: None,
+            ranges: Vec::new(),
+            buf: Vec::new(),
+            ras: Vec::new(),
+            handled_ints: 0,
+            handled_terms: 0,
+        }
+    }
+
+    /// Traces a command started by [`spawn`] and its descendants to the end, and returns
+    /// how the command ended.
+    pub fn run(mut self, pid: u32) -> Result<ExitHow, TraceError> {
+        install_signal_handlers();
+        self.root = pid;
+        let p = Pid::from_raw(pid as i32);
+        match waitpid(p, Some(WaitPidFlag::__WALL)).map_err(pt("wait for the command to start"))? {
+            WaitStatus::Stopped(_, Signal::SIGTRAP) => {}
+            WaitStatus::Exited(_, code) => return Ok(ExitHow::Code(code)),
+            WaitStatus::Signaled(_, sig, _) => return Ok(ExitHow::Signal(sig as i32)),
+            other => {
+                return Err(TraceError::Ptrace {
+                    what: format!("unexpected first stop {other:?}"),
+                    source: Errno::EINVAL,
+                });
+            }
+        }
+        let options = PtOptions::PTRACE_O_TRACECLONE
+            | PtOptions::PTRACE_O_TRACEFORK
+            | PtOptions::PTRACE_O_TRACEVFORK
+            | PtOptions::PTRACE_O_TRACEEXEC
+            | PtOptions::PTRACE_O_TRACEEXIT
+            | PtOptions::PTRACE_O_EXITKILL;
+        ptrace::setoptions(p, options).map_err(pt("set ptrace options"))?;
+        self.threads.insert(pid, Thread { pid, pending: Vec::new() });
+        self.start_image(pid, 0, StartCause::Spawn)?;
+        self.resume(pid, None)?;
+        self.event_loop()?;
+        Ok(self.root_status.unwrap_or(ExitHow::Running))
+    }
+
+    fn event_loop(&mut self) -> Result<(), TraceError> {
+        while !self.threads.is_empty() || !self.procs.is_empty() {
+            let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(s) => s,
+                Err(Errno::EINTR) => {
+                    self.on_interrupt();
+                    continue;
+                }
+                Err(Errno::ECHILD) => break,
+                Err(e) => return Err(pt("wait for the tracee")(e)),
+            };
+            match status {
+                WaitStatus::Stopped(p, sig) => self.on_stop(p.as_raw() as u32, sig)?,
+                WaitStatus::PtraceEvent(p, _, ev) => self.on_event(p.as_raw() as u32, ev)?,
+                WaitStatus::Exited(p, code) => self.on_gone(p.as_raw() as u32, ExitHow::Code(code))?,
+                WaitStatus::Signaled(p, sig, _) => self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32))?,
+                _ => {}
+            }
+            self.sink.maybe_seal()?;
+        }
+        // Anything still buffered (processes the loop lost track of) goes out in order.
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.drain(pid, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    fn on_interrupt(&mut self) {
+        let terms = SIGTERMS.load(Ordering::SeqCst);
+        if terms > self.handled_terms {
+            self.handled_terms = terms;
+            let _ = kill(Pid::from_raw(self.root as i32), Signal::SIGTERM);
+        }
+        // The terminal delivers Ctrl-C to the tracee too; only insistence kills it.
+        let ints = SIGINTS.load(Ordering::SeqCst);
+        if ints > self.handled_ints {
+            self.handled_ints = ints;
+            if ints >= 3 {
+                for &pid in self.procs.keys() {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, tid: u32, sig: Option<Signal>) -> Result<(), TraceError> {
+        let mut sig = sig;
+        if let Some(t) = self.threads.get(&tid) {
+            if let Some(p) = self.procs.get(&t.pid) {
+                let mut space = p.space.borrow_mut();
+                if let Some(i) = space.deferred_signals.iter().position(|(t, _)| *t == tid) {
+                    let (_, s) = space.deferred_signals.remove(i);
+                    if sig.is_none() {
+                        sig = Signal::try_from(s).ok();
+                    }
+                }
+            }
+        }
+        match ptrace::cont(Pid::from_raw(tid as i32), sig) {
+            // The thread may have been killed (exit_group from another thread) meanwhile.
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(pt(format!("continue thread {tid}"))(e)),
+        }
+    }
+
+    /// Sets up a freshly exec'd image: stub region, modules, breakpoints.
+    fn start_image(&mut self, pid: u32, parent: u32, cause: StartCause) -> Result<(), TraceError> {
+        let mut space = Space::new(pid)?;
+        space.inject_primary(pid)?;
+        let path = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        self.sink.process_start(pid, parent, cause, &path)?;
+        self.procs.insert(
+            pid,
+            Proc {
+                space: Rc::new(RefCell::new(space)),
+                tids: vec![pid],
+                reorder: BTreeMap::new(),
+                ctr: 0,
+                last_seq: 0,
+            },
+        );
+        self.refresh_modules(pid, pid)
+    }
+
+    /// Records modules that appeared or vanished and hooks the new ones.
+    fn refresh_modules(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
+        let Some(proc_) = self.procs.get(&pid) else { return Ok(()) };
+        let space_rc = proc_.space.clone();
+        let mut space = space_rc.borrow_mut();
+        let (added, removed) = space.scan_modules()?;
+        for id in removed {
+            self.sink.module_unload(id)?;
+        }
+        for m in added {
+            let id = self.sink.module(pid, &m.path, &m.elf.build_id, m.bias, m.start, m.end)?;
+            space.register_module(id, &m);
+            let mut defs = m.elf.defined_functions(&self.names);
+            // Aliases share an address; the first name in the table names the hook.
+            defs.sort_by_key(|&(i, addr)| (addr, i));
+            for (i, svma) in defs {
+                if let Err(e) = space.insert_bp(tid, m.bias + svma, BpKind::Call(i as u32)) {
+                    self.sink
+                        .note(pid, format!("{} in {} is not traced: {e}", self.names[i], m.path))?;
+                }
+            }
+            if let Some(a) = m.elf.symbol_address("_dl_debug_state") {
+                if let Err(e) = space.insert_bp(tid, m.bias + a, BpKind::DlDebugState) {
+                    self.sink
+                        .note(pid, format!("modules loaded later by {} are not seen: {e}", m.path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_stop(&mut self, tid: u32, sig: Signal) -> Result<(), TraceError> {
+        if !self.threads.contains_key(&tid) {
+            // First stop of a new thread or process: wait for its creator's event if needed.
+            if let Some(nt) = self.expected_new.remove(&tid) {
+                self.attach_new(tid, nt)?;
+                return self.resume(tid, None);
+            }
+            self.early_stopped.insert(tid);
+            return Ok(());
+        }
+        if sig == Signal::SIGTRAP {
+            let regs = mem::get_regs(tid).map_err(|e| pt(format!("registers of {tid}"))(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+            let addr = regs.rip.wrapping_sub(1);
+            let pid = self.threads[&tid].pid;
+            let bp = self
+                .procs
+                .get(&pid)
+                .and_then(|p| p.space.borrow().bps.get(&addr).copied());
+            if let Some(bp) = bp {
+                match bp.kind {
+                    BpKind::Call(f) => self.on_call(tid, pid, regs, addr, f)?,
+                    BpKind::DlDebugState => self.refresh_modules(pid, tid)?,
+                }
+                let mut r = regs;
+                r.rip = bp.tramp;
+                if let Err(e) = mem::set_regs(tid, r) {
+                    return Err(TraceError::Ptrace {
+                        what: format!("redirect thread {tid} to its trampoline"),
+                        source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    });
+                }
+                return self.resume(tid, None);
+            }
+        }
+        if matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU)
+            && ptrace::getsiginfo(Pid::from_raw(tid as i32)).is_err()
+        {
+            // Group-stop (not a signal to deliver): let the thread go on.
+            return self.resume(tid, None);
+        }
+        self.resume(tid, Some(sig))
+    }
+
+    fn on_event(&mut self, tid: u32, ev: i32) -> Result<(), TraceError> {
+        let p = Pid::from_raw(tid as i32);
+        match ev {
+            libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                let new = ptrace::getevent(p).map_err(pt("read the new task id"))? as u32;
+                let Some(parent) = self.threads.get(&tid) else { return self.resume(tid, None) };
+                let pid = parent.pid;
+                let nt = match ev {
+                    libc::PTRACE_EVENT_FORK => NewTask::Process {
+                        parent_tid: tid,
+                        shared: false,
+                        cause: StartCause::Fork,
+                    },
+                    libc::PTRACE_EVENT_VFORK => NewTask::Process {
+                        parent_tid: tid,
+                        shared: true,
+                        cause: StartCause::Vfork,
+                    },
+                    _ if procfs::tgid_of(new).is_none_or(|g| g == pid) => NewTask::Thread { pid },
+                    _ => {
+                        let shared = self.clone_shares_vm(tid);
+                        NewTask::Process {
+                            parent_tid: tid,
+                            shared,
+                            cause: if shared { StartCause::Vfork } else { StartCause::Fork },
+                        }
+                    }
+                };
+                if self.early_stopped.remove(&new) {
+                    self.attach_new(new, nt)?;
+                    self.resume(new, None)?;
+                } else {
+                    self.expected_new.insert(new, nt);
+                }
+                self.resume(tid, None)
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                self.on_exec(tid)?;
+                self.resume(tid, None)
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                self.finish_thread_calls(tid)?;
+                self.resume(tid, None)
+            }
+            _ => self.resume(tid, None),
+        }
+    }
+
+    /// For a `clone` that made a new process: did it share the address space?
+    fn clone_shares_vm(&self, tid: u32) -> bool {
+        let Ok(regs) = mem::get_regs(tid) else { return false };
+        let flags = if regs.orig_rax == libc::SYS_clone as u64 {
+            regs.rdi
+        } else if regs.orig_rax == libc::SYS_clone3 as u64 {
+            let mut b = [0u8; 8];
+            match mem::readv(tid, &[(regs.rdi, 8)], &mut b) {
+                Ok(8) => u64::from_le_bytes(b),
+                _ => 0,
+            }
+        } else {
+            0
+        };
+        flags & libc::CLONE_VM as u64 != 0
+    }
+
+    fn attach_new(&mut self, new: u32, nt: NewTask) -> Result<(), TraceError> {
+        match nt {
+            NewTask::Thread { pid } => {
+                self.threads.insert(new, Thread { pid, pending: Vec::new() });
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.tids.push(new);
+                }
+            }
+            NewTask::Process {
+                parent_tid,
+                shared,
+                cause,
+            } => {
+                let Some(parent) = self.threads.get(&parent_tid) else { return Ok(()) };
+                let parent_pid = parent.pid;
+                // A forked child returns through the same stubs as its parent thread.
+                let pending = if shared { Vec::new() } else { parent.pending.clone() };
+                let Some(pp) = self.procs.get(&parent_pid) else { return Ok(()) };
+                let space = if shared {
+                    pp.space.clone()
+                } else {
+                    Rc::new(RefCell::new(pp.space.borrow().fork_for(new)?))
+                };
+                let last_seq = pp.last_seq;
+                self.threads.insert(new, Thread { pid: new, pending });
+                self.procs.insert(
+                    new,
+                    Proc {
+                        space,
+                        tids: vec![new],
+                        reorder: BTreeMap::new(),
+                        ctr: 0,
+                        last_seq,
+                    },
+                );
+                let path = std::fs::read_link(format!("/proc/{new}/exe"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                self.sink.process_start(new, parent_pid, cause, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_exec(&mut self, pid: u32) -> Result<(), TraceError> {
+        // Every thread of the old image is gone; their open calls never return.
+        let Some(old) = self.procs.get(&pid) else { return Ok(()) };
+        let tids = old.tids.clone();
+        for t in &tids {
+            if let Some(th) = self.threads.get_mut(t) {
+                let n = th.pending.len();
+                th.pending.clear();
+                let p = self.procs.get_mut(&pid).expect("checked above");
+                for _ in 0..n {
+                    let key = (p.last_seq, 0, p.ctr);
+                    p.ctr += 1;
+                    p.reorder.insert(
+                        key,
+                        Event::Exit {
+                            pid,
+                            tid: *t,
+                            ret: None,
+                            out: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.drain(pid, u64::MAX)?;
+        for t in &tids {
+            self.threads.remove(t);
+        }
+        if let Some(old) = self.procs.remove(&pid) {
+            if Rc::strong_count(&old.space) == 1 {
+                for id in old.space.borrow_mut().clear() {
+                    self.sink.module_unload(id)?;
+                }
+            }
+        }
+        self.threads.insert(pid, Thread { pid, pending: Vec::new() });
+        self.start_image(pid, 0, StartCause::Exec)
+    }
+
+    fn on_gone(&mut self, tid: u32, how: ExitHow) -> Result<(), TraceError> {
+        self.early_stopped.remove(&tid);
+        let Some(th) = self.threads.remove(&tid) else { return Ok(()) };
+        let pid = th.pid;
+        if !th.pending.is_empty() {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                for _ in &th.pending {
+                    let key = (p.last_seq, 0, p.ctr);
+                    p.ctr += 1;
+                    p.reorder.insert(key, Event::Exit { pid, tid, ret: None, out: None });
+                }
+            }
+        }
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.tids.retain(|&t| t != tid);
+        }
+        if tid == pid {
+            self.drain(pid, u64::MAX)?;
+            // Threads the kernel reaped with the leader go with it.
+            if let Some(p) = self.procs.remove(&pid) {
+                for t in p.tids {
+                    self.threads.remove(&t);
+                }
+            }
+            self.sink.process_exit(pid, how)?;
+            if pid == self.root {
+                self.root_status = Some(how);
+            }
+        }
+        Ok(())
+    }
+
+    /// At a thread's exit stop, collects the returns of its calls that completed, and
+    /// marks the rest as never returning.
+    fn finish_thread_calls(&mut self, tid: u32) -> Result<(), TraceError> {
+        let Some(pid) = self.threads.get(&tid).map(|t| t.pid) else { return Ok(()) };
+        let Some(p) = self.procs.get(&pid) else { return Ok(()) };
+        let space_rc = p.space.clone();
+        let space = space_rc.borrow();
+        let Some(seq_addr) = space.seq_addr() else { return Ok(()) };
+        let pending = std::mem::take(&mut self.threads.get_mut(&tid).expect("checked").pending);
+        self.ranges.clear();
+        self.ranges.push((seq_addr, 8));
+        self.poll_ranges(&space, &pending);
+        let len: usize = self.ranges.iter().map(|r| r.1).sum();
+        self.buf.resize(len, 0);
+        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
+        let seq_now = if got >= 8 { le(&self.buf, 0) } else { 0 };
+        let results = parse_poll(&self.buf[..got], &pending);
+        drop(space);
+        let proc_ = self.procs.get_mut(&pid).expect("checked above");
+        proc_.last_seq = proc_.last_seq.max(seq_now);
+        for (i, pc) in pending.iter().enumerate().rev() {
+            let (key, ret, out) = match results[i] {
+                Some((seq, ret, out)) => ((seq, 1, proc_.ctr), Some(ret), pc.has_out.then_some(out)),
+                None => ((proc_.last_seq, 0, proc_.ctr), None, None),
+            };
+            proc_.ctr += 1;
+            proc_.reorder.insert(key, Event::Exit { pid, tid, ret, out });
+            space_rc.borrow_mut().free_slot(pc.slot);
+        }
+        self.release(pid)
+    }
+
+    /// Appends the seq fields, then the return fields, of `pending` to the read list.
+    /// Seq fields are read first: the stub stores them last, so a seq seen set means the
+    /// return fields read after it are complete.
+    fn poll_ranges(&mut self, space: &Space, pending: &[Pending]) {
+        for p in pending {
+            self.ranges.push((space.slot_addr(p.slot) + slot::SEQ, 8));
+        }
+        for p in pending {
+            self.ranges.push((space.slot_addr(p.slot) + slot::RET, 16));
+        }
+    }
+
+    fn on_call(&mut self, tid: u32, pid: u32, regs: Regs, addr: u64, f: u32) -> Result<(), TraceError> {
+        let ts = self.sink.now();
+        let Some(proc_) = self.procs.get(&pid) else { return Ok(()) };
+        let space_rc = proc_.space.clone();
+        let mut space = space_rc.borrow_mut();
+        let Some(seq_addr) = space.seq_addr() else { return Ok(()) };
+        // Calls of every thread in the process still awaiting collection.
+        let mut polled: Vec<(u32, Pending)> = Vec::new();
+        for &t in &proc_.tids {
+            if let Some(th) = self.threads.get(&t) {
+                polled.extend(th.pending.iter().map(|p| (t, *p)));
+            }
+        }
+        let polled_calls: Vec<Pending> = polled.iter().map(|p| p.1).collect();
+        self.ranges.clear();
+        self.ranges.push((seq_addr, 8));
+        self.poll_ranges(&space, &polled_calls);
+        let header: usize = self.ranges.iter().map(|r| r.1).sum();
+        push_stack_pages(&mut self.ranges, regs.rsp, self.opts.stack_bytes);
+        let len: usize = self.ranges.iter().map(|r| r.1).sum();
+        self.buf.resize(len, 0);
+        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
+        if got < header {
+            // The slot area is unreadable: the tracee unmapped it. Nothing can be trusted.
+            self.sink.dropped(1);
+            return Ok(());
+        }
+        let seq_now = le(&self.buf, 0);
+        let results = parse_poll(&self.buf[..header], &polled_calls);
+        let proc_ = self.procs.get_mut(&pid).expect("checked above");
+        proc_.last_seq = proc_.last_seq.max(seq_now);
+
+        // Collect returns (innermost first within a thread, which their seq order gives).
+        let mut by_thread: HashMap<u32, Vec<(Pending, Option<(u64, u64, u64)>)>> = HashMap::new();
+        for ((t, p), r) in polled.iter().zip(results.iter()) {
+            by_thread.entry(*t).or_default().push((*p, *r));
+        }
+        let stack = &self.buf[header..got];
+        let ra_raw = (stack.len() >= 8).then(|| le(stack, 0));
+        for (t, calls) in by_thread {
+            let mut keep = Vec::new();
+            for (p, r) in calls.into_iter().rev() {
+                if let Some((seq, ret, out)) = r {
+                    let key = (seq, 1, proc_.ctr);
+                    proc_.ctr += 1;
+                    proc_.reorder.insert(
+                        key,
+                        Event::Exit {
+                            pid,
+                            tid: t,
+                            ret: Some(ret),
+                            out: p.has_out.then_some(out),
+                        },
+                    );
+                    space.free_slot(p.slot);
+                } else if t == tid
+                    && (p.entry_rsp < regs.rsp || (p.entry_rsp == regs.rsp && ra_raw != Some(space.stub_addr(p.slot))))
+                {
+                    // Its frame is gone (longjmp, exception): it will never return.
+                    let key = (seq_now, 0, proc_.ctr);
+                    proc_.ctr += 1;
+                    proc_.reorder.insert(key, Event::Exit { pid, tid: t, ret: None, out: None });
+                    space.free_slot(p.slot);
+                } else {
+                    keep.push(p);
+                }
+            }
+            keep.reverse();
+            if let Some(th) = self.threads.get_mut(&t) {
+                th.pending = keep;
+            }
+        }
+
+        // Unwind from the function entry.
+        self.ras.clear();
+        let complete = space.unwind(addr, regs.rsp, regs.rbp, self.opts.max_depth, stack, &mut self.ras);
+        if !complete.0 && complete.1 && stack.len() == self.opts.stack_bytes {
+            // The stack goes deeper than the first read: read more once.
+            let mut big = Vec::new();
+            push_stack_pages(&mut big, regs.rsp, self.opts.stack_bytes * 16);
+            let mut data = vec![0u8; big.iter().map(|r| r.1).sum()];
+            let n = mem::readv(tid, &big, &mut data).unwrap_or(0);
+            self.ras.clear();
+            space.unwind(addr, regs.rsp, regs.rbp, self.opts.max_depth, &data[..n], &mut self.ras);
+        }
+        let frames = self.ras.iter().map(|&a| space.frame(a)).collect();
+        let func = &self.funcs[f as usize];
+        let all = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+        let args = all[..usize::from(func.nargs).min(6)].to_vec();
+        let key = (seq_now, 0, proc_.ctr);
+        proc_.ctr += 1;
+        proc_.reorder.insert(
+            key,
+            Event::Enter {
+                pid,
+                tid,
+                ts,
+                func: f,
+                args,
+                frames,
+            },
+        );
+
+        if func.returns {
+            let hooked = ra_raw.and_then(|ra| {
+                let real = space.real_retaddr(ra);
+                let i = space.alloc_slot(real)?;
+                let out_ptr = (func.class == FnClass::PosixMemalign).then_some(regs.rdi);
+                let init = space.slot_init(i, ra, out_ptr);
+                let stub = space.stub_addr(i).to_le_bytes();
+                match mem::writev(tid, &[(space.slot_addr(i), &init), (regs.rsp, &stub)]) {
+                    Ok(()) => Some(Pending {
+                        slot: i,
+                        entry_seq: seq_now,
+                        entry_rsp: regs.rsp,
+                        has_out: out_ptr.is_some(),
+                    }),
+                    Err(_) => {
+                        space.free_slot(i);
+                        None
+                    }
+                }
+            });
+            match hooked {
+                Some(p) => {
+                    if let Some(th) = self.threads.get_mut(&tid) {
+                        th.pending.push(p);
+                    }
+                }
+                None => {
+                    // No way to see the return: say so rather than invent a value.
+                    let key = (seq_now, 0, proc_.ctr);
+                    proc_.ctr += 1;
+                    proc_.reorder.insert(key, Event::Exit { pid, tid, ret: None, out: None });
+                    self.sink.dropped(1);
+                }
+            }
+        }
+        drop(space);
+        self.release(pid)
+    }
+
+    /// Writes out the buffered events that no later event can precede.
+    fn release(&mut self, pid: u32) -> Result<(), TraceError> {
+        let Some(p) = self.procs.get(&pid) else { return Ok(()) };
+        let mut mark = p.last_seq;
+        for t in &p.tids {
+            if let Some(th) = self.threads.get(t) {
+                for c in &th.pending {
+                    mark = mark.min(c.entry_seq);
+                }
+            }
+        }
+        self.drain(pid, mark)
+    }
+
+    fn drain(&mut self, pid: u32, below: u64) -> Result<(), TraceError> {
+        let Some(p) = self.procs.get_mut(&pid) else { return Ok(()) };
+        while let Some(entry) = p.reorder.first_entry() {
+            if entry.key().0 >= below && below != u64::MAX {
+                break;
+            }
+            let ev = entry.remove();
+            self.sink.event(ev)?;
+        }
+        Ok(())
+    }
+}
+
+fn le(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Splits `[sp, sp + len)` at page boundaries so a read stops cleanly at the stack's end.
+fn push_stack_pages(ranges: &mut Vec<(u64, usize)>, sp: u64, len: usize) {
+    let mut at = sp;
+    let end = sp.saturating_add(len as u64);
+    while at < end {
+        let page_end = ((at | 0xfff) + 1).min(end);
+        ranges.push((at, (page_end - at) as usize));
+        at = page_end;
+    }
+}
+
+/// Parses what `poll_ranges` read (after the 8-byte counter): per call, `(seq, ret, out)`
+/// if it returned.
+fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Option<(u64, u64, u64)>> {
+    let n = pending.len();
+    (0..n)
+        .map(|i| {
+            let seq_at = 8 + 8 * i;
+            let ret_at = 8 + 8 * n + 16 * i;
+            if buf.len() < ret_at + 16 {
+                return None;
+            }
+            let seq = le(buf, seq_at);
+            (seq != u64::MAX).then(|| (seq, le(buf, ret_at), le(buf, ret_at + 8)))
+        })
+        .collect()
+}

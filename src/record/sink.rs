@@ -1,0 +1,195 @@
+//! Where engines deliver events: assigns compact ids (threads, stacks stored once) and
+//! appends records to the recording file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Instant;
+
+use crate::format::{
+    Enter, Exit, ExitHow, Frame, FunctionDef, FormatError, Meta, ModuleDef, Note, ProcessExit, ProcessStart, Record,
+    StackDef, StartCause, Summary, ThreadDef, Writer,
+};
+use crate::record::funcs::TracedFn;
+
+/// An event as an engine reports it, before ids are assigned.
+#[derive(Debug)]
+pub enum Event {
+    /// Entry into a traced function.
+    Enter {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// Nanoseconds since the recording started.
+        ts: u64,
+        /// Index into the engine's function table.
+        func: u32,
+        /// Integer arguments.
+        args: Vec<u64>,
+        /// Return addresses, caller first, already resolved to modules.
+        frames: Vec<Frame>,
+    },
+    /// Return from the innermost open call of the thread.
+    Exit {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// Return value, `None` if the call never returned.
+        ret: Option<u64>,
+        /// Out-pointer value read at return.
+        out: Option<u64>,
+    },
+}
+
+/// Interns definitions and writes records.
+pub struct Sink<W: Write> {
+    writer: Writer<W>,
+    stacks: HashMap<Vec<Frame>, u32>,
+    threads: HashMap<(u32, u32), u32>,
+    next_module: u32,
+    start: Instant,
+    seal_at: Instant,
+}
+
+impl<W: Write> Sink<W> {
+    /// Starts a recording with the given metadata and function table.
+    pub fn new(out: W, meta: &Meta, funcs: &[TracedFn]) -> Result<Self, FormatError> {
+        let mut writer = Writer::new(out, meta)?;
+        for (i, f) in funcs.iter().enumerate() {
+            writer.push(&Record::Function(FunctionDef {
+                id: i as u32,
+                name: f.name.to_string(),
+                class: f.class,
+                returns: f.returns,
+            }))?;
+        }
+        let now = Instant::now();
+        Ok(Sink {
+            writer,
+            stacks: HashMap::new(),
+            threads: HashMap::new(),
+            next_module: 0,
+            start: now,
+            seal_at: now,
+        })
+    }
+
+    /// Nanoseconds since the recording started.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn thread(&mut self, pid: u32, tid: u32) -> Result<u32, FormatError> {
+        if let Some(&n) = self.threads.get(&(pid, tid)) {
+            return Ok(n);
+        }
+        let num = self.threads.len() as u32;
+        self.threads.insert((pid, tid), num);
+        self.writer.push(&Record::Thread(ThreadDef { num, pid, tid }))?;
+        Ok(num)
+    }
+
+    /// Writes one event, defining its thread and stack first if they are new.
+    pub fn event(&mut self, ev: Event) -> Result<(), FormatError> {
+        match ev {
+            Event::Enter {
+                pid,
+                tid,
+                ts,
+                func,
+                args,
+                frames,
+            } => {
+                let thread = self.thread(pid, tid)?;
+                let stack = if frames.is_empty() {
+                    None
+                } else if let Some(&id) = self.stacks.get(&frames) {
+                    Some(id)
+                } else {
+                    let id = self.stacks.len() as u32;
+                    self.writer.push(&Record::Stack(StackDef {
+                        id,
+                        frames: frames.clone(),
+                    }))?;
+                    self.stacks.insert(frames, id);
+                    Some(id)
+                };
+                self.writer.push(&Record::Enter(Enter {
+                    thread,
+                    ts,
+                    func,
+                    args,
+                    stack,
+                }))
+            }
+            Event::Exit { pid, tid, ret, out } => {
+                let thread = self.thread(pid, tid)?;
+                self.writer.push(&Record::Exit(Exit { thread, ret, out }))
+            }
+        }
+    }
+
+    /// Records a newly mapped module and returns its id.
+    pub fn module(&mut self, pid: u32, path: &str, build_id: &[u8], bias: u64, start: u64, end: u64) -> Result<u32, FormatError> {
+        let id = self.next_module;
+        self.next_module += 1;
+        self.writer.push(&Record::Module(ModuleDef {
+            id,
+            pid,
+            path: path.to_string(),
+            build_id: build_id.to_vec(),
+            bias,
+            start,
+            end,
+        }))?;
+        Ok(id)
+    }
+
+    /// Records that a module was unmapped.
+    pub fn module_unload(&mut self, id: u32) -> Result<(), FormatError> {
+        self.writer.push(&Record::ModuleUnload(id))
+    }
+
+    /// Records a process start.
+    pub fn process_start(&mut self, pid: u32, parent: u32, cause: StartCause, path: &str) -> Result<(), FormatError> {
+        let ts = self.now();
+        self.writer.push(&Record::ProcessStart(ProcessStart {
+            pid,
+            parent,
+            ts,
+            cause,
+            path: path.to_string(),
+        }))
+    }
+
+    /// Records a process end.
+    pub fn process_exit(&mut self, pid: u32, how: ExitHow) -> Result<(), FormatError> {
+        let ts = self.now();
+        self.writer.push(&Record::ProcessExit(ProcessExit { pid, ts, how }))
+    }
+
+    /// Records a diagnostic that replay repeats.
+    pub fn note(&mut self, pid: u32, text: String) -> Result<(), FormatError> {
+        self.writer.push(&Record::Note(Note { pid, text }))
+    }
+
+    /// Counts calls seen but not recorded.
+    pub fn dropped(&mut self, n: u64) {
+        self.writer.add_dropped(n);
+    }
+
+    /// Seals the pending chunk if a second has passed, bounding what a crash can lose.
+    pub fn maybe_seal(&mut self) -> Result<(), FormatError> {
+        if self.seal_at.elapsed().as_millis() >= 1000 {
+            self.seal_at = Instant::now();
+            self.writer.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the file.
+    pub fn finish(self) -> Result<(W, Summary), FormatError> {
+        self.writer.finish()
+    }
+}
