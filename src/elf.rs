@@ -172,6 +172,25 @@ impl ElfInfo {
         out
     }
 
+    /// True if the file carries DWARF line or debug info.
+    pub fn has_dwarf(&self) -> bool {
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return false;
+        };
+        [".debug_info", ".debug_line"].iter().any(|n| {
+            parsed
+                .section_by_name(n)
+                .is_some_and(|s| s.size() > 0 && s.kind() != object::SectionKind::UninitializedData)
+        })
+    }
+
+    /// The file name and CRC from `.gnu_debuglink`, if present.
+    pub fn debuglink(&self) -> Option<(String, u32)> {
+        let parsed = ElfFile64::<Endianness>::parse(self.file.bytes()).ok()?;
+        let (name, crc) = parsed.gnu_debuglink().ok().flatten()?;
+        Some((String::from_utf8_lossy(name).into_owned(), crc))
+    }
+
     /// Looks up one symbol's stated address (any type, global or local).
     pub fn symbol_address(&self, name: &str) -> Option<u64> {
         let parsed = ElfFile64::<Endianness>::parse(self.file.bytes()).ok()?;

@@ -4,7 +4,11 @@
 //! replay reads it back, [`symbolize`]s addresses, runs [`analyze`] passes and
 //! [`render`]s text.
 
+pub mod analyze;
 pub mod elf;
 pub mod format;
 pub mod record;
+pub mod render;
+pub mod replay;
+pub mod symbolize;
 pub mod unwind;

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use rltrace::format::{ExitHow, Reader};
 use rltrace::record::{self, RecordRequest};
+use rltrace::replay::{self, ReplayOptions};
+use rltrace::symbolize::SymbolizeOptions;
 
 /// Record library calls with their stacks; replay them symbolized; find leaks.
 #[derive(Parser)]
@@ -29,6 +31,23 @@ enum Cmd {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
+    },
+    /// Print the recorded calls, symbolized, or the leak report.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// List blocks never freed, grouped by allocation stack.
+        #[arg(long)]
+        leaks: bool,
+        /// Print every frame of each call's stack.
+        #[arg(long)]
+        stack: bool,
+        /// With --leaks: print the full stack of each group.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Also look for debug files here (by build-id and debuglink name).
+        #[arg(long = "debug-dir", value_name = "DIR")]
+        debug_dirs: Vec<PathBuf>,
     },
     /// Dump the raw records of a recording (debugging aid).
     Dump {
@@ -73,6 +92,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitHow::Signal(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
                 ExitHow::Running => ExitCode::SUCCESS,
             })
+        }
+        Cmd::Replay {
+            file,
+            leaks,
+            stack,
+            verbose,
+            debug_dirs,
+        } => {
+            let opts = ReplayOptions {
+                leaks,
+                stack,
+                verbose,
+                symbolize: SymbolizeOptions { debug_dirs },
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let warnings = replay::replay(&file, &opts, &mut out)?;
+            for w in warnings {
+                eprintln!("rltrace: warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Dump { file } => {
             let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;

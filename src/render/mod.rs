@@ -1,0 +1,240 @@
+//! Rendering for people: ltrace-style call lines, stacks, leak reports.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use crate::analyze::leaks::LeakReport;
+use crate::analyze::Defs;
+use crate::format::{Enter, Exit, ExitHow, FnClass, Frame};
+use crate::symbolize::{SymFrame, Symbolizer};
+
+/// How an argument is shown.
+#[derive(Clone, Copy)]
+enum Arg {
+    Size,
+    Ptr,
+}
+
+fn arg_kinds(class: FnClass) -> &'static [Arg] {
+    match class {
+        FnClass::Malloc | FnClass::Valloc | FnClass::Pvalloc => &[Arg::Size],
+        FnClass::Calloc => &[Arg::Size, Arg::Size],
+        FnClass::Realloc => &[Arg::Ptr, Arg::Size],
+        FnClass::ReallocArray => &[Arg::Ptr, Arg::Size, Arg::Size],
+        FnClass::Free => &[Arg::Ptr],
+        FnClass::PosixMemalign => &[Arg::Ptr, Arg::Size, Arg::Size],
+        FnClass::AlignedAlloc => &[Arg::Size, Arg::Size],
+        FnClass::Other => &[],
+    }
+}
+
+/// A pointer as ltrace shows it: `nil` or hex.
+pub fn ptr(v: u64) -> String {
+    if v == 0 {
+        "nil".to_string()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// `name(arg, arg` without the closing parenthesis.
+pub fn call_head(defs: &Defs, e: &Enter) -> String {
+    let kinds = arg_kinds(defs.class(e.func));
+    let args: Vec<String> = e
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| match kinds.get(i) {
+            Some(Arg::Size) => a.to_string(),
+            Some(Arg::Ptr) => ptr(a),
+            // No prototype: integer registers in hex, never a guess at their type.
+            None => format!("{a:#x}"),
+        })
+        .collect();
+    format!("{}({}", defs.name(e.func), args.join(", "))
+}
+
+/// ` = value` for a return.
+pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
+    match (defs.class(e.func), x.ret) {
+        (_, None) => " = <no return ...>".to_string(),
+        (FnClass::PosixMemalign, Some(r)) => match x.out {
+            Some(p) if r == 0 => format!(" = 0 [*memptr={}]", ptr(p)),
+            _ => format!(" = {}", r as i32),
+        },
+        (FnClass::Other, Some(r)) => format!(" = {r:#x}"),
+        (_, Some(r)) => format!(" = {}", ptr(r)),
+    }
+}
+
+/// Symbolizes a stack and picks the caller to show: the first frame outside the
+/// allocator, the runtimes and dependencies, or the first frame if all are.
+pub fn caller(sym: &mut Symbolizer, frames: &[Frame]) -> Option<SymFrame> {
+    let mut first = None;
+    for f in frames {
+        for sf in sym.frames(f, true) {
+            if first.is_none() && (sf.function.is_some() || sf.file.is_some()) {
+                first = Some(sf.clone());
+            }
+            if !sf.is_runtime() && (sf.function.is_some() || sf.file.is_some()) {
+                return Some(sf);
+            }
+        }
+    }
+    first
+}
+
+/// `file:line:col function` (or what is known of it).
+pub fn caller_text(sf: &SymFrame) -> String {
+    let func = sf.function.as_deref().map(short_name).unwrap_or_default();
+    match sf.location() {
+        Some(loc) => format!("{} {}", shorten_path(&loc), func).trim_end().to_string(),
+        None => format!("{func} ({}+{:#x})", module_name(&sf.module), sf.addr),
+    }
+}
+
+/// Drops the hash suffix rustc adds to legacy-mangled names.
+fn short_name(f: &str) -> String {
+    f.to_string()
+}
+
+fn module_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Paths inside the current directory are shown relative to it.
+fn shorten_path(p: &str) -> String {
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Ok(rest) = std::path::Path::new(p).strip_prefix(&cwd) {
+            return rest.display().to_string();
+        }
+    }
+    p.to_string()
+}
+
+/// Writes every frame of a stack, inlined frames included, one per line.
+pub fn write_stack(out: &mut dyn Write, sym: &mut Symbolizer, frames: &[Frame], indent: &str) -> io::Result<()> {
+    let mut n = 0;
+    for f in frames {
+        for sf in sym.frames(f, true) {
+            let func = sf.function.clone().unwrap_or_else(|| "??".into());
+            let loc = sf.location().map(|l| format!(" at {}", shorten_path(&l))).unwrap_or_default();
+            let m = if sf.module.is_empty() {
+                format!("[{:#x}]", sf.addr)
+            } else {
+                format!("[{}+{:#x}]", module_name(&sf.module), sf.addr)
+            };
+            let inl = if sf.inlined { " (inlined)" } else { "" };
+            writeln!(out, "{indent}#{n:<2} {func}{loc}{inl} {m}")?;
+            n += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Lines of source files, read once each.
+#[derive(Default)]
+pub struct SourceCache {
+    files: HashMap<String, Option<Vec<String>>>,
+}
+
+impl SourceCache {
+    /// Line `line` (1-based) of `file`, if the file is readable.
+    pub fn line(&mut self, file: &str, line: u32) -> Option<&str> {
+        let lines = self.files.entry(file.to_string()).or_insert_with(|| {
+            std::fs::read(file)
+                .ok()
+                .filter(|b| b.len() < 64 << 20)
+                .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
+        });
+        lines.as_ref()?.get(line.checked_sub(1)? as usize).map(String::as_str)
+    }
+}
+
+/// How a process ended, as ltrace shows it.
+pub fn exit_text(how: ExitHow) -> String {
+    match how {
+        ExitHow::Code(c) => format!("+++ exited (status {c}) +++"),
+        ExitHow::Signal(s) => {
+            let name = nix::sys::signal::Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |s| s.as_str().to_string());
+            format!("+++ killed by {name} +++")
+        }
+        ExitHow::Running => "+++ still running when recording stopped +++".to_string(),
+    }
+}
+
+fn sizes(min: u64, max: u64) -> String {
+    if min == max {
+        format!("{min} bytes each")
+    } else {
+        format!("{min} to {max} bytes")
+    }
+}
+
+/// Writes a leak report.
+pub fn write_leaks(
+    out: &mut dyn Write,
+    report: &LeakReport,
+    defs: &Defs,
+    sym: &mut Symbolizer,
+    verbose: bool,
+    exe_of: &HashMap<u32, String>,
+) -> io::Result<()> {
+    let mut sources = SourceCache::default();
+    if report.groups.is_empty() {
+        writeln!(out, "no leaks: every block allocated during the recording was freed")?;
+        return Ok(());
+    }
+    let mut pids: Vec<u32> = report.groups.iter().map(|g| g.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        let groups: Vec<_> = report.groups.iter().filter(|g| g.pid == pid).collect();
+        let blocks: u64 = groups.iter().map(|g| g.blocks).sum();
+        let bytes: u64 = groups.iter().map(|g| g.bytes).sum();
+        let exe = exe_of.get(&pid).map(String::as_str).unwrap_or("?");
+        writeln!(
+            out,
+            "process {pid} ({exe}): {bytes} bytes in {blocks} blocks never freed, from {} allocation stacks",
+            groups.len()
+        )?;
+        for (i, g) in groups.iter().enumerate() {
+            writeln!(out)?;
+            let plural = if g.blocks == 1 { "" } else { "s" };
+            writeln!(
+                out,
+                "#{} {} bytes in {} block{plural} ({}) allocated by {}",
+                i + 1,
+                g.bytes,
+                g.blocks,
+                sizes(g.min_size, g.max_size),
+                defs.name(g.func)
+            )?;
+            let frames = g.stack.and_then(|s| defs.stacks.get(&s)).cloned().unwrap_or_default();
+            match caller(sym, &frames) {
+                Some(sf) => {
+                    writeln!(out, "   at {}", caller_text(&sf))?;
+                    if let (Some(file), Some(line)) = (&sf.file, sf.line) {
+                        if let Some(text) = sources.line(file, line) {
+                            writeln!(out, "   {line:>5} | {}", text.trim_end())?;
+                        }
+                    }
+                }
+                None => writeln!(out, "   at an unknown location (no stack recorded)")?,
+            }
+            if verbose {
+                writeln!(out, "   stack:")?;
+                write_stack(out, sym, &frames, "     ")?;
+            }
+        }
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "total: {} bytes in {} blocks never freed, from {} allocation stacks",
+        report.bytes(),
+        report.blocks(),
+        report.groups.len()
+    )?;
+    Ok(())
+}
