@@ -42,6 +42,9 @@ enum Cmd {
         /// Print every frame of each call's stack.
         #[arg(long)]
         stack: bool,
+        /// Also show calls made inside another traced call (an allocator calling itself).
+        #[arg(long)]
+        all: bool,
         /// With --leaks: print the full stack of each group.
         #[arg(short, long)]
         verbose: bool,
@@ -97,12 +100,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             leaks,
             stack,
+            all,
             verbose,
             debug_dirs,
         } => {
             let opts = ReplayOptions {
                 leaks,
                 stack,
+                all,
                 verbose,
                 symbolize: SymbolizeOptions { debug_dirs },
             };

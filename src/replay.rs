@@ -20,6 +20,9 @@ pub struct ReplayOptions {
     pub stack: bool,
     /// Leak report: show full stacks.
     pub verbose: bool,
+    /// Trace: also show calls made while another traced call of the same thread was
+    /// running (an allocator calling itself, `realloc(NULL, n)` calling `malloc`).
+    pub all: bool,
     /// Where to find debug info.
     pub symbolize: SymbolizeOptions,
 }
@@ -84,7 +87,10 @@ pub fn replay(path: &Path, opts: &ReplayOptions, out: &mut dyn Write) -> Result<
                 leaks.step(s, &defs);
             }
         } else {
-            trace.record(out, &rec, step, &defs, &mut sym, opts.stack)?;
+            let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
+            if opts.all || !nested {
+                trace.record(out, &rec, step, &defs, &mut sym, opts.stack)?;
+            }
         }
     }
     if opts.leaks {
@@ -126,9 +132,13 @@ impl TraceWriter {
     }
 
     fn flush(&mut self, out: &mut dyn Write, defs: &Defs) -> std::io::Result<()> {
-        if let Some((thread, head, _, _)) = self.pending.take() {
+        if let Some((thread, head, caller, _)) = self.pending.take() {
             let (pid, tid) = defs.thread(thread);
-            writeln!(out, "[{pid} {tid}] {head} <unfinished ...>")?;
+            if caller.is_empty() {
+                writeln!(out, "[{pid} {tid}] {head} <unfinished ...>")?;
+            } else {
+                writeln!(out, "[{pid} {tid}] {head} <unfinished ...>  {caller}")?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,188 @@
+//! Shared test harness: builds the fixtures once per test binary, runs rltrace on them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The rltrace binary under test.
+pub fn rltrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rltrace"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where built fixtures go.
+pub fn fixture_dir() -> PathBuf {
+    let d = repo().join("target").join("fixtures");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rltrace-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles a C fixture with the system `cc`; `flags` go before the source.
+pub fn build_c(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = repo().join("tests/fixtures/c").join(source);
+    let out = fixture_dir().join(name);
+    // Build to a temporary name and rename, so concurrent test binaries never see a
+    // half-written executable.
+    let tmp = fixture_dir().join(format!("{name}.{}.tmp", std::process::id()));
+    let status = Command::new("cc")
+        .args(flags)
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed for {source}");
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+pub fn leaks_c() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_c("leaks", "leaks.c", &["-O1", "-g"]))
+}
+
+pub fn mt_c() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_c("mt", "mt.c", &["-O1", "-g", "-pthread"]))
+}
+
+/// Builds the Rust server fixture (release, with debug info) with cargo.
+pub fn rust_server() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let manifest = repo().join("tests/fixtures/rust-server/Cargo.toml");
+        let target = repo().join("target/fixtures/rust-server");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the rust-server fixture failed");
+        target.join("release/rust-server")
+    })
+}
+
+/// Line number of the line of `file` containing `marker`.
+pub fn marker_line(file: &Path, marker: &str) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap();
+    let hits: Vec<u32> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "marker {marker:?} must appear once in {}", file.display());
+    hits[0]
+}
+
+/// Runs `rltrace record -o OUT -- CMD ARGS` and returns its output.
+pub fn record(out: &Path, cmd: &Path, args: &[&str]) -> Output {
+    let o = rltrace()
+        .arg("record")
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .arg(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rltrace record");
+    assert!(out.exists(), "no recording written: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Runs `rltrace replay ARGS FILE`, asserting success, and returns stdout.
+pub fn replay(file: &Path, args: &[&str]) -> String {
+    let o = rltrace().arg("replay").args(args).arg(file).output().expect("run rltrace replay");
+    assert!(
+        o.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("utf-8 output")
+}
+
+/// A leak group as the text report shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub func: String,
+    /// `file:line` of the caller (column dropped), file name only.
+    pub at: String,
+    pub caller_fn: String,
+    /// The full report section.
+    pub text: String,
+}
+
+/// Parses the groups of `rltrace replay --leaks` output.
+pub fn parse_leaks(report: &str) -> Vec<Group> {
+    let mut groups = Vec::new();
+    let mut cur: Option<Group> = None;
+    for line in report.lines() {
+        if line.starts_with('#') {
+            if let Some(g) = cur.take() {
+                groups.push(g);
+            }
+            // "#1 72 bytes in 3 blocks (24 bytes each) allocated by malloc"
+            let w: Vec<&str> = line.split_whitespace().collect();
+            cur = Some(Group {
+                bytes: w[1].parse().unwrap(),
+                blocks: w[4].parse().unwrap(),
+                func: w.last().unwrap().to_string(),
+                at: String::new(),
+                caller_fn: String::new(),
+                text: String::new(),
+            });
+        }
+        if let Some(g) = cur.as_mut() {
+            g.text.push_str(line);
+            g.text.push('\n');
+            if let Some(rest) = line.trim_start().strip_prefix("at ") {
+                if g.at.is_empty() {
+                    let mut parts = rest.splitn(2, ' ');
+                    let loc = parts.next().unwrap_or("");
+                    g.caller_fn = parts.next().unwrap_or("").to_string();
+                    let file_line: Vec<&str> = loc.rsplitn(3, ':').collect();
+                    // loc is file:line:col
+                    if file_line.len() == 3 {
+                        let file = Path::new(file_line[2]).file_name().unwrap().to_string_lossy().into_owned();
+                        g.at = format!("{file}:{}", file_line[1]);
+                    } else {
+                        g.at = loc.to_string();
+                    }
+                }
+            }
+        }
+    }
+    if let Some(g) = cur.take() {
+        groups.push(g);
+    }
+    groups
+}
+
+/// Requires an external tool the README's test command installs.
+pub fn require_tool(name: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{name} is not installed: run the README's test command (scripts/test), which installs it");
+}
