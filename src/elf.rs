@@ -107,11 +107,17 @@ impl ElfInfo {
     pub fn open(path: &Path) -> Result<Self, ElfError> {
         let file = MappedFile::open(path)?;
         let shown = path.display().to_string();
-        let parsed = ElfFile64::<Endianness>::parse(file.bytes()).map_err(|source| ElfError::Parse {
-            path: shown.clone(),
-            source,
-        })?;
-        let build_id = parsed.build_id().ok().flatten().map(<[u8]>::to_vec).unwrap_or_default();
+        let parsed =
+            ElfFile64::<Endianness>::parse(file.bytes()).map_err(|source| ElfError::Parse {
+                path: shown.clone(),
+                source,
+            })?;
+        let build_id = parsed
+            .build_id()
+            .ok()
+            .flatten()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         let endian = parsed.endian();
         let loads = parsed
             .elf_program_headers()
@@ -276,6 +282,9 @@ mod tests {
         // The bias of the mapping must put malloc's stated address at its runtime address.
         let bias = info.bias(libc.start, libc.offset).unwrap();
         let (_, malloc_svma) = found.iter().find(|(i, _)| *i == 0).unwrap();
-        assert_eq!(bias + malloc_svma, libc::malloc as *const () as usize as u64);
+        assert_eq!(
+            bias + malloc_svma,
+            libc::malloc as *const () as usize as u64
+        );
     }
 }

@@ -88,7 +88,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "rltrace: recorded {} records to {}{}",
                 out.records,
                 out.path.display(),
-                if out.dropped > 0 { format!(" ({} calls could not be recorded)", out.dropped) } else { String::new() }
+                if out.dropped > 0 {
+                    format!(" ({} calls could not be recorded)", out.dropped)
+                } else {
+                    String::new()
+                }
             );
             Ok(match out.exit {
                 ExitHow::Code(c) => ExitCode::from(c as u8),
@@ -113,17 +117,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let warnings = replay::replay(&file, &opts, &mut out)?;
-            for w in warnings {
+            let report = replay::replay(&file, &opts, &mut out)?;
+            drop(out);
+            for w in &report.warnings {
                 eprintln!("rltrace: warning: {w}");
             }
-            Ok(ExitCode::SUCCESS)
+            // 1: the output was printed but is incomplete (cut-short recording, missing binary).
+            Ok(if report.incomplete {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Dump { file } => {
-            let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
-            let mut r = Reader::new(std::io::BufReader::new(f)).with_context(|| file.display().to_string())?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let mut r = Reader::new(std::io::BufReader::new(f))
+                .with_context(|| file.display().to_string())?;
             println!("{:?}", r.meta());
-            while let Some(rec) = r.next_record().with_context(|| file.display().to_string())? {
+            while let Some(rec) = r
+                .next_record()
+                .with_context(|| file.display().to_string())?
+            {
                 println!("{rec:?}");
             }
             for w in r.warnings() {

@@ -51,9 +51,22 @@ pub enum ReplayError {
     Output(#[from] std::io::Error),
 }
 
-/// Replays `path` to `out`; returns warnings for the user (truncation, missing binaries,
-/// the recorder's own notes).
-pub fn replay(path: &Path, opts: &ReplayOptions, out: &mut dyn Write) -> Result<Vec<String>, ReplayError> {
+/// What replay has to tell besides its output.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Warnings for the user: truncation, missing binaries, the recorder's own notes.
+    pub warnings: Vec<String>,
+    /// True if the output is incomplete: the recording was cut short, or a module's
+    /// binary was missing or different, leaving its frames unsymbolized.
+    pub incomplete: bool,
+}
+
+/// Replays `path` to `out`.
+pub fn replay(
+    path: &Path,
+    opts: &ReplayOptions,
+    out: &mut dyn Write,
+) -> Result<ReplayReport, ReplayError> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|source| ReplayError::Open {
         path: shown.clone(),
@@ -100,14 +113,23 @@ pub fn replay(path: &Path, opts: &ReplayOptions, out: &mut dyn Write) -> Result<
         trace.flush(out, &defs)?;
     }
     out.flush()?;
+    let mut incomplete = !reader.warnings().is_empty();
     warnings.extend(reader.warnings().iter().cloned());
-    warnings.extend(sym.take_warnings());
+    let sym_warnings = sym.take_warnings();
+    incomplete |= !sym_warnings.is_empty();
+    warnings.extend(sym_warnings);
     if let Some(s) = reader.summary() {
         if s.dropped > 0 {
-            warnings.push(format!("{} calls were seen but could not be recorded completely", s.dropped));
+            warnings.push(format!(
+                "{} calls were seen but could not be recorded completely",
+                s.dropped
+            ));
         }
     }
-    Ok(warnings)
+    Ok(ReplayReport {
+        warnings,
+        incomplete,
+    })
 }
 
 /// ltrace-style lines; a call is printed on one line unless another event comes between
@@ -121,12 +143,16 @@ struct TraceWriter {
 
 impl TraceWriter {
     fn caller_of(&mut self, stack: Option<u32>, defs: &Defs, sym: &mut Symbolizer) -> String {
-        let Some(id) = stack else { return String::new() };
+        let Some(id) = stack else {
+            return String::new();
+        };
         if let Some(c) = self.callers.get(&id) {
             return c.clone();
         }
         let frames = defs.stacks.get(&id).cloned().unwrap_or_default();
-        let c = caller(sym, &frames).map(|sf| caller_text(&sf)).unwrap_or_default();
+        let c = caller(sym, &frames)
+            .map(|sf| caller_text(&sf))
+            .unwrap_or_default();
         self.callers.insert(id, c.clone());
         c
     }
@@ -158,7 +184,10 @@ impl TraceWriter {
             writeln!(out, "{prefix}  {caller}")?;
         }
         if show_stack {
-            let frames = stack.and_then(|s| defs.stacks.get(&s)).cloned().unwrap_or_default();
+            let frames = stack
+                .and_then(|s| defs.stacks.get(&s))
+                .cloned()
+                .unwrap_or_default();
             write_stack(out, sym, &frames, "    ")?;
         }
         Ok(())
@@ -174,7 +203,9 @@ impl TraceWriter {
         show_stack: bool,
     ) -> std::io::Result<()> {
         match step {
-            Some(Step::Began { enter, void: true, .. }) => {
+            Some(Step::Began {
+                enter, void: true, ..
+            }) => {
                 self.flush(out, defs)?;
                 let (pid, tid) = defs.thread(enter.thread);
                 let c = self.caller_of(enter.stack, defs, sym);
@@ -198,7 +229,11 @@ impl TraceWriter {
                     other => {
                         self.pending = other;
                         self.flush(out, defs)?;
-                        writeln!(out, "[{pid} {tid}] <... {} resumed> ){ret}", defs.name(enter.func))
+                        writeln!(
+                            out,
+                            "[{pid} {tid}] <... {} resumed> ){ret}",
+                            defs.name(enter.func)
+                        )
                     }
                 }
             }

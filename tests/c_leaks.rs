@@ -21,7 +21,11 @@ fn leak_groups_are_exact() {
     let rec = dir.join("leaks.rlt");
     let o = record(&rec, leaks_c(), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n", "tracee stdout must pass through");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "done\n",
+        "tracee stdout must pass through"
+    );
     let report = replay(&rec, &["--leaks"]);
     let got: Vec<(u64, u64, String, String)> = parse_leaks(&report)
         .into_iter()
@@ -31,14 +35,22 @@ fn leak_groups_are_exact() {
         // Repeated leaks first, then single blocks by size.
         (72, 3, "malloc".to_string(), at("LEAK: loop")),
         (256, 1, "realloc".to_string(), at("LEAK: realloc")),
-        (200, 1, "posix_memalign".to_string(), at("LEAK: posix_memalign")),
+        (
+            200,
+            1,
+            "posix_memalign".to_string(),
+            at("LEAK: posix_memalign"),
+        ),
         (120, 1, "calloc".to_string(), at("LEAK: calloc")),
         (40, 1, "malloc".to_string(), at("LEAK: inline-helper")),
         (14, 1, "malloc".to_string(), at("LEAK: strdup")),
     ];
     assert_eq!(got, want, "report:\n{report}");
     // Source text is quoted under the line.
-    assert!(report.contains("sink(calloc(10, 12)); /* LEAK: calloc */"), "{report}");
+    assert!(
+        report.contains("sink(calloc(10, 12)); /* LEAK: calloc */"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -81,7 +93,10 @@ fn valgrind_leaks(bin: &std::path::Path) -> BTreeSet<(u64, u64, String)> {
         let body = line.split_once("== ").map_or(line, |x| x.1).trim();
         if body.contains("are definitely lost in loss record") {
             let w: Vec<&str> = body.split_whitespace().collect();
-            cur = Some((w[0].replace(',', "").parse().unwrap(), w[3].replace(',', "").parse().unwrap()));
+            cur = Some((
+                w[0].replace(',', "").parse().unwrap(),
+                w[3].replace(',', "").parse().unwrap(),
+            ));
         } else if let Some((bytes, blocks)) = cur {
             if let Some(i) = body.find("(leaks.c:") {
                 let loc = body[i + 1..].trim_end_matches(')').to_string();
@@ -165,7 +180,11 @@ fn trace_lists_every_call_from_the_program_in_order() {
 fn exit_status_and_stdio_pass_through() {
     let dir = scratch("c-exit");
     let rec = dir.join("sh.rlt");
-    let o = record(&rec, std::path::Path::new("/bin/sh"), &["-c", "echo out; echo err >&2; exit 7"]);
+    let o = record(
+        &rec,
+        std::path::Path::new("/bin/sh"),
+        &["-c", "echo out; echo err >&2; exit 7"],
+    );
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("err\n"));
@@ -184,7 +203,12 @@ fn exit_status_and_stdio_pass_through() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"through the tracer\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through the tracer\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
     assert_eq!(o.stdout, b"through the tracer\n");
@@ -194,7 +218,11 @@ fn exit_status_and_stdio_pass_through() {
 fn killed_by_a_signal_is_reported_and_propagated() {
     let dir = scratch("c-signal");
     let rec = dir.join("kill.rlt");
-    let o = record(&rec, std::path::Path::new("/bin/sh"), &["-c", "kill -TERM $$"]);
+    let o = record(
+        &rec,
+        std::path::Path::new("/bin/sh"),
+        &["-c", "kill -TERM $$"],
+    );
     assert_eq!(o.status.code(), Some(128 + 15));
     let trace = replay(&rec, &[]);
     assert!(trace.contains("+++ killed by SIGTERM +++"), "{trace}");

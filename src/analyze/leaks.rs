@@ -75,7 +75,9 @@ impl LeakAnalysis {
     /// Feeds one call step.
     pub fn step(&mut self, step: &Step<'_>, defs: &Defs) {
         match step {
-            Step::Began { enter, depth: 0, .. } => {
+            Step::Began {
+                enter, depth: 0, ..
+            } => {
                 let (pid, _) = defs.thread(enter.thread);
                 let arg = |i: usize| enter.args.get(i).copied().unwrap_or(0);
                 match defs.class(enter.func) {
@@ -90,7 +92,11 @@ impl LeakAnalysis {
                     _ => {}
                 }
             }
-            Step::Ended { enter, exit, depth: 0 } => {
+            Step::Ended {
+                enter,
+                exit,
+                depth: 0,
+            } => {
                 let (pid, _) = defs.thread(enter.thread);
                 let arg = |i: usize| enter.args.get(i).copied().unwrap_or(0);
                 let released = self.released.remove(&(enter.thread, 0));
@@ -111,7 +117,10 @@ impl LeakAnalysis {
                     (_, Some(r), _) => r,
                     (_, None, _) => 0,
                 };
-                let is_realloc = matches!(defs.class(enter.func), FnClass::Realloc | FnClass::ReallocArray);
+                let is_realloc = matches!(
+                    defs.class(enter.func),
+                    FnClass::Realloc | FnClass::ReallocArray
+                );
                 if ptr == 0 {
                     // Failed (or never returned): a realloc keeps its old block; a
                     // realloc to size 0 that returned NULL freed it.
@@ -196,11 +205,21 @@ mod tests {
                 returns,
             }));
         }
-        d.learn(&Record::Thread(ThreadDef { num: 0, pid: 7, tid: 7 }));
+        d.learn(&Record::Thread(ThreadDef {
+            num: 0,
+            pid: 7,
+            tid: 7,
+        }));
         d
     }
 
-    fn call(func: u32, args: &[u64], stack: u32, ret: Option<u64>, out: Option<u64>) -> Vec<Record> {
+    fn call(
+        func: u32,
+        args: &[u64],
+        stack: u32,
+        ret: Option<u64>,
+        out: Option<u64>,
+    ) -> Vec<Record> {
         let mut v = vec![Record::Enter(Enter {
             thread: 0,
             ts: 0,
@@ -209,7 +228,11 @@ mod tests {
             stack: Some(stack),
         })];
         if func != 1 {
-            v.push(Record::Exit(Exit { thread: 0, ret, out }));
+            v.push(Record::Exit(Exit {
+                thread: 0,
+                ret,
+                out,
+            }));
         }
         v
     }
@@ -237,9 +260,16 @@ mod tests {
             call(2, &[0x1000, 1 << 40], 4, Some(0), None),
             call(3, &[0x7ff0, 64, 100], 5, Some(0), Some(0x5000)),
         ]);
-        let got: Vec<(Option<u32>, u64, u64)> = r.groups.iter().map(|g| (g.stack, g.blocks, g.bytes)).collect();
+        let got: Vec<(Option<u32>, u64, u64)> = r
+            .groups
+            .iter()
+            .map(|g| (g.stack, g.blocks, g.bytes))
+            .collect();
         // A failed realloc keeps the block at its original stack.
-        assert_eq!(got, vec![(Some(5), 1, 100), (Some(4), 1, 64), (Some(1), 1, 32)]);
+        assert_eq!(
+            got,
+            vec![(Some(5), 1, 100), (Some(4), 1, 64), (Some(1), 1, 32)]
+        );
     }
 
     #[test]
@@ -258,10 +288,30 @@ mod tests {
     fn nested_allocator_calls_count_once() {
         // realloc(NULL, n) implemented by calling malloc inside.
         let recs = vec![
-            Record::Enter(Enter { thread: 0, ts: 0, func: 2, args: vec![0, 48], stack: Some(1) }),
-            Record::Enter(Enter { thread: 0, ts: 0, func: 0, args: vec![48], stack: Some(2) }),
-            Record::Exit(Exit { thread: 0, ret: Some(0x1000), out: None }),
-            Record::Exit(Exit { thread: 0, ret: Some(0x1000), out: None }),
+            Record::Enter(Enter {
+                thread: 0,
+                ts: 0,
+                func: 2,
+                args: vec![0, 48],
+                stack: Some(1),
+            }),
+            Record::Enter(Enter {
+                thread: 0,
+                ts: 0,
+                func: 0,
+                args: vec![48],
+                stack: Some(2),
+            }),
+            Record::Exit(Exit {
+                thread: 0,
+                ret: Some(0x1000),
+                out: None,
+            }),
+            Record::Exit(Exit {
+                thread: 0,
+                ret: Some(0x1000),
+                out: None,
+            }),
         ];
         let r = run(vec![recs]);
         assert_eq!(r.groups.len(), 1);

@@ -36,7 +36,9 @@ impl Defs {
 
     /// What a function id does.
     pub fn class(&self, func: u32) -> FnClass {
-        self.functions.get(&func).map_or(FnClass::Other, |f| f.class)
+        self.functions
+            .get(&func)
+            .map_or(FnClass::Other, |f| f.class)
     }
 
     /// Name of a function id.
@@ -90,7 +92,11 @@ impl CallPairer {
                 if !void {
                     stack.push(e.clone());
                 }
-                Some(Step::Began { enter: e, depth, void })
+                Some(Step::Began {
+                    enter: e,
+                    depth,
+                    void,
+                })
             }
             Record::Exit(x) => {
                 let stack = self.open.get_mut(&x.thread)?;

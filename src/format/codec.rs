@@ -120,7 +120,9 @@ impl<'a> Decoder<'a> {
     pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], FormatError> {
         let len = self.uvar()?;
         if len > max as u64 {
-            return Err(self.error(format!("byte string of {len} bytes exceeds the limit of {max}")));
+            return Err(self.error(format!(
+                "byte string of {len} bytes exceeds the limit of {max}"
+            )));
         }
         let len = len as usize;
         let end = self

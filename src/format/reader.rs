@@ -127,7 +127,8 @@ impl<R: Read> Reader<R> {
             }
             let Some(chunk) = self.read_chunk()? else {
                 self.finished = true;
-                if self.summary.is_none() && !self.warnings.iter().any(|w| w.contains("truncated")) {
+                if self.summary.is_none() && !self.warnings.iter().any(|w| w.contains("truncated"))
+                {
                     self.warnings.push(format!(
                         "recording has no end marker (offset {}): the recorder was interrupted; replaying what was written",
                         self.offset
@@ -161,7 +162,9 @@ impl<R: Read> Reader<R> {
                 other => {
                     return Err(FormatError::BadChunk {
                         offset: chunk.offset,
-                        what: format!("unknown chunk type {other}; the recording needs a newer rltrace"),
+                        what: format!(
+                            "unknown chunk type {other}; the recording needs a newer rltrace"
+                        ),
                     });
                 }
             }
@@ -207,7 +210,9 @@ impl<R: Read> Reader<R> {
         }
         // Grow with the data actually present: a lying size cannot force a large allocation.
         let mut payload = Vec::new();
-        (&mut self.r).take(u64::from(stored)).read_to_end(&mut payload)?;
+        (&mut self.r)
+            .take(u64::from(stored))
+            .read_to_end(&mut payload)?;
         if payload.len() < stored as usize {
             self.warnings.push(format!(
                 "recording truncated at offset {offset}: the last chunk has {} of its {stored} bytes; replaying up to the last complete chunk",
@@ -244,7 +249,11 @@ fn decompress(chunk: &RawChunk) -> Result<Vec<u8>, FormatError> {
     if data.len() != chunk.raw as usize {
         return Err(FormatError::BadChunk {
             offset: chunk.offset,
-            what: format!("payload decompresses to {} bytes, header says {}", data.len(), chunk.raw),
+            what: format!(
+                "payload decompresses to {} bytes, header says {}",
+                data.len(),
+                chunk.raw
+            ),
         });
     }
     Ok(data)
@@ -281,7 +290,9 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 let id = d.uvar32()?;
                 let n = d.uvar()?;
                 if n > MAX_FRAMES as u64 {
-                    return Err(d.error(format!("stack of {n} frames exceeds the limit of {MAX_FRAMES}")));
+                    return Err(d.error(format!(
+                        "stack of {n} frames exceeds the limit of {MAX_FRAMES}"
+                    )));
                 }
                 let mut frames = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -305,7 +316,9 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 let func = d.uvar32()?;
                 let n = d.uvar()?;
                 if n > MAX_ARGS as u64 {
-                    return Err(d.error(format!("call with {n} arguments exceeds the limit of {MAX_ARGS}")));
+                    return Err(d.error(format!(
+                        "call with {n} arguments exceeds the limit of {MAX_ARGS}"
+                    )));
                 }
                 let mut args = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -331,8 +344,16 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 if flags & !3 != 0 {
                     return Err(d.error(format!("unknown exit flags {flags:#x}")));
                 }
-                let ret = if flags & 1 != 0 { Some(d.uvar()?) } else { None };
-                let out = if flags & 2 != 0 { Some(d.uvar()?) } else { None };
+                let ret = if flags & 1 != 0 {
+                    Some(d.uvar()?)
+                } else {
+                    None
+                };
+                let out = if flags & 2 != 0 {
+                    Some(d.uvar()?)
+                } else {
+                    None
+                };
                 Record::Exit(Exit { thread, ret, out })
             }
             tag::PROCESS_START => Record::ProcessStart(ProcessStart {

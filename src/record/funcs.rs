@@ -18,14 +18,64 @@ pub struct TracedFn {
 /// The allocator family, in the order that names aliases (glibc defines `memalign` and
 /// `aligned_alloc` at one address; the first name listed wins).
 pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
-    TracedFn { name: "malloc", class: FnClass::Malloc, nargs: 1, returns: true },
-    TracedFn { name: "calloc", class: FnClass::Calloc, nargs: 2, returns: true },
-    TracedFn { name: "realloc", class: FnClass::Realloc, nargs: 2, returns: true },
-    TracedFn { name: "reallocarray", class: FnClass::ReallocArray, nargs: 3, returns: true },
-    TracedFn { name: "free", class: FnClass::Free, nargs: 1, returns: false },
-    TracedFn { name: "posix_memalign", class: FnClass::PosixMemalign, nargs: 3, returns: true },
-    TracedFn { name: "aligned_alloc", class: FnClass::AlignedAlloc, nargs: 2, returns: true },
-    TracedFn { name: "memalign", class: FnClass::AlignedAlloc, nargs: 2, returns: true },
-    TracedFn { name: "valloc", class: FnClass::Valloc, nargs: 1, returns: true },
-    TracedFn { name: "pvalloc", class: FnClass::Pvalloc, nargs: 1, returns: true },
+    TracedFn {
+        name: "malloc",
+        class: FnClass::Malloc,
+        nargs: 1,
+        returns: true,
+    },
+    TracedFn {
+        name: "calloc",
+        class: FnClass::Calloc,
+        nargs: 2,
+        returns: true,
+    },
+    TracedFn {
+        name: "realloc",
+        class: FnClass::Realloc,
+        nargs: 2,
+        returns: true,
+    },
+    TracedFn {
+        name: "reallocarray",
+        class: FnClass::ReallocArray,
+        nargs: 3,
+        returns: true,
+    },
+    TracedFn {
+        name: "free",
+        class: FnClass::Free,
+        nargs: 1,
+        returns: false,
+    },
+    TracedFn {
+        name: "posix_memalign",
+        class: FnClass::PosixMemalign,
+        nargs: 3,
+        returns: true,
+    },
+    TracedFn {
+        name: "aligned_alloc",
+        class: FnClass::AlignedAlloc,
+        nargs: 2,
+        returns: true,
+    },
+    TracedFn {
+        name: "memalign",
+        class: FnClass::AlignedAlloc,
+        nargs: 2,
+        returns: true,
+    },
+    TracedFn {
+        name: "valloc",
+        class: FnClass::Valloc,
+        nargs: 1,
+        returns: true,
+    },
+    TracedFn {
+        name: "pvalloc",
+        class: FnClass::Pvalloc,
+        nargs: 1,
+        returns: true,
+    },
 ];

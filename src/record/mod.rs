@@ -63,7 +63,13 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
         .unwrap_or_else(|| "cmd".into());
     let base: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
 }
@@ -72,11 +78,17 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let pid = ptrace::tracer::spawn(&req.command)?;
     let first = req.command.first().cloned().unwrap_or_default();
-    let path = req.output.clone().unwrap_or_else(|| default_output(Path::new(&first), pid));
+    let path = req
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(Path::new(&first), pid));
     let file = match File::create(&path) {
         Ok(f) => f,
         Err(source) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             return Err(RecordError::Create {
                 path: path.display().to_string(),
                 source,
@@ -101,7 +113,8 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     }
     put("pid", pid.to_string());
     let funcs = funcs::ALLOCATOR_FAMILY;
-    let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs).map_err(TraceError::from)?;
+    let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
+        .map_err(TraceError::from)?;
     let exit = Tracer::new(&mut sink, funcs, req.trace.clone()).run(pid);
     // Whatever happened, close the file properly so it replays.
     let (_, summary) = sink.finish().map_err(TraceError::from)?;

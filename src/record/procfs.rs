@@ -32,7 +32,10 @@ impl Mapping {
     /// The `/proc/PID/map_files` entry that opens exactly the mapped file, even if the
     /// path on disk was replaced or deleted since.
     pub fn map_file(&self, pid: u32) -> PathBuf {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))
     }
 }
 
@@ -64,7 +67,9 @@ fn parse_line(line: &str) -> Option<Mapping> {
 
 /// Reads and parses `/proc/PID/maps`.
 pub fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
 }
 
 /// The thread-group id of a task, from `/proc/TID/status`.

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::format::{
-    Enter, Exit, ExitHow, Frame, FunctionDef, FormatError, Meta, ModuleDef, Note, ProcessExit, ProcessStart, Record,
-    StackDef, StartCause, Summary, ThreadDef, Writer,
+    Enter, Exit, ExitHow, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note, ProcessExit,
+    ProcessStart, Record, StackDef, StartCause, Summary, ThreadDef, Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -86,7 +86,8 @@ impl<W: Write> Sink<W> {
         }
         let num = self.threads.len() as u32;
         self.threads.insert((pid, tid), num);
-        self.writer.push(&Record::Thread(ThreadDef { num, pid, tid }))?;
+        self.writer
+            .push(&Record::Thread(ThreadDef { num, pid, tid }))?;
         Ok(num)
     }
 
@@ -131,7 +132,15 @@ impl<W: Write> Sink<W> {
     }
 
     /// Records a newly mapped module and returns its id.
-    pub fn module(&mut self, pid: u32, path: &str, build_id: &[u8], bias: u64, start: u64, end: u64) -> Result<u32, FormatError> {
+    pub fn module(
+        &mut self,
+        pid: u32,
+        path: &str,
+        build_id: &[u8],
+        bias: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<u32, FormatError> {
         let id = self.next_module;
         self.next_module += 1;
         self.writer.push(&Record::Module(ModuleDef {
@@ -152,7 +161,13 @@ impl<W: Write> Sink<W> {
     }
 
     /// Records a process start.
-    pub fn process_start(&mut self, pid: u32, parent: u32, cause: StartCause, path: &str) -> Result<(), FormatError> {
+    pub fn process_start(
+        &mut self,
+        pid: u32,
+        parent: u32,
+        cause: StartCause,
+        path: &str,
+    ) -> Result<(), FormatError> {
         let ts = self.now();
         self.writer.push(&Record::ProcessStart(ProcessStart {
             pid,
@@ -166,7 +181,8 @@ impl<W: Write> Sink<W> {
     /// Records a process end.
     pub fn process_exit(&mut self, pid: u32, how: ExitHow) -> Result<(), FormatError> {
         let ts = self.now();
-        self.writer.push(&Record::ProcessExit(ProcessExit { pid, ts, how }))
+        self.writer
+            .push(&Record::ProcessExit(ProcessExit { pid, ts, how }))
     }
 
     /// Records a diagnostic that replay repeats.

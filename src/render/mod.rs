@@ -73,10 +73,13 @@ pub fn caller(sym: &mut Symbolizer, frames: &[Frame]) -> Option<SymFrame> {
     let mut first = None;
     for f in frames {
         for sf in sym.frames(f, true) {
-            if first.is_none() && (sf.function.is_some() || sf.file.is_some()) {
+            let named = sf.function.is_some() || sf.file.is_some();
+            if first.is_none() && named {
                 first = Some(sf.clone());
             }
-            if !sf.is_runtime() && (sf.function.is_some() || sf.file.is_some()) {
+            // A frame that cannot be named in a program's own module is still the user's
+            // code: show it as module+offset rather than skip to a runtime frame.
+            if !sf.is_runtime() && (named || !sf.module.is_empty()) {
                 return Some(sf);
             }
         }
@@ -88,7 +91,10 @@ pub fn caller(sym: &mut Symbolizer, frames: &[Frame]) -> Option<SymFrame> {
 pub fn caller_text(sf: &SymFrame) -> String {
     let func = sf.function.as_deref().map(short_name).unwrap_or_default();
     match sf.location() {
-        Some(loc) => format!("{} {}", shorten_path(&loc), func).trim_end().to_string(),
+        Some(loc) => format!("{} {}", shorten_path(&loc), func)
+            .trim_end()
+            .to_string(),
+        None if func.is_empty() => format!("{}+{:#x}", module_name(&sf.module), sf.addr),
         None => format!("{func} ({}+{:#x})", module_name(&sf.module), sf.addr),
     }
 }
@@ -113,12 +119,20 @@ fn shorten_path(p: &str) -> String {
 }
 
 /// Writes every frame of a stack, inlined frames included, one per line.
-pub fn write_stack(out: &mut dyn Write, sym: &mut Symbolizer, frames: &[Frame], indent: &str) -> io::Result<()> {
+pub fn write_stack(
+    out: &mut dyn Write,
+    sym: &mut Symbolizer,
+    frames: &[Frame],
+    indent: &str,
+) -> io::Result<()> {
     let mut n = 0;
     for f in frames {
         for sf in sym.frames(f, true) {
             let func = sf.function.clone().unwrap_or_else(|| "??".into());
-            let loc = sf.location().map(|l| format!(" at {}", shorten_path(&l))).unwrap_or_default();
+            let loc = sf
+                .location()
+                .map(|l| format!(" at {}", shorten_path(&l)))
+                .unwrap_or_default();
             let m = if sf.module.is_empty() {
                 format!("[{:#x}]", sf.addr)
             } else {
@@ -145,9 +159,17 @@ impl SourceCache {
             std::fs::read(file)
                 .ok()
                 .filter(|b| b.len() < 64 << 20)
-                .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
         });
-        lines.as_ref()?.get(line.checked_sub(1)? as usize).map(String::as_str)
+        lines
+            .as_ref()?
+            .get(line.checked_sub(1)? as usize)
+            .map(String::as_str)
     }
 }
 
@@ -156,7 +178,8 @@ pub fn exit_text(how: ExitHow) -> String {
     match how {
         ExitHow::Code(c) => format!("+++ exited (status {c}) +++"),
         ExitHow::Signal(s) => {
-            let name = nix::sys::signal::Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |s| s.as_str().to_string());
+            let name = nix::sys::signal::Signal::try_from(s)
+                .map_or_else(|_| format!("signal {s}"), |s| s.as_str().to_string());
             format!("+++ killed by {name} +++")
         }
         ExitHow::Running => "+++ still running when recording stopped +++".to_string(),
@@ -182,7 +205,10 @@ pub fn write_leaks(
 ) -> io::Result<()> {
     let mut sources = SourceCache::default();
     if report.groups.is_empty() {
-        writeln!(out, "no leaks: every block allocated during the recording was freed")?;
+        writeln!(
+            out,
+            "no leaks: every block allocated during the recording was freed"
+        )?;
         return Ok(());
     }
     let mut pids: Vec<u32> = report.groups.iter().map(|g| g.pid).collect();
@@ -210,7 +236,11 @@ pub fn write_leaks(
                 sizes(g.min_size, g.max_size),
                 defs.name(g.func)
             )?;
-            let frames = g.stack.and_then(|s| defs.stacks.get(&s)).cloned().unwrap_or_default();
+            let frames = g
+                .stack
+                .and_then(|s| defs.stacks.get(&s))
+                .cloned()
+                .unwrap_or_default();
             match caller(sym, &frames) {
                 Some(sf) => {
                     writeln!(out, "   at {}", caller_text(&sf))?;

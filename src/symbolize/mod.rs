@@ -47,14 +47,31 @@ impl SymFrame {
             return true;
         }
         if let Some(file) = &self.file {
-            const DEP_DIRS: [&str; 6] = ["/rustc/", "/.cargo/registry/", "/.cargo/git/", "/rustlib/", "/usr/include/", "/usr/lib/gcc/"];
+            const DEP_DIRS: [&str; 6] = [
+                "/rustc/",
+                "/.cargo/registry/",
+                "/.cargo/git/",
+                "/rustlib/",
+                "/usr/include/",
+                "/usr/lib/gcc/",
+            ];
             if DEP_DIRS.iter().any(|d| file.contains(d)) || file.starts_with("library/") {
                 return true;
             }
         }
         if let Some(f) = &self.function {
             let f = f.trim_start_matches('<');
-            const RT: [&str; 9] = ["alloc::", "core::", "std::", "__rust_", "__rdl_", "__rg_", "_rjem_", "operator new", "operator delete"];
+            const RT: [&str; 9] = [
+                "alloc::",
+                "core::",
+                "std::",
+                "__rust_",
+                "__rdl_",
+                "__rg_",
+                "_rjem_",
+                "operator new",
+                "operator delete",
+            ];
             if RT.iter().any(|p| f.starts_with(p)) {
                 return true;
             }
@@ -65,10 +82,19 @@ impl SymFrame {
 
 /// A shared library from the system's library directories (libc, libstdc++, ld.so).
 pub fn is_system_library(path: &str) -> bool {
-    let name = Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let in_system_dir = ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/"]
-        .iter()
-        .any(|d| path.starts_with(d));
+    let name = Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let in_system_dir = [
+        "/lib/",
+        "/lib64/",
+        "/usr/lib/",
+        "/usr/lib64/",
+        "/usr/local/lib/",
+    ]
+    .iter()
+    .any(|d| path.starts_with(d));
     in_system_dir && (name.contains(".so") || name.starts_with("ld-linux"))
 }
 
@@ -142,8 +168,16 @@ impl Symbolizer {
     }
 
     fn lookup(&mut self, mid: u32, addr: u64, return_address: bool) -> Vec<SymFrame> {
-        let module = self.modules.get(&mid).map(|m| m.path.clone()).unwrap_or_default();
-        let probe = if return_address { addr.saturating_sub(1) } else { addr };
+        let module = self
+            .modules
+            .get(&mid)
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
+        let probe = if return_address {
+            addr.saturating_sub(1)
+        } else {
+            addr
+        };
         if !self.loaded.contains_key(&mid) {
             let l = self.load(mid);
             self.loaded.insert(mid, l);
@@ -222,12 +256,21 @@ impl Symbolizer {
                 None
             }
             Err(e) => {
-                self.warnings.push(format!("{}: cannot read the module ({e}); its frames stay unsymbolized unless debug info is found by build-id", m.path));
+                let why = match e {
+                    crate::elf::ElfError::Io { source, .. } => source.to_string(),
+                    crate::elf::ElfError::Parse { source, .. } => source.to_string(),
+                };
+                self.warnings.push(format!(
+                    "{}: cannot read the module ({why}); its frames stay unsymbolized unless debug info is found by build-id",
+                    m.path
+                ));
                 None
             }
         };
         let debug_path = self.find_debug_file(&m, binary.as_ref());
-        let binary_loader = binary.as_ref().and_then(|_| addr2line::Loader::new(path).ok());
+        let binary_loader = binary
+            .as_ref()
+            .and_then(|_| addr2line::Loader::new(path).ok());
         let debug = debug_path.and_then(|p| addr2line::Loader::new(&p).ok());
         if binary_loader.is_none() && debug.is_none() {
             return None;
@@ -255,7 +298,10 @@ impl Symbolizer {
         if m.build_id.len() >= 2 {
             let id = hex(&m.build_id);
             for r in &roots {
-                let p = r.join(".build-id").join(&id[..2]).join(format!("{}.debug", &id[2..]));
+                let p = r
+                    .join(".build-id")
+                    .join(&id[..2])
+                    .join(format!("{}.debug", &id[2..]));
                 if matches(&p) {
                     return Some(p);
                 }

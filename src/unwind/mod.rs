@@ -42,7 +42,8 @@ impl StackUnwinder {
         bias: u64,
         info: framehop::ExplicitModuleSectionInfo<FileSlice>,
     ) {
-        self.unwinder.add_module(Module::new(name, avma, bias, info));
+        self.unwinder
+            .add_module(Module::new(name, avma, bias, info));
     }
 
     /// Forgets the module whose range starts at `start`.
@@ -54,7 +55,15 @@ impl StackUnwinder {
     /// `bp`, appending up to `max` return addresses (the caller of `pc` first) to `out`.
     /// `read` returns the stack word at an address, or `Err` if it was not captured.
     /// Returns true if the unwinder reached the outermost frame.
-    pub fn unwind<F>(&mut self, pc: u64, sp: u64, bp: u64, max: usize, read: &mut F, out: &mut Vec<u64>) -> bool
+    pub fn unwind<F>(
+        &mut self,
+        pc: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        read: &mut F,
+        out: &mut Vec<u64>,
+    ) -> bool
     where
         F: FnMut(u64) -> Result<u64, ()>,
     {

@@ -85,7 +85,12 @@ pub fn marker_line(file: &Path, marker: &str) -> u32 {
         .filter(|(_, l)| l.contains(marker))
         .map(|(i, _)| i as u32 + 1)
         .collect();
-    assert_eq!(hits.len(), 1, "marker {marker:?} must appear once in {}", file.display());
+    assert_eq!(
+        hits.len(),
+        1,
+        "marker {marker:?} must appear once in {}",
+        file.display()
+    );
     hits[0]
 }
 
@@ -101,13 +106,22 @@ pub fn record(out: &Path, cmd: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run rltrace record");
-    assert!(out.exists(), "no recording written: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.exists(),
+        "no recording written: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
 /// Runs `rltrace replay ARGS FILE`, asserting success, and returns stdout.
 pub fn replay(file: &Path, args: &[&str]) -> String {
-    let o = rltrace().arg("replay").args(args).arg(file).output().expect("run rltrace replay");
+    let o = rltrace()
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run rltrace replay");
     assert!(
         o.status.success(),
         "replay failed: {}",
@@ -160,7 +174,11 @@ pub fn parse_leaks(report: &str) -> Vec<Group> {
                     let file_line: Vec<&str> = loc.rsplitn(3, ':').collect();
                     // loc is file:line:col
                     if file_line.len() == 3 {
-                        let file = Path::new(file_line[2]).file_name().unwrap().to_string_lossy().into_owned();
+                        let file = Path::new(file_line[2])
+                            .file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned();
                         g.at = format!("{file}:{}", file_line[1]);
                     } else {
                         g.at = loc.to_string();
@@ -184,5 +202,8 @@ pub fn require_tool(name: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "{name} is not installed: run the README's test command (scripts/test), which installs it");
+    assert!(
+        ok,
+        "{name} is not installed: run the README's test command (scripts/test), which installs it"
+    );
 }

@@ -16,7 +16,9 @@
 //! address the stub dereferences: the out-pointer of `posix_memalign`, otherwise the slot
 //! itself), `seq` (u64::MAX until the stub runs), `ret` (rax) and `out` (`*arg`).
 
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Instruction, InstructionBlock};
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Instruction, InstructionBlock,
+};
 
 /// Offset of the first trampoline.
 pub const TRAMP_OFF: u64 = 64;
@@ -127,9 +129,11 @@ pub fn trampoline(orig: &[u8], addr: u64, at: u64) -> Result<(Vec<u8>, u64), Rel
         return Err(RelocateError::Invalid(addr));
     }
     let len = ins.len() as u64;
-    let back = Instruction::with_branch(Code::Jmp_rel32_64, addr + len).map_err(|e| RelocateError::Encode {
-        addr,
-        why: e.to_string(),
+    let back = Instruction::with_branch(Code::Jmp_rel32_64, addr + len).map_err(|e| {
+        RelocateError::Encode {
+            addr,
+            why: e.to_string(),
+        }
     })?;
     let mut back = back;
     // The block encoder resolves branch targets against the IPs of the block's own
@@ -137,9 +141,11 @@ pub fn trampoline(orig: &[u8], addr: u64, at: u64) -> Result<(Vec<u8>, u64), Rel
     back.set_ip(u64::MAX - 16);
     let instrs = [ins, back];
     let block = InstructionBlock::new(&instrs, at);
-    let res = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).map_err(|e| RelocateError::Encode {
-        addr,
-        why: e.to_string(),
+    let res = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).map_err(|e| {
+        RelocateError::Encode {
+            addr,
+            why: e.to_string(),
+        }
     })?;
     if res.code_buffer.len() as u64 > TRAMP_SIZE {
         return Err(RelocateError::Encode {

@@ -13,7 +13,10 @@ pub type Regs = libc::user_regs_struct;
 /// so callers put the ranges that must succeed first and split optional ones by page.
 pub fn readv(pid: u32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
     let total: usize = remote.iter().map(|r| r.1).sum();
-    assert!(total <= local.len(), "local buffer smaller than the remote ranges");
+    assert!(
+        total <= local.len(),
+        "local buffer smaller than the remote ranges"
+    );
     let liov = libc::iovec {
         iov_base: local.as_mut_ptr().cast(),
         iov_len: total,
@@ -28,7 +31,16 @@ pub fn readv(pid: u32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<
     // SAFETY: the local iovec covers `total` bytes of `local`, which is at least that long
     // (asserted above) and exclusively borrowed; remote iovecs name tracee addresses, which
     // the kernel validates, never dereferenced here.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid as libc::pid_t,
+            &liov,
+            1,
+            riov.as_ptr(),
+            riov.len() as libc::c_ulong,
+            0,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -69,7 +81,10 @@ pub fn writev(pid: u32, pieces: &[(u64, &[u8])]) -> io::Result<()> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else if n as usize != total {
-        Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short write to tracee: {n} of {total} bytes")))
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short write to tracee: {n} of {total} bytes"),
+        ))
     } else {
         Ok(())
     }
@@ -84,7 +99,10 @@ pub struct MemFile {
 impl MemFile {
     /// Opens the memory of `pid`; the tracer must be attached to it.
     pub fn open(pid: u32) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))?;
         Ok(MemFile { file })
     }
 

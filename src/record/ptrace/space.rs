@@ -10,7 +10,10 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::codegen::{self, slot, REGION_LEN, SLOTS, SLOT_OFF, SLOT_SIZE, STUB_OFF, STUB_SIZE, TRAMPS, TRAMP_OFF, TRAMP_SIZE};
+use super::codegen::{
+    self, slot, REGION_LEN, SLOTS, SLOT_OFF, SLOT_SIZE, STUB_OFF, STUB_SIZE, TRAMPS, TRAMP_OFF,
+    TRAMP_SIZE,
+};
 use super::mem::{get_regs, set_regs, MemFile};
 use crate::elf::{self, ElfInfo};
 use crate::format::Frame;
@@ -184,7 +187,7 @@ impl Space {
     pub fn stub_slot(&self, addr: u64) -> Option<u32> {
         let base = self.primary()?;
         let off = addr.checked_sub(base + STUB_OFF)?;
-        (off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS).then(|| (off / STUB_SIZE) as u32)
+        (off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS).then_some((off / STUB_SIZE) as u32)
     }
 
     /// Replaces a stub address by the real return address it stands for.
@@ -209,7 +212,13 @@ impl Space {
     }
 
     /// Runs one system call in the tracee on stopped thread `tid` and returns its result.
-    pub fn remote_syscall(&mut self, tid: u32, nr: i64, args: [u64; 6], what: &'static str) -> Result<u64, SpaceError> {
+    pub fn remote_syscall(
+        &mut self,
+        tid: u32,
+        nr: i64,
+        args: [u64; 6],
+        what: &'static str,
+    ) -> Result<u64, SpaceError> {
         let saved = get_regs(tid).map_err(io_err("read registers"))?;
         let (gadget, patched) = match self.primary() {
             Some(base) => (base, None),
@@ -217,8 +226,12 @@ impl Space {
                 // No region yet: only at an exec stop, where the process has one thread,
                 // so patching the instruction at rip cannot be seen by anyone else.
                 let mut orig = [0u8; 3];
-                self.mem.read(saved.rip, &mut orig).map_err(io_err("read code at rip"))?;
-                self.mem.write(saved.rip, &codegen::GADGET).map_err(io_err("patch code at rip"))?;
+                self.mem
+                    .read(saved.rip, &mut orig)
+                    .map_err(io_err("read code at rip"))?;
+                self.mem
+                    .write(saved.rip, &codegen::GADGET)
+                    .map_err(io_err("patch code at rip"))?;
                 (saved.rip, Some(orig))
             }
         };
@@ -236,13 +249,17 @@ impl Space {
         let pid = Pid::from_raw(tid as i32);
         ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
         loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL)).map_err(nix_err("wait for injected syscall"))? {
+            match waitpid(pid, Some(WaitPidFlag::__WALL))
+                .map_err(nix_err("wait for injected syscall"))?
+            {
                 WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
                 WaitStatus::Stopped(_, sig) => {
                     self.deferred_signals.push((tid, sig as i32));
                     ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
                 }
-                WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) | WaitStatus::Continued(_) => {
+                WaitStatus::PtraceEvent(..)
+                | WaitStatus::PtraceSyscall(_)
+                | WaitStatus::Continued(_) => {
                     ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
                 }
                 other => {
@@ -255,12 +272,17 @@ impl Space {
         }
         let result = get_regs(tid).map_err(io_err("read registers"))?.rax;
         if let Some(orig) = patched {
-            self.mem.write(saved.rip, &orig).map_err(io_err("restore code at rip"))?;
+            self.mem
+                .write(saved.rip, &orig)
+                .map_err(io_err("restore code at rip"))?;
         }
         set_regs(tid, saved).map_err(io_err("restore registers"))?;
         let signed = result as i64;
         if (-4095..0).contains(&signed) {
-            return Err(SpaceError::Remote { what, errno: -signed });
+            return Err(SpaceError::Remote {
+                what,
+                errno: -signed,
+            });
         }
         Ok(result)
     }
@@ -288,7 +310,12 @@ impl Space {
             .write(base, &codegen::region_code(base))
             .map_err(io_err("write injected code"))?;
         let prot_rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-        self.remote_syscall(tid, libc::SYS_mprotect, [base, codegen::DATA_OFF, prot_rx, 0, 0, 0], "mprotect")?;
+        self.remote_syscall(
+            tid,
+            libc::SYS_mprotect,
+            [base, codegen::DATA_OFF, prot_rx, 0, 0, 0],
+            "mprotect",
+        )?;
         self.regions.push(Region {
             base,
             next_tramp: TRAMP_OFF,
@@ -306,11 +333,9 @@ impl Space {
     /// a new region next to it if no existing one is close enough.
     fn tramp_slot(&mut self, tid: u32, near: u64) -> Result<u64, SpaceError> {
         const REACH: u64 = 1 << 30;
-        if let Some(r) = self
-            .regions
-            .iter_mut()
-            .find(|r| r.base.abs_diff(near) < REACH && r.next_tramp < TRAMP_OFF + TRAMPS * TRAMP_SIZE)
-        {
+        if let Some(r) = self.regions.iter_mut().find(|r| {
+            r.base.abs_diff(near) < REACH && r.next_tramp < TRAMP_OFF + TRAMPS * TRAMP_SIZE
+        }) {
             let at = r.base + r.next_tramp;
             r.next_tramp += TRAMP_SIZE;
             return Ok(at);
@@ -379,7 +404,11 @@ impl Space {
         let gone: Vec<u64> = self
             .modules
             .iter()
-            .filter(|(start, lm)| present.get(start).is_none_or(|(_, m)| m.dev_inode != lm.dev_inode))
+            .filter(|(start, lm)| {
+                present
+                    .get(start)
+                    .is_none_or(|(_, m)| m.dev_inode != lm.dev_inode)
+            })
             .map(|(s, _)| *s)
             .collect();
         let mut removed = Vec::new();
@@ -395,11 +424,15 @@ impl Space {
             if self.modules.contains_key(&start) {
                 continue;
             }
-            let elf = match ElfInfo::open(&m.map_file(self.pid)).or_else(|_| ElfInfo::open(Path::new(&m.path))) {
+            let elf = match ElfInfo::open(&m.map_file(self.pid))
+                .or_else(|_| ElfInfo::open(Path::new(&m.path)))
+            {
                 Ok(e) => e,
                 Err(_) => continue,
             };
-            let Some(bias) = elf.bias(m.start, m.offset) else { continue };
+            let Some(bias) = elf.bias(m.start, m.offset) else {
+                continue;
+            };
             added.push(NewModule {
                 start,
                 end,
@@ -431,7 +464,10 @@ impl Space {
     pub fn clear(&mut self) -> Vec<u32> {
         self.bps.clear();
         self.unwinder = StackUnwinder::default();
-        std::mem::take(&mut self.modules).into_values().map(|m| m.id).collect()
+        std::mem::take(&mut self.modules)
+            .into_values()
+            .map(|m| m.id)
+            .collect()
     }
 
     /// Resolves an absolute address to a module-relative frame.
@@ -457,6 +493,44 @@ impl Space {
     }
 }
 
+impl Space {
+    /// Unwinds a thread stopped at `pc` from a copy of its stack starting at `sp`. Stub
+    /// addresses found on the stack are replaced by the return addresses they stand for.
+    /// Returns (reached the outermost frame, ran past the copied bytes).
+    pub fn unwind(
+        &mut self,
+        pc: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+    ) -> (bool, bool) {
+        let primary = self.primary();
+        let slot_retaddr = &self.slot_retaddr;
+        let hi = sp + stack.len() as u64;
+        let mut overran = false;
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            if addr < sp || addr.saturating_add(8) > hi {
+                overran |= addr >= hi;
+                return Err(());
+            }
+            let o = (addr - sp) as usize;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&stack[o..o + 8]);
+            let v = u64::from_le_bytes(w);
+            Ok(match primary.and_then(|b| v.checked_sub(b + STUB_OFF)) {
+                Some(off) if off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS => {
+                    slot_retaddr[(off / STUB_SIZE) as usize]
+                }
+                _ => v,
+            })
+        };
+        let done = self.unwinder.unwind(pc, sp, bp, max, &mut read, out);
+        (done, overran)
+    }
+}
+
 /// A free, page-aligned gap of `len` bytes within `reach` of `near`, closest first.
 fn free_gap_near(maps: &[Mapping], near: u64, len: u64, reach: u64) -> Option<u64> {
     let mut best: Option<u64> = None;
@@ -470,7 +544,11 @@ fn free_gap_near(maps: &[Mapping], near: u64, len: u64, reach: u64) -> Option<u6
             return;
         }
         // Take the end of the gap nearest to `near`.
-        let cand = if ge <= near { (ge - len) & !0xfff } else { (gs + 0xfff) & !0xfff };
+        let cand = if ge <= near {
+            (ge - len) & !0xfff
+        } else {
+            (gs + 0xfff) & !0xfff
+        };
         if cand < gs || cand + len > ge {
             return;
         }
@@ -512,37 +590,12 @@ mod tests {
 
     #[test]
     fn gap_is_found_next_to_the_module() {
-        let maps = [map(0x5555_0000_0000, 0x5555_0010_0000), map(0x7f00_0000_0000, 0x7f00_1000_0000)];
+        let maps = [
+            map(0x5555_0000_0000, 0x5555_0010_0000),
+            map(0x7f00_0000_0000, 0x7f00_1000_0000),
+        ];
         let g = free_gap_near(&maps, 0x5555_0000_1000, 0x10000, 1 << 30).unwrap();
         assert!(g + 0x10000 <= 0x5555_0000_0000 || g >= 0x5555_0010_0000);
         assert!(g.abs_diff(0x5555_0000_1000) < 1 << 30);
-    }
-}
-
-impl Space {
-    /// Unwinds a thread stopped at `pc` from a copy of its stack starting at `sp`. Stub
-    /// addresses found on the stack are replaced by the return addresses they stand for.
-    /// Returns (reached the outermost frame, ran past the copied bytes).
-    pub fn unwind(&mut self, pc: u64, sp: u64, bp: u64, max: usize, stack: &[u8], out: &mut Vec<u64>) -> (bool, bool) {
-        let primary = self.primary();
-        let slot_retaddr = &self.slot_retaddr;
-        let hi = sp + stack.len() as u64;
-        let mut overran = false;
-        let mut read = |addr: u64| -> Result<u64, ()> {
-            if addr < sp || addr.saturating_add(8) > hi {
-                overran |= addr >= hi;
-                return Err(());
-            }
-            let o = (addr - sp) as usize;
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&stack[o..o + 8]);
-            let v = u64::from_le_bytes(w);
-            Ok(match primary.and_then(|b| v.checked_sub(b + STUB_OFF)) {
-                Some(off) if off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS => slot_retaddr[(off / STUB_SIZE) as usize],
-                _ => v,
-            })
-        };
-        let done = self.unwinder.unwind(pc, sp, bp, max, &mut read, out);
-        (done, overran)
     }
 }

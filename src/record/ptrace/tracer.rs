@@ -88,6 +88,9 @@ struct Thread {
     pending: Vec<Pending>,
 }
 
+/// What a slot held when its stub had run: (seq, rax, out-pointer value).
+type Returned = Option<(u64, u64, u64)>;
+
 /// Ordering key of a buffered event: the tracee-wide sequence number, 0 for entries and
 /// abandoned calls and 1 for returns, then arrival order.
 type Key = (u64, u8, u64);
@@ -101,8 +104,14 @@ struct Proc {
 }
 
 enum NewTask {
-    Thread { pid: u32 },
-    Process { parent_tid: u32, shared: bool, cause: StartCause },
+    Thread {
+        pid: u32,
+    },
+    Process {
+        parent_tid: u32,
+        shared: bool,
+        cause: StartCause,
+    },
 }
 
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
@@ -131,7 +140,10 @@ fn install_signal_handlers() {
 
 /// Starts `cmd` stopped at its first instruction under ptrace; returns its pid.
 pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
-    let shown = cmd.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let shown = cmd
+        .first()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut c = Command::new(cmd.first().ok_or_else(|| TraceError::Spawn {
         cmd: shown.clone(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
@@ -142,7 +154,9 @@ pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
     unsafe {
         c.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
     }
-    let child = c.spawn().map_err(|source| TraceError::Spawn { cmd: shown, source })?;
+    let child = c
+        .spawn()
+        .map_err(|source| TraceError::Spawn { cmd: shown, source })?;
     Ok(child.id())
 }
 
@@ -211,7 +225,13 @@ impl<'s, W: Write> Tracer<'s, W> {
             | PtOptions::PTRACE_O_TRACEEXIT
             | PtOptions::PTRACE_O_EXITKILL;
         ptrace::setoptions(p, options).map_err(pt("set ptrace options"))?;
-        self.threads.insert(pid, Thread { pid, pending: Vec::new() });
+        self.threads.insert(
+            pid,
+            Thread {
+                pid,
+                pending: Vec::new(),
+            },
+        );
         self.start_image(pid, 0, StartCause::Spawn)?;
         self.resume(pid, None)?;
         self.event_loop()?;
@@ -232,8 +252,12 @@ impl<'s, W: Write> Tracer<'s, W> {
             match status {
                 WaitStatus::Stopped(p, sig) => self.on_stop(p.as_raw() as u32, sig)?,
                 WaitStatus::PtraceEvent(p, _, ev) => self.on_event(p.as_raw() as u32, ev)?,
-                WaitStatus::Exited(p, code) => self.on_gone(p.as_raw() as u32, ExitHow::Code(code))?,
-                WaitStatus::Signaled(p, sig, _) => self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32))?,
+                WaitStatus::Exited(p, code) => {
+                    self.on_gone(p.as_raw() as u32, ExitHow::Code(code))?
+                }
+                WaitStatus::Signaled(p, sig, _) => {
+                    self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32))?
+                }
                 _ => {}
             }
             self.sink.maybe_seal()?;
@@ -307,7 +331,9 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     /// Records modules that appeared or vanished and hooks the new ones.
     fn refresh_modules(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
-        let Some(proc_) = self.procs.get(&pid) else { return Ok(()) };
+        let Some(proc_) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let space_rc = proc_.space.clone();
         let mut space = space_rc.borrow_mut();
         let (added, removed) = space.scan_modules()?;
@@ -315,21 +341,27 @@ impl<'s, W: Write> Tracer<'s, W> {
             self.sink.module_unload(id)?;
         }
         for m in added {
-            let id = self.sink.module(pid, &m.path, &m.elf.build_id, m.bias, m.start, m.end)?;
+            let id = self
+                .sink
+                .module(pid, &m.path, &m.elf.build_id, m.bias, m.start, m.end)?;
             space.register_module(id, &m);
             let mut defs = m.elf.defined_functions(&self.names);
             // Aliases share an address; the first name in the table names the hook.
             defs.sort_by_key(|&(i, addr)| (addr, i));
             for (i, svma) in defs {
                 if let Err(e) = space.insert_bp(tid, m.bias + svma, BpKind::Call(i as u32)) {
-                    self.sink
-                        .note(pid, format!("{} in {} is not traced: {e}", self.names[i], m.path))?;
+                    self.sink.note(
+                        pid,
+                        format!("{} in {} is not traced: {e}", self.names[i], m.path),
+                    )?;
                 }
             }
             if let Some(a) = m.elf.symbol_address("_dl_debug_state") {
                 if let Err(e) = space.insert_bp(tid, m.bias + a, BpKind::DlDebugState) {
-                    self.sink
-                        .note(pid, format!("modules loaded later by {} are not seen: {e}", m.path))?;
+                    self.sink.note(
+                        pid,
+                        format!("modules loaded later by {} are not seen: {e}", m.path),
+                    )?;
                 }
             }
         }
@@ -347,7 +379,9 @@ impl<'s, W: Write> Tracer<'s, W> {
             return Ok(());
         }
         if sig == Signal::SIGTRAP {
-            let regs = mem::get_regs(tid).map_err(|e| pt(format!("registers of {tid}"))(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+            let regs = mem::get_regs(tid).map_err(|e| {
+                pt(format!("registers of {tid}"))(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
             let addr = regs.rip.wrapping_sub(1);
             let pid = self.threads[&tid].pid;
             let bp = self
@@ -370,8 +404,10 @@ impl<'s, W: Write> Tracer<'s, W> {
                 return self.resume(tid, None);
             }
         }
-        if matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU)
-            && ptrace::getsiginfo(Pid::from_raw(tid as i32)).is_err()
+        if matches!(
+            sig,
+            Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        ) && ptrace::getsiginfo(Pid::from_raw(tid as i32)).is_err()
         {
             // Group-stop (not a signal to deliver): let the thread go on.
             return self.resume(tid, None);
@@ -384,7 +420,9 @@ impl<'s, W: Write> Tracer<'s, W> {
         match ev {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let new = ptrace::getevent(p).map_err(pt("read the new task id"))? as u32;
-                let Some(parent) = self.threads.get(&tid) else { return self.resume(tid, None) };
+                let Some(parent) = self.threads.get(&tid) else {
+                    return self.resume(tid, None);
+                };
                 let pid = parent.pid;
                 let nt = match ev {
                     libc::PTRACE_EVENT_FORK => NewTask::Process {
@@ -403,7 +441,11 @@ impl<'s, W: Write> Tracer<'s, W> {
                         NewTask::Process {
                             parent_tid: tid,
                             shared,
-                            cause: if shared { StartCause::Vfork } else { StartCause::Fork },
+                            cause: if shared {
+                                StartCause::Vfork
+                            } else {
+                                StartCause::Fork
+                            },
                         }
                     }
                 };
@@ -429,7 +471,9 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     /// For a `clone` that made a new process: did it share the address space?
     fn clone_shares_vm(&self, tid: u32) -> bool {
-        let Ok(regs) = mem::get_regs(tid) else { return false };
+        let Ok(regs) = mem::get_regs(tid) else {
+            return false;
+        };
         let flags = if regs.orig_rax == libc::SYS_clone as u64 {
             regs.rdi
         } else if regs.orig_rax == libc::SYS_clone3 as u64 {
@@ -447,7 +491,13 @@ impl<'s, W: Write> Tracer<'s, W> {
     fn attach_new(&mut self, new: u32, nt: NewTask) -> Result<(), TraceError> {
         match nt {
             NewTask::Thread { pid } => {
-                self.threads.insert(new, Thread { pid, pending: Vec::new() });
+                self.threads.insert(
+                    new,
+                    Thread {
+                        pid,
+                        pending: Vec::new(),
+                    },
+                );
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.tids.push(new);
                 }
@@ -457,11 +507,19 @@ impl<'s, W: Write> Tracer<'s, W> {
                 shared,
                 cause,
             } => {
-                let Some(parent) = self.threads.get(&parent_tid) else { return Ok(()) };
+                let Some(parent) = self.threads.get(&parent_tid) else {
+                    return Ok(());
+                };
                 let parent_pid = parent.pid;
                 // A forked child returns through the same stubs as its parent thread.
-                let pending = if shared { Vec::new() } else { parent.pending.clone() };
-                let Some(pp) = self.procs.get(&parent_pid) else { return Ok(()) };
+                let pending = if shared {
+                    Vec::new()
+                } else {
+                    parent.pending.clone()
+                };
+                let Some(pp) = self.procs.get(&parent_pid) else {
+                    return Ok(());
+                };
                 let space = if shared {
                     pp.space.clone()
                 } else {
@@ -490,7 +548,9 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     fn on_exec(&mut self, pid: u32) -> Result<(), TraceError> {
         // Every thread of the old image is gone; their open calls never return.
-        let Some(old) = self.procs.get(&pid) else { return Ok(()) };
+        let Some(old) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let tids = old.tids.clone();
         for t in &tids {
             if let Some(th) = self.threads.get_mut(t) {
@@ -523,20 +583,36 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
             }
         }
-        self.threads.insert(pid, Thread { pid, pending: Vec::new() });
+        self.threads.insert(
+            pid,
+            Thread {
+                pid,
+                pending: Vec::new(),
+            },
+        );
         self.start_image(pid, 0, StartCause::Exec)
     }
 
     fn on_gone(&mut self, tid: u32, how: ExitHow) -> Result<(), TraceError> {
         self.early_stopped.remove(&tid);
-        let Some(th) = self.threads.remove(&tid) else { return Ok(()) };
+        let Some(th) = self.threads.remove(&tid) else {
+            return Ok(());
+        };
         let pid = th.pid;
         if !th.pending.is_empty() {
             if let Some(p) = self.procs.get_mut(&pid) {
                 for _ in &th.pending {
                     let key = (p.last_seq, 0, p.ctr);
                     p.ctr += 1;
-                    p.reorder.insert(key, Event::Exit { pid, tid, ret: None, out: None });
+                    p.reorder.insert(
+                        key,
+                        Event::Exit {
+                            pid,
+                            tid,
+                            ret: None,
+                            out: None,
+                        },
+                    );
                 }
             }
         }
@@ -562,11 +638,17 @@ impl<'s, W: Write> Tracer<'s, W> {
     /// At a thread's exit stop, collects the returns of its calls that completed, and
     /// marks the rest as never returning.
     fn finish_thread_calls(&mut self, tid: u32) -> Result<(), TraceError> {
-        let Some(pid) = self.threads.get(&tid).map(|t| t.pid) else { return Ok(()) };
-        let Some(p) = self.procs.get(&pid) else { return Ok(()) };
+        let Some(pid) = self.threads.get(&tid).map(|t| t.pid) else {
+            return Ok(());
+        };
+        let Some(p) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let space_rc = p.space.clone();
         let space = space_rc.borrow();
-        let Some(seq_addr) = space.seq_addr() else { return Ok(()) };
+        let Some(seq_addr) = space.seq_addr() else {
+            return Ok(());
+        };
         let pending = std::mem::take(&mut self.threads.get_mut(&tid).expect("checked").pending);
         self.ranges.clear();
         self.ranges.push((seq_addr, 8));
@@ -581,11 +663,15 @@ impl<'s, W: Write> Tracer<'s, W> {
         proc_.last_seq = proc_.last_seq.max(seq_now);
         for (i, pc) in pending.iter().enumerate().rev() {
             let (key, ret, out) = match results[i] {
-                Some((seq, ret, out)) => ((seq, 1, proc_.ctr), Some(ret), pc.has_out.then_some(out)),
+                Some((seq, ret, out)) => {
+                    ((seq, 1, proc_.ctr), Some(ret), pc.has_out.then_some(out))
+                }
                 None => ((proc_.last_seq, 0, proc_.ctr), None, None),
             };
             proc_.ctr += 1;
-            proc_.reorder.insert(key, Event::Exit { pid, tid, ret, out });
+            proc_
+                .reorder
+                .insert(key, Event::Exit { pid, tid, ret, out });
             space_rc.borrow_mut().free_slot(pc.slot);
         }
         self.release(pid)
@@ -603,12 +689,23 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
     }
 
-    fn on_call(&mut self, tid: u32, pid: u32, regs: Regs, addr: u64, f: u32) -> Result<(), TraceError> {
+    fn on_call(
+        &mut self,
+        tid: u32,
+        pid: u32,
+        regs: Regs,
+        addr: u64,
+        f: u32,
+    ) -> Result<(), TraceError> {
         let ts = self.sink.now();
-        let Some(proc_) = self.procs.get(&pid) else { return Ok(()) };
+        let Some(proc_) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let space_rc = proc_.space.clone();
         let mut space = space_rc.borrow_mut();
-        let Some(seq_addr) = space.seq_addr() else { return Ok(()) };
+        let Some(seq_addr) = space.seq_addr() else {
+            return Ok(());
+        };
         // Calls of every thread in the process still awaiting collection.
         let mut polled: Vec<(u32, Pending)> = Vec::new();
         for &t in &proc_.tids {
@@ -636,7 +733,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         proc_.last_seq = proc_.last_seq.max(seq_now);
 
         // Collect returns (innermost first within a thread, which their seq order gives).
-        let mut by_thread: HashMap<u32, Vec<(Pending, Option<(u64, u64, u64)>)>> = HashMap::new();
+        let mut by_thread: HashMap<u32, Vec<(Pending, Returned)>> = HashMap::new();
         for ((t, p), r) in polled.iter().zip(results.iter()) {
             by_thread.entry(*t).or_default().push((*p, *r));
         }
@@ -659,12 +756,21 @@ impl<'s, W: Write> Tracer<'s, W> {
                     );
                     space.free_slot(p.slot);
                 } else if t == tid
-                    && (p.entry_rsp < regs.rsp || (p.entry_rsp == regs.rsp && ra_raw != Some(space.stub_addr(p.slot))))
+                    && (p.entry_rsp < regs.rsp
+                        || (p.entry_rsp == regs.rsp && ra_raw != Some(space.stub_addr(p.slot))))
                 {
                     // Its frame is gone (longjmp, exception): it will never return.
                     let key = (seq_now, 0, proc_.ctr);
                     proc_.ctr += 1;
-                    proc_.reorder.insert(key, Event::Exit { pid, tid: t, ret: None, out: None });
+                    proc_.reorder.insert(
+                        key,
+                        Event::Exit {
+                            pid,
+                            tid: t,
+                            ret: None,
+                            out: None,
+                        },
+                    );
                     space.free_slot(p.slot);
                 } else {
                     keep.push(p);
@@ -678,7 +784,14 @@ impl<'s, W: Write> Tracer<'s, W> {
 
         // Unwind from the function entry.
         self.ras.clear();
-        let complete = space.unwind(addr, regs.rsp, regs.rbp, self.opts.max_depth, stack, &mut self.ras);
+        let complete = space.unwind(
+            addr,
+            regs.rsp,
+            regs.rbp,
+            self.opts.max_depth,
+            stack,
+            &mut self.ras,
+        );
         if !complete.0 && complete.1 && stack.len() == self.opts.stack_bytes {
             // The stack goes deeper than the first read: read more once.
             let mut big = Vec::new();
@@ -686,7 +799,14 @@ impl<'s, W: Write> Tracer<'s, W> {
             let mut data = vec![0u8; big.iter().map(|r| r.1).sum()];
             let n = mem::readv(tid, &big, &mut data).unwrap_or(0);
             self.ras.clear();
-            space.unwind(addr, regs.rsp, regs.rbp, self.opts.max_depth, &data[..n], &mut self.ras);
+            space.unwind(
+                addr,
+                regs.rsp,
+                regs.rbp,
+                self.opts.max_depth,
+                &data[..n],
+                &mut self.ras,
+            );
         }
         let frames = self.ras.iter().map(|&a| space.frame(a)).collect();
         let func = &self.funcs[f as usize];
@@ -736,7 +856,15 @@ impl<'s, W: Write> Tracer<'s, W> {
                     // No way to see the return: say so rather than invent a value.
                     let key = (seq_now, 0, proc_.ctr);
                     proc_.ctr += 1;
-                    proc_.reorder.insert(key, Event::Exit { pid, tid, ret: None, out: None });
+                    proc_.reorder.insert(
+                        key,
+                        Event::Exit {
+                            pid,
+                            tid,
+                            ret: None,
+                            out: None,
+                        },
+                    );
                     self.sink.dropped(1);
                 }
             }
@@ -747,7 +875,9 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     /// Writes out the buffered events that no later event can precede.
     fn release(&mut self, pid: u32) -> Result<(), TraceError> {
-        let Some(p) = self.procs.get(&pid) else { return Ok(()) };
+        let Some(p) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let mut mark = p.last_seq;
         for t in &p.tids {
             if let Some(th) = self.threads.get(t) {
@@ -760,7 +890,9 @@ impl<'s, W: Write> Tracer<'s, W> {
     }
 
     fn drain(&mut self, pid: u32, below: u64) -> Result<(), TraceError> {
-        let Some(p) = self.procs.get_mut(&pid) else { return Ok(()) };
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
         while let Some(entry) = p.reorder.first_entry() {
             if entry.key().0 >= below && below != u64::MAX {
                 break;
@@ -791,7 +923,7 @@ fn push_stack_pages(ranges: &mut Vec<(u64, usize)>, sp: u64, len: usize) {
 
 /// Parses what `poll_ranges` read (after the 8-byte counter): per call, `(seq, ret, out)`
 /// if it returned.
-fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Option<(u64, u64, u64)>> {
+fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
     let n = pending.len();
     (0..n)
         .map(|i| {
