@@ -148,31 +148,42 @@ impl ElfInfo {
 
     /// Stated addresses of the global or weak functions named in `names` that this file
     /// defines, as `(index into names, address)`. GNU IFUNC resolvers are skipped: their
-    /// symbol value is the resolver, not the function.
-    pub fn defined_functions(&self, names: &[&str]) -> Vec<(usize, u64)> {
+    /// symbol value is the resolver, not the function. With `allow_local` (the main
+    /// executable, where nothing can interpose), a local definition counts for a name that
+    /// has no global one: static-pie glibc makes `malloc` local.
+    pub fn defined_functions(&self, names: &[&str], allow_local: bool) -> Vec<(usize, u64)> {
         let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
             return Vec::new();
         };
         let endian = parsed.endian();
         let mut out = Vec::new();
+        let mut locals = Vec::new();
         for sym in parsed.dynamic_symbols().chain(parsed.symbols()) {
+            let raw = sym.elf_symbol();
+            let bind = raw.st_bind();
+            if raw.st_type() != elf::STT_FUNC
+                || raw.st_shndx(endian) == elf::SHN_UNDEF
+                || raw.st_value(endian) == 0
             {
-                let raw = sym.elf_symbol();
-                let bind = raw.st_bind();
-                if raw.st_type() != elf::STT_FUNC
-                    || !(bind == elf::STB_GLOBAL || bind == elf::STB_WEAK)
-                    || raw.st_shndx(endian) == elf::SHN_UNDEF
-                    || raw.st_value(endian) == 0
-                {
-                    continue;
-                }
-                let Ok(name) = sym.name() else { continue };
-                if let Some(i) = names.iter().position(|n| *n == name) {
-                    let addr = raw.st_value(endian);
-                    if !out.contains(&(i, addr)) {
-                        out.push((i, addr));
-                    }
-                }
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            let Some(i) = names.iter().position(|n| *n == name) else {
+                continue;
+            };
+            let entry = (i, raw.st_value(endian));
+            let list = match bind {
+                elf::STB_GLOBAL | elf::STB_WEAK => &mut out,
+                elf::STB_LOCAL if allow_local => &mut locals,
+                _ => continue,
+            };
+            if !list.contains(&entry) {
+                list.push(entry);
+            }
+        }
+        for (i, addr) in locals {
+            if !out.iter().any(|(j, _)| *j == i) {
+                out.push((i, addr));
             }
         }
         out
@@ -275,7 +286,7 @@ mod tests {
             .expect("test binary links libc");
         let info = ElfInfo::open(Path::new(&libc.path)).unwrap();
         assert_eq!(info.build_id.len(), 20);
-        let found = info.defined_functions(&["malloc", "free", "no_such_function"]);
+        let found = info.defined_functions(&["malloc", "free", "no_such_function"], false);
         assert!(found.iter().any(|(i, _)| *i == 0));
         assert!(found.iter().any(|(i, _)| *i == 1));
         assert!(!found.iter().any(|(i, _)| *i == 2));

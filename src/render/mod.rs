@@ -68,23 +68,30 @@ pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
 }
 
 /// Symbolizes a stack and picks the caller to show: the first frame outside the
-/// allocator, the runtimes and dependencies, or the first frame if all are.
+/// allocator, the runtimes and dependencies that has a source location; failing that,
+/// the first such frame at all (a stripped or vanished binary is shown as module+offset);
+/// failing that, the first named frame.
 pub fn caller(sym: &mut Symbolizer, frames: &[Frame]) -> Option<SymFrame> {
-    let mut first = None;
+    let mut first_named = None;
+    let mut first_user = None;
     for f in frames {
         for sf in sym.frames(f, true) {
             let named = sf.function.is_some() || sf.file.is_some();
-            if first.is_none() && named {
-                first = Some(sf.clone());
+            if first_named.is_none() && named {
+                first_named = Some(sf.clone());
             }
-            // A frame that cannot be named in a program's own module is still the user's
-            // code: show it as module+offset rather than skip to a runtime frame.
-            if !sf.is_runtime() && (named || !sf.module.is_empty()) {
+            if sf.is_runtime() || (!named && sf.module.is_empty()) {
+                continue;
+            }
+            if sf.file.is_some() {
                 return Some(sf);
+            }
+            if first_user.is_none() {
+                first_user = Some(sf);
             }
         }
     }
-    first
+    first_user.or(first_named)
 }
 
 /// `file:line:col function` (or what is known of it).

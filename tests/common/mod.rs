@@ -207,3 +207,18 @@ pub fn require_tool(name: &str) {
         "{name} is not installed: run the README's test command (scripts/test), which installs it"
     );
 }
+
+pub fn forever_c() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_c("forever", "forever.c", &["-O1", "-g"]))
+}
+
+/// The dlopen fixture: (main program, library).
+pub fn dl_c() -> &'static (PathBuf, PathBuf) {
+    static P: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    P.get_or_init(|| {
+        let lib = build_c("libleaky.so", "leaky.c", &["-O1", "-g", "-shared", "-fPIC"]);
+        let main = build_c("dl_main", "dl_main.c", &["-O1", "-g"]);
+        (main, lib)
+    })
+}

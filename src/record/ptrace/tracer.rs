@@ -345,7 +345,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 .sink
                 .module(pid, &m.path, &m.elf.build_id, m.bias, m.start, m.end)?;
             space.register_module(id, &m);
-            let mut defs = m.elf.defined_functions(&self.names);
+            let is_exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.as_os_str() == m.path.as_str());
+            let mut defs = m.elf.defined_functions(&self.names, is_exe);
             // Aliases share an address; the first name in the table names the hook.
             defs.sort_by_key(|&(i, addr)| (addr, i));
             for (i, svma) in defs {

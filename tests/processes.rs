@@ -1,0 +1,161 @@
+//! Binary flavours, modules loaded at run time, and the recorder's own lifecycle.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn fixture_groups(report: &str, file: &str) -> Vec<(u64, u64, String, String)> {
+    parse_leaks(report)
+        .into_iter()
+        .filter(|g| g.at.starts_with(file))
+        .map(|g| (g.bytes, g.blocks, g.func, g.at))
+        .collect()
+}
+
+#[test]
+fn every_binary_flavour_gives_the_same_leaks() {
+    let dir = scratch("flavours");
+    let baseline = {
+        let rec = dir.join("base.rlt");
+        record(&rec, leaks_c(), &[]);
+        fixture_groups(&replay(&rec, &["--leaks"]), "leaks.c:")
+    };
+    assert_eq!(baseline.len(), 6);
+    let flavours: [(&str, &[&str]); 5] = [
+        ("now", &["-Wl,-z,now"]),
+        ("noplt", &["-fno-plt"]),
+        ("ibt", &["-fcf-protection", "-Wl,-z,ibt,-z,now"]),
+        ("static", &["-static"]),
+        ("static-pie", &["-static-pie"]),
+    ];
+    for (name, flags) in flavours {
+        let mut all = vec!["-O1", "-g"];
+        all.extend_from_slice(flags);
+        let bin = build_c(&format!("leaks-{name}"), "leaks.c", &all);
+        let rec = dir.join(format!("{name}.rlt"));
+        let o = record(&rec, &bin, &[]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = fixture_groups(&replay(&rec, &["--leaks"]), "leaks.c:");
+        assert_eq!(got, baseline, "{name}");
+    }
+}
+
+#[test]
+fn dlopened_library_is_tracked_and_symbolized_after_dlclose() {
+    let (main, lib) = dl_c();
+    let dir = scratch("dlopen");
+    let rec = dir.join("dl.rlt");
+    let o = record(&rec, main, &[lib.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = replay(&rec, &["--leaks", "-v"]);
+    let src = repo().join("tests/fixtures/c/leaky.c");
+    let line = marker_line(&src, "LEAK: in-lib");
+    let g = parse_leaks(&report)
+        .into_iter()
+        .find(|g| g.at == format!("leaky.c:{line}"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        (g.blocks, g.bytes, g.caller_fn.as_str()),
+        (4, 224, "leak_in_lib")
+    );
+    let call_line = marker_line(&repo().join("tests/fixtures/c/dl_main.c"), "CALL: lib");
+    assert!(
+        g.text.contains(&format!("dl_main.c:{call_line}:")),
+        "stack reaches main: {}",
+        g.text
+    );
+}
+
+#[test]
+fn interrupt_from_the_terminal_leaves_a_complete_recording() {
+    let dir = scratch("ctrl-c");
+    let rec = dir.join("int.rlt");
+    // Its own process group, like a shell job; the "terminal" signals the whole group.
+    let mut child = rltrace()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(forever_c())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 2));
+    let o = rltrace().args(["replay"]).arg(&rec).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let trace = String::from_utf8(o.stdout).unwrap();
+    assert!(trace.contains("+++ killed by SIGINT +++"), "{trace}");
+    assert!(trace.matches("malloc(64)").count() > 10);
+}
+
+#[test]
+fn killed_recorder_leaves_a_readable_prefix_and_no_orphan() {
+    let dir = scratch("sigkill");
+    let rec = dir.join("killed.rlt");
+    let mut child = rltrace()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(forever_c())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    // Past the recorder's one-second sealing interval.
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The tracee goes with its tracer: its stdout pipe closes.
+    let mut rest = String::new();
+    let closed = std::thread::spawn(move || out.read_line(&mut rest).unwrap());
+    let t0 = std::time::Instant::now();
+    while !closed.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        closed.is_finished(),
+        "the tracee outlived its killed recorder"
+    );
+    let o = rltrace().args(["replay"]).arg(&rec).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "incomplete, but replayed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no end marker") || err.contains("truncated"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("malloc(64)")
+            .count()
+            > 10
+    );
+}
