@@ -65,7 +65,13 @@ pub fn rust_server() -> &'static Path {
         let manifest = repo().join("tests/fixtures/rust-server/Cargo.toml");
         let target = repo().join("target/fixtures/rust-server");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--locked",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .arg("--target-dir")
             .arg(&target)
