@@ -159,3 +159,27 @@ fn killed_recorder_leaves_a_readable_prefix_and_no_orphan() {
             > 10
     );
 }
+
+#[test]
+fn programs_started_by_a_shell_are_followed_through_fork_and_exec() {
+    let dir = scratch("sh-exec");
+    let rec = dir.join("sh.rlt");
+    let leaks = leaks_c().display().to_string();
+    // sh forks and execs the first, and execs the second in place of itself.
+    let script = format!("{leaks} | cat; exec {leaks}");
+    let o = record(&rec, std::path::Path::new("/bin/sh"), &["-c", &script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "done\ndone\n");
+    let report = replay(&rec, &["--leaks"]);
+    // Both runs of the fixture report their six groups, each in its own process.
+    let sections: Vec<&str> = report
+        .split("process ")
+        .filter(|s| s.contains(&leaks))
+        .collect();
+    assert_eq!(sections.len(), 2, "{report}");
+    for s in sections {
+        let groups = fixture_groups(&format!("process {s}"), "leaks.c:");
+        assert_eq!(groups.len(), 6, "{s}");
+        assert_eq!((groups[0].0, groups[0].1), (72, 3), "{s}");
+    }
+}

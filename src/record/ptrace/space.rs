@@ -249,9 +249,13 @@ impl Space {
         let pid = Pid::from_raw(tid as i32);
         ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
         loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL))
-                .map_err(nix_err("wait for injected syscall"))?
-            {
+            // The recorder's own signal handlers interrupt waits; the caller's loop sees
+            // their flags later.
+            let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.map_err(nix_err("wait for injected syscall"))?,
+            };
+            match status {
                 WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
                 WaitStatus::Stopped(_, sig) => {
                     self.deferred_signals.push((tid, sig as i32));

@@ -170,6 +170,9 @@ pub struct Tracer<'s, W: Write> {
     procs: HashMap<u32, Proc>,
     expected_new: HashMap<u32, NewTask>,
     early_stopped: HashSet<u32>,
+    /// Processes single-stepping out of `execve`, to be set up at their next stop, with
+    /// signals that arrived meanwhile.
+    exec_stepping: HashMap<u32, Vec<Signal>>,
     root: u32,
     root_status: Option<ExitHow>,
     ranges: Vec<(u64, usize)>,
@@ -191,6 +194,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             procs: HashMap::new(),
             expected_new: HashMap::new(),
             early_stopped: HashSet::new(),
+            exec_stepping: HashMap::new(),
             root: 0,
             root_status: None,
             ranges: Vec::new(),
@@ -207,7 +211,13 @@ impl<'s, W: Write> Tracer<'s, W> {
         install_signal_handlers();
         self.root = pid;
         let p = Pid::from_raw(pid as i32);
-        match waitpid(p, Some(WaitPidFlag::__WALL)).map_err(pt("wait for the command to start"))? {
+        let first = loop {
+            match waitpid(p, Some(WaitPidFlag::__WALL)) {
+                Err(Errno::EINTR) => continue,
+                other => break other.map_err(pt("wait for the command to start"))?,
+            }
+        };
+        match first {
             WaitStatus::Stopped(_, Signal::SIGTRAP) => {}
             WaitStatus::Exited(_, code) => return Ok(ExitHow::Code(code)),
             WaitStatus::Signaled(_, sig, _) => return Ok(ExitHow::Signal(sig as i32)),
@@ -308,6 +318,13 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
     }
 
+    fn step(&mut self, tid: u32, sig: Option<Signal>) -> Result<(), TraceError> {
+        match ptrace::step(Pid::from_raw(tid as i32), sig) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(pt(format!("single-step thread {tid}"))(e)),
+        }
+    }
+
     /// Sets up a freshly exec'd image: stub region, modules, breakpoints.
     fn start_image(&mut self, pid: u32, parent: u32, cause: StartCause) -> Result<(), TraceError> {
         let mut space = Space::new(pid)?;
@@ -379,6 +396,22 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
             self.early_stopped.insert(tid);
             return Ok(());
+        }
+        if let Some(waiting) = self.exec_stepping.get_mut(&tid) {
+            if sig != Signal::SIGTRAP {
+                // A signal arrived first: deliver it once the new image is set up.
+                waiting.push(sig);
+                return self.step(tid, None);
+            }
+            let waiting = self.exec_stepping.remove(&tid).unwrap_or_default();
+            self.start_image(tid, 0, StartCause::Exec)?;
+            if let Some(p) = self.procs.get(&tid) {
+                let mut space = p.space.borrow_mut();
+                space
+                    .deferred_signals
+                    .extend(waiting.iter().map(|s| (tid, *s as i32)));
+            }
+            return self.resume(tid, None);
         }
         if sig == Signal::SIGTRAP {
             let regs = mem::get_regs(tid).map_err(|e| {
@@ -461,7 +494,10 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
             libc::PTRACE_EVENT_EXEC => {
                 self.on_exec(tid)?;
-                self.resume(tid, None)
+                // The exec stop is inside execve: registers changed now would be overwritten
+                // by its return. Step one instruction into the new image and set it up there.
+                self.exec_stepping.insert(tid, Vec::new());
+                self.step(tid, None)
             }
             libc::PTRACE_EVENT_EXIT => {
                 self.finish_thread_calls(tid)?;
@@ -592,11 +628,12 @@ impl<'s, W: Write> Tracer<'s, W> {
                 pending: Vec::new(),
             },
         );
-        self.start_image(pid, 0, StartCause::Exec)
+        Ok(())
     }
 
     fn on_gone(&mut self, tid: u32, how: ExitHow) -> Result<(), TraceError> {
         self.early_stopped.remove(&tid);
+        self.exec_stepping.remove(&tid);
         let Some(th) = self.threads.remove(&tid) else {
             return Ok(());
         };
