@@ -228,3 +228,36 @@ pub fn dl_c() -> &'static (PathBuf, PathBuf) {
         (main, lib)
     })
 }
+
+/// Compiles the C++ fixture with the system `c++`.
+pub fn widgets_cpp() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let src = repo().join("tests/fixtures/cpp/widgets.cpp");
+        let out = fixture_dir().join("widgets");
+        let tmp = fixture_dir().join(format!("widgets.{}.tmp", std::process::id()));
+        let status = Command::new("c++")
+            .args(["-O1", "-g"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&tmp)
+            .status()
+            .expect("run c++");
+        assert!(status.success(), "c++ failed");
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
+}
+
+/// Runs a tool, asserting success.
+pub fn run_ok(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
