@@ -500,7 +500,6 @@ impl Space {
 impl Space {
     /// Unwinds a thread stopped at `pc` from a copy of its stack starting at `sp`. Stub
     /// addresses found on the stack are replaced by the return addresses they stand for.
-    /// Returns (reached the outermost frame, ran past the copied bytes).
     pub fn unwind(
         &mut self,
         pc: u64,
@@ -509,16 +508,18 @@ impl Space {
         max: usize,
         stack: &[u8],
         out: &mut Vec<u64>,
-    ) -> (bool, bool) {
+    ) -> Unwound {
         let primary = self.primary();
         let slot_retaddr = &self.slot_retaddr;
         let hi = sp + stack.len() as u64;
         let mut overran = false;
+        let mut deepest = 0u64;
         let mut read = |addr: u64| -> Result<u64, ()> {
             if addr < sp || addr.saturating_add(8) > hi {
                 overran |= addr >= hi;
                 return Err(());
             }
+            deepest = deepest.max(addr + 8 - sp);
             let o = (addr - sp) as usize;
             let mut w = [0u8; 8];
             w.copy_from_slice(&stack[o..o + 8]);
@@ -530,9 +531,24 @@ impl Space {
                 _ => v,
             })
         };
-        let done = self.unwinder.unwind(pc, sp, bp, max, &mut read, out);
-        (done, overran)
+        let complete = self.unwinder.unwind(pc, sp, bp, max, &mut read, out);
+        Unwound {
+            complete,
+            overran,
+            used: deepest as usize,
+        }
     }
+}
+
+/// How an unwind went.
+#[derive(Clone, Copy, Debug)]
+pub struct Unwound {
+    /// The outermost frame was reached.
+    pub complete: bool,
+    /// The unwinder wanted bytes beyond the copied stack.
+    pub overran: bool,
+    /// Bytes above the stack pointer the unwinder read.
+    pub used: usize,
 }
 
 /// A free, page-aligned gap of `len` bytes within `reach` of `near`, closest first.

@@ -61,15 +61,19 @@ fn pt(what: impl Into<String>) -> impl FnOnce(nix::Error) -> TraceError {
 pub struct TraceOptions {
     /// Most return addresses kept per stack.
     pub max_depth: usize,
-    /// Stack bytes copied per stop before unwinding; doubled on demand.
+    /// Stack bytes copied at a thread's first stop; afterwards each thread reads as deep
+    /// as its previous unwind needed, and re-reads up to `max_stack_bytes` if that was short.
     pub stack_bytes: usize,
+    /// Most stack bytes copied for one unwind.
+    pub max_stack_bytes: usize,
 }
 
 impl Default for TraceOptions {
     fn default() -> Self {
         TraceOptions {
             max_depth: 64,
-            stack_bytes: 16 << 10,
+            stack_bytes: 4 << 10,
+            max_stack_bytes: 256 << 10,
         }
     }
 }
@@ -86,6 +90,18 @@ struct Pending {
 struct Thread {
     pid: u32,
     pending: Vec<Pending>,
+    /// Stack bytes to copy at the next stop.
+    stack_read: usize,
+}
+
+impl Thread {
+    fn new(pid: u32, pending: Vec<Pending>) -> Self {
+        Thread {
+            pid,
+            pending,
+            stack_read: 0,
+        }
+    }
 }
 
 /// What a slot held when its stub had run: (seq, rax, out-pointer value).
@@ -235,13 +251,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             | PtOptions::PTRACE_O_TRACEEXIT
             | PtOptions::PTRACE_O_EXITKILL;
         ptrace::setoptions(p, options).map_err(pt("set ptrace options"))?;
-        self.threads.insert(
-            pid,
-            Thread {
-                pid,
-                pending: Vec::new(),
-            },
-        );
+        self.threads.insert(pid, Thread::new(pid, Vec::new()));
         self.start_image(pid, 0, StartCause::Spawn)?;
         self.resume(pid, None)?;
         self.event_loop()?;
@@ -529,13 +539,7 @@ impl<'s, W: Write> Tracer<'s, W> {
     fn attach_new(&mut self, new: u32, nt: NewTask) -> Result<(), TraceError> {
         match nt {
             NewTask::Thread { pid } => {
-                self.threads.insert(
-                    new,
-                    Thread {
-                        pid,
-                        pending: Vec::new(),
-                    },
-                );
+                self.threads.insert(new, Thread::new(pid, Vec::new()));
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.tids.push(new);
                 }
@@ -564,7 +568,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                     Rc::new(RefCell::new(pp.space.borrow().fork_for(new)?))
                 };
                 let last_seq = pp.last_seq;
-                self.threads.insert(new, Thread { pid: new, pending });
+                self.threads.insert(new, Thread::new(new, pending));
                 self.procs.insert(
                     new,
                     Proc {
@@ -621,13 +625,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
             }
         }
-        self.threads.insert(
-            pid,
-            Thread {
-                pid,
-                pending: Vec::new(),
-            },
-        );
+        self.threads.insert(pid, Thread::new(pid, Vec::new()));
         Ok(())
     }
 
@@ -757,7 +755,12 @@ impl<'s, W: Write> Tracer<'s, W> {
         self.ranges.push((seq_addr, 8));
         self.poll_ranges(&space, &polled_calls);
         let header: usize = self.ranges.iter().map(|r| r.1).sum();
-        push_stack_pages(&mut self.ranges, regs.rsp, self.opts.stack_bytes);
+        let read_len = self
+            .threads
+            .get(&tid)
+            .map_or(0, |t| t.stack_read)
+            .max(self.opts.stack_bytes);
+        push_stack_pages(&mut self.ranges, regs.rsp, read_len);
         let len: usize = self.ranges.iter().map(|r| r.1).sum();
         self.buf.resize(len, 0);
         let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
@@ -823,7 +826,7 @@ impl<'s, W: Write> Tracer<'s, W> {
 
         // Unwind from the function entry.
         self.ras.clear();
-        let complete = space.unwind(
+        let u = space.unwind(
             addr,
             regs.rsp,
             regs.rbp,
@@ -831,21 +834,34 @@ impl<'s, W: Write> Tracer<'s, W> {
             stack,
             &mut self.ras,
         );
-        if !complete.0 && complete.1 && stack.len() == self.opts.stack_bytes {
-            // The stack goes deeper than the first read: read more once.
+        let mut used = u.used;
+        if u.overran
+            && !u.complete
+            && stack.len() == read_len
+            && read_len < self.opts.max_stack_bytes
+        {
+            // The stack goes deeper than this read: copy the rest once.
             let mut big = Vec::new();
-            push_stack_pages(&mut big, regs.rsp, self.opts.stack_bytes * 16);
+            push_stack_pages(&mut big, regs.rsp, self.opts.max_stack_bytes);
             let mut data = vec![0u8; big.iter().map(|r| r.1).sum()];
             let n = mem::readv(tid, &big, &mut data).unwrap_or(0);
             self.ras.clear();
-            space.unwind(
-                addr,
-                regs.rsp,
-                regs.rbp,
-                self.opts.max_depth,
-                &data[..n],
-                &mut self.ras,
-            );
+            used = space
+                .unwind(
+                    addr,
+                    regs.rsp,
+                    regs.rbp,
+                    self.opts.max_depth,
+                    &data[..n],
+                    &mut self.ras,
+                )
+                .used;
+        }
+        if let Some(th) = self.threads.get_mut(&tid) {
+            // Next time, read as deep as this unwind needed, plus slack.
+            th.stack_read = (used + 1024)
+                .next_multiple_of(4096)
+                .clamp(self.opts.stack_bytes, self.opts.max_stack_bytes);
         }
         let frames = self.ras.iter().map(|&a| space.frame(a)).collect();
         let func = &self.funcs[f as usize];
