@@ -183,3 +183,31 @@ fn programs_started_by_a_shell_are_followed_through_fork_and_exec() {
         assert_eq!((groups[0].0, groups[0].1), (72, 3), "{s}");
     }
 }
+
+#[test]
+fn a_program_that_refuses_injection_runs_unrecorded_with_a_note() {
+    let sandbox = build_c("sandbox", "sandbox.c", &["-O1", "-g"]);
+    let dir = scratch("seccomp");
+    let rec = dir.join("s.rlt");
+    let o = record(&rec, &sandbox, &[leaks_c().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "done\n",
+        "the program ran normally"
+    );
+    let r = rltrace()
+        .args(["replay", "--leaks"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains(&format!(
+            "calls of {} are not recorded",
+            leaks_c().display()
+        )) && err.contains("mprotect"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&r.stdout).contains("leaks.c:"));
+}

@@ -338,7 +338,9 @@ impl<'s, W: Write> Tracer<'s, W> {
     /// Sets up a freshly exec'd image: stub region, modules, breakpoints.
     fn start_image(&mut self, pid: u32, parent: u32, cause: StartCause) -> Result<(), TraceError> {
         let mut space = Space::new(pid)?;
-        space.inject_primary(pid)?;
+        // A program the kernel will not let us inject into (a seccomp filter, say) runs
+        // on, followed but unrecorded, rather than ending the whole recording.
+        let injected = space.inject_primary(pid);
         let path = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -353,7 +355,14 @@ impl<'s, W: Write> Tracer<'s, W> {
                 last_seq: 0,
             },
         );
-        self.refresh_modules(pid, pid)
+        match injected {
+            Ok(()) => self.refresh_modules(pid, pid),
+            Err(e) => {
+                self.sink
+                    .note(pid, format!("calls of {path} are not recorded: {e}"))?;
+                Ok(())
+            }
+        }
     }
 
     /// Records modules that appeared or vanished and hooks the new ones.
