@@ -69,3 +69,28 @@ fn every_call_is_recorded_once_and_leaks_are_exact() {
     // It is the top group: it repeats and is the largest.
     assert!(groups[0].at.starts_with("mt.c:"), "{report}");
 }
+
+#[test]
+fn exiting_while_threads_are_inside_traced_calls() {
+    let bin = build_c("exit_race", "exit_race.c", &["-O1", "-g", "-pthread"]);
+    let dir = scratch("exit-race");
+    for round in 0..5 {
+        let rec = dir.join(format!("r{round}.rlt"));
+        let o = record(&rec, &bin, &[]);
+        assert!(
+            o.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "bye\n");
+        let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "round {round}: {err}");
+        assert!(err.is_empty(), "round {round}: {err}");
+        let trace = String::from_utf8_lossy(&r.stdout);
+        assert!(trace.contains("+++ exited (status 0) +++"), "round {round}");
+        // Every malloc either returned a pointer or died with its thread at exit.
+        let mallocs = trace.matches("malloc(32)").count();
+        assert!(mallocs > 100, "round {round}: only {mallocs} calls");
+    }
+}

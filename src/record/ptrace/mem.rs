@@ -118,11 +118,11 @@ impl MemFile {
 }
 
 /// Fetches the registers of a stopped thread.
-pub fn get_regs(tid: u32) -> io::Result<Regs> {
-    nix::sys::ptrace::getregs(nix::unistd::Pid::from_raw(tid as i32)).map_err(io::Error::from)
+pub fn get_regs(tid: u32) -> nix::Result<Regs> {
+    nix::sys::ptrace::getregs(nix::unistd::Pid::from_raw(tid as i32))
 }
 
 /// Sets the registers of a stopped thread.
-pub fn set_regs(tid: u32, regs: Regs) -> io::Result<()> {
-    nix::sys::ptrace::setregs(nix::unistd::Pid::from_raw(tid as i32), regs).map_err(io::Error::from)
+pub fn set_regs(tid: u32, regs: Regs) -> nix::Result<()> {
+    nix::sys::ptrace::setregs(nix::unistd::Pid::from_raw(tid as i32), regs)
 }

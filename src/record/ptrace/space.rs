@@ -219,7 +219,7 @@ impl Space {
         args: [u64; 6],
         what: &'static str,
     ) -> Result<u64, SpaceError> {
-        let saved = get_regs(tid).map_err(io_err("read registers"))?;
+        let saved = get_regs(tid).map_err(nix_err("read registers"))?;
         let (gadget, patched) = match self.primary() {
             Some(base) => (base, None),
             None => {
@@ -245,7 +245,7 @@ impl Space {
         r.r10 = args[3];
         r.r8 = args[4];
         r.r9 = args[5];
-        set_regs(tid, r).map_err(io_err("set registers"))?;
+        set_regs(tid, r).map_err(nix_err("set registers"))?;
         let pid = Pid::from_raw(tid as i32);
         ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
         loop {
@@ -274,13 +274,13 @@ impl Space {
                 }
             }
         }
-        let result = get_regs(tid).map_err(io_err("read registers"))?.rax;
+        let result = get_regs(tid).map_err(nix_err("read registers"))?.rax;
         if let Some(orig) = patched {
             self.mem
                 .write(saved.rip, &orig)
                 .map_err(io_err("restore code at rip"))?;
         }
-        set_regs(tid, saved).map_err(io_err("restore registers"))?;
+        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
         let signed = result as i64;
         if (-4095..0).contains(&signed) {
             return Err(SpaceError::Remote {

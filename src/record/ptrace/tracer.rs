@@ -269,16 +269,30 @@ impl<'s, W: Write> Tracer<'s, W> {
                 Err(Errno::ECHILD) => break,
                 Err(e) => return Err(pt("wait for the tracee")(e)),
             };
-            match status {
-                WaitStatus::Stopped(p, sig) => self.on_stop(p.as_raw() as u32, sig)?,
-                WaitStatus::PtraceEvent(p, _, ev) => self.on_event(p.as_raw() as u32, ev)?,
+            let (tid, handled) = match status {
+                WaitStatus::Stopped(p, sig) => (p, self.on_stop(p.as_raw() as u32, sig)),
+                WaitStatus::PtraceEvent(p, _, ev) => (p, self.on_event(p.as_raw() as u32, ev)),
                 WaitStatus::Exited(p, code) => {
-                    self.on_gone(p.as_raw() as u32, ExitHow::Code(code))?
+                    (p, self.on_gone(p.as_raw() as u32, ExitHow::Code(code)))
                 }
-                WaitStatus::Signaled(p, sig, _) => {
-                    self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32))?
+                WaitStatus::Signaled(p, sig, _) => (
+                    p,
+                    self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32)),
+                ),
+                _ => continue,
+            };
+            match handled {
+                Ok(()) => {}
+                // Only a recording that cannot be written ends the run.
+                Err(e @ TraceError::Format(_)) => return Err(e),
+                Err(e) => {
+                    // One thread's trouble (it vanished mid-stop, say) must not take the
+                    // others down: say so in the recording and let the thread run.
+                    let raw = tid.as_raw() as u32;
+                    let pid = self.threads.get(&raw).map_or(raw, |t| t.pid);
+                    self.sink.note(pid, format!("thread {raw}: {e}"))?;
+                    let _ = ptrace::cont(tid, None);
                 }
-                _ => {}
             }
             self.sink.maybe_seal()?;
         }
@@ -433,9 +447,12 @@ impl<'s, W: Write> Tracer<'s, W> {
             return self.resume(tid, None);
         }
         if sig == Signal::SIGTRAP {
-            let regs = mem::get_regs(tid).map_err(|e| {
-                pt(format!("registers of {tid}"))(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-            })?;
+            let regs = match mem::get_regs(tid) {
+                Ok(r) => r,
+                // Killed while stopped (exit_group from another thread): its exit follows.
+                Err(Errno::ESRCH) => return Ok(()),
+                Err(e) => return Err(pt(format!("registers of thread {tid}"))(e)),
+            };
             let addr = regs.rip.wrapping_sub(1);
             let pid = self.threads[&tid].pid;
             let bp = self
@@ -449,11 +466,12 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
                 let mut r = regs;
                 r.rip = bp.tramp;
-                if let Err(e) = mem::set_regs(tid, r) {
-                    return Err(TraceError::Ptrace {
-                        what: format!("redirect thread {tid} to its trampoline"),
-                        source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    });
+                match mem::set_regs(tid, r) {
+                    Ok(()) => {}
+                    Err(Errno::ESRCH) => return Ok(()),
+                    Err(e) => {
+                        return Err(pt(format!("redirect thread {tid} to its trampoline"))(e))
+                    }
                 }
                 return self.resume(tid, None);
             }
