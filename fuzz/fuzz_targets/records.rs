@@ -1,0 +1,39 @@
+//! Record decoding and the analyses behind replay, reached directly: the input becomes the
+//! payload of a well-formed, checksummed, uncompressed records chunk (docs/FORMAT.md), so
+//! mutations are not all stopped by the checksum.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rltrace::analyze::leaks::LeakAnalysis;
+use rltrace::analyze::{CallPairer, Defs};
+use rltrace::format::{Reader, CHUNK_HEADER_LEN, CHUNK_META, CHUNK_RECORDS, MAGIC, VERSION};
+
+fn chunk(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    h[0] = kind;
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut file = Vec::with_capacity(data.len() + 64);
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&VERSION.to_le_bytes());
+    file.extend_from_slice(&[0; 6]);
+    chunk(&mut file, CHUNK_META, &[0]);
+    chunk(&mut file, CHUNK_RECORDS, data);
+    let Ok(mut reader) = Reader::new(file.as_slice()) else { return };
+    let mut defs = Defs::default();
+    let mut pairer = CallPairer::default();
+    let mut leaks = LeakAnalysis::default();
+    while let Ok(Some(rec)) = reader.next_record() {
+        defs.learn(&rec);
+        if let Some(step) = pairer.step(&rec, &defs) {
+            leaks.step(&step, &defs);
+        }
+    }
+    let _ = leaks.finish();
+});
