@@ -211,3 +211,43 @@ fn a_program_that_refuses_injection_runs_unrecorded_with_a_note() {
     );
     assert!(!String::from_utf8_lossy(&r.stdout).contains("leaks.c:"));
 }
+
+#[test]
+fn posix_spawned_children_are_recorded_as_their_own_processes() {
+    let spawn = build_c("spawn", "spawn.c", &["-O1", "-g"]);
+    let dir = scratch("posix-spawn");
+    let rec = dir.join("p.rlt");
+    let o = record(&rec, &spawn, &[leaks_c().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
+    let report = replay(&rec, &["--leaks"]);
+    let src = repo().join("tests/fixtures/c/spawn.c");
+    let parent: Vec<(u64, u64, String, String)> = fixture_groups(&report, "spawn.c:");
+    assert_eq!(
+        parent,
+        vec![
+            (
+                99,
+                1,
+                "malloc".into(),
+                format!("spawn.c:{}", marker_line(&src, "LEAK: after-child"))
+            ),
+            (
+                88,
+                1,
+                "malloc".into(),
+                format!("spawn.c:{}", marker_line(&src, "LEAK: parent"))
+            ),
+        ],
+        "{report}"
+    );
+    let child = report
+        .split("process ")
+        .find(|s| s.contains(&leaks_c().display().to_string()))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        fixture_groups(&format!("process {child}"), "leaks.c:").len(),
+        6,
+        "{report}"
+    );
+}
