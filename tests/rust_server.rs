@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 
 use common::*;
 
@@ -18,24 +17,7 @@ fn leak_points_at_the_boxed_call() {
     let boxed_line = marker_line(&src, "LEAK: boxed");
     let dir = scratch("rust-server");
     let rec = dir.join("server.rlt");
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(server)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_string();
+    let (mut child, addr) = start_server(&rec, server);
     for i in 0..REQUESTS {
         let mut s = TcpStream::connect(&addr).unwrap();
         writeln!(s, "{i}").unwrap();
@@ -48,11 +30,7 @@ fn leak_points_at_the_boxed_call() {
         );
     }
     // Stop it as a service manager would: SIGTERM to the recorder, which passes it on.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let status = child.wait().unwrap();
     let mut err = String::new();
     child

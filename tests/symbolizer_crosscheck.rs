@@ -125,26 +125,8 @@ fn rust_frames_agree_with_llvm_symbolizer() {
     let dir = scratch("xcheck-rust");
     let rec = dir.join("server.rlt");
     // No request: the startup allocations of std alone give deep inlined stacks.
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(server)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (mut child, _) = start_server(&rec, server);
+    terminate(&child);
     child.wait().unwrap();
     let out = replay(&rec, &["--stack"]);
     let n = crosscheck(&out, server, false);

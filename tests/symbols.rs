@@ -41,24 +41,7 @@ fn cpp_names_are_demangled_and_exceptions_pass_through() {
 
 #[test]
 fn rust_v0_mangling_is_demangled() {
-    let manifest = repo().join("tests/fixtures/rust-server/Cargo.toml");
-    let target = repo().join("target/fixtures/rust-server-v0");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .env("RUSTFLAGS", "-C symbol-mangling-version=v0")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let bin = target.join("release/rust-server");
+    let bin = build_rust_server("rust-server-v0", Some("-C symbol-mangling-version=v0"));
     let nm = Command::new("nm").arg(&bin).output().unwrap();
     assert!(
         String::from_utf8_lossy(&nm.stdout).contains(" _RNv"),
@@ -66,26 +49,7 @@ fn rust_v0_mangling_is_demangled() {
     );
     let dir = scratch("v0");
     let rec = dir.join("v0.rlt");
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let (mut child, addr) = start_server(&rec, &bin);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     std::io::Write::write_all(&mut s, b"quit\n").unwrap();
     std::io::Read::read_to_string(&mut s, &mut String::new()).unwrap();

@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rltrace::analyze::leaks::LeakAnalysis;
-use rltrace::analyze::{CallPairer, Defs};
+use rltrace::analyze::leaks::analyze;
 use rltrace::format::{Reader, CHUNK_HEADER_LEN, CHUNK_META, CHUNK_RECORDS, MAGIC, VERSION};
 
 fn chunk(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
@@ -26,14 +25,5 @@ fuzz_target!(|data: &[u8]| {
     chunk(&mut file, CHUNK_META, &[0]);
     chunk(&mut file, CHUNK_RECORDS, data);
     let Ok(mut reader) = Reader::new(file.as_slice()) else { return };
-    let mut defs = Defs::default();
-    let mut pairer = CallPairer::default();
-    let mut leaks = LeakAnalysis::default();
-    while let Ok(Some(rec)) = reader.next_record() {
-        defs.learn(&rec);
-        if let Some(step) = pairer.step(&rec, &defs) {
-            leaks.step(&step, &defs);
-        }
-    }
-    let _ = leaks.finish();
+    let _ = analyze(&mut reader);
 });

@@ -184,6 +184,22 @@ impl LeakAnalysis {
     }
 }
 
+/// Runs the leak analysis over a whole recording (no symbolization).
+pub fn analyze<R: std::io::Read>(
+    reader: &mut crate::format::Reader<R>,
+) -> Result<LeakReport, crate::format::FormatError> {
+    let mut defs = Defs::default();
+    let mut pairer = super::CallPairer::default();
+    let mut leaks = LeakAnalysis::default();
+    while let Some(rec) = reader.next_record()? {
+        defs.learn(&rec);
+        if let Some(step) = pairer.step(&rec, &defs) {
+            leaks.step(&step, &defs);
+        }
+    }
+    Ok(leaks.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,28 +58,69 @@ pub fn mt_c() -> &'static Path {
     P.get_or_init(|| build_c("mt", "mt.c", &["-O1", "-g", "-pthread"]))
 }
 
-/// Builds the Rust server fixture (release, with debug info) with cargo.
+/// Builds the Rust server fixture (release, with debug info) with cargo into its own
+/// target directory, with extra `RUSTFLAGS` if given.
+pub fn build_rust_server(target_name: &str, rustflags: Option<&str>) -> PathBuf {
+    let manifest = repo().join("tests/fixtures/rust-server/Cargo.toml");
+    let target = repo().join("target/fixtures").join(target_name);
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--release",
+        "--quiet",
+        "--locked",
+        "--manifest-path",
+    ])
+    .arg(&manifest)
+    .arg("--target-dir")
+    .arg(&target);
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
+    let status = cmd.status().expect("run cargo");
+    assert!(status.success(), "building the rust-server fixture failed");
+    target.join("release/rust-server")
+}
+
+/// The Rust server fixture as a release build would make it.
 pub fn rust_server() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let manifest = repo().join("tests/fixtures/rust-server/Cargo.toml");
-        let target = repo().join("target/fixtures/rust-server");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--locked",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the rust-server fixture failed");
-        target.join("release/rust-server")
-    })
+    P.get_or_init(|| build_rust_server("rust-server", None))
+}
+
+/// Starts `rltrace record -o REC -- SERVER` and waits for the server's address.
+pub fn start_server(rec: &Path, server: &Path) -> (std::process::Child, String) {
+    let mut child = rltrace()
+        .args(["record", "-o"])
+        .arg(rec)
+        .arg("--")
+        .arg(server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// Sends SIGTERM to a process.
+pub fn terminate(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }
 
 /// Line number of the line of `file` containing `marker`.

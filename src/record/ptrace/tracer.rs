@@ -119,6 +119,14 @@ struct Proc {
     last_seq: u64,
 }
 
+impl Proc {
+    /// Buffers an event under the ordering key (seq, kind); ties keep arrival order.
+    fn buffer(&mut self, seq: u64, kind: u8, ev: Event) {
+        self.reorder.insert((seq, kind, self.ctr), ev);
+        self.ctr += 1;
+    }
+}
+
 enum NewTask {
     Thread {
         pid: u32,
@@ -627,10 +635,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 th.pending.clear();
                 let p = self.procs.get_mut(&pid).expect("checked above");
                 for _ in 0..n {
-                    let key = (p.last_seq, 0, p.ctr);
-                    p.ctr += 1;
-                    p.reorder.insert(
-                        key,
+                    p.buffer(
+                        p.last_seq,
+                        0,
                         Event::Exit {
                             pid,
                             tid: *t,
@@ -666,10 +673,9 @@ impl<'s, W: Write> Tracer<'s, W> {
         if !th.pending.is_empty() {
             if let Some(p) = self.procs.get_mut(&pid) {
                 for _ in &th.pending {
-                    let key = (p.last_seq, 0, p.ctr);
-                    p.ctr += 1;
-                    p.reorder.insert(
-                        key,
+                    p.buffer(
+                        p.last_seq,
+                        0,
                         Event::Exit {
                             pid,
                             tid,
@@ -726,16 +732,11 @@ impl<'s, W: Write> Tracer<'s, W> {
         let proc_ = self.procs.get_mut(&pid).expect("checked above");
         proc_.last_seq = proc_.last_seq.max(seq_now);
         for (i, pc) in pending.iter().enumerate().rev() {
-            let (key, ret, out) = match results[i] {
-                Some((seq, ret, out)) => {
-                    ((seq, 1, proc_.ctr), Some(ret), pc.has_out.then_some(out))
-                }
-                None => ((proc_.last_seq, 0, proc_.ctr), None, None),
+            let (seq, kind, ret, out) = match results[i] {
+                Some((seq, ret, out)) => (seq, 1, Some(ret), pc.has_out.then_some(out)),
+                None => (proc_.last_seq, 0, None, None),
             };
-            proc_.ctr += 1;
-            proc_
-                .reorder
-                .insert(key, Event::Exit { pid, tid, ret, out });
+            proc_.buffer(seq, kind, Event::Exit { pid, tid, ret, out });
             space_rc.borrow_mut().free_slot(pc.slot);
         }
         self.release(pid)
@@ -812,10 +813,9 @@ impl<'s, W: Write> Tracer<'s, W> {
             let mut keep = Vec::new();
             for (p, r) in calls.into_iter().rev() {
                 if let Some((seq, ret, out)) = r {
-                    let key = (seq, 1, proc_.ctr);
-                    proc_.ctr += 1;
-                    proc_.reorder.insert(
-                        key,
+                    proc_.buffer(
+                        seq,
+                        1,
                         Event::Exit {
                             pid,
                             tid: t,
@@ -829,10 +829,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                         || (p.entry_rsp == regs.rsp && ra_raw != Some(space.stub_addr(p.slot))))
                 {
                     // Its frame is gone (longjmp, exception): it will never return.
-                    let key = (seq_now, 0, proc_.ctr);
-                    proc_.ctr += 1;
-                    proc_.reorder.insert(
-                        key,
+                    proc_.buffer(
+                        seq_now,
+                        0,
                         Event::Exit {
                             pid,
                             tid: t,
@@ -894,10 +893,9 @@ impl<'s, W: Write> Tracer<'s, W> {
         let func = &self.funcs[f as usize];
         let all = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
         let args = all[..usize::from(func.nargs).min(6)].to_vec();
-        let key = (seq_now, 0, proc_.ctr);
-        proc_.ctr += 1;
-        proc_.reorder.insert(
-            key,
+        proc_.buffer(
+            seq_now,
+            0,
             Event::Enter {
                 pid,
                 tid,
@@ -936,10 +934,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
                 None => {
                     // No way to see the return: say so rather than invent a value.
-                    let key = (seq_now, 0, proc_.ctr);
-                    proc_.ctr += 1;
-                    proc_.reorder.insert(
-                        key,
+                    proc_.buffer(
+                        seq_now,
+                        0,
                         Event::Exit {
                             pid,
                             tid,
