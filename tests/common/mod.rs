@@ -29,23 +29,28 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// Compiles a C fixture with the system `cc`; `flags` go before the source.
-pub fn build_c(name: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let src = repo().join("tests/fixtures/c").join(source);
+/// Compiles a fixture under `tests/fixtures/` with `compiler`; `flags` go before the source.
+pub fn build_with(compiler: &str, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = repo().join("tests/fixtures").join(source);
     let out = fixture_dir().join(name);
     // Build to a temporary name and rename, so concurrent test binaries never see a
     // half-written executable.
     let tmp = fixture_dir().join(format!("{name}.{}.tmp", std::process::id()));
-    let status = Command::new("cc")
+    let status = Command::new(compiler)
         .args(flags)
         .arg(&src)
         .arg("-o")
         .arg(&tmp)
         .status()
-        .expect("run cc");
-    assert!(status.success(), "cc failed for {source}");
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(status.success(), "{compiler} failed for {source}");
     std::fs::rename(&tmp, &out).unwrap();
     out
+}
+
+/// Compiles a C fixture from `tests/fixtures/c` with the system `cc`.
+pub fn build_c(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    build_with("cc", name, &format!("c/{source}"), flags)
 }
 
 pub fn leaks_c() -> &'static Path {
@@ -273,21 +278,7 @@ pub fn dl_c() -> &'static (PathBuf, PathBuf) {
 /// Compiles the C++ fixture with the system `c++`.
 pub fn widgets_cpp() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let src = repo().join("tests/fixtures/cpp/widgets.cpp");
-        let out = fixture_dir().join("widgets");
-        let tmp = fixture_dir().join(format!("widgets.{}.tmp", std::process::id()));
-        let status = Command::new("c++")
-            .args(["-O1", "-g"])
-            .arg(&src)
-            .arg("-o")
-            .arg(&tmp)
-            .status()
-            .expect("run c++");
-        assert!(status.success(), "c++ failed");
-        std::fs::rename(&tmp, &out).unwrap();
-        out
-    })
+    P.get_or_init(|| build_with("c++", "widgets", "cpp/widgets.cpp", &["-O1", "-g"]))
 }
 
 /// Runs a tool, asserting success.
