@@ -251,3 +251,29 @@ fn posix_spawned_children_are_recorded_as_their_own_processes() {
         "{report}"
     );
 }
+
+#[test]
+fn hangup_sent_to_the_recorder_reaches_the_program() {
+    let dir = scratch("sighup");
+    let rec = dir.join("hup.rlt");
+    let mut child = rltrace()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(forever_c())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 1));
+    assert!(replay(&rec, &[]).contains("+++ killed by SIGHUP +++"));
+}

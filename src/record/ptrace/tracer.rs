@@ -140,13 +140,15 @@ enum NewTask {
 
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 static SIGTERMS: AtomicUsize = AtomicUsize::new(0);
+static SIGHUPS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    if sig == libc::SIGINT || sig == libc::SIGQUIT {
-        SIGINTS.fetch_add(1, Ordering::SeqCst);
-    } else {
-        SIGTERMS.fetch_add(1, Ordering::SeqCst);
-    }
+    let counter = match sig {
+        libc::SIGINT | libc::SIGQUIT => &SIGINTS,
+        libc::SIGHUP => &SIGHUPS,
+        _ => &SIGTERMS,
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
 }
 
 fn install_signal_handlers() {
@@ -204,6 +206,7 @@ pub struct Tracer<'s, W: Write> {
     ras: Vec<u64>,
     handled_ints: usize,
     handled_terms: usize,
+    handled_hups: usize,
 }
 
 impl<'s, W: Write> Tracer<'s, W> {
@@ -226,6 +229,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             ras: Vec::new(),
             handled_ints: 0,
             handled_terms: 0,
+            handled_hups: 0,
         }
     }
 
@@ -313,10 +317,22 @@ impl<'s, W: Write> Tracer<'s, W> {
     }
 
     fn on_interrupt(&mut self) {
-        let terms = SIGTERMS.load(Ordering::SeqCst);
-        if terms > self.handled_terms {
-            self.handled_terms = terms;
-            let _ = kill(Pid::from_raw(self.root as i32), Signal::SIGTERM);
+        for (counter, handled, sig) in [
+            (&SIGTERMS, &mut self.handled_terms, Signal::SIGTERM),
+            (&SIGHUPS, &mut self.handled_hups, Signal::SIGHUP),
+        ] {
+            let n = counter.load(Ordering::SeqCst);
+            if n > *handled {
+                *handled = n;
+                // To the command; once it has exited, to whatever it left running.
+                if self.procs.contains_key(&self.root) {
+                    let _ = kill(Pid::from_raw(self.root as i32), sig);
+                } else {
+                    for &pid in self.procs.keys() {
+                        let _ = kill(Pid::from_raw(pid as i32), sig);
+                    }
+                }
+            }
         }
         // The terminal delivers Ctrl-C to the tracee too; only insistence kills it.
         let ints = SIGINTS.load(Ordering::SeqCst);
