@@ -94,3 +94,33 @@ fn exiting_while_threads_are_inside_traced_calls() {
         assert!(mallocs > 100, "round {round}: only {mallocs} calls");
     }
 }
+
+#[test]
+fn six_hundred_threads_alive_at_once() {
+    let bin = build_c("many_threads", "many_threads.c", &["-O1", "-g", "-pthread"]);
+    let src = repo().join("tests/fixtures/c/many_threads.c");
+    let at = format!("many_threads.c:{}:", marker_line(&src, "MANY: malloc"));
+    let dir = scratch("many-threads");
+    let rec = dir.join("m.rlt");
+    let o = record(&rec, &bin, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+    assert!(
+        r.status.success() && r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let trace = String::from_utf8(r.stdout).unwrap();
+    let calls: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains(&at) && !l.contains("resumed>"))
+        .collect();
+    assert_eq!(calls.len(), 600);
+    assert!(!trace.contains("<no return"), "every malloc returned");
+    // All 600 blocks were freed: no leak from the workers.
+    let report = replay(&rec, &["--leaks"]);
+    assert!(
+        parse_leaks(&report).iter().all(|g| g.caller_fn != "worker"),
+        "{report}"
+    );
+}

@@ -104,6 +104,10 @@ impl Thread {
     }
 }
 
+/// Most pending calls polled at one stop: two iovecs each, plus the counter and up to 64
+/// stack pages, must stay under the kernel's 1024 iovecs per `process_vm_readv`.
+const MAX_POLLED: usize = 400;
+
 /// What a slot held when its stub had run: (seq, rax, out-pointer value).
 type Returned = Option<(u64, u64, u64)>;
 
@@ -787,11 +791,14 @@ impl<'s, W: Write> Tracer<'s, W> {
         let Some(seq_addr) = space.seq_addr() else {
             return Ok(());
         };
-        // Calls of every thread in the process still awaiting collection.
+        // Calls still awaiting collection: this thread's, then other threads' (which lets
+        // events be released sooner), within the kernel's limit of iovecs per read.
         let mut polled: Vec<(u32, Pending)> = Vec::new();
-        for &t in &proc_.tids {
+        let others = proc_.tids.iter().filter(|&&t| t != tid);
+        for &t in std::iter::once(&tid).chain(others) {
             if let Some(th) = self.threads.get(&t) {
-                polled.extend(th.pending.iter().map(|p| (t, *p)));
+                let room = MAX_POLLED.saturating_sub(polled.len());
+                polled.extend(th.pending.iter().take(room).map(|p| (t, *p)));
             }
         }
         let polled_calls: Vec<Pending> = polled.iter().map(|p| p.1).collect();
