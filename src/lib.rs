@@ -7,6 +7,7 @@
 pub mod analyze;
 pub mod elf;
 pub mod format;
+pub mod pack;
 pub mod record;
 pub mod render;
 pub mod replay;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use rltrace::format::{ExitHow, Reader};
+use rltrace::pack::{self, PackOptions, PackSummary};
 use rltrace::record::{self, RecordRequest};
 use rltrace::replay::{self, ReplayOptions};
 use rltrace::symbolize::SymbolizeOptions;
@@ -28,6 +29,12 @@ enum Cmd {
         /// Most frames kept per stack.
         #[arg(long, default_value_t = 64)]
         max_depth: usize,
+        /// Pack the recording when done, so it replays on another machine (see `pack`).
+        #[arg(long)]
+        pack: bool,
+        /// With --pack: also store the source lines the symbols point at.
+        #[arg(long, requires = "pack")]
+        sources: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -52,6 +59,21 @@ enum Cmd {
         #[arg(long = "debug-dir", value_name = "DIR")]
         debug_dirs: Vec<PathBuf>,
     },
+    /// Store the symbols (and with --sources the source lines) a recording references, so
+    /// that it replays identically on a machine without the recorded binaries.
+    Pack {
+        /// The recording.
+        file: PathBuf,
+        /// Write the packed recording here instead of replacing FILE.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also store the source lines the symbols point at.
+        #[arg(long)]
+        sources: bool,
+        /// Also look for debug files here (by build-id and debuglink name).
+        #[arg(long = "debug-dir", value_name = "DIR")]
+        debug_dirs: Vec<PathBuf>,
+    },
     /// Dump the raw records of a recording (debugging aid).
     Dump {
         /// The recording.
@@ -68,6 +90,21 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn report_pack(path: &std::path::Path, s: &PackSummary) {
+    for w in &s.warnings {
+        eprintln!("rltrace: warning: {w}");
+    }
+    eprintln!(
+        "rltrace: packed {} addresses ({} frames) and {} source lines into {}: {} bytes ({:+} bytes)",
+        s.addresses,
+        s.frames,
+        s.source_lines,
+        path.display(),
+        s.size_after,
+        s.size_after as i64 - s.size_before as i64
+    );
 }
 
 /// The error and its causes on one line, skipping a cause its parent already quotes.
@@ -90,6 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Record {
             output,
             max_depth,
+            pack,
+            sources,
             command,
         } => {
             let mut req = RecordRequest {
@@ -109,6 +148,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             );
+            if pack {
+                let opts = PackOptions {
+                    sources,
+                    ..Default::default()
+                };
+                report_pack(&out.path, &pack::pack(&out.path, &out.path, &opts)?);
+            }
             Ok(match out.exit {
                 ExitHow::Code(c) => ExitCode::from(c as u8),
                 ExitHow::Signal(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
@@ -142,6 +188,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+        Cmd::Pack {
+            file,
+            output,
+            sources,
+            debug_dirs,
+        } => {
+            let opts = PackOptions {
+                sources,
+                symbolize: SymbolizeOptions { debug_dirs },
+            };
+            let out = output.unwrap_or_else(|| file.clone());
+            let summary = pack::pack(&file, &out, &opts)?;
+            report_pack(&out, &summary);
+            Ok(if summary.warnings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             })
         }
         Cmd::Dump { file } => {

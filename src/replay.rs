@@ -83,6 +83,7 @@ pub fn replay(
     let mut leaks = LeakAnalysis::default();
     let mut trace = TraceWriter::default();
     let mut exe_of: HashMap<u32, String> = HashMap::new();
+    let mut sources = render::SourceCache::default();
     let mut warnings = Vec::new();
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         defs.learn(&rec);
@@ -92,6 +93,8 @@ pub fn replay(
                 exe_of.insert(p.pid, p.path.clone());
             }
             Record::Note(n) => warnings.push(format!("recorder (pid {}): {}", n.pid, n.text)),
+            Record::Packed(p) => sym.add_packed(p.clone()),
+            Record::Source(l) => sources.add_packed(l.clone()),
             _ => {}
         }
         let step = pairer.step(&rec, &defs);
@@ -108,7 +111,15 @@ pub fn replay(
     }
     if opts.leaks {
         let report = leaks.finish();
-        render::write_leaks(out, &report, &defs, &mut sym, opts.verbose, &exe_of)?;
+        render::write_leaks(
+            out,
+            &report,
+            &defs,
+            &mut sym,
+            opts.verbose,
+            &exe_of,
+            &mut sources,
+        )?;
     } else {
         trace.flush(out, &defs)?;
     }

@@ -32,6 +32,10 @@ pub const CHUNK_META: u8 = 1;
 pub const CHUNK_RECORDS: u8 = 2;
 /// Chunk type: end marker written when the recorder finished cleanly.
 pub const CHUNK_END: u8 = 3;
+/// Chunk type (optional): symbolized frames stored by `rltrace pack`.
+pub const CHUNK_SYMBOLS: u8 = 4;
+/// Chunk type (optional): source lines stored by `rltrace pack --sources`.
+pub const CHUNK_SOURCES: u8 = 5;
 /// Chunk flag: payload is zstd-compressed.
 pub const CHUNK_FLAG_ZSTD: u8 = 1;
 /// Chunk flag: readers that do not know the chunk type may skip it.
@@ -187,7 +191,7 @@ pub struct ThreadDef {
 }
 
 /// One frame of a stored stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frame {
     /// Module the address lies in, if any.
     pub module: Option<u32>,
@@ -313,6 +317,47 @@ pub enum Record {
     ProcessExit(ProcessExit),
     /// A diagnostic.
     Note(Note),
+    /// Symbols of one address, stored by `rltrace pack`.
+    Packed(PackedAddress),
+    /// One source line, stored by `rltrace pack --sources`.
+    Source(SourceLine),
+}
+
+/// One frame of a packed address: what the symbolizer found for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedFrame {
+    /// Demangled function name.
+    pub function: Option<String>,
+    /// Source file.
+    pub file: Option<String>,
+    /// Line, 0 if unknown.
+    pub line: u32,
+    /// Column, 0 if unknown.
+    pub column: u32,
+    /// True if inlined into the next frame.
+    pub inlined: bool,
+}
+
+/// The symbols of one module-relative address, innermost inlined frame first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedAddress {
+    /// Module id.
+    pub module: u32,
+    /// Module-relative address, as stored in stacks.
+    pub addr: u64,
+    /// Frames, innermost first.
+    pub frames: Vec<PackedFrame>,
+}
+
+/// A line of a source file, stored so reports can quote it without the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLine {
+    /// File path as the symbols name it.
+    pub file: String,
+    /// Line number, 1-based.
+    pub line: u32,
+    /// The text, without the newline.
+    pub text: String,
 }
 
 /// The metadata chunk: ordered key/value pairs (`command`, `arg`, `engine`, …).

@@ -36,13 +36,18 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<Fill> {
     Ok(Fill::Full)
 }
 
-/// One chunk as read from the file.
-struct RawChunk {
-    kind: u8,
-    flags: u8,
-    raw: u32,
-    offset: u64,
-    payload: Vec<u8>,
+/// One chunk as read from the file, payload still in its stored form.
+pub struct RawChunk {
+    /// Chunk type.
+    pub kind: u8,
+    /// Chunk flags.
+    pub flags: u8,
+    /// Decompressed length.
+    pub raw: u32,
+    /// File offset of its header.
+    pub offset: u64,
+    /// Stored payload.
+    pub payload: Vec<u8>,
 }
 
 impl<R: Read> Reader<R> {
@@ -150,6 +155,22 @@ impl<R: Read> Reader<R> {
                     });
                     self.finished = true;
                 }
+                CHUNK_SYMBOLS => {
+                    let data = decompress(&chunk)?;
+                    decode_symbols(&data, chunk.offset, &mut self.pending)?;
+                }
+                CHUNK_SOURCES => {
+                    let data = decompress(&chunk)?;
+                    let mut d = Decoder::new(&data, chunk.offset);
+                    let n = d.uvar()?;
+                    for _ in 0..n {
+                        let file = d.str(MAX_STRING)?;
+                        let line = d.uvar32()?;
+                        let text = d.str(MAX_STRING)?;
+                        self.pending
+                            .push_back(Record::Source(SourceLine { file, line, text }));
+                    }
+                }
                 CHUNK_META => {
                     return Err(FormatError::BadChunk {
                         offset: chunk.offset,
@@ -169,6 +190,11 @@ impl<R: Read> Reader<R> {
                 }
             }
         }
+    }
+
+    /// The next chunk, checked but not decoded (for copying a recording).
+    pub fn next_raw_chunk(&mut self) -> Result<Option<RawChunk>, FormatError> {
+        self.read_chunk()
     }
 
     /// Reads one chunk; `None` at end of file or at a truncated tail (with a warning).
@@ -257,6 +283,61 @@ fn decompress(chunk: &RawChunk) -> Result<Vec<u8>, FormatError> {
         });
     }
     Ok(data)
+}
+
+fn decode_symbols(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Result<(), FormatError> {
+    let mut d = Decoder::new(data, offset);
+    let nstrings = d.uvar()?;
+    // Every string takes at least its length byte: a count beyond the payload is a lie.
+    if nstrings > data.len() as u64 {
+        return Err(d.error(format!(
+            "{nstrings} strings cannot fit in {} bytes",
+            data.len()
+        )));
+    }
+    let mut strings = Vec::with_capacity(nstrings as usize);
+    for _ in 0..nstrings {
+        strings.push(d.str(MAX_STRING)?);
+    }
+    let get = |d: &Decoder<'_>, i: u64| -> Result<Option<String>, FormatError> {
+        if i == 0 {
+            return Ok(None);
+        }
+        strings
+            .get((i - 1) as usize)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| d.error(format!("string index {i} out of range")))
+    };
+    let n = d.uvar()?;
+    for _ in 0..n {
+        let module = d.uvar32()?;
+        let addr = d.uvar()?;
+        let nframes = d.uvar()?;
+        if nframes > MAX_FRAMES as u64 {
+            return Err(d.error(format!(
+                "{nframes} inlined frames exceed the limit of {MAX_FRAMES}"
+            )));
+        }
+        let mut frames = Vec::with_capacity(nframes as usize);
+        for _ in 0..nframes {
+            let f = d.uvar()?;
+            let file = d.uvar()?;
+            frames.push(PackedFrame {
+                function: get(&d, f)?,
+                file: get(&d, file)?,
+                line: d.uvar32()?,
+                column: d.uvar32()?,
+                inlined: d.u8()? != 0,
+            });
+        }
+        out.push_back(Record::Packed(PackedAddress {
+            module,
+            addr,
+            frames,
+        }));
+    }
+    Ok(())
 }
 
 fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Result<(), FormatError> {

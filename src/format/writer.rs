@@ -58,6 +58,10 @@ impl<W: Write> Writer<W> {
 
     /// Appends one record; seals the chunk when it is large enough.
     pub fn push(&mut self, rec: &Record) -> Result<(), FormatError> {
+        if matches!(rec, Record::Packed(_) | Record::Source(_)) {
+            // These live in their own chunks, written by `write_packed`.
+            return Ok(());
+        }
         encode_record(&mut self.enc, &mut self.last_ts, rec);
         self.summary.records += 1;
         if self.enc.buf.len() >= CHUNK_TARGET {
@@ -96,21 +100,114 @@ impl<W: Write> Writer<W> {
 }
 
 fn write_chunk<W: Write>(out: &mut W, kind: u8, raw: &[u8]) -> Result<(), FormatError> {
+    write_chunk_flags(out, kind, 0, raw)
+}
+
+fn write_chunk_flags<W: Write>(
+    out: &mut W,
+    kind: u8,
+    extra_flags: u8,
+    raw: &[u8],
+) -> Result<(), FormatError> {
     let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL)?;
     let (flags, payload) = if compressed.len() < raw.len() {
         (CHUNK_FLAG_ZSTD, compressed.as_slice())
     } else {
         (0, raw)
     };
+    write_stored_chunk(out, kind, flags | extra_flags, payload, raw.len() as u32)
+}
+
+/// Writes a chunk whose payload is already in its stored form (compressed or not).
+pub(crate) fn write_stored_chunk<W: Write>(
+    out: &mut W,
+    kind: u8,
+    flags: u8,
+    payload: &[u8],
+    raw_len: u32,
+) -> Result<(), FormatError> {
     let mut header = [0u8; CHUNK_HEADER_LEN];
     header[0] = kind;
     header[1] = flags;
     header[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[8..12].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&raw_len.to_le_bytes());
     header[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.write_all(&header)?;
     out.write_all(payload)?;
     Ok(())
+}
+
+/// Writes a recording that copies another one's chunks, with packed symbols and sources
+/// placed before them so that replay knows them before the first event.
+pub fn write_packed<W: Write, R: std::io::Read>(
+    mut out: W,
+    mut source: super::Reader<R>,
+    symbols: &[PackedAddress],
+    sources: &[SourceLine],
+) -> Result<W, FormatError> {
+    let meta = source.meta().clone();
+    let mut w = Writer::new(&mut out, &meta)?;
+    let mut enc = Encoder::default();
+    encode_symbols(&mut enc, symbols);
+    write_chunk_flags(&mut w.out, CHUNK_SYMBOLS, CHUNK_FLAG_OPTIONAL, &enc.buf)?;
+    if !sources.is_empty() {
+        let mut enc = Encoder::default();
+        enc.uvar(sources.len() as u64);
+        for l in sources {
+            enc.str(&l.file);
+            enc.uvar(l.line.into());
+            enc.str(&l.text);
+        }
+        write_chunk_flags(&mut w.out, CHUNK_SOURCES, CHUNK_FLAG_OPTIONAL, &enc.buf)?;
+    }
+    while let Some(c) = source.next_raw_chunk()? {
+        // Symbols of an earlier pack are replaced, not kept twice.
+        if c.kind == CHUNK_SYMBOLS || c.kind == CHUNK_SOURCES {
+            continue;
+        }
+        write_stored_chunk(&mut w.out, c.kind, c.flags, &c.payload, c.raw)?;
+    }
+    w.out.flush()?;
+    drop(w);
+    Ok(out)
+}
+
+fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
+    // Names and paths repeat across addresses: store each once.
+    let mut strings: Vec<&str> = Vec::new();
+    let mut index: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    fn intern<'a>(
+        s: &'a Option<String>,
+        strings: &mut Vec<&'a str>,
+        index: &mut std::collections::HashMap<&'a str, u64>,
+    ) -> u64 {
+        match s {
+            None => 0,
+            Some(s) => *index.entry(s.as_str()).or_insert_with(|| {
+                strings.push(s.as_str());
+                strings.len() as u64
+            }),
+        }
+    }
+    let mut body = Encoder::default();
+    body.uvar(symbols.len() as u64);
+    for a in symbols {
+        body.uvar(a.module.into());
+        body.uvar(a.addr);
+        body.uvar(a.frames.len() as u64);
+        for f in &a.frames {
+            body.uvar(intern(&f.function, &mut strings, &mut index));
+            body.uvar(intern(&f.file, &mut strings, &mut index));
+            body.uvar(f.line.into());
+            body.uvar(f.column.into());
+            body.u8(u8::from(f.inlined));
+        }
+    }
+    e.uvar(strings.len() as u64);
+    for s in &strings {
+        e.str(s);
+    }
+    e.buf.extend_from_slice(&body.buf);
 }
 
 fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
@@ -212,6 +309,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             e.uvar(n.pid.into());
             e.str(&n.text);
         }
+        Record::Packed(_) | Record::Source(_) => {}
     }
 }
 

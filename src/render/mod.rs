@@ -153,15 +153,27 @@ pub fn write_stack(
     Ok(())
 }
 
-/// Lines of source files, read once each.
+/// Lines of source files: packed in the recording, or read from disk once per file.
 #[derive(Default)]
 pub struct SourceCache {
     files: HashMap<String, Option<Vec<String>>>,
+    packed: HashMap<(String, u32), String>,
 }
 
 impl SourceCache {
-    /// Line `line` (1-based) of `file`, if the file is readable.
+    /// Learns a line stored in a packed recording.
+    pub fn add_packed(&mut self, l: crate::format::SourceLine) {
+        self.packed.insert((l.file, l.line), l.text);
+    }
+
+    /// Line `line` (1-based) of `file`, if packed or readable.
     pub fn line(&mut self, file: &str, line: u32) -> Option<&str> {
+        if self.packed.contains_key(&(file.to_string(), line)) {
+            return self
+                .packed
+                .get(&(file.to_string(), line))
+                .map(String::as_str);
+        }
         let lines = self.files.entry(file.to_string()).or_insert_with(|| {
             std::fs::read(file)
                 .ok()
@@ -209,8 +221,8 @@ pub fn write_leaks(
     sym: &mut Symbolizer,
     verbose: bool,
     exe_of: &HashMap<u32, String>,
+    sources: &mut SourceCache,
 ) -> io::Result<()> {
-    let mut sources = SourceCache::default();
     if report.groups.is_empty() {
         writeln!(
             out,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::elf::{hex, ElfInfo};
-use crate::format::{Frame, ModuleDef};
+use crate::format::{Frame, ModuleDef, PackedAddress, PackedFrame};
 
 /// One symbolized frame; an address expands to several when functions were inlined.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -119,6 +119,8 @@ pub struct Symbolizer {
     modules: HashMap<u32, ModuleDef>,
     loaded: HashMap<u32, Option<Loaded>>,
     cache: HashMap<(u32, u64, bool), Vec<SymFrame>>,
+    /// Frames stored in the recording by `rltrace pack`; used before any file.
+    packed: HashMap<(u32, u64), Vec<PackedFrame>>,
     warnings: Vec<String>,
 }
 
@@ -130,8 +132,35 @@ impl Symbolizer {
             modules: HashMap::new(),
             loaded: HashMap::new(),
             cache: HashMap::new(),
+            packed: HashMap::new(),
             warnings: Vec::new(),
         }
+    }
+
+    /// Learns the symbols of one address from a packed recording.
+    pub fn add_packed(&mut self, p: PackedAddress) {
+        self.packed.insert((p.module, p.addr), p.frames);
+    }
+
+    /// What `rltrace pack` stores for a stack frame: its symbols as replay would show them.
+    pub fn pack(&mut self, f: &Frame) -> Option<PackedAddress> {
+        let module = f.module?;
+        let frames = self
+            .frames(f, true)
+            .into_iter()
+            .map(|s| PackedFrame {
+                function: s.function,
+                file: s.file,
+                line: s.line.unwrap_or(0),
+                column: s.column.unwrap_or(0),
+                inlined: s.inlined,
+            })
+            .collect();
+        Some(PackedAddress {
+            module,
+            addr: f.addr,
+            frames,
+        })
     }
 
     /// Learns a module from the recording.
@@ -173,6 +202,21 @@ impl Symbolizer {
             .get(&mid)
             .map(|m| m.path.clone())
             .unwrap_or_default();
+        if let Some(frames) = self.packed.get(&(mid, addr)) {
+            // Packed frames are of return addresses, as every stored stack frame is.
+            return frames
+                .iter()
+                .map(|p| SymFrame {
+                    function: p.function.clone(),
+                    file: p.file.clone(),
+                    line: (p.line != 0).then_some(p.line),
+                    column: (p.column != 0).then_some(p.column),
+                    inlined: p.inlined,
+                    module: module.clone(),
+                    addr,
+                })
+                .collect();
+        }
         let probe = if return_address {
             addr.saturating_sub(1)
         } else {
