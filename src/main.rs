@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use rltrace::format::{ExitHow, Reader};
 use rltrace::pack::{self, PackOptions, PackSummary};
 use rltrace::record::{self, RecordRequest};
-use rltrace::replay::{self, ReplayOptions};
+use rltrace::replay::{self, OutputFormat, ReplayOptions};
 use rltrace::symbolize::SymbolizeOptions;
 
 /// Record library calls with their stacks; replay them symbolized; find leaks.
@@ -52,6 +52,12 @@ enum Cmd {
         /// Also show calls made inside another traced call (an allocator calling itself).
         #[arg(long)]
         all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// With --leaks: also draw live bytes by allocation stack as an SVG flame graph.
+        #[arg(long, value_name = "FILE", requires = "leaks")]
+        svg: Option<PathBuf>,
         /// With --leaks: print the full stack of each group.
         #[arg(short, long)]
         verbose: bool,
@@ -166,10 +172,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             leaks,
             stack,
             all,
+            format,
+            svg,
             verbose,
             debug_dirs,
         } => {
             let opts = ReplayOptions {
+                format,
+                svg,
                 leaks,
                 stack,
                 all,

@@ -8,12 +8,31 @@ use std::path::Path;
 use crate::analyze::leaks::LeakAnalysis;
 use crate::analyze::{CallPairer, Defs, Step};
 use crate::format::{FormatError, Reader, Record};
+use crate::render::machine::{
+    call_json, leak_json, leak_summary_json, process_exit_json, write_json, write_svg, Folded,
+};
 use crate::render::{self, call_head, caller, caller_text, ret_text, write_stack};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
+
+/// How replay writes its output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// ltrace-style lines; the leak report as text.
+    #[default]
+    Text,
+    /// One JSON object per line: calls and process ends, or leak groups and a summary.
+    Json,
+    /// Folded stacks for flame graph tools: calls per stack, or live bytes per stack.
+    Folded,
+}
 
 /// What to show.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
+    /// Output format.
+    pub format: OutputFormat,
+    /// With `leaks`: also draw live bytes by stack as an SVG flame graph into this file.
+    pub svg: Option<std::path::PathBuf>,
     /// Show the leak report instead of the call trace.
     pub leaks: bool,
     /// Show every frame of each call's stack.
@@ -82,6 +101,7 @@ pub fn replay(
     let mut pairer = CallPairer::default();
     let mut leaks = LeakAnalysis::default();
     let mut trace = TraceWriter::default();
+    let mut folded = Folded::default();
     let mut exe_of: HashMap<u32, String> = HashMap::new();
     let mut sources = render::SourceCache::default();
     let mut warnings = Vec::new();
@@ -105,23 +125,105 @@ pub fn replay(
         } else {
             let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
             if opts.all || !nested {
-                trace.record(out, &rec, step, &defs, &mut sym, opts.stack)?;
+                match opts.format {
+                    OutputFormat::Text => {
+                        trace.record(out, &rec, step, &defs, &mut sym, opts.stack)?
+                    }
+                    OutputFormat::Json => match (&step, &rec) {
+                        (
+                            Some(Step::Began {
+                                enter,
+                                void: true,
+                                depth,
+                            }),
+                            _,
+                        ) => write_json(
+                            out,
+                            &call_json(&defs, &mut sym, enter, None, *depth, opts.stack),
+                        )?,
+                        (Some(Step::Ended { enter, exit, depth }), _) => write_json(
+                            out,
+                            &call_json(&defs, &mut sym, enter, Some(exit), *depth, opts.stack),
+                        )?,
+                        (None, Record::ProcessExit(p)) => write_json(out, &process_exit_json(p))?,
+                        _ => {}
+                    },
+                    OutputFormat::Folded => {
+                        if let Some(Step::Began { enter, .. }) = &step {
+                            folded.add(enter.stack, enter.func, 1);
+                        }
+                    }
+                }
             }
         }
     }
     if opts.leaks {
         let report = leaks.finish();
-        render::write_leaks(
-            out,
-            &report,
-            &defs,
-            &mut sym,
-            opts.verbose,
-            &exe_of,
-            &mut sources,
-        )?;
+        let mut live = Folded::default();
+        for g in &report.groups {
+            live.add(g.stack, g.func, g.bytes);
+        }
+        match opts.format {
+            OutputFormat::Text => render::write_leaks(
+                out,
+                &report,
+                &defs,
+                &mut sym,
+                opts.verbose,
+                &exe_of,
+                &mut sources,
+            )?,
+            OutputFormat::Json => {
+                for g in &report.groups {
+                    write_json(out, &leak_json(g, &defs, &mut sym, &mut sources))?;
+                }
+                write_json(out, &leak_summary_json(&report))?;
+            }
+            OutputFormat::Folded => {
+                for l in live.lines(&defs, &mut sym) {
+                    writeln!(out, "{l}")?;
+                }
+            }
+        }
+        if let Some(path) = &opts.svg {
+            let lines = live.lines(&defs, &mut sym);
+            let file = File::create(path).map_err(|source| ReplayError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut w = std::io::BufWriter::new(file);
+            write_svg(
+                &mut w,
+                &lines,
+                "rltrace: live bytes by allocation stack",
+                "bytes",
+            )?;
+            w.flush()?;
+        }
     } else {
-        trace.flush(out, &defs)?;
+        match opts.format {
+            OutputFormat::Text => trace.flush(out, &defs)?,
+            OutputFormat::Json => {
+                // Calls the recording ended inside of.
+                let open: Vec<(usize, crate::format::Enter)> = pairer
+                    .open_calls()
+                    .flat_map(|(_, calls)| calls.iter().cloned().enumerate())
+                    .collect();
+                for (depth, enter) in open {
+                    if opts.all || depth == 0 {
+                        write_json(
+                            out,
+                            &call_json(&defs, &mut sym, &enter, None, depth, opts.stack),
+                        )?;
+                    }
+                }
+            }
+            OutputFormat::Folded => {
+                for l in folded.lines(&defs, &mut sym) {
+                    writeln!(out, "{l}")?;
+                }
+            }
+        }
     }
     out.flush()?;
     let mut incomplete = !reader.warnings().is_empty();

@@ -8,6 +8,8 @@ use crate::analyze::Defs;
 use crate::format::{Enter, Exit, ExitHow, FnClass, Frame};
 use crate::symbolize::{SymFrame, Symbolizer};
 
+pub mod machine;
+
 /// How an argument is shown.
 #[derive(Clone, Copy)]
 enum Arg {

@@ -1,0 +1,161 @@
+//! Machine-readable output: JSON lines, folded stacks, SVG flame graphs.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A text trace line that starts a call (not a continuation or a process event).
+fn is_call(line: &str) -> bool {
+    line.contains('(') && !line.contains("resumed>") && !line.contains("+++")
+}
+
+fn recording(name: &str) -> std::path::PathBuf {
+    let dir = scratch(name);
+    let rec = dir.join("leaks.rlt");
+    record(&rec, leaks_c(), &[]);
+    rec
+}
+
+#[test]
+fn json_leak_groups_round_trip_the_text_report() {
+    let rec = recording("json-leaks");
+    let text = parse_leaks(&replay(&rec, &["--leaks"]));
+    let objs = json_lines(&replay(&rec, &["--leaks", "--format", "json"]));
+    let (groups, summary): (Vec<&Value>, Vec<&Value>) =
+        objs.iter().partition(|o| o["type"] == "leak_group");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["type"], "leak_summary");
+    let from_json: Vec<(u64, u64, String, String)> = groups
+        .iter()
+        .map(|g| {
+            let c = &g["caller"];
+            let file = std::path::Path::new(c["file"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (
+                g["bytes"].as_u64().unwrap(),
+                g["blocks"].as_u64().unwrap(),
+                g["function"].as_str().unwrap().to_string(),
+                format!("{file}:{}", c["line"]),
+            )
+        })
+        .collect();
+    let from_text: Vec<(u64, u64, String, String)> = text
+        .iter()
+        .map(|g| (g.bytes, g.blocks, g.func.clone(), g.at.clone()))
+        .collect();
+    assert_eq!(from_json, from_text);
+    let blocks: u64 = text.iter().map(|g| g.blocks).sum();
+    let bytes: u64 = text.iter().map(|g| g.bytes).sum();
+    assert_eq!(
+        (summary[0]["blocks"].as_u64(), summary[0]["bytes"].as_u64()),
+        (Some(blocks), Some(bytes))
+    );
+    // Frames and source text are there for tools.
+    let calloc = groups.iter().find(|g| g["function"] == "calloc").unwrap();
+    assert!(calloc["caller"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("LEAK: calloc"));
+    assert!(calloc["frames"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn json_calls_match_the_text_trace() {
+    let rec = recording("json-trace");
+    let text = replay(&rec, &[]);
+    let objs = json_lines(&replay(&rec, &["--format", "json", "--stack"]));
+    let calls: Vec<&Value> = objs.iter().filter(|o| o["type"] == "call").collect();
+    let text_calls = text.lines().filter(|l| is_call(l)).count();
+    assert_eq!(calls.len(), text_calls);
+    // The same calls in the same order, with the same return values.
+    let text_rets: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains(" = 0x"))
+        .map(|l| {
+            l.split(" = ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let json_rets: Vec<String> = calls
+        .iter()
+        .filter(|c| c["function"] != "posix_memalign" && !c["void"].as_bool().unwrap())
+        .map(|c| format!("{:#x}", c["return"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(json_rets, text_rets);
+    let pm = calls
+        .iter()
+        .find(|c| c["function"] == "posix_memalign")
+        .unwrap();
+    assert_eq!(pm["return"], 0);
+    assert!(pm["out"].as_u64().unwrap() != 0);
+    assert!(calls
+        .iter()
+        .all(|c| c["stack"].as_array().is_some_and(|s| !s.is_empty())));
+    assert!(objs
+        .iter()
+        .any(|o| o["type"] == "process_exit" && o["status"]["code"] == 0));
+}
+
+fn folded_total(text: &str) -> u64 {
+    text.lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn folded_stacks_are_accepted_by_inferno() {
+    let rec = recording("folded");
+    let leaks = replay(&rec, &["--leaks", "--format", "folded"]);
+    let total: u64 = parse_leaks(&replay(&rec, &["--leaks"]))
+        .iter()
+        .map(|g| g.bytes)
+        .sum();
+    assert_eq!(folded_total(&leaks), total);
+    assert!(
+        leaks
+            .lines()
+            .any(|l| l.contains(";main;make_block;malloc 40")),
+        "{leaks}"
+    );
+    let calls = replay(&rec, &["--format", "folded"]);
+    assert_eq!(
+        folded_total(&calls) as usize,
+        replay(&rec, &[]).lines().filter(|l| is_call(l)).count()
+    );
+    for text in [&leaks, &calls] {
+        let mut svg = Vec::new();
+        let mut opts = inferno::flamegraph::Options::default();
+        inferno::flamegraph::from_lines(&mut opts, text.lines(), &mut svg)
+            .expect("inferno accepts the folded stacks");
+        assert!(String::from_utf8_lossy(&svg).contains("make_block"));
+    }
+}
+
+#[test]
+fn svg_flame_graph_of_live_bytes() {
+    let rec = recording("svg");
+    let svg = rec.with_extension("svg");
+    let out = replay(&rec, &["--leaks", "--svg", svg.to_str().unwrap()]);
+    assert!(
+        out.contains("never freed"),
+        "the text report still goes to stdout"
+    );
+    let doc = std::fs::read_to_string(&svg).unwrap();
+    assert!(doc.starts_with("<?xml") && doc.contains("<svg"));
+    assert!(doc.contains("live bytes by allocation stack") && doc.contains("make_block"));
+}
