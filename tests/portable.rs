@@ -116,3 +116,105 @@ fn packing_twice_keeps_the_symbols() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(replay(&once, &["--leaks"]), want);
 }
+
+/// Kills the server when the test ends, however it ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn debug_info_is_fetched_from_a_debuginfod_server() {
+    require_tool("debuginfod");
+    let dir = scratch("debuginfod");
+    let bin = dir.join("leaks");
+    std::fs::copy(leaks_c(), &bin).unwrap();
+    let baseline = {
+        let rec = dir.join("full.rlt");
+        record(&rec, &bin, &[]);
+        parse_leaks(&replay(&rec, &["--leaks"]))
+            .into_iter()
+            .map(|g| (g.bytes, g.blocks, g.at))
+            .collect::<Vec<_>>()
+    };
+    // The server holds the debug file; the binary keeps none.
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let debug = files.join("leaks.debug");
+    run_ok(
+        "objcopy",
+        &[
+            "--only-keep-debug".as_ref(),
+            bin.as_os_str(),
+            debug.as_os_str(),
+        ],
+    );
+    run_ok("objcopy", &["--strip-debug".as_ref(), bin.as_os_str()]);
+    let id = {
+        let o = Command::new("readelf")
+            .arg("-n")
+            .arg(&bin)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+            .unwrap()
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Server(
+        Command::new("debuginfod")
+            .args(["-F", "-p", &port.to_string(), "-d"])
+            .arg(dir.join("db.sqlite"))
+            .arg(&files)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let ready = (0..200).any(|_| {
+        let ok = ureq::get(format!("{url}/buildid/{id}/debuginfo"))
+            .call()
+            .is_ok();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ok
+    });
+    assert!(ready, "debuginfod did not index the debug file");
+
+    let rec = dir.join("stripped.rlt");
+    record(&rec, &bin, &[]);
+    let cache = dir.join("cache");
+    let without = parse_leaks(&replay(&rec, &["--leaks"]));
+    assert!(
+        without.iter().all(|g| !g.at.starts_with("leaks.c:")),
+        "no local debug info"
+    );
+    let o = rltrace()
+        .args(["replay", "--leaks"])
+        .arg(&rec)
+        .env("DEBUGINFOD_URLS", &url)
+        .env("DEBUGINFOD_CACHE_PATH", &cache)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: Vec<_> = parse_leaks(&String::from_utf8_lossy(&o.stdout))
+        .into_iter()
+        .map(|g| (g.bytes, g.blocks, g.at))
+        .collect();
+    assert_eq!(got, baseline);
+    assert!(
+        cache.join(&id).join("debuginfo").is_file(),
+        "fetched into the elfutils cache layout"
+    );
+}

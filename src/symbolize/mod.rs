@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod debuginfod;
+
 use crate::elf::{hex, ElfInfo};
 use crate::format::{Frame, ModuleDef, PackedAddress, PackedFrame};
 
@@ -121,6 +123,8 @@ pub struct Symbolizer {
     cache: HashMap<(u32, u64, bool), Vec<SymFrame>>,
     /// Frames stored in the recording by `rltrace pack`; used before any file.
     packed: HashMap<(u32, u64), Vec<PackedFrame>>,
+    /// Remote debug info, when `DEBUGINFOD_URLS` is set; created on first need.
+    debuginfod: Option<Option<debuginfod::Debuginfod>>,
     warnings: Vec<String>,
 }
 
@@ -133,6 +137,7 @@ impl Symbolizer {
             loaded: HashMap::new(),
             cache: HashMap::new(),
             packed: HashMap::new(),
+            debuginfod: None,
             warnings: Vec::new(),
         }
     }
@@ -325,6 +330,10 @@ impl Symbolizer {
         })
     }
 
+    /// Finds DWARF for a module, in order: the binary itself, `--debug-dir`s (by build-id,
+    /// then by debuglink name), `.gnu_debuglink` next to the binary, the system's
+    /// `/usr/lib/debug/.build-id/`, and debuginfod. A file whose build-id differs from the
+    /// recorded one is never used.
     fn find_debug_file(&mut self, m: &ModuleDef, binary: Option<&ElfInfo>) -> Option<PathBuf> {
         if let Some(b) = binary {
             if b.has_dwarf() {
@@ -337,34 +346,47 @@ impl Symbolizer {
                 Err(_) => false,
             }
         };
-        let mut roots: Vec<PathBuf> = self.opts.debug_dirs.clone();
-        roots.push(PathBuf::from("/usr/lib/debug"));
-        if m.build_id.len() >= 2 {
-            let id = hex(&m.build_id);
-            for r in &roots {
-                let p = r
-                    .join(".build-id")
+        let id = (m.build_id.len() >= 2).then(|| hex(&m.build_id));
+        let by_id = |root: &Path| -> Option<PathBuf> {
+            let id = id.as_ref()?;
+            Some(
+                root.join(".build-id")
                     .join(&id[..2])
-                    .join(format!("{}.debug", &id[2..]));
-                if matches(&p) {
-                    return Some(p);
-                }
+                    .join(format!("{}.debug", &id[2..])),
+            )
+        };
+        let link = binary.and_then(ElfInfo::debuglink).map(|(name, _crc)| name);
+        let bin_dir = Path::new(&m.path)
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        for d in &self.opts.debug_dirs {
+            candidates.extend(by_id(d));
+            if let Some(name) = &link {
+                candidates.push(
+                    d.join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
+                        .join(name),
+                );
+                candidates.push(d.join(name));
             }
         }
-        if let Some((name, _crc)) = binary.and_then(ElfInfo::debuglink) {
-            let dir = Path::new(&m.path).parent().unwrap_or(Path::new("/"));
-            let mut cands = vec![dir.join(&name), dir.join(".debug").join(&name)];
-            for r in &roots {
-                cands.push(r.join(dir.strip_prefix("/").unwrap_or(dir)).join(&name));
-                cands.push(r.join(&name));
-            }
-            if let Some(p) = cands.into_iter().find(|p| matches(p)) {
-                return Some(p);
-            }
+        if let Some(name) = &link {
+            candidates.push(bin_dir.join(name));
+            candidates.push(bin_dir.join(".debug").join(name));
+            candidates.push(
+                Path::new("/usr/lib/debug")
+                    .join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
+                    .join(name),
+            );
         }
-        if binary.is_some() {
-            return None;
+        candidates.extend(by_id(Path::new("/usr/lib/debug")));
+        if let Some(p) = candidates.into_iter().find(|p| matches(p)) {
+            return Some(p);
         }
-        None
+        let client = self
+            .debuginfod
+            .get_or_insert_with(debuginfod::Debuginfod::from_env);
+        client.as_mut()?.debuginfo(&m.build_id, &mut self.warnings)
     }
 }

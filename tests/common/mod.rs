@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// The rltrace binary under test.
+/// The rltrace binary under test; never asks debuginfod servers unless a test says so.
 pub fn rltrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rltrace"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rltrace"));
+    c.env_remove("DEBUGINFOD_URLS");
+    c
 }
 
 pub fn repo() -> PathBuf {
