@@ -43,6 +43,15 @@ impl MappedFile {
             path: path.display().to_string(),
             source,
         };
+        // Paths come from recordings, which are untrusted: opening a FIFO would block and
+        // a device could be endless, so only regular files are opened.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let file = File::open(path).map_err(io)?;
         // SAFETY: the mapping is private and read-only; a file truncated underneath us
         // could fault, which is the accepted risk of every debugger and symbolizer that

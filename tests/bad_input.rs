@@ -168,3 +168,123 @@ fn garbage_never_panics() {
     }
     let _ = Path::new(&f);
 }
+
+#[test]
+fn hostile_paths_in_a_recording_are_not_opened() {
+    use rltrace::format::{
+        Enter, Exit, FnClass, Frame, FunctionDef, Meta, ModuleDef, PackedAddress, PackedFrame,
+        Reader, Record, StackDef, ThreadDef, Writer,
+    };
+    let dir = scratch("hostile");
+    let fifo = dir.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo_s = fifo.display().to_string();
+    // A module and a source file that are a FIFO, and a source file that never ends.
+    let records = vec![
+        Record::Module(ModuleDef {
+            id: 0,
+            pid: 1,
+            path: fifo_s.clone(),
+            build_id: vec![1; 20],
+            bias: 0,
+            start: 0x1000,
+            end: 0x2000,
+        }),
+        Record::Module(ModuleDef {
+            id: 1,
+            pid: 1,
+            path: "/dev/zero".into(),
+            build_id: vec![],
+            bias: 0,
+            start: 0x3000,
+            end: 0x4000,
+        }),
+        Record::Function(FunctionDef {
+            id: 0,
+            name: "malloc".into(),
+            class: FnClass::Malloc,
+            returns: true,
+        }),
+        Record::Thread(ThreadDef {
+            num: 0,
+            pid: 1,
+            tid: 1,
+        }),
+        Record::Stack(StackDef {
+            id: 0,
+            frames: vec![
+                Frame {
+                    module: Some(0),
+                    addr: 0x10,
+                },
+                Frame {
+                    module: Some(1),
+                    addr: 0x20,
+                },
+            ],
+        }),
+        Record::Enter(Enter {
+            thread: 0,
+            ts: 1,
+            func: 0,
+            args: vec![8],
+            stack: Some(0),
+        }),
+        Record::Exit(Exit {
+            thread: 0,
+            ret: Some(0x5000),
+            out: None,
+        }),
+    ];
+    let plain = dir.join("plain.rlt");
+    let mut w = Writer::new(std::fs::File::create(&plain).unwrap(), &Meta::default()).unwrap();
+    for r in &records {
+        w.push(r).unwrap();
+    }
+    w.finish().unwrap();
+    let packed = dir.join("packed.rlt");
+    let symbols = vec![PackedAddress {
+        module: 1,
+        addr: 0x20,
+        frames: vec![PackedFrame {
+            function: Some("f".into()),
+            file: Some("/dev/zero".into()),
+            line: 1,
+            column: 1,
+            inlined: false,
+        }],
+    }];
+    rltrace::format::writer::write_packed(
+        std::fs::File::create(&packed).unwrap(),
+        Reader::new(std::fs::File::open(&plain).unwrap()).unwrap(),
+        &symbols,
+        &[],
+    )
+    .unwrap();
+    for f in [&plain, &packed] {
+        let mut child = rltrace()
+            .args(["replay", "--leaks", "-v"])
+            .arg(f)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "replay hung on a hostile path"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("8 bytes in 1 block"));
+    }
+}

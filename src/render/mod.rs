@@ -155,6 +155,9 @@ pub fn write_stack(
     Ok(())
 }
 
+/// Largest source file read to quote a line.
+const MAX_SOURCE_FILE: u64 = 64 << 20;
+
 /// Lines of source files: packed in the recording, or read from disk once per file.
 #[derive(Default)]
 pub struct SourceCache {
@@ -177,15 +180,19 @@ impl SourceCache {
                 .map(String::as_str);
         }
         let lines = self.files.entry(file.to_string()).or_insert_with(|| {
-            std::fs::read(file)
-                .ok()
-                .filter(|b| b.len() < 64 << 20)
-                .map(|b| {
-                    String::from_utf8_lossy(&b)
-                        .lines()
-                        .map(str::to_string)
-                        .collect()
-                })
+            // The path may come from a recording: only regular files of sane size are read
+            // (a FIFO would block, a device could be endless).
+            let meta = std::fs::metadata(file).ok()?;
+            if !meta.is_file() || meta.len() > MAX_SOURCE_FILE {
+                return None;
+            }
+            let bytes = std::fs::read(file).ok()?;
+            Some(
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+            )
         });
         lines
             .as_ref()?
