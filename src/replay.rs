@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::Path;
 
-use crate::analyze::leaks::LeakAnalysis;
+use crate::analyze::leaks::{LeakAnalysis, LeakReport};
 use crate::analyze::{CallPairer, Defs, Step};
 use crate::format::{FormatError, Reader, Record};
 use crate::render::machine::{
@@ -80,6 +80,169 @@ pub struct ReplayReport {
     pub incomplete: bool,
 }
 
+/// What replay learns from the stream besides the events themselves.
+struct Context {
+    defs: Defs,
+    sym: Symbolizer,
+    sources: render::SourceCache,
+    exe_of: HashMap<u32, String>,
+    notes: Vec<String>,
+}
+
+impl Context {
+    /// Absorbs definitions, packed symbols and notes.
+    fn learn(&mut self, rec: &Record) {
+        self.defs.learn(rec);
+        match rec {
+            Record::Module(m) => self.sym.add_module(m.clone()),
+            Record::ProcessStart(p) => {
+                self.exe_of.insert(p.pid, p.path.clone());
+            }
+            Record::Note(n) => self
+                .notes
+                .push(format!("recorder (pid {}): {}", n.pid, n.text)),
+            Record::Packed(p) => self.sym.add_packed(p.clone()),
+            Record::Source(l) => self.sources.add_packed(l.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// The call trace in the chosen format.
+enum TraceOut {
+    Text(TraceWriter),
+    Json,
+    Folded(Folded),
+}
+
+impl TraceOut {
+    fn new(format: OutputFormat) -> Self {
+        match format {
+            OutputFormat::Text => TraceOut::Text(TraceWriter::default()),
+            OutputFormat::Json => TraceOut::Json,
+            OutputFormat::Folded => TraceOut::Folded(Folded::default()),
+        }
+    }
+
+    fn record(
+        &mut self,
+        out: &mut dyn Write,
+        rec: &Record,
+        step: Option<Step<'_>>,
+        cx: &mut Context,
+        opts: &ReplayOptions,
+    ) -> std::io::Result<()> {
+        let (defs, sym) = (&cx.defs, &mut cx.sym);
+        match self {
+            TraceOut::Text(t) => t.record(out, rec, step, defs, sym, opts.stack),
+            TraceOut::Json => match (step, rec) {
+                (
+                    Some(Step::Began {
+                        enter,
+                        void: true,
+                        depth,
+                    }),
+                    _,
+                ) => write_json(out, &call_json(defs, sym, enter, None, depth, opts.stack)),
+                (Some(Step::Ended { enter, exit, depth }), _) => write_json(
+                    out,
+                    &call_json(defs, sym, &enter, Some(exit), depth, opts.stack),
+                ),
+                (None, Record::ProcessExit(p)) => write_json(out, &process_exit_json(p)),
+                _ => Ok(()),
+            },
+            TraceOut::Folded(f) => {
+                if let Some(Step::Began { enter, .. }) = step {
+                    f.add(enter.stack, enter.func, 1);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(
+        self,
+        out: &mut dyn Write,
+        cx: &mut Context,
+        pairer: &CallPairer,
+        opts: &ReplayOptions,
+    ) -> std::io::Result<()> {
+        match self {
+            TraceOut::Text(mut t) => t.flush(out, &cx.defs),
+            TraceOut::Json => {
+                // Calls the recording ended inside of.
+                for (_, calls) in pairer.open_calls() {
+                    for (depth, enter) in calls.iter().enumerate() {
+                        if opts.all || depth == 0 {
+                            write_json(
+                                out,
+                                &call_json(&cx.defs, &mut cx.sym, enter, None, depth, opts.stack),
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            TraceOut::Folded(f) => {
+                for l in f.lines(&cx.defs, &mut cx.sym) {
+                    writeln!(out, "{l}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_leak_report(
+    out: &mut dyn Write,
+    report: &LeakReport,
+    cx: &mut Context,
+    opts: &ReplayOptions,
+) -> Result<(), ReplayError> {
+    let mut live = Folded::default();
+    for g in &report.groups {
+        live.add(g.stack, g.func, g.bytes);
+    }
+    match opts.format {
+        OutputFormat::Text => render::write_leaks(
+            out,
+            report,
+            &cx.defs,
+            &mut cx.sym,
+            opts.verbose,
+            &cx.exe_of,
+            &mut cx.sources,
+        )?,
+        OutputFormat::Json => {
+            for g in &report.groups {
+                write_json(out, &leak_json(g, &cx.defs, &mut cx.sym, &mut cx.sources))?;
+            }
+            write_json(out, &leak_summary_json(report))?;
+        }
+        OutputFormat::Folded => {
+            for l in live.lines(&cx.defs, &mut cx.sym) {
+                writeln!(out, "{l}")?;
+            }
+        }
+    }
+    if let Some(path) = &opts.svg {
+        let lines = live.lines(&cx.defs, &mut cx.sym);
+        let file = File::create(path).map_err(|source| ReplayError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut w = std::io::BufWriter::new(file);
+        write_svg(
+            &mut w,
+            &lines,
+            "rltrace: live bytes by allocation stack",
+            "bytes",
+        )?;
+        w.flush()?;
+    }
+    Ok(())
+}
+
 /// Replays `path` to `out`.
 pub fn replay(
     path: &Path,
@@ -96,139 +259,41 @@ pub fn replay(
         source,
     };
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(fmt)?;
-    let mut defs = Defs::default();
-    let mut sym = Symbolizer::new(opts.symbolize.clone());
+    let mut cx = Context {
+        defs: Defs::default(),
+        sym: Symbolizer::new(opts.symbolize.clone()),
+        sources: render::SourceCache::default(),
+        exe_of: HashMap::new(),
+        notes: Vec::new(),
+    };
     let mut pairer = CallPairer::default();
     let mut leaks = LeakAnalysis::default();
-    let mut trace = TraceWriter::default();
-    let mut folded = Folded::default();
-    let mut exe_of: HashMap<u32, String> = HashMap::new();
-    let mut sources = render::SourceCache::default();
-    let mut warnings = Vec::new();
+    let mut trace = TraceOut::new(opts.format);
     while let Some(rec) = reader.next_record().map_err(fmt)? {
-        defs.learn(&rec);
-        match &rec {
-            Record::Module(m) => sym.add_module(m.clone()),
-            Record::ProcessStart(p) => {
-                exe_of.insert(p.pid, p.path.clone());
-            }
-            Record::Note(n) => warnings.push(format!("recorder (pid {}): {}", n.pid, n.text)),
-            Record::Packed(p) => sym.add_packed(p.clone()),
-            Record::Source(l) => sources.add_packed(l.clone()),
-            _ => {}
-        }
-        let step = pairer.step(&rec, &defs);
+        cx.learn(&rec);
+        let step = pairer.step(&rec, &cx.defs);
         if opts.leaks {
             if let Some(s) = &step {
-                leaks.step(s, &defs);
+                leaks.step(s, &cx.defs);
             }
-        } else {
-            let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
-            if opts.all || !nested {
-                match opts.format {
-                    OutputFormat::Text => {
-                        trace.record(out, &rec, step, &defs, &mut sym, opts.stack)?
-                    }
-                    OutputFormat::Json => match (&step, &rec) {
-                        (
-                            Some(Step::Began {
-                                enter,
-                                void: true,
-                                depth,
-                            }),
-                            _,
-                        ) => write_json(
-                            out,
-                            &call_json(&defs, &mut sym, enter, None, *depth, opts.stack),
-                        )?,
-                        (Some(Step::Ended { enter, exit, depth }), _) => write_json(
-                            out,
-                            &call_json(&defs, &mut sym, enter, Some(exit), *depth, opts.stack),
-                        )?,
-                        (None, Record::ProcessExit(p)) => write_json(out, &process_exit_json(p))?,
-                        _ => {}
-                    },
-                    OutputFormat::Folded => {
-                        if let Some(Step::Began { enter, .. }) = &step {
-                            folded.add(enter.stack, enter.func, 1);
-                        }
-                    }
-                }
-            }
+            continue;
+        }
+        let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
+        if opts.all || !nested {
+            trace.record(out, &rec, step, &mut cx, opts)?;
         }
     }
     if opts.leaks {
-        let report = leaks.finish();
-        let mut live = Folded::default();
-        for g in &report.groups {
-            live.add(g.stack, g.func, g.bytes);
-        }
-        match opts.format {
-            OutputFormat::Text => render::write_leaks(
-                out,
-                &report,
-                &defs,
-                &mut sym,
-                opts.verbose,
-                &exe_of,
-                &mut sources,
-            )?,
-            OutputFormat::Json => {
-                for g in &report.groups {
-                    write_json(out, &leak_json(g, &defs, &mut sym, &mut sources))?;
-                }
-                write_json(out, &leak_summary_json(&report))?;
-            }
-            OutputFormat::Folded => {
-                for l in live.lines(&defs, &mut sym) {
-                    writeln!(out, "{l}")?;
-                }
-            }
-        }
-        if let Some(path) = &opts.svg {
-            let lines = live.lines(&defs, &mut sym);
-            let file = File::create(path).map_err(|source| ReplayError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let mut w = std::io::BufWriter::new(file);
-            write_svg(
-                &mut w,
-                &lines,
-                "rltrace: live bytes by allocation stack",
-                "bytes",
-            )?;
-            w.flush()?;
-        }
+        write_leak_report(out, &leaks.finish(), &mut cx, opts)?;
     } else {
-        match opts.format {
-            OutputFormat::Text => trace.flush(out, &defs)?,
-            OutputFormat::Json => {
-                // Calls the recording ended inside of.
-                let open: Vec<(usize, crate::format::Enter)> = pairer
-                    .open_calls()
-                    .flat_map(|(_, calls)| calls.iter().cloned().enumerate())
-                    .collect();
-                for (depth, enter) in open {
-                    if opts.all || depth == 0 {
-                        write_json(
-                            out,
-                            &call_json(&defs, &mut sym, &enter, None, depth, opts.stack),
-                        )?;
-                    }
-                }
-            }
-            OutputFormat::Folded => {
-                for l in folded.lines(&defs, &mut sym) {
-                    writeln!(out, "{l}")?;
-                }
-            }
-        }
+        trace.finish(out, &mut cx, &pairer, opts)?;
     }
     out.flush()?;
+
+    let mut warnings = std::mem::take(&mut cx.notes);
     let mut incomplete = !reader.warnings().is_empty();
     warnings.extend(reader.warnings().iter().cloned());
-    let sym_warnings = sym.take_warnings();
+    let sym_warnings = cx.sym.take_warnings();
     incomplete |= !sym_warnings.is_empty();
     warnings.extend(sym_warnings);
     if let Some(s) = reader.summary() {
