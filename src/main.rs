@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use rltrace::format::{ExitHow, Reader};
+use rltrace::format::ExitHow;
 use rltrace::pack::{self, PackOptions, PackSummary};
 use rltrace::record::{self, RecordRequest};
 use rltrace::replay::{self, OutputFormat, ReplayOptions};
@@ -220,10 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Dump { file } => {
-            let f = std::fs::File::open(&file)
-                .with_context(|| format!("cannot open {}", file.display()))?;
-            let mut r = Reader::new(std::io::BufReader::new(f))
-                .with_context(|| file.display().to_string())?;
+            let mut r = rltrace::format::open_file(&file)?;
             println!("{:?}", r.meta());
             while let Some(rec) = r
                 .next_record()

@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use crate::format::{self, FormatError, Reader, Record, SourceLine};
+use crate::format::{self, open_file, FormatError, OpenError, Record, SourceLine};
 use crate::render::SourceCache;
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 
@@ -41,7 +41,10 @@ pub struct PackSummary {
 /// Errors of `rltrace pack`.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    /// A file could not be read or written.
+    /// The recording could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The packed copy could not be written.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -49,7 +52,7 @@ pub enum PackError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The recording is unreadable.
+    /// The recording is unreadable past its header.
     #[error("{path}: {source}")]
     Format {
         /// The file.
@@ -57,18 +60,6 @@ pub enum PackError {
         /// The cause.
         source: FormatError,
     },
-}
-
-fn open(path: &Path) -> Result<Reader<BufReader<File>>, PackError> {
-    let shown = path.display().to_string();
-    let f = File::open(path).map_err(|source| PackError::Io {
-        path: shown.clone(),
-        source,
-    })?;
-    Reader::new(BufReader::new(f)).map_err(|source| PackError::Format {
-        path: shown,
-        source,
-    })
 }
 
 /// Packs `input` into `output` (which may be the same path: the file is replaced only once
@@ -85,7 +76,7 @@ pub fn pack(input: &Path, output: &Path, opts: &PackOptions) -> Result<PackSumma
     let mut sym = Symbolizer::new(opts.symbolize.clone());
     let mut sources = SourceCache::default();
     let mut frames = BTreeSet::new();
-    let mut reader = open(input)?;
+    let mut reader = open_file(input)?;
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         match rec {
             Record::Module(m) => sym.add_module(m),
@@ -129,7 +120,7 @@ pub fn pack(input: &Path, output: &Path, opts: &PackOptions) -> Result<PackSumma
     };
     let result = (|| {
         let out = BufWriter::new(File::create(&tmp).map_err(io)?);
-        let source = open(input)?;
+        let source = open_file(input)?;
         let out = format::writer::write_packed(out, source, &symbols, &lines).map_err(fmt)?;
         out.into_inner()
             .map_err(|e| io(e.into_error()))?

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
 use crate::analyze::leaks::{LeakAnalysis, LeakReport};
 use crate::analyze::{CallPairer, Defs, Step};
-use crate::format::{FormatError, Reader, Record};
+use crate::format::{open_file, FormatError, OpenError, Record};
 use crate::render::machine::{
     call_json, leak_json, leak_summary_json, process_exit_json, write_json, write_svg, Folded,
 };
@@ -50,14 +50,17 @@ pub struct ReplayOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The recording could not be opened.
-    #[error("cannot open {path}: {source}")]
-    Open {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The flame graph file could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
         /// The path.
         path: String,
         /// The cause.
         source: std::io::Error,
     },
-    /// The recording is unreadable.
+    /// The recording is unreadable past its header.
     #[error("{path}: {source}")]
     Format {
         /// The path.
@@ -227,7 +230,7 @@ fn write_leak_report(
     }
     if let Some(path) = &opts.svg {
         let lines = live.lines(&cx.defs, &mut cx.sym);
-        let file = File::create(path).map_err(|source| ReplayError::Open {
+        let file = File::create(path).map_err(|source| ReplayError::Create {
             path: path.display().to_string(),
             source,
         })?;
@@ -250,15 +253,11 @@ pub fn replay(
     out: &mut dyn Write,
 ) -> Result<ReplayReport, ReplayError> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|source| ReplayError::Open {
-        path: shown.clone(),
-        source,
-    })?;
+    let mut reader = open_file(path)?;
     let fmt = |source| ReplayError::Format {
         path: shown.clone(),
         source,
     };
-    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(fmt)?;
     let mut cx = Context {
         defs: Defs::default(),
         sym: Symbolizer::new(opts.symbolize.clone()),

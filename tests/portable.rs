@@ -154,17 +154,7 @@ fn debug_info_is_fetched_from_a_debuginfod_server() {
         ],
     );
     run_ok("objcopy", &["--strip-debug".as_ref(), bin.as_os_str()]);
-    let id = {
-        let o = Command::new("readelf")
-            .arg("-n")
-            .arg(&bin)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
-            .unwrap()
-    };
+    let id = build_id_hex(&bin);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

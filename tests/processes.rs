@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -80,21 +79,9 @@ fn interrupt_from_the_terminal_leaves_a_complete_recording() {
     let dir = scratch("ctrl-c");
     let rec = dir.join("int.rlt");
     // Its own process group, like a shell job; the "terminal" signals the whole group.
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(forever_c())
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready, "ready\n");
+    let (mut child, _out) = start_forever_with(&rec, |c| {
+        c.process_group(0);
+    });
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -118,18 +105,7 @@ fn interrupt_from_the_terminal_leaves_a_complete_recording() {
 fn killed_recorder_leaves_a_readable_prefix_and_no_orphan() {
     let dir = scratch("sigkill");
     let rec = dir.join("killed.rlt");
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(forever_c())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
+    let (mut child, mut out) = start_forever(&rec);
     // Past the recorder's one-second sealing interval.
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
@@ -256,19 +232,7 @@ fn posix_spawned_children_are_recorded_as_their_own_processes() {
 fn hangup_sent_to_the_recorder_reaches_the_program() {
     let dir = scratch("sighup");
     let rec = dir.join("hup.rlt");
-    let mut child = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(forever_c())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut child, _out) = start_forever(&rec);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGHUP,

@@ -67,15 +67,6 @@ fn objcopy(args: &[&OsStr]) {
     run_ok("objcopy", args);
 }
 
-fn build_id_hex(bin: &Path) -> String {
-    let o = Command::new("readelf").arg("-n").arg(bin).output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .expect("fixture has a build-id")
-        .to_string()
-}
-
 /// The leak groups of the leaks fixture, as (bytes, blocks, caller line).
 fn groups_of(rec: &Path, extra: &[&str]) -> Vec<(u64, u64, String)> {
     let mut args = vec!["--leaks"];

@@ -6,7 +6,7 @@ pub mod codec;
 pub mod reader;
 pub mod writer;
 
-pub use reader::Reader;
+pub use reader::{open_file, OpenError, Reader};
 pub use writer::Writer;
 
 /// First eight bytes of every recording.

@@ -7,6 +7,42 @@ use super::codec::Decoder;
 use super::writer::tag;
 use super::*;
 
+/// Errors opening a recording file, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a readable recording.
+    #[error("{path}: {source}")]
+    Format {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: FormatError,
+    },
+}
+
+/// Opens a recording file and reads its header and metadata.
+pub fn open_file(
+    path: &std::path::Path,
+) -> Result<Reader<std::io::BufReader<std::fs::File>>, OpenError> {
+    let shown = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| OpenError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    Reader::new(std::io::BufReader::with_capacity(1 << 20, f)).map_err(|source| OpenError::Format {
+        path: shown,
+        source,
+    })
+}
+
 /// Reads a recording chunk by chunk, in bounded memory.
 pub struct Reader<R: Read> {
     r: R,

@@ -295,3 +295,47 @@ pub fn run_ok(cmd: &str, args: &[&std::ffi::OsStr]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Starts `rltrace record -o REC -- forever` and waits until the program says it is ready;
+/// returns the recorder and the program's remaining stdout.
+pub fn start_forever(
+    rec: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    start_forever_with(rec, |_| {})
+}
+
+/// Like [`start_forever`], with a chance to adjust the recorder's command first.
+pub fn start_forever_with(
+    rec: &Path,
+    adjust: impl FnOnce(&mut Command),
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut cmd = rltrace();
+    cmd.args(["record", "-o"])
+        .arg(rec)
+        .arg("--")
+        .arg(forever_c())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+    assert_eq!(ready, "ready\n");
+    (child, out)
+}
+
+/// The GNU build-id of an ELF file, in hex, as readelf prints it.
+pub fn build_id_hex(bin: &Path) -> String {
+    let o = Command::new("readelf").arg("-n").arg(bin).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+        .expect("the file has a build-id")
+}
