@@ -55,6 +55,9 @@ enum Cmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Only this process (calls, or leak groups).
+        #[arg(long)]
+        pid: Option<u32>,
         /// With --leaks: also draw live bytes by allocation stack as an SVG flame graph.
         #[arg(long, value_name = "FILE", requires = "leaks")]
         svg: Option<PathBuf>,
@@ -79,6 +82,12 @@ enum Cmd {
         /// Also look for debug files here (by build-id and debuglink name).
         #[arg(long = "debug-dir", value_name = "DIR")]
         debug_dirs: Vec<PathBuf>,
+    },
+    /// Show what a recording holds: command, processes, threads, modules with build-ids,
+    /// call counts, time span, and whether it was cut short.
+    Info {
+        /// The recording.
+        file: PathBuf,
     },
     /// Dump the raw records of a recording (debugging aid).
     Dump {
@@ -173,12 +182,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stack,
             all,
             format,
+            pid,
             svg,
             verbose,
             debug_dirs,
         } => {
             let opts = ReplayOptions {
                 format,
+                pid,
                 svg,
                 leaks,
                 stack,
@@ -217,6 +228,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
+            })
+        }
+        Cmd::Info { file } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let report = replay::info(&file, &mut out)?;
+            Ok(if report.incomplete {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Cmd::Dump { file } => {

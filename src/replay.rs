@@ -31,6 +31,8 @@ pub enum OutputFormat {
 pub struct ReplayOptions {
     /// Output format.
     pub format: OutputFormat,
+    /// Only this process.
+    pub pid: Option<u32>,
     /// With `leaks`: also draw live bytes by stack as an SVG flame graph into this file.
     pub svg: Option<std::path::PathBuf>,
     /// Show the leak report instead of the call trace.
@@ -278,12 +280,19 @@ pub fn replay(
             continue;
         }
         let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
-        if opts.all || !nested {
+        let selected = opts
+            .pid
+            .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));
+        if selected && (opts.all || !nested) {
             trace.record(out, &rec, step, &mut cx, opts)?;
         }
     }
     if opts.leaks {
-        write_leak_report(out, &leaks.finish(), &mut cx, opts)?;
+        let mut report = leaks.finish();
+        if let Some(want) = opts.pid {
+            report.groups.retain(|g| g.pid == want);
+        }
+        write_leak_report(out, &report, &mut cx, opts)?;
     } else {
         trace.finish(out, &mut cx, &pairer, opts)?;
     }
@@ -423,4 +432,38 @@ impl TraceWriter {
             },
         }
     }
+}
+
+/// The process a record is about, for `--pid`.
+fn record_pid(rec: &Record, defs: &Defs) -> Option<u32> {
+    match rec {
+        Record::Enter(e) => Some(defs.thread(e.thread).0),
+        Record::Exit(x) => Some(defs.thread(x.thread).0),
+        Record::ProcessStart(p) => Some(p.pid),
+        Record::ProcessExit(p) => Some(p.pid),
+        _ => None,
+    }
+}
+
+/// `rltrace info`: summarizes `path` to `out`.
+pub fn info(path: &Path, out: &mut dyn Write) -> Result<ReplayReport, ReplayError> {
+    let shown = path.display().to_string();
+    let mut reader = open_file(path)?;
+    let mut b = crate::analyze::summary::SummaryBuilder::default();
+    while let Some(rec) = reader.next_record().map_err(|source| ReplayError::Format {
+        path: shown.clone(),
+        source,
+    })? {
+        b.add(&rec);
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let warnings = reader.warnings().to_vec();
+    let complete = warnings.is_empty();
+    let meta = reader.meta().clone();
+    render::info::write_info(out, &shown, size, &meta, &b.finish(), complete, &warnings)?;
+    out.flush()?;
+    Ok(ReplayReport {
+        warnings: Vec::new(),
+        incomplete: !complete,
+    })
 }

@@ -241,3 +241,68 @@ fn hangup_sent_to_the_recorder_reaches_the_program() {
     assert_eq!(child.wait().unwrap().code(), Some(128 + 1));
     assert!(replay(&rec, &[]).contains("+++ killed by SIGHUP +++"));
 }
+
+#[test]
+fn info_lists_processes_and_replay_selects_one() {
+    let dir = scratch("info-pid");
+    let rec = dir.join("sh.rlt");
+    let leaks = leaks_c().display().to_string();
+    let o = record(
+        &rec,
+        std::path::Path::new("/bin/sh"),
+        &["-c", &format!("{leaks} | cat")],
+    );
+    assert!(o.status.success());
+    let info = rltrace().arg("info").arg(&rec).output().unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let text = String::from_utf8(info.stdout).unwrap();
+    assert!(text.contains("complete:  yes"), "{text}");
+    assert!(
+        text.contains(&format!("command:   /bin/sh -c {leaks} | cat")),
+        "{text}"
+    );
+    let procs: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "processes:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(procs.len(), 3, "sh, the fixture and cat: {text}");
+    let fixture = procs.iter().find(|l| l.contains(&leaks)).unwrap();
+    assert!(
+        fixture.contains("exited (status 0)") && fixture.contains("forked from"),
+        "{fixture}"
+    );
+    let pid: u32 = fixture.split_whitespace().next().unwrap().parse().unwrap();
+    // Its modules are listed with build-ids.
+    assert!(text
+        .lines()
+        .any(|l| l.contains(&leaks) && l.trim_start().starts_with(&pid.to_string())));
+
+    let only = replay(&rec, &["--leaks", "--pid", &pid.to_string()]);
+    assert!(only.starts_with(&format!("process {pid} ")), "{only}");
+    assert_eq!(only.matches("process ").count(), 1, "{only}");
+    assert_eq!(fixture_groups(&only, "leaks.c:").len(), 6);
+    let trace = replay(&rec, &["--pid", &pid.to_string()]);
+    assert!(
+        trace.lines().all(|l| l.starts_with(&format!("[{pid} "))),
+        "{trace}"
+    );
+}
+
+#[test]
+fn info_says_when_a_recording_was_cut_short() {
+    let dir = scratch("info-cut");
+    let rec = dir.join("l.rlt");
+    record(&rec, leaks_c(), &[]);
+    let bytes = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, &bytes[..bytes.len() - 2]).unwrap();
+    let o = rltrace().arg("info").arg(&rec).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("complete:  no, cut short (recording truncated at offset"));
+}

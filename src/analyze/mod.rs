@@ -1,6 +1,7 @@
 //! Analyses: pure functions over the decoded record stream. They never touch a process.
 
 pub mod leaks;
+pub mod summary;
 
 use std::collections::HashMap;
 

@@ -16,7 +16,7 @@ pub struct TracedFn {
 }
 
 /// The allocator family, in the order that names aliases (glibc defines `memalign` and
-/// `aligned_alloc` at one address; the first name listed wins).
+/// `aligned_alloc` at one address; the first name listed, the traditional one, wins).
 pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
     TracedFn {
         name: "malloc",
@@ -55,13 +55,13 @@ pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
         returns: true,
     },
     TracedFn {
-        name: "aligned_alloc",
+        name: "memalign",
         class: FnClass::AlignedAlloc,
         nargs: 2,
         returns: true,
     },
     TracedFn {
-        name: "memalign",
+        name: "aligned_alloc",
         class: FnClass::AlignedAlloc,
         nargs: 2,
         returns: true,

@@ -8,6 +8,7 @@ use crate::analyze::Defs;
 use crate::format::{Enter, Exit, ExitHow, FnClass, Frame};
 use crate::symbolize::{SymFrame, Symbolizer};
 
+pub mod info;
 pub mod machine;
 
 /// How an argument is shown.
