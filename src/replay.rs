@@ -9,7 +9,8 @@ use crate::analyze::leaks::{LeakAnalysis, LeakReport};
 use crate::analyze::{CallPairer, Defs, Step};
 use crate::format::{open_file, FormatError, OpenError, Record};
 use crate::render::machine::{
-    call_json, leak_json, leak_summary_json, process_exit_json, write_json, write_svg, Folded,
+    call_json, leak_json, leak_summary_json, process_exit_json, signal_json, write_json, write_svg,
+    Folded,
 };
 use crate::render::{self, call_head, caller, caller_text, ret_text, write_stack};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
@@ -92,6 +93,8 @@ struct Context {
     sources: render::SourceCache,
     exe_of: HashMap<u32, String>,
     notes: Vec<String>,
+    /// The fatal signal of each process that crashed.
+    crashes: HashMap<u32, crate::format::SignalRec>,
 }
 
 impl Context {
@@ -106,6 +109,9 @@ impl Context {
             Record::Note(n) => self
                 .notes
                 .push(format!("recorder (pid {}): {}", n.pid, n.text)),
+            Record::Signal(x) => {
+                self.crashes.insert(self.defs.thread(x.thread).0, x.clone());
+            }
             Record::Packed(p) => self.sym.add_packed(p.clone()),
             Record::Source(l) => self.sources.add_packed(l.clone()),
             _ => {}
@@ -154,6 +160,7 @@ impl TraceOut {
                     &call_json(defs, sym, &enter, Some(exit), depth, opts.stack),
                 ),
                 (None, Record::ProcessExit(p)) => write_json(out, &process_exit_json(p)),
+                (None, Record::Signal(x)) => write_json(out, &signal_json(defs, sym, x)),
                 _ => Ok(()),
             },
             TraceOut::Folded(f) => {
@@ -209,15 +216,15 @@ fn write_leak_report(
         live.add(g.stack, g.func, g.bytes);
     }
     match opts.format {
-        OutputFormat::Text => render::write_leaks(
-            out,
-            report,
-            &cx.defs,
-            &mut cx.sym,
-            opts.verbose,
-            &cx.exe_of,
-            &mut cx.sources,
-        )?,
+        OutputFormat::Text => {
+            let view = render::LeakView {
+                defs: &cx.defs,
+                exe_of: &cx.exe_of,
+                crashes: &cx.crashes,
+                verbose: opts.verbose,
+            };
+            render::write_leaks(out, report, &view, &mut cx.sym, &mut cx.sources)?
+        }
         OutputFormat::Json => {
             for g in &report.groups {
                 write_json(out, &leak_json(g, &cx.defs, &mut cx.sym, &mut cx.sources))?;
@@ -266,6 +273,7 @@ pub fn replay(
         sources: render::SourceCache::default(),
         exe_of: HashMap::new(),
         notes: Vec::new(),
+        crashes: HashMap::new(),
     };
     let mut pairer = CallPairer::default();
     let mut leaks = LeakAnalysis::default();
@@ -424,6 +432,32 @@ impl TraceWriter {
                 }
             }
             None => match rec {
+                Record::Signal(x) => {
+                    self.flush(out, defs)?;
+                    let (pid, tid) = defs.thread(x.thread);
+                    let frames = x
+                        .stack
+                        .and_then(|s| defs.stacks.get(&s))
+                        .cloned()
+                        .unwrap_or_default();
+                    let at = render::crash_site(sym, &frames)
+                        .map(|sf| format!("  {}", caller_text(&sf)))
+                        .unwrap_or_default();
+                    // Fault signals carry the address that faulted, NULL included.
+                    let faults = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+                    let addr = if faults.contains(&x.signo) {
+                        format!(" at {:#x}", x.addr)
+                    } else {
+                        String::new()
+                    };
+                    writeln!(
+                        out,
+                        "[{pid} {tid}] --- {}{addr} ---{at}",
+                        render::signal_text(x.signo)
+                    )?;
+                    // A crash always shows its stack: it is what the user came for.
+                    render::write_frames(out, &render::expand(sym, &frames, true), "    ")
+                }
                 Record::ProcessExit(p) => {
                     self.flush(out, defs)?;
                     writeln!(out, "[{} {}] {}", p.pid, p.pid, render::exit_text(p.how))
@@ -441,6 +475,7 @@ fn record_pid(rec: &Record, defs: &Defs) -> Option<u32> {
         Record::Exit(x) => Some(defs.thread(x.thread).0),
         Record::ProcessStart(p) => Some(p.pid),
         Record::ProcessExit(p) => Some(p.pid),
+        Record::Signal(x) => Some(defs.thread(x.thread).0),
         _ => None,
     }
 }

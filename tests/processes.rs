@@ -306,3 +306,99 @@ fn info_says_when_a_recording_was_cut_short() {
     assert!(String::from_utf8_lossy(&o.stdout)
         .contains("complete:  no, cut short (recording truncated at offset"));
 }
+
+#[test]
+fn a_crash_is_recorded_with_the_faulting_stack() {
+    let bin = build_c("crash", "crash.c", &["-O1", "-g"]);
+    let src = repo().join("tests/fixtures/c/crash.c");
+    let segv_at = format!("crash.c:{}:", marker_line(&src, "CRASH: segv"));
+    let call_at = format!("crash.c:{}:", marker_line(&src, "CALL: crash"));
+    let dir = scratch("crash");
+    let rec = dir.join("segv.rlt");
+    let o = record(&rec, &bin, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(128 + 11),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let trace = replay(&rec, &[]);
+    let lines: Vec<&str> = trace.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("--- SIGSEGV (Segmentation fault) at 0x0 ---"))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(
+        lines[i].contains(&segv_at) && lines[i].ends_with("crash_here"),
+        "{}",
+        lines[i]
+    );
+    assert!(
+        lines[i + 1].contains("#0  crash_here at") && lines[i + 1].contains(&segv_at),
+        "{trace}"
+    );
+    assert!(
+        lines[i + 2].contains("#1  main at") && lines[i + 2].contains(&call_at),
+        "{trace}"
+    );
+    assert!(lines[i + 3..]
+        .iter()
+        .any(|l| l.contains("+++ killed by SIGSEGV +++")));
+
+    let leaks = replay(&rec, &["--leaks"]);
+    assert!(
+        leaks.contains("(it died of SIGSEGV (Segmentation fault) at "),
+        "{leaks}"
+    );
+    assert_eq!(
+        fixture_groups(&leaks, "crash.c:"),
+        vec![(
+            77,
+            1,
+            "malloc".to_string(),
+            format!("crash.c:{}", marker_line(&src, "LEAK: before-crash"))
+        )]
+    );
+    let info = rltrace().arg("info").arg(&rec).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout)
+        .contains("crashed: SIGSEGV (Segmentation fault), killed by SIGSEGV"));
+    let json = replay(&rec, &["--format", "json"]);
+    let sig: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "signal")
+        .unwrap();
+    assert_eq!(sig["signal"], 11);
+    assert_eq!(sig["stack"][0]["function"], "crash_here");
+
+    // abort(): the stack runs through libc's raise and abort to the calling line.
+    let rec = dir.join("abort.rlt");
+    let o = record(&rec, &bin, &["abort"]);
+    assert_eq!(o.status.code(), Some(128 + 6));
+    let trace = replay(&rec, &[]);
+    let abort_at = format!("crash.c:{}:", marker_line(&src, "CRASH: abort"));
+    let line = trace
+        .lines()
+        .find(|l| l.contains("--- SIGABRT (Aborted) ---"))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(
+        line.contains(&abort_at) && line.ends_with(" main"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_signal_the_program_handles_is_not_a_crash() {
+    let dir = scratch("handled");
+    let rec = dir.join("h.rlt");
+    // The shell traps SIGABRT (SIGABRT sent to itself), so it is no crash.
+    let o = record(
+        &rec,
+        std::path::Path::new("/bin/sh"),
+        &["-c", "trap 'echo caught' ABRT; kill -ABRT $$; echo on"],
+    );
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "caught\non\n");
+    assert!(!replay(&rec, &[]).contains("---"), "no crash recorded");
+}

@@ -23,6 +23,8 @@ pub struct ProcessInfo {
     pub threads: u32,
     /// Calls made.
     pub calls: u64,
+    /// The fatal signal that struck it, if one was recorded: (signal, thread id).
+    pub crash: Option<(i32, u32)>,
 }
 
 /// A summary of a recording.
@@ -77,6 +79,7 @@ impl SummaryBuilder {
                     exit: None,
                     threads: 0,
                     calls: 0,
+                    crash: None,
                 });
                 e.images += 1;
                 e.path = p.path.clone();
@@ -111,6 +114,14 @@ impl SummaryBuilder {
                     p.calls += 1;
                     if self.active_threads.insert(e.thread) {
                         p.threads += 1;
+                    }
+                }
+            }
+            Record::Signal(x) => {
+                seen(x.ts);
+                if let Some(pid) = self.thread_pid.get(&x.thread) {
+                    if let Some(p) = s.processes.get_mut(pid) {
+                        p.crash = Some((x.signo, x.thread));
                     }
                 }
             }

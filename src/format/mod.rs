@@ -11,8 +11,9 @@ pub use writer::Writer;
 
 /// First eight bytes of every recording.
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
-/// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes and the newest it reads (version 2 added the
+/// signal record; version 1 files read unchanged).
+pub const VERSION: u16 = 2;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a chunk header.
@@ -317,10 +318,30 @@ pub enum Record {
     ProcessExit(ProcessExit),
     /// A diagnostic.
     Note(Note),
+    /// A fatal signal, with the stack of the thread it hit.
+    Signal(SignalRec),
     /// Symbols of one address, stored by `rltrace pack`.
     Packed(PackedAddress),
     /// One source line, stored by `rltrace pack --sources`.
     Source(SourceLine),
+}
+
+/// A fatal signal delivered to a thread (a crash), recorded before the process dies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalRec {
+    /// Thread number.
+    pub thread: u32,
+    /// Nanoseconds since the recording started.
+    pub ts: u64,
+    /// Signal number.
+    pub signo: i32,
+    /// `si_code` of the signal.
+    pub code: i32,
+    /// Faulting address (`si_addr`), 0 if the signal has none.
+    pub addr: u64,
+    /// The thread's stack: the first frame is the instruction where the signal struck,
+    /// the rest are return addresses.
+    pub stack: Option<u32>,
 }
 
 /// One frame of a packed address: what the symbolizer found for it.

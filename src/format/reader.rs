@@ -501,6 +501,27 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 pid: d.uvar32()?,
                 text: d.str(MAX_STRING)?,
             }),
+            tag::SIGNAL => {
+                let thread = d.uvar32()?;
+                let ts = d.uvar()?;
+                let signo = d.svar()? as i32;
+                let code = d.svar()? as i32;
+                let addr = d.uvar()?;
+                let s = d.uvar()?;
+                let stack = if s == 0 {
+                    None
+                } else {
+                    Some(u32::try_from(s - 1).map_err(|_| d.error("stack id out of range"))?)
+                };
+                Record::Signal(SignalRec {
+                    thread,
+                    ts,
+                    signo,
+                    code,
+                    addr,
+                    stack,
+                })
+            }
             other => return Err(d.error(format!("unknown record tag {other}"))),
         };
         out.push_back(rec);

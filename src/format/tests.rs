@@ -66,6 +66,14 @@ fn sample_records() -> Vec<Record> {
             ret: None,
             out: Some(7),
         }),
+        Record::Signal(SignalRec {
+            thread: 0,
+            ts: 1500,
+            signo: 11,
+            code: 1,
+            addr: 0,
+            stack: Some(0),
+        }),
         Record::ModuleUnload(0),
         Record::Note(Note {
             pid: 42,
@@ -169,4 +177,17 @@ fn newer_version_is_named() {
 fn not_a_recording() {
     let err = Reader::new(&b"#!/bin/sh\necho hi\n"[..]).err().unwrap();
     assert!(matches!(err, FormatError::BadMagic), "{err}");
+}
+
+#[test]
+fn version_one_files_still_read() {
+    let recs: Vec<Record> = sample_records()
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Signal(_)))
+        .collect();
+    let mut bytes = write(&recs, true);
+    bytes[8] = 1;
+    let (got, warnings) = read_all(&bytes).unwrap();
+    assert_eq!(got, recs);
+    assert!(warnings.is_empty());
 }

@@ -17,6 +17,7 @@ pub(crate) mod tag {
     pub const PROCESS_START: u8 = 8;
     pub const PROCESS_EXIT: u8 = 9;
     pub const NOTE: u8 = 10;
+    pub const SIGNAL: u8 = 11;
 }
 
 /// Raw payload size at which a records chunk is sealed.
@@ -308,6 +309,15 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             e.u8(tag::NOTE);
             e.uvar(n.pid.into());
             e.str(&n.text);
+        }
+        Record::Signal(x) => {
+            e.u8(tag::SIGNAL);
+            e.uvar(x.thread.into());
+            e.uvar(x.ts);
+            e.svar(x.signo.into());
+            e.svar(x.code.into());
+            e.uvar(x.addr);
+            e.uvar(x.stack.map_or(0, |s| u64::from(s) + 1));
         }
         Record::Packed(_) | Record::Source(_) => {}
     }

@@ -81,6 +81,19 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// True if process `pid` has a handler installed for signal `sig` (from `SigCgt` in
+/// `/proc/PID/status`); false if not or unknown.
+pub fn catches_signal(pid: u32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::format::{
     Enter, Exit, ExitHow, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note, ProcessExit,
-    ProcessStart, Record, StackDef, StartCause, Summary, ThreadDef, Writer,
+    ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef, Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -27,6 +27,23 @@ pub enum Event {
         /// Integer arguments.
         args: Vec<u64>,
         /// Return addresses, caller first, already resolved to modules.
+        frames: Vec<Frame>,
+    },
+    /// A fatal signal struck a thread.
+    Signal {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// Nanoseconds since the recording started.
+        ts: u64,
+        /// Signal number.
+        signo: i32,
+        /// `si_code`.
+        code: i32,
+        /// `si_addr`, 0 if none.
+        addr: u64,
+        /// The faulting instruction, then return addresses.
         frames: Vec<Frame>,
     },
     /// Return from the innermost open call of the thread.
@@ -91,6 +108,23 @@ impl<W: Write> Sink<W> {
         Ok(num)
     }
 
+    /// The id of a stack, writing its definition the first time it is seen.
+    fn stack(&mut self, frames: Vec<Frame>) -> Result<Option<u32>, FormatError> {
+        if frames.is_empty() {
+            return Ok(None);
+        }
+        if let Some(&id) = self.stacks.get(&frames) {
+            return Ok(Some(id));
+        }
+        let id = self.stacks.len() as u32;
+        self.writer.push(&Record::Stack(StackDef {
+            id,
+            frames: frames.clone(),
+        }))?;
+        self.stacks.insert(frames, id);
+        Ok(Some(id))
+    }
+
     /// Writes one event, defining its thread and stack first if they are new.
     pub fn event(&mut self, ev: Event) -> Result<(), FormatError> {
         match ev {
@@ -103,24 +137,32 @@ impl<W: Write> Sink<W> {
                 frames,
             } => {
                 let thread = self.thread(pid, tid)?;
-                let stack = if frames.is_empty() {
-                    None
-                } else if let Some(&id) = self.stacks.get(&frames) {
-                    Some(id)
-                } else {
-                    let id = self.stacks.len() as u32;
-                    self.writer.push(&Record::Stack(StackDef {
-                        id,
-                        frames: frames.clone(),
-                    }))?;
-                    self.stacks.insert(frames, id);
-                    Some(id)
-                };
+                let stack = self.stack(frames)?;
                 self.writer.push(&Record::Enter(Enter {
                     thread,
                     ts,
                     func,
                     args,
+                    stack,
+                }))
+            }
+            Event::Signal {
+                pid,
+                tid,
+                ts,
+                signo,
+                code,
+                addr,
+                frames,
+            } => {
+                let thread = self.thread(pid, tid)?;
+                let stack = self.stack(frames)?;
+                self.writer.push(&Record::Signal(SignalRec {
+                    thread,
+                    ts,
+                    signo,
+                    code,
+                    addr,
                     stack,
                 }))
             }

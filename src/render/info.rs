@@ -93,11 +93,14 @@ pub fn write_info(
             StartCause::Vfork => format!("vforked from {}", p.parent),
             StartCause::Exec => "exec".to_string(),
         };
-        let exit = p.exit.map_or("no exit recorded".to_string(), |h| {
+        let mut exit = p.exit.map_or("no exit recorded".to_string(), |h| {
             super::exit_text(h)
                 .trim_matches(|c| c == '+' || c == ' ')
                 .to_string()
         });
+        if let Some((signo, _)) = p.crash {
+            exit = format!("crashed: {}, {exit}", super::signal_text(signo));
+        }
         let images = if p.images > 1 {
             format!(", {} images", p.images)
         } else {

@@ -75,6 +75,31 @@ pub fn call_json(
     v
 }
 
+/// A fatal signal as a JSON object, with the stack from the faulting instruction.
+pub fn signal_json(defs: &Defs, sym: &mut Symbolizer, x: &crate::format::SignalRec) -> Value {
+    let (pid, tid) = defs.thread(x.thread);
+    let frames = x
+        .stack
+        .and_then(|s| defs.stacks.get(&s))
+        .cloned()
+        .unwrap_or_default();
+    let stack: Vec<Value> = super::expand(sym, &frames, true)
+        .iter()
+        .map(frame_json)
+        .collect();
+    json!({
+        "type": "signal",
+        "pid": pid,
+        "tid": tid,
+        "ts_ns": x.ts,
+        "signal": x.signo,
+        "name": super::signal_text(x.signo),
+        "code": x.code,
+        "address": format!("{:#x}", x.addr),
+        "stack": stack,
+    })
+}
+
 /// A process end as a JSON object.
 pub fn process_exit_json(p: &ProcessExit) -> Value {
     let status = match p.how {

@@ -70,6 +70,33 @@ pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
     }
 }
 
+/// A signal's name and description: `SIGSEGV (Segmentation fault)`.
+pub fn signal_text(signo: i32) -> String {
+    let name = nix::sys::signal::Signal::try_from(signo)
+        .map_or_else(|_| format!("signal {signo}"), |s| s.as_str().to_string());
+    let what = match signo {
+        libc::SIGSEGV => "Segmentation fault",
+        libc::SIGBUS => "Bus error",
+        libc::SIGILL => "Illegal instruction",
+        libc::SIGFPE => "Floating point exception",
+        libc::SIGABRT => "Aborted",
+        libc::SIGSYS => "Bad system call",
+        libc::SIGTRAP => "Trace/breakpoint trap",
+        _ => return name,
+    };
+    format!("{name} ({what})")
+}
+
+/// Picks the frame to name for a crash: the first with a source location outside the
+/// runtimes, as for calls, but starting at the faulting instruction.
+pub fn crash_site(sym: &mut Symbolizer, frames: &[Frame]) -> Option<SymFrame> {
+    let all = expand(sym, frames, true);
+    all.iter()
+        .find(|f| !f.is_runtime() && f.file.is_some())
+        .or_else(|| all.iter().find(|f| f.function.is_some()))
+        .cloned()
+}
+
 /// Symbolizes a stack and picks the caller to show: the first frame outside the
 /// allocator, the runtimes and dependencies that has a source location; failing that,
 /// the first such frame at all (a stripped or vanished binary is shown as module+offset);
@@ -135,9 +162,23 @@ pub fn write_stack(
     frames: &[Frame],
     indent: &str,
 ) -> io::Result<()> {
-    let mut n = 0;
-    for f in frames {
-        for sf in sym.frames(f, true) {
+    write_frames(out, &expand(sym, frames, false), indent)
+}
+
+/// Symbolizes a stack, inlined frames expanded, innermost first. With `first_is_ip` the
+/// first frame is the instruction a signal struck, not a return address.
+pub fn expand(sym: &mut Symbolizer, frames: &[Frame], first_is_ip: bool) -> Vec<SymFrame> {
+    frames
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| sym.frames(f, !(first_is_ip && i == 0)))
+        .collect()
+}
+
+/// Writes symbolized frames, one per line.
+pub fn write_frames(out: &mut dyn Write, frames: &[SymFrame], indent: &str) -> io::Result<()> {
+    for (n, sf) in frames.iter().enumerate() {
+        {
             let func = sf.function.clone().unwrap_or_else(|| "??".into());
             let loc = sf
                 .location()
@@ -150,7 +191,6 @@ pub fn write_stack(
             };
             let inl = if sf.inlined { " (inlined)" } else { "" };
             writeln!(out, "{indent}#{n:<2} {func}{loc}{inl} {m}")?;
-            n += 1;
         }
     }
     Ok(())
@@ -223,16 +263,33 @@ fn sizes(min: u64, max: u64) -> String {
     }
 }
 
+/// What the leak report needs to know besides the groups.
+#[derive(Clone, Copy)]
+pub struct LeakView<'a> {
+    /// Definitions from the recording.
+    pub defs: &'a Defs,
+    /// Executable of each process.
+    pub exe_of: &'a HashMap<u32, String>,
+    /// The fatal signal of each process that crashed.
+    pub crashes: &'a HashMap<u32, crate::format::SignalRec>,
+    /// Print full stacks.
+    pub verbose: bool,
+}
+
 /// Writes a leak report.
 pub fn write_leaks(
     out: &mut dyn Write,
     report: &LeakReport,
-    defs: &Defs,
+    view: &LeakView<'_>,
     sym: &mut Symbolizer,
-    verbose: bool,
-    exe_of: &HashMap<u32, String>,
     sources: &mut SourceCache,
 ) -> io::Result<()> {
+    let LeakView {
+        defs,
+        exe_of,
+        crashes,
+        verbose,
+    } = *view;
     if report.groups.is_empty() {
         writeln!(
             out,
@@ -251,8 +308,23 @@ pub fn write_leaks(
         writeln!(
             out,
             "process {pid} ({exe}): {bytes} bytes in {blocks} blocks never freed, from {} allocation stacks",
-            groups.len()
+                        groups.len()
         )?;
+        if let Some(c) = crashes.get(&pid) {
+            let frames = c
+                .stack
+                .and_then(|s| defs.stacks.get(&s))
+                .cloned()
+                .unwrap_or_default();
+            let at = crash_site(sym, &frames)
+                .map(|sf| format!(" at {}", caller_text(&sf)))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "(it died of {}{at}: these are the blocks live at the crash)",
+                signal_text(c.signo)
+            )?;
+        }
         for (i, g) in groups.iter().enumerate() {
             writeln!(out)?;
             let plural = if g.blocks == 1 { "" } else { "s" };

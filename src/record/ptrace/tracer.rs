@@ -512,7 +512,81 @@ impl<'s, W: Write> Tracer<'s, W> {
             // Group-stop (not a signal to deliver): let the thread go on.
             return self.resume(tid, None);
         }
+        if is_crash(sig) {
+            let pid = self.threads[&tid].pid;
+            if !procfs::catches_signal(pid, sig as i32) {
+                self.on_crash(tid, pid, sig)?;
+            }
+        }
         self.resume(tid, Some(sig))
+    }
+
+    /// Records a fatal signal with the stack of the thread it struck, unwound from the
+    /// faulting instruction, before the signal is delivered and the process dies.
+    fn on_crash(&mut self, tid: u32, pid: u32, sig: Signal) -> Result<(), TraceError> {
+        let ts = self.sink.now();
+        let p = Pid::from_raw(tid as i32);
+        let (code, addr) = match ptrace::getsiginfo(p) {
+            // SAFETY: si_addr reads the pointer-sized member of siginfo's union; for signals
+            // without an address the kernel leaves it zero, and reading it is a plain copy.
+            Ok(info) => (info.si_code, unsafe { info.si_addr() } as u64),
+            Err(_) => (0, 0),
+        };
+        let Ok(regs) = mem::get_regs(tid) else {
+            return Ok(());
+        };
+        let Some(proc_) = self.procs.get(&pid) else {
+            return Ok(());
+        };
+        let space_rc = proc_.space.clone();
+        let mut space = space_rc.borrow_mut();
+        self.ranges.clear();
+        let seq_addr = space.seq_addr();
+        if let Some(a) = seq_addr {
+            self.ranges.push((a, 8));
+        }
+        let header: usize = self.ranges.iter().map(|r| r.1).sum();
+        push_stack_pages(&mut self.ranges, regs.rsp, self.opts.max_stack_bytes);
+        self.buf.resize(self.ranges.iter().map(|r| r.1).sum(), 0);
+        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
+        let seq = if got >= 8 && seq_addr.is_some() {
+            le(&self.buf, 0)
+        } else {
+            0
+        };
+        let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
+        self.ras.clear();
+        space.unwind(
+            regs.rip,
+            regs.rsp,
+            regs.rbp,
+            self.opts.max_depth,
+            stack,
+            &mut self.ras,
+        );
+        let frames = std::iter::once(regs.rip)
+            .chain(self.ras.iter().copied())
+            .map(|a| space.frame(a))
+            .collect();
+        drop(space);
+        if let Some(proc_) = self.procs.get_mut(&pid) {
+            proc_.last_seq = proc_.last_seq.max(seq);
+            let at = proc_.last_seq;
+            proc_.buffer(
+                at,
+                0,
+                Event::Signal {
+                    pid,
+                    tid,
+                    ts,
+                    signo: sig as i32,
+                    code,
+                    addr,
+                    frames,
+                },
+            );
+        }
+        self.release(pid)
     }
 
     fn on_event(&mut self, tid: u32, ev: i32) -> Result<(), TraceError> {
@@ -1004,6 +1078,21 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
         Ok(())
     }
+}
+
+/// Signals whose default action is to dump core: a program that does not handle them
+/// crashed.
+fn is_crash(sig: Signal) -> bool {
+    matches!(
+        sig,
+        Signal::SIGSEGV
+            | Signal::SIGBUS
+            | Signal::SIGILL
+            | Signal::SIGFPE
+            | Signal::SIGABRT
+            | Signal::SIGSYS
+            | Signal::SIGTRAP
+    )
 }
 
 fn le(b: &[u8], at: usize) -> u64 {
