@@ -29,6 +29,10 @@ enum Cmd {
         /// Most frames kept per stack.
         #[arg(long, default_value_t = 64)]
         max_depth: usize,
+        /// Do not follow child processes (forks, vforks, clones that are not threads); the
+        /// command's own execs are still followed.
+        #[arg(long)]
+        no_follow: bool,
         /// Pack the recording when done, so it replays on another machine (see `pack`).
         #[arg(long)]
         pack: bool,
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Record {
             output,
             max_depth,
+            no_follow,
             pack,
             sources,
             command,
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 trace: Default::default(),
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
+            req.trace.follow = !no_follow;
             let out = record::record(&req)?;
             eprintln!(
                 "rltrace: recorded {} records to {}{}",

@@ -402,3 +402,54 @@ fn a_signal_the_program_handles_is_not_a_crash() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "caught\non\n");
     assert!(!replay(&rec, &[]).contains("---"), "no crash recorded");
 }
+
+#[test]
+fn no_follow_records_only_the_command() {
+    let dir = scratch("no-follow");
+    let leaks = leaks_c().display().to_string();
+    // Forked children: released with their breakpoints removed.
+    let rec = dir.join("sh.rlt");
+    let o = rltrace()
+        .args(["record", "--no-follow", "-o"])
+        .arg(&rec)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("{leaks} | cat; {leaks} >/dev/null; echo end"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "done\nend\n",
+        "the children ran normally"
+    );
+    let info = String::from_utf8(rltrace().arg("info").arg(&rec).output().unwrap().stdout).unwrap();
+    let procs = info
+        .lines()
+        .skip_while(|l| *l != "processes:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .count();
+    assert_eq!(procs, 1, "{info}");
+    assert!(!replay(&rec, &["--leaks"]).contains("leaks.c:"));
+
+    // A posix_spawn child shares its parent's memory until it execs: released then.
+    let spawn = build_c("spawn", "spawn.c", &["-O1", "-g"]);
+    let rec = dir.join("spawn.rlt");
+    let o = rltrace()
+        .args(["record", "--no-follow", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&spawn)
+        .arg(&leaks)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
+    let report = replay(&rec, &["--leaks"]);
+    assert_eq!(fixture_groups(&report, "spawn.c:").len(), 2, "{report}");
+    assert!(!report.contains("leaks.c:"), "{report}");
+}

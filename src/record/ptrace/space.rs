@@ -36,6 +36,8 @@ pub struct Breakpoint {
     pub kind: BpKind,
     /// Where the displaced instruction runs out of line.
     pub tramp: u64,
+    /// The byte the `int3` replaced.
+    pub orig: u8,
 }
 
 /// A module known in the address space.
@@ -375,7 +377,26 @@ impl Space {
         self.mem
             .write(addr, &[0xcc])
             .map_err(|e| format!("cannot write breakpoint at {addr:#x}: {e}"))?;
-        self.bps.insert(addr, Breakpoint { kind, tramp });
+        self.bps.insert(
+            addr,
+            Breakpoint {
+                kind,
+                tramp,
+                orig: orig[0],
+            },
+        );
+        Ok(())
+    }
+
+    /// Puts back every byte a breakpoint replaced, so that the process can run untraced.
+    /// Injected regions stay: return stubs still on its stacks work without a tracer.
+    pub fn remove_breakpoints(&mut self) -> Result<(), SpaceError> {
+        for (&addr, bp) in &self.bps {
+            self.mem
+                .write(addr, &[bp.orig])
+                .map_err(io_err(format!("restore code at {addr:#x}")))?;
+        }
+        self.bps.clear();
         Ok(())
     }
 

@@ -66,6 +66,8 @@ pub struct TraceOptions {
     pub stack_bytes: usize,
     /// Most stack bytes copied for one unwind.
     pub max_stack_bytes: usize,
+    /// Follow child processes (forks, vforks, clones that are not threads).
+    pub follow: bool,
 }
 
 impl Default for TraceOptions {
@@ -74,6 +76,7 @@ impl Default for TraceOptions {
             max_depth: 64,
             stack_bytes: 4 << 10,
             max_stack_bytes: 256 << 10,
+            follow: true,
         }
     }
 }
@@ -117,6 +120,8 @@ type Key = (u64, u8, u64);
 
 struct Proc {
     space: Rc<RefCell<Space>>,
+    /// Handled but not recorded: a vfork child under `--no-follow`, until it execs.
+    quiet: bool,
     tids: Vec<u32>,
     reorder: BTreeMap<Key, Event>,
     ctr: u64,
@@ -200,6 +205,9 @@ pub struct Tracer<'s, W: Write> {
     procs: HashMap<u32, Proc>,
     expected_new: HashMap<u32, NewTask>,
     early_stopped: HashSet<u32>,
+    /// Children not followed that share their parent's memory (vfork): traced until they
+    /// exec or exit, since the parent's breakpoints are in that memory too.
+    release_at_exec: HashSet<u32>,
     /// Processes single-stepping out of `execve`, to be set up at their next stop, with
     /// signals that arrived meanwhile.
     exec_stepping: HashMap<u32, Vec<Signal>>,
@@ -226,6 +234,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             expected_new: HashMap::new(),
             early_stopped: HashSet::new(),
             exec_stepping: HashMap::new(),
+            release_at_exec: HashSet::new(),
             root: 0,
             root_status: None,
             ranges: Vec::new(),
@@ -391,6 +400,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             pid,
             Proc {
                 space: Rc::new(RefCell::new(space)),
+                quiet: false,
                 tids: vec![pid],
                 reorder: BTreeMap::new(),
                 ctr: 0,
@@ -631,6 +641,15 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
                 self.resume(tid, None)
             }
+            libc::PTRACE_EVENT_EXEC if self.release_at_exec.remove(&tid) => {
+                // A vfork child not followed: its new image has no breakpoints; let it go.
+                self.on_exec(tid)?;
+                self.threads.remove(&tid);
+                match ptrace::detach(Pid::from_raw(tid as i32), None) {
+                    Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(pt(format!("detach process {tid}"))(e)),
+                }
+            }
             libc::PTRACE_EVENT_EXEC => {
                 self.on_exec(tid)?;
                 // The exec stop is inside execve: registers changed now would be overwritten
@@ -682,6 +701,20 @@ impl<'s, W: Write> Tracer<'s, W> {
                     return Ok(());
                 };
                 let parent_pid = parent.pid;
+                if !self.opts.follow && !shared {
+                    // Its memory is a copy: take our breakpoints out of it and let it go.
+                    if let Some(pp) = self.procs.get(&parent_pid) {
+                        pp.space.borrow().fork_for(new)?.remove_breakpoints()?;
+                    }
+                    return match ptrace::detach(Pid::from_raw(new as i32), None) {
+                        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                        Err(e) => Err(pt(format!("detach process {new}"))(e)),
+                    };
+                }
+                let quiet = !self.opts.follow;
+                if quiet {
+                    self.release_at_exec.insert(new);
+                }
                 // A forked child returns through the same stubs as its parent thread.
                 let pending = if shared {
                     Vec::new()
@@ -702,6 +735,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                     new,
                     Proc {
                         space,
+                        quiet,
                         tids: vec![new],
                         reorder: BTreeMap::new(),
                         ctr: 0,
@@ -711,7 +745,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 let path = std::fs::read_link(format!("/proc/{new}/exe"))
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
-                self.sink.process_start(new, parent_pid, cause, &path)?;
+                if !quiet {
+                    self.sink.process_start(new, parent_pid, cause, &path)?;
+                }
             }
         }
         Ok(())
@@ -760,6 +796,7 @@ impl<'s, W: Write> Tracer<'s, W> {
     fn on_gone(&mut self, tid: u32, how: ExitHow) -> Result<(), TraceError> {
         self.early_stopped.remove(&tid);
         self.exec_stepping.remove(&tid);
+        self.release_at_exec.remove(&tid);
         let Some(th) = self.threads.remove(&tid) else {
             return Ok(());
         };
@@ -786,12 +823,16 @@ impl<'s, W: Write> Tracer<'s, W> {
         if tid == pid {
             self.drain(pid, u64::MAX)?;
             // Threads the kernel reaped with the leader go with it.
+            let mut quiet = false;
             if let Some(p) = self.procs.remove(&pid) {
+                quiet = p.quiet;
                 for t in p.tids {
                     self.threads.remove(&t);
                 }
             }
-            self.sink.process_exit(pid, how)?;
+            if !quiet {
+                self.sink.process_exit(pid, how)?;
+            }
             if pid == self.root {
                 self.root_status = Some(how);
             }
@@ -1074,7 +1115,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 break;
             }
             let ev = entry.remove();
-            self.sink.event(ev)?;
+            if !p.quiet {
+                self.sink.event(ev)?;
+            }
         }
         Ok(())
     }
