@@ -378,10 +378,7 @@ impl TraceWriter {
             writeln!(out, "{prefix}  {caller}")?;
         }
         if show_stack {
-            let frames = stack
-                .and_then(|s| defs.stacks.get(&s))
-                .cloned()
-                .unwrap_or_default();
+            let frames = defs.frames_of(stack);
             write_stack(out, sym, &frames, "    ")?;
         }
         Ok(())
@@ -435,11 +432,7 @@ impl TraceWriter {
                 Record::Signal(x) => {
                     self.flush(out, defs)?;
                     let (pid, tid) = defs.thread(x.thread);
-                    let frames = x
-                        .stack
-                        .and_then(|s| defs.stacks.get(&s))
-                        .cloned()
-                        .unwrap_or_default();
+                    let frames = defs.frames_of(x.stack);
                     let at = render::crash_site(sym, &frames)
                         .map(|sf| format!("  {}", caller_text(&sf)))
                         .unwrap_or_default();

@@ -47,6 +47,14 @@ impl Defs {
         self.functions.get(&func).map_or("?", |f| f.name.as_str())
     }
 
+    /// The frames of a stack id (empty if none or unknown).
+    pub fn frames_of(&self, stack: Option<u32>) -> Vec<Frame> {
+        stack
+            .and_then(|s| self.stacks.get(&s))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// (pid, tid) of a thread number.
     pub fn thread(&self, num: u32) -> (u32, u32) {
         self.threads.get(&num).map_or((0, 0), |t| (t.pid, t.tid))

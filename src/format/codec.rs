@@ -110,6 +110,16 @@ impl<'a> Decoder<'a> {
         u32::try_from(v).map_err(|_| self.error(format!("value {v} does not fit in 32 bits")))
     }
 
+    /// Reads an optional id stored as id + 1, 0 meaning none.
+    pub fn opt_id(&mut self, what: &str) -> Result<Option<u32>, FormatError> {
+        match self.uvar()? {
+            0 => Ok(None),
+            v => u32::try_from(v - 1)
+                .map(Some)
+                .map_err(|_| self.error(format!("{what} id out of range"))),
+        }
+    }
+
     /// Reads a zigzag varint.
     pub fn svar(&mut self) -> Result<i64, FormatError> {
         let v = self.uvar()?;

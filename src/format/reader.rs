@@ -413,12 +413,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 }
                 let mut frames = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    let m = d.uvar()?;
-                    let module = if m == 0 {
-                        None
-                    } else {
-                        Some(u32::try_from(m - 1).map_err(|_| d.error("module id out of range"))?)
-                    };
+                    let module = d.opt_id("module")?;
                     frames.push(Frame {
                         module,
                         addr: d.uvar()?,
@@ -441,12 +436,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 for _ in 0..n {
                     args.push(d.uvar()?);
                 }
-                let s = d.uvar()?;
-                let stack = if s == 0 {
-                    None
-                } else {
-                    Some(u32::try_from(s - 1).map_err(|_| d.error("stack id out of range"))?)
-                };
+                let stack = d.opt_id("stack")?;
                 Record::Enter(Enter {
                     thread,
                     ts,
@@ -507,12 +497,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 let signo = d.svar()? as i32;
                 let code = d.svar()? as i32;
                 let addr = d.uvar()?;
-                let s = d.uvar()?;
-                let stack = if s == 0 {
-                    None
-                } else {
-                    Some(u32::try_from(s - 1).map_err(|_| d.error("stack id out of range"))?)
-                };
+                let stack = d.opt_id("stack")?;
                 Record::Signal(SignalRec {
                     thread,
                     ts,

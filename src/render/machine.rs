@@ -47,11 +47,7 @@ pub fn call_json(
     with_stack: bool,
 ) -> Value {
     let (pid, tid) = defs.thread(enter.thread);
-    let frames = enter
-        .stack
-        .and_then(|s| defs.stacks.get(&s))
-        .cloned()
-        .unwrap_or_default();
+    let frames = defs.frames_of(enter.stack);
     let void = defs.functions.get(&enter.func).is_some_and(|f| !f.returns);
     let mut v = json!({
         "type": "call",
@@ -78,11 +74,7 @@ pub fn call_json(
 /// A fatal signal as a JSON object, with the stack from the faulting instruction.
 pub fn signal_json(defs: &Defs, sym: &mut Symbolizer, x: &crate::format::SignalRec) -> Value {
     let (pid, tid) = defs.thread(x.thread);
-    let frames = x
-        .stack
-        .and_then(|s| defs.stacks.get(&s))
-        .cloned()
-        .unwrap_or_default();
+    let frames = defs.frames_of(x.stack);
     let stack: Vec<Value> = super::expand(sym, &frames, true)
         .iter()
         .map(frame_json)
@@ -117,11 +109,7 @@ pub fn leak_json(
     sym: &mut Symbolizer,
     sources: &mut SourceCache,
 ) -> Value {
-    let frames = g
-        .stack
-        .and_then(|s| defs.stacks.get(&s))
-        .cloned()
-        .unwrap_or_default();
+    let frames = defs.frames_of(g.stack);
     let caller = caller(sym, &frames).map(|sf| {
         let mut c = frame_json(&sf);
         if let (Some(file), Some(line)) = (&sf.file, sf.line) {
@@ -189,10 +177,7 @@ impl Folded {
     pub fn lines(&self, defs: &Defs, sym: &mut Symbolizer) -> Vec<String> {
         let mut merged: HashMap<String, u64> = HashMap::new();
         for (&(stack, func), &v) in &self.by_key {
-            let frames = stack
-                .and_then(|s| defs.stacks.get(&s))
-                .cloned()
-                .unwrap_or_default();
+            let frames = defs.frames_of(stack);
             *merged
                 .entry(folded_stack(sym, &frames, defs.name(func)))
                 .or_default() += v;

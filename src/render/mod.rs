@@ -311,11 +311,7 @@ pub fn write_leaks(
                         groups.len()
         )?;
         if let Some(c) = crashes.get(&pid) {
-            let frames = c
-                .stack
-                .and_then(|s| defs.stacks.get(&s))
-                .cloned()
-                .unwrap_or_default();
+            let frames = defs.frames_of(c.stack);
             let at = crash_site(sym, &frames)
                 .map(|sf| format!(" at {}", caller_text(&sf)))
                 .unwrap_or_default();
@@ -337,11 +333,7 @@ pub fn write_leaks(
                 sizes(g.min_size, g.max_size),
                 defs.name(g.func)
             )?;
-            let frames = g
-                .stack
-                .and_then(|s| defs.stacks.get(&s))
-                .cloned()
-                .unwrap_or_default();
+            let frames = defs.frames_of(g.stack);
             match caller(sym, &frames) {
                 Some(sf) => {
                     writeln!(out, "   at {}", caller_text(&sf))?;
