@@ -453,3 +453,50 @@ fn no_follow_records_only_the_command() {
     assert_eq!(fixture_groups(&report, "spawn.c:").len(), 2, "{report}");
     assert!(!report.contains("leaks.c:"), "{report}");
 }
+
+#[test]
+fn programs_handling_sigint_and_sigalrm_behave_unchanged() {
+    let bin = build_c("signals", "signals.c", &["-O1", "-g"]);
+    let dir = scratch("signals");
+    let rec = dir.join("s.rlt");
+    let mut child = rltrace()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "ready\n",
+        "50 timer signals were delivered while allocating"
+    );
+    // Ctrl-C from the terminal: the program's own handler runs and it exits normally.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "interrupted after >=50 alarms\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+    assert!(
+        r.status.success() && r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let trace = String::from_utf8(r.stdout).unwrap();
+    assert!(trace.contains("+++ exited (status 0) +++"));
+    assert!(
+        !trace.contains("<no return"),
+        "no call lost its return to a signal"
+    );
+    assert!(!trace.contains(" --- "), "handled signals are not crashes");
+}
