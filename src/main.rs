@@ -65,6 +65,10 @@ enum Cmd {
         /// With --leaks: also draw live bytes by allocation stack as an SVG flame graph.
         #[arg(long, value_name = "FILE", requires = "leaks")]
         svg: Option<PathBuf>,
+        /// With --leaks: show each group's live blocks over the run, so a leak that grows
+        /// with the workload stands out from a cache filled once.
+        #[arg(long, requires = "leaks")]
+        growth: bool,
         /// With --leaks: print the full stack of each group.
         #[arg(short, long)]
         verbose: bool,
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             pid,
             svg,
+            growth,
             verbose,
             debug_dirs,
         } => {
@@ -201,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stack,
                 all,
                 verbose,
+                growth,
                 symbolize: SymbolizeOptions { debug_dirs },
             };
             let stdout = std::io::stdout();

@@ -42,6 +42,8 @@ pub struct ReplayOptions {
     pub stack: bool,
     /// Leak report: show full stacks.
     pub verbose: bool,
+    /// Leak report: show live blocks of each group over the run.
+    pub growth: bool,
     /// Trace: also show calls made while another traced call of the same thread was
     /// running (an allocator calling itself, `realloc(NULL, n)` calling `malloc`).
     pub all: bool,
@@ -222,6 +224,7 @@ fn write_leak_report(
                 exe_of: &cx.exe_of,
                 crashes: &cx.crashes,
                 verbose: opts.verbose,
+                growth: opts.growth,
             };
             render::write_leaks(out, report, &view, &mut cx.sym, &mut cx.sources)?
         }

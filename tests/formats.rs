@@ -159,3 +159,42 @@ fn svg_flame_graph_of_live_bytes() {
     assert!(doc.starts_with("<?xml") && doc.contains("<svg"));
     assert!(doc.contains("live bytes by allocation stack") && doc.contains("make_block"));
 }
+
+#[test]
+fn growth_tells_a_growing_leak_from_a_cache_filled_once() {
+    let bin = build_c("growth", "growth.c", &["-O1", "-g"]);
+    let src = repo().join("tests/fixtures/c/growth.c");
+    let dir = scratch("growth");
+    let rec = dir.join("g.rlt");
+    record(&rec, &bin, &[]);
+    let objs = json_lines(&replay(&rec, &["--leaks", "--format", "json"]));
+    let series = |marker: &str| -> Vec<u64> {
+        let line = marker_line(&src, marker);
+        let g = objs
+            .iter()
+            .find(|o| o["type"] == "leak_group" && o["caller"]["line"] == line)
+            .unwrap_or_else(|| panic!("no group at line {line}"));
+        g["growth"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let cache = series("GROWTH: cache");
+    let leak = series("GROWTH: leak");
+    assert_eq!(cache, vec![20; 10], "filled at once, then flat");
+    assert_eq!(*leak.last().unwrap(), 50);
+    assert!(leak.windows(2).all(|w| w[0] <= w[1]), "{leak:?}");
+    assert!(
+        leak[0] < 25 && leak[4] > 0 && leak[4] < 50,
+        "climbs through the run: {leak:?}"
+    );
+    // The text form shows the same counts.
+    let text = replay(&rec, &["--leaks", "--growth"]);
+    let counts: Vec<String> = leak.iter().map(u64::to_string).collect();
+    assert!(
+        text.contains(&format!("| {} (each tenth of", counts.join(" "))),
+        "{text}"
+    );
+}

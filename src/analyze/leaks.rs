@@ -40,6 +40,9 @@ pub struct LeakGroup {
     pub first_ts: u64,
     /// See `first_ts`.
     pub last_ts: u64,
+    /// Live blocks of this stack at the end of each tenth of the recording: a leak that
+    /// grows with the workload climbs, a cache filled once stays flat.
+    pub growth: Vec<u64>,
 }
 
 /// The result of the leak analysis.
@@ -47,6 +50,8 @@ pub struct LeakGroup {
 pub struct LeakReport {
     /// Groups, most important first (see [`LeakAnalysis::finish`]).
     pub groups: Vec<LeakGroup>,
+    /// Nanoseconds between the first and the last call.
+    pub span_ns: u64,
 }
 
 impl LeakReport {
@@ -67,7 +72,11 @@ pub struct LeakAnalysis {
     live: HashMap<(u32, u64), Block>,
     /// Block released at a realloc's entry, by (thread, depth), restored if it fails.
     released: HashMap<(u32, usize), (u64, Block)>,
+    growth: super::growth::Growth,
 }
+
+/// Slices of the recording the growth of a group is reported in.
+pub const GROWTH_SLICES: usize = 10;
 
 const PAGE: u64 = 4096;
 
@@ -80,12 +89,16 @@ impl LeakAnalysis {
             } => {
                 let (pid, _) = defs.thread(enter.thread);
                 let arg = |i: usize| enter.args.get(i).copied().unwrap_or(0);
+                self.growth.tick(enter.ts);
                 match defs.class(enter.func) {
                     FnClass::Free => {
-                        self.live.remove(&(pid, arg(0)));
+                        if let Some(b) = self.live.remove(&(pid, arg(0))) {
+                            self.growth.change((pid, b.stack), enter.ts, -1);
+                        }
                     }
                     FnClass::Realloc | FnClass::ReallocArray if arg(0) != 0 => {
                         if let Some(b) = self.live.remove(&(pid, arg(0))) {
+                            self.growth.change((pid, b.stack), enter.ts, -1);
                             self.released.insert((enter.thread, 0), (arg(0), b));
                         }
                     }
@@ -126,12 +139,14 @@ impl LeakAnalysis {
                     // realloc to size 0 that returned NULL freed it.
                     if let Some((old, b)) = released {
                         if !(is_realloc && size == 0 && exit.ret.is_some()) {
+                            self.growth.change((pid, b.stack), enter.ts, 1);
                             self.live.insert((pid, old), b);
                         }
                     }
                     return;
                 }
-                self.live.insert(
+                self.growth.change((pid, enter.stack), enter.ts, 1);
+                if let Some(replaced) = self.live.insert(
                     (pid, ptr),
                     Block {
                         size,
@@ -139,7 +154,10 @@ impl LeakAnalysis {
                         func: enter.func,
                         ts: enter.ts,
                     },
-                );
+                ) {
+                    // The address was live already: its free was not seen.
+                    self.growth.change((pid, replaced.stack), enter.ts, -1);
+                }
             }
             _ => {}
         }
@@ -160,6 +178,7 @@ impl LeakAnalysis {
                 max_size: 0,
                 first_ts: u64::MAX,
                 last_ts: 0,
+                growth: Vec::new(),
             });
             g.blocks += 1;
             g.bytes = g.bytes.saturating_add(b.size);
@@ -172,6 +191,9 @@ impl LeakAnalysis {
             g.last_ts = g.last_ts.max(b.ts);
         }
         let mut groups: Vec<LeakGroup> = groups.into_values().collect();
+        for g in &mut groups {
+            g.growth = self.growth.slices((g.pid, g.stack), GROWTH_SLICES);
+        }
         groups.sort_by(|a, b| {
             (b.blocks > 1)
                 .cmp(&(a.blocks > 1))
@@ -180,7 +202,10 @@ impl LeakAnalysis {
                 .then(a.pid.cmp(&b.pid))
                 .then(a.first_ts.cmp(&b.first_ts))
         });
-        LeakReport { groups }
+        LeakReport {
+            groups,
+            span_ns: self.growth.span(),
+        }
     }
 }
 

@@ -125,8 +125,9 @@ pub fn leak_json(
         "bytes": g.bytes,
         "min_size": g.min_size,
         "max_size": g.max_size,
-        "first_ts_ns": g.first_ts,
+                "first_ts_ns": g.first_ts,
         "last_ts_ns": g.last_ts,
+        "growth": g.growth,
         "caller": caller,
         "frames": stack_json(sym, &frames),
     })
@@ -134,7 +135,14 @@ pub fn leak_json(
 
 /// The totals of a leak report as a JSON object.
 pub fn leak_summary_json(r: &LeakReport) -> Value {
-    json!({ "type": "leak_summary", "groups": r.groups.len(), "blocks": r.blocks(), "bytes": r.bytes() })
+    json!({
+        "type": "leak_summary",
+        "groups": r.groups.len(),
+        "blocks": r.blocks(),
+        "bytes": r.bytes(),
+        "span_ns": r.span_ns,
+        "growth_slices": crate::analyze::leaks::GROWTH_SLICES,
+    })
 }
 
 /// Writes one JSON value on its own line.

@@ -274,6 +274,24 @@ pub struct LeakView<'a> {
     pub crashes: &'a HashMap<u32, crate::format::SignalRec>,
     /// Print full stacks.
     pub verbose: bool,
+    /// Print live blocks over time.
+    pub growth: bool,
+}
+
+/// Live-block counts as a sparkline, scaled to the largest.
+pub fn sparkline(counts: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                ' '
+            } else {
+                BARS[((c * 7).div_ceil(max)).min(7) as usize]
+            }
+        })
+        .collect()
 }
 
 /// Writes a leak report.
@@ -289,6 +307,7 @@ pub fn write_leaks(
         exe_of,
         crashes,
         verbose,
+        growth,
     } = *view;
     if report.groups.is_empty() {
         writeln!(
@@ -344,6 +363,16 @@ pub fn write_leaks(
                     }
                 }
                 None => writeln!(out, "   at an unknown location (no stack recorded)")?,
+            }
+            if growth && !g.growth.is_empty() {
+                let counts: Vec<String> = g.growth.iter().map(u64::to_string).collect();
+                writeln!(
+                    out,
+                    "   live over the run: |{}| {} (each tenth of {:.3} s)",
+                    sparkline(&g.growth),
+                    counts.join(" "),
+                    report.span_ns as f64 / 1e9
+                )?;
             }
             if verbose {
                 writeln!(out, "   stack:")?;
