@@ -208,3 +208,35 @@ fn debug_info_is_fetched_from_a_debuginfod_server() {
         "fetched into the elfutils cache layout"
     );
 }
+
+#[test]
+fn record_pack_makes_a_portable_recording_in_one_step() {
+    let dir = scratch("record-pack");
+    let bin = dir.join("leaks");
+    std::fs::copy(leaks_c(), &bin).unwrap();
+    let rec = dir.join("r.rlt");
+    let o = rltrace()
+        .args(["record", "--pack", "--sources", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rltrace: packed "));
+    let want = replay(&rec, &["--leaks", "-v"]);
+    std::fs::remove_file(&bin).unwrap();
+    let o = rltrace()
+        .args(["replay", "--leaks", "-v"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), want);
+    let info = String::from_utf8(rltrace().arg("info").arg(&rec).output().unwrap().stdout).unwrap();
+    assert!(info.contains("packed:    symbols for"), "{info}");
+}
