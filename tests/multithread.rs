@@ -16,7 +16,13 @@ fn every_call_is_recorded_once_and_leaks_are_exact() {
     let o = record(&rec, mt_c(), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let trace = replay(&rec, &[]);
+    let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.success() && !err.contains("internal:"),
+        "tracer bookkeeping anomaly: {err}"
+    );
+    let trace = String::from_utf8(r.stdout).unwrap();
     // Count call entries by (function, caller line), across threads. Entries are lines that
     // are not "<... resumed>" continuations.
     let mut counts: HashMap<(String, String), u64> = HashMap::new();

@@ -119,6 +119,10 @@ pub struct Space {
     free_slots: VecDeque<u32>,
     /// Real return address of each slot in use, to undo stub addresses while unwinding.
     slot_retaddr: Vec<u64>,
+    /// Which slots belong to a call.
+    slot_owned: Vec<bool>,
+    /// Bookkeeping anomalies to report.
+    slot_anomalies: Vec<String>,
     /// Modules by start address.
     pub modules: BTreeMap<u64, LoadedModule>,
     /// CFI unwinder over the modules.
@@ -137,6 +141,8 @@ impl Space {
             bps: HashMap::new(),
             free_slots: (0..SLOTS as u32).collect(),
             slot_retaddr: vec![0; SLOTS as usize],
+            slot_owned: vec![false; SLOTS as usize],
+            slot_anomalies: Vec::new(),
             modules: BTreeMap::new(),
             unwinder: StackUnwinder::default(),
             deferred_signals: Vec::new(),
@@ -159,6 +165,8 @@ impl Space {
             bps: self.bps.clone(),
             free_slots: self.free_slots.clone(),
             slot_retaddr: self.slot_retaddr.clone(),
+            slot_owned: self.slot_owned.clone(),
+            slot_anomalies: Vec::new(),
             modules: self.modules.clone(),
             unwinder: self.unwinder.clone(),
             deferred_signals: Vec::new(),
@@ -200,17 +208,40 @@ impl Space {
         }
     }
 
-    /// Takes a free return slot.
+    /// Takes a free return slot. A slot is never handed to two calls at once: its stub's
+    /// sequence number would then be credited to the wrong call.
     pub fn alloc_slot(&mut self, retaddr: u64) -> Option<u32> {
-        let i = self.free_slots.pop_front()?;
-        self.slot_retaddr[i as usize] = retaddr;
-        Some(i)
+        loop {
+            let i = self.free_slots.pop_front()?;
+            if self.slot_owned[i as usize] {
+                self.slot_anomalies
+                    .push(format!("slot {i} was queued twice; skipped"));
+                continue;
+            }
+            self.slot_owned[i as usize] = true;
+            self.slot_retaddr[i as usize] = retaddr;
+            return Some(i);
+        }
     }
 
     /// Returns a slot; it is reused last, so a stub that still fires late (a frame the
-    /// tracer wrongly believed unwound) is unlikely to clobber a live call.
+    /// tracer wrongly believed unwound) is unlikely to clobber a live call. Freeing a slot
+    /// that is not owned is refused and reported.
     pub fn free_slot(&mut self, i: u32) {
-        self.free_slots.push_back(i);
+        match self.slot_owned.get_mut(i as usize) {
+            Some(owned) if *owned => {
+                *owned = false;
+                self.free_slots.push_back(i);
+            }
+            _ => self
+                .slot_anomalies
+                .push(format!("slot {i} freed twice; ignored")),
+        }
+    }
+
+    /// Slot bookkeeping anomalies seen since the last call (for the recording's notes).
+    pub fn take_slot_anomalies(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.slot_anomalies)
     }
 
     /// Runs one system call in the tracee on stopped thread `tid` and returns its result.

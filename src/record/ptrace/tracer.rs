@@ -1095,6 +1095,13 @@ impl<'s, W: Write> Tracer<'s, W> {
         let Some(p) = self.procs.get(&pid) else {
             return Ok(());
         };
+        let anomalies = p.space.borrow_mut().take_slot_anomalies();
+        for a in anomalies {
+            self.sink.note(pid, format!("internal: {a}"))?;
+        }
+        let Some(p) = self.procs.get(&pid) else {
+            return Ok(());
+        };
         let mut mark = p.last_seq;
         for t in &p.tids {
             if let Some(th) = self.threads.get(t) {
