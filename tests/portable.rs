@@ -226,17 +226,7 @@ fn record_pack_makes_a_portable_recording_in_one_step() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("rltrace: packed "));
     let want = replay(&rec, &["--leaks", "-v"]);
     std::fs::remove_file(&bin).unwrap();
-    let o = rltrace()
-        .args(["replay", "--leaks", "-v"])
-        .arg(&rec)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success() && o.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), want);
+    assert_eq!(replay_clean(&rec, &["--leaks", "-v"]), want);
     let info = String::from_utf8(rltrace().arg("info").arg(&rec).output().unwrap().stdout).unwrap();
     assert!(info.contains("packed:    symbols for"), "{info}");
 }

@@ -184,6 +184,22 @@ pub fn replay(file: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).expect("utf-8 output")
 }
 
+/// Runs `rltrace replay ARGS FILE`, asserting success and no warnings, and returns stdout.
+pub fn replay_clean(file: &Path, args: &[&str]) -> String {
+    let o = rltrace()
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run rltrace replay");
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "replay was not clean: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("utf-8 output")
+}
+
 /// A leak group as the text report shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
