@@ -53,6 +53,11 @@ pub mod slot {
     pub const RET: u64 = 24;
     /// `*ARG` at return.
     pub const OUT: u64 = 32;
+    /// One byte, set to 1 after everything else: a byte cannot be read torn, so a reader
+    /// that sees it set (and reads the other fields after it) sees them whole.
+    pub const DONE: u64 = 40;
+    /// Bytes the tracer writes when it hands the slot to a call.
+    pub const INIT_LEN: usize = 48;
 }
 
 const _: () = assert!(DATA_OFF % 4096 == 0, "data must start on a page boundary");
@@ -87,6 +92,7 @@ pub fn stub(base: u64, i: u64) -> Vec<u8> {
     c.extend_from_slice(&[0x41, 0xbb, 1, 0, 0, 0]); // mov r11d, 1
     rip_rel(&mut c, &[0xf0, 0x4c, 0x0f, 0xc1, 0x1d], seq_counter, &[]); // lock xadd [rip+seq], r11
     rip_rel(&mut c, &[0x4c, 0x89, 0x1d], s + slot::SEQ, &[]); // mov [rip+slot.seq], r11
+    rip_rel(&mut c, &[0xc6, 0x05], s + slot::DONE, &[1]); // mov byte [rip+slot.done], 1
     rip_rel(&mut c, &[0xff, 0x25], s + slot::RETADDR, &[]); // jmp [rip+retaddr]
     debug_assert!(c.len() as u64 <= STUB_SIZE);
     c.resize(STUB_SIZE as usize, 0xcc);
@@ -174,7 +180,7 @@ mod tests {
         let base = 0x7f12_3456_0000;
         let code = stub(base, 5);
         let ins = decode_all(&code, base + STUB_OFF + 5 * STUB_SIZE);
-        let codes: Vec<Code> = ins.iter().take(8).map(|i| i.code()).collect();
+        let codes: Vec<Code> = ins.iter().take(9).map(|i| i.code()).collect();
         assert_eq!(
             codes,
             [
@@ -185,6 +191,7 @@ mod tests {
                 Code::Mov_r32_imm32,
                 Code::Xadd_rm64_r64,
                 Code::Mov_rm64_r64,
+                Code::Mov_rm8_imm8,
                 Code::Jmp_rm64,
             ]
         );
@@ -195,7 +202,9 @@ mod tests {
         assert!(ins[5].has_lock_prefix());
         assert_eq!(ins[5].ip_rel_memory_address(), base + DATA_OFF);
         assert_eq!(ins[6].ip_rel_memory_address(), s + slot::SEQ);
-        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::RETADDR);
+        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::DONE);
+        assert_eq!(ins[7].immediate8(), 1);
+        assert_eq!(ins[8].ip_rel_memory_address(), s + slot::RETADDR);
     }
 
     #[test]

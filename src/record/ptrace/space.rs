@@ -538,10 +538,10 @@ impl Space {
     }
 
     /// Initial slot contents for a call: real return address, the address the stub
-    /// dereferences, and the "still running" sequence marker.
-    pub fn slot_init(&self, i: u32, retaddr: u64, out_ptr: Option<u64>) -> [u8; 24] {
+    /// dereferences, the "still running" sequence marker, and a cleared done byte.
+    pub fn slot_init(&self, i: u32, retaddr: u64, out_ptr: Option<u64>) -> [u8; slot::INIT_LEN] {
         let s = self.slot_addr(i);
-        let mut b = [0u8; 24];
+        let mut b = [0u8; slot::INIT_LEN];
         b[0..8].copy_from_slice(&retaddr.to_le_bytes());
         b[8..16].copy_from_slice(&out_ptr.unwrap_or(s + slot::ARG).to_le_bytes());
         b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());

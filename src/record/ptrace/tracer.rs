@@ -550,20 +550,12 @@ impl<'s, W: Write> Tracer<'s, W> {
         };
         let space_rc = proc_.space.clone();
         let mut space = space_rc.borrow_mut();
-        self.ranges.clear();
-        let seq_addr = space.seq_addr();
-        if let Some(a) = seq_addr {
-            self.ranges.push((a, 8));
-        }
-        let header: usize = self.ranges.iter().map(|r| r.1).sum();
-        push_stack_pages(&mut self.ranges, regs.rsp, self.opts.max_stack_bytes);
-        self.buf.resize(self.ranges.iter().map(|r| r.1).sum(), 0);
-        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
-        let seq = if got >= 8 && seq_addr.is_some() {
-            le(&self.buf, 0)
-        } else {
-            0
+        let Some(seq_addr) = space.seq_addr() else {
+            return Ok(());
         };
+        let stack_read = Some((regs.rsp, self.opts.max_stack_bytes));
+        let (got, header, seq) = self.read_polled(tid, seq_addr, &space, &[], stack_read);
+        let seq = seq.unwrap_or(0);
         let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
         self.ras.clear();
         space.unwind(
@@ -855,17 +847,11 @@ impl<'s, W: Write> Tracer<'s, W> {
             return Ok(());
         };
         let pending = std::mem::take(&mut self.threads.get_mut(&tid).expect("checked").pending);
-        self.ranges.clear();
-        self.ranges.push((seq_addr, 8));
-        self.poll_ranges(&space, &pending);
-        let len: usize = self.ranges.iter().map(|r| r.1).sum();
-        self.buf.resize(len, 0);
-        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
-        let seq_now = if got >= 8 { le(&self.buf, 0) } else { 0 };
-        let results = parse_poll(&self.buf[..got], &pending);
+        let (got, header, seq_now) = self.read_polled(tid, seq_addr, &space, &pending, None);
+        let results = parse_poll(&self.buf[..got.min(header)], &pending);
         drop(space);
         let proc_ = self.procs.get_mut(&pid).expect("checked above");
-        proc_.last_seq = proc_.last_seq.max(seq_now);
+        proc_.last_seq = proc_.last_seq.max(seq_now.unwrap_or(0));
         for (i, pc) in pending.iter().enumerate().rev() {
             let (seq, kind, ret, out) = match results[i] {
                 Some((seq, ret, out)) => (seq, 1, Some(ret), pc.has_out.then_some(out)),
@@ -877,16 +863,45 @@ impl<'s, W: Write> Tracer<'s, W> {
         self.release(pid)
     }
 
-    /// Appends the seq fields, then the return fields, of `pending` to the read list.
-    /// Seq fields are read first: the stub stores them last, so a seq seen set means the
-    /// return fields read after it are complete.
-    fn poll_ranges(&mut self, space: &Space, pending: &[Pending]) {
+    /// Reads, in one `process_vm_readv`: the sequence counter, the done byte of each
+    /// pending call, their (seq, ret, out) fields, the counter again, then `stack` pages.
+    /// Done bytes come before the fields (the stub sets `done` last), and the counter is read
+    /// twice because another thread's `lock xadd` can tear a single read; the read is retried
+    /// while the two disagree. Returns (bytes read, header length, counter if consistent).
+    fn read_polled(
+        &mut self,
+        tid: u32,
+        seq_addr: u64,
+        space: &Space,
+        pending: &[Pending],
+        stack: Option<(u64, usize)>,
+    ) -> (usize, usize, Option<u64>) {
+        self.ranges.clear();
+        self.ranges.push((seq_addr, 8));
         for p in pending {
-            self.ranges.push((space.slot_addr(p.slot) + slot::SEQ, 8));
+            self.ranges.push((space.slot_addr(p.slot) + slot::DONE, 1));
         }
         for p in pending {
-            self.ranges.push((space.slot_addr(p.slot) + slot::RET, 16));
+            self.ranges.push((space.slot_addr(p.slot) + slot::SEQ, 24));
         }
+        self.ranges.push((seq_addr, 8));
+        let header: usize = self.ranges.iter().map(|r| r.1).sum();
+        if let Some((sp, len)) = stack {
+            push_stack_pages(&mut self.ranges, sp, len);
+        }
+        self.buf.resize(self.ranges.iter().map(|r| r.1).sum(), 0);
+        let mut got = 0;
+        for _ in 0..16 {
+            got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
+            if got < header {
+                return (got, header, None);
+            }
+            let (first, second) = (le(&self.buf, 0), le(&self.buf, header - 8));
+            if first == second {
+                return (got, header, Some(first));
+            }
+        }
+        (got, header, None)
     }
 
     fn on_call(
@@ -917,27 +932,28 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
         }
         let polled_calls: Vec<Pending> = polled.iter().map(|p| p.1).collect();
-        self.ranges.clear();
-        self.ranges.push((seq_addr, 8));
-        self.poll_ranges(&space, &polled_calls);
-        let header: usize = self.ranges.iter().map(|r| r.1).sum();
         let read_len = self
             .threads
             .get(&tid)
             .map_or(0, |t| t.stack_read)
             .max(self.opts.stack_bytes);
-        push_stack_pages(&mut self.ranges, regs.rsp, read_len);
-        let len: usize = self.ranges.iter().map(|r| r.1).sum();
-        self.buf.resize(len, 0);
-        let got = mem::readv(tid, &self.ranges, &mut self.buf).unwrap_or(0);
+        let (got, header, seq_read) = self.read_polled(
+            tid,
+            seq_addr,
+            &space,
+            &polled_calls,
+            Some((regs.rsp, read_len)),
+        );
         if got < header {
             // The slot area is unreadable: the tracee unmapped it. Nothing can be trusted.
             self.sink.dropped(1);
             return Ok(());
         }
-        let seq_now = le(&self.buf, 0);
         let results = parse_poll(&self.buf[..header], &polled_calls);
         let proc_ = self.procs.get_mut(&pid).expect("checked above");
+        // Never consistent after retries (threads returning nonstop): the last consistent
+        // value is a safe lower bound.
+        let seq_now = seq_read.unwrap_or(proc_.last_seq);
         proc_.last_seq = proc_.last_seq.max(seq_now);
 
         // Collect returns (innermost first within a thread, which their seq order gives).
@@ -1162,19 +1178,17 @@ fn push_stack_pages(ranges: &mut Vec<(u64, usize)>, sp: u64, len: usize) {
     }
 }
 
-/// Parses what `poll_ranges` read (after the 8-byte counter): per call, `(seq, ret, out)`
-/// if it returned.
+/// Parses what `read_polled` read: per call, `(seq, ret, out)` if its done byte was set.
 fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
     let n = pending.len();
     (0..n)
         .map(|i| {
-            let seq_at = 8 + 8 * i;
-            let ret_at = 8 + 8 * n + 16 * i;
-            if buf.len() < ret_at + 16 {
+            let done_at = 8 + i;
+            let at = 8 + n + 24 * i;
+            if buf.len() < at + 24 || buf[done_at] != 1 {
                 return None;
             }
-            let seq = le(buf, seq_at);
-            (seq != u64::MAX).then(|| (seq, le(buf, ret_at), le(buf, ret_at + 8)))
+            Some((le(buf, at), le(buf, at + 8), le(buf, at + 16)))
         })
         .collect()
 }
