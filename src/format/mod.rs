@@ -12,8 +12,8 @@ pub use writer::Writer;
 /// First eight bytes of every recording.
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
-/// signal record; version 1 files read unchanged).
-pub const VERSION: u16 = 2;
+/// signal record, version 3 the attach start cause; older files read unchanged).
+pub const VERSION: u16 = 3;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a chunk header.
@@ -247,6 +247,8 @@ pub enum StartCause {
     Vfork,
     /// Replaced its image with `execve`.
     Exec,
+    /// Already running; `rltrace record -p` attached to it (version 3).
+    Attach,
 }
 
 /// A process begins (or begins a new image).

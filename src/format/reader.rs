@@ -472,6 +472,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                     1 => StartCause::Fork,
                     2 => StartCause::Vfork,
                     3 => StartCause::Exec,
+                    4 => StartCause::Attach,
                     c => return Err(d.error(format!("unknown process start cause {c}"))),
                 },
                 path: d.str(MAX_STRING)?,

@@ -286,6 +286,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
                 StartCause::Fork => 1,
                 StartCause::Vfork => 2,
                 StartCause::Exec => 3,
+                StartCause::Attach => 4,
             });
             e.str(&p.path);
         }

@@ -92,6 +92,7 @@ pub fn write_info(
             StartCause::Fork => format!("forked from {}", p.parent),
             StartCause::Vfork => format!("vforked from {}", p.parent),
             StartCause::Exec => "exec".to_string(),
+            StartCause::Attach => "attached to while running".to_string(),
         };
         let mut exit = p.exit.map_or("no exit recorded".to_string(), |h| {
             super::exit_text(h)
