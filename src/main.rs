@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a command and record its allocator calls with their stacks.
+    /// Run a command (or attach to a running process with -p) and record its allocator
+    /// calls with their stacks.
     Record {
         /// Output file (default: rltrace-<cmd>-<pid>.rlt).
         #[arg(short, long)]
@@ -39,8 +40,24 @@ enum Cmd {
         /// With --pack: also store the source lines the symbols point at.
         #[arg(long, requires = "pack")]
         sources: bool,
+        /// Attach to this running process (all its threads) instead of running a command;
+        /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
+        #[arg(
+            short = 'p',
+            long = "pid",
+            value_name = "PID",
+            conflicts_with = "command"
+        )]
+        attach: Option<u32>,
+        /// With -p: detach after this many seconds (fractions allowed).
+        #[arg(long, value_name = "SECS", requires = "attach")]
+        duration: Option<f64>,
         /// The command and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        #[arg(
+            required_unless_present = "attach",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
         command: Vec<OsString>,
     },
     /// Print the recorded calls, symbolized, or the leak report.
@@ -145,6 +162,18 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+fn show_progress(p: &record::Progress) {
+    match *p {
+        record::Progress::Attached { pid, threads } => eprintln!(
+            "rltrace: attached to process {pid} ({threads} thread{}); Ctrl-C detaches",
+            if threads == 1 { "" } else { "s" }
+        ),
+        record::Progress::Detaching { pid } => {
+            eprintln!("rltrace: detaching from process {pid}")
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Record {
@@ -153,12 +182,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_follow,
             pack,
             sources,
+            attach,
+            duration,
             command,
         } => {
+            let duration = match duration {
+                Some(s) if !(s.is_finite() && s > 0.0 && s < 1e9) => {
+                    anyhow::bail!("--duration must be a positive number of seconds, not {s}")
+                }
+                d => d.map(std::time::Duration::from_secs_f64),
+            };
             let mut req = RecordRequest {
-                command,
+                target: match attach {
+                    Some(pid) => record::Target::Pid(pid),
+                    None => record::Target::Command(command),
+                },
                 output,
                 trace: Default::default(),
+                duration,
+                progress: Some(show_progress),
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;

@@ -94,6 +94,8 @@ struct Context {
     sym: Symbolizer,
     sources: render::SourceCache,
     exe_of: HashMap<u32, String>,
+    /// Processes recorded from an attach (`-p`): their leak reports cover a window.
+    attached: std::collections::HashSet<u32>,
     notes: Vec<String>,
     /// The fatal signal of each process that crashed.
     crashes: HashMap<u32, crate::format::SignalRec>,
@@ -107,6 +109,9 @@ impl Context {
             Record::Module(m) => self.sym.add_module(m.clone()),
             Record::ProcessStart(p) => {
                 self.exe_of.insert(p.pid, p.path.clone());
+                if p.cause == crate::format::StartCause::Attach {
+                    self.attached.insert(p.pid);
+                }
             }
             Record::Note(n) => self
                 .notes
@@ -222,6 +227,7 @@ fn write_leak_report(
             let view = render::LeakView {
                 defs: &cx.defs,
                 exe_of: &cx.exe_of,
+                attached: &cx.attached,
                 crashes: &cx.crashes,
                 verbose: opts.verbose,
                 growth: opts.growth,
@@ -232,7 +238,11 @@ fn write_leak_report(
             for g in &report.groups {
                 write_json(out, &leak_json(g, &cx.defs, &mut cx.sym, &mut cx.sources))?;
             }
-            write_json(out, &leak_summary_json(report))?;
+            let mut summary = leak_summary_json(report);
+            let mut window: Vec<u32> = cx.attached.iter().copied().collect();
+            window.sort_unstable();
+            summary["attach_window_pids"] = serde_json::json!(window);
+            write_json(out, &summary)?;
         }
         OutputFormat::Folded => {
             for l in live.lines(&cx.defs, &mut cx.sym) {
@@ -275,6 +285,7 @@ pub fn replay(
         sym: Symbolizer::new(opts.symbolize.clone()),
         sources: render::SourceCache::default(),
         exe_of: HashMap::new(),
+        attached: Default::default(),
         notes: Vec::new(),
         crashes: HashMap::new(),
     };

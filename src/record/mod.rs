@@ -10,20 +10,35 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::format::{ExitHow, Meta};
+pub use ptrace::tracer::Progress;
 use ptrace::tracer::{TraceError, TraceOptions, Tracer};
 use sink::Sink;
+
+/// What to record.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Run this command (and its arguments).
+    Command(Vec<OsString>),
+    /// Attach to this running process.
+    Pid(u32),
+}
 
 /// What `rltrace record` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RecordRequest {
-    /// The command and its arguments.
-    pub command: Vec<OsString>,
+    /// What to record.
+    pub target: Target,
     /// Output path; `None` for `rltrace-<cmd>-<pid>.rlt` in the current directory.
     pub output: Option<PathBuf>,
     /// Engine knobs.
     pub trace: TraceOptions,
+    /// With [`Target::Pid`]: detach after this long.
+    pub duration: Option<Duration>,
+    /// Called when the engine attaches or starts detaching.
+    pub progress: Option<fn(&Progress)>,
 }
 
 /// What a finished recording reports.
@@ -74,10 +89,17 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
     PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
 }
 
-/// Runs the command under the ptrace engine and writes the recording.
+/// Runs the command (or attaches to the process) under the ptrace engine and writes the
+/// recording.
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
-    let pid = ptrace::tracer::spawn(&req.command)?;
-    let first = req.command.first().cloned().unwrap_or_default();
+    let (pid, words, spawned) = match &req.target {
+        Target::Command(command) => (ptrace::tracer::spawn(command)?, command.clone(), true),
+        Target::Pid(pid) => {
+            let pid = procfs::tgid_of(*pid).unwrap_or(*pid);
+            (pid, procfs::cmdline(pid), false)
+        }
+    };
+    let first = words.first().cloned().unwrap_or_default();
     let path = req
         .output
         .clone()
@@ -85,10 +107,12 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let file = match File::create(&path) {
         Ok(f) => f,
         Err(source) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            if spawned {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             return Err(RecordError::Create {
                 path: path.display().to_string(),
                 source,
@@ -99,7 +123,10 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let mut put = |k: &str, v: String| meta.pairs.push((k.to_string(), v));
     put("rltrace-version", env!("CARGO_PKG_VERSION").to_string());
     put("engine", "ptrace".to_string());
-    for a in &req.command {
+    if !spawned {
+        put("attach", "1".to_string());
+    }
+    for a in &words {
         put("arg", a.to_string_lossy().into_owned());
     }
     if let Ok(cwd) = std::env::current_dir() {
@@ -115,7 +142,15 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
         .map_err(TraceError::from)?;
-    let exit = Tracer::new(&mut sink, funcs, req.trace.clone()).run(pid);
+    let mut tracer = Tracer::new(&mut sink, funcs, req.trace.clone());
+    if let Some(f) = req.progress {
+        tracer = tracer.with_progress(f);
+    }
+    let exit = if spawned {
+        tracer.run(pid)
+    } else {
+        tracer.run_attached(pid, req.duration.map(|d| Instant::now() + d))
+    };
     // Whatever happened, close the file properly so it replays.
     let (_, summary) = sink.finish().map_err(TraceError::from)?;
     Ok(RecordOutcome {

@@ -1,5 +1,7 @@
 //! Reading `/proc/PID/maps` and friends.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 /// One line of `/proc/PID/maps`.
@@ -72,6 +74,18 @@ pub fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
     ))?))
 }
 
+/// The command line of a process, one word per argument (empty if unreadable).
+pub fn cmdline(pid: u32) -> Vec<OsString> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| OsString::from_vec(w.to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The thread-group id of a task, from `/proc/TID/status`.
 pub fn tgid_of(tid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
@@ -79,6 +93,18 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// True if `sig` is pending for thread `tid` itself (`SigPnd` in `/proc/TID/status`).
+pub fn thread_signal_pending(tid: u32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigPnd:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0)
 }
 
 /// True if process `pid` has a handler installed for signal `sig` (from `SigCgt` in

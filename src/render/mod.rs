@@ -270,6 +270,8 @@ pub struct LeakView<'a> {
     pub defs: &'a Defs,
     /// Executable of each process.
     pub exe_of: &'a HashMap<u32, String>,
+    /// Processes recorded from an attach: their reports cover the attach window.
+    pub attached: &'a std::collections::HashSet<u32>,
     /// The fatal signal of each process that crashed.
     pub crashes: &'a HashMap<u32, crate::format::SignalRec>,
     /// Print full stacks.
@@ -305,15 +307,18 @@ pub fn write_leaks(
     let LeakView {
         defs,
         exe_of,
+        attached,
         crashes,
         verbose,
         growth,
     } = *view;
     if report.groups.is_empty() {
-        writeln!(
-            out,
-            "no leaks: every block allocated during the recording was freed"
-        )?;
+        let during = if attached.is_empty() {
+            "during the recording"
+        } else {
+            "while rltrace was attached"
+        };
+        writeln!(out, "no leaks: every block allocated {during} was freed")?;
         return Ok(());
     }
     let mut pids: Vec<u32> = report.groups.iter().map(|g| g.pid).collect();
@@ -329,6 +334,13 @@ pub fn write_leaks(
             "process {pid} ({exe}): {bytes} bytes in {blocks} blocks never freed, from {} allocation stacks",
                         groups.len()
         )?;
+        if attached.contains(&pid) {
+            writeln!(
+                out,
+                "(attach window: blocks allocated while rltrace was attached and still live when \
+                 it detached; blocks from before the attach are not seen, frees of them are ignored)"
+            )?;
+        }
         if let Some(c) = crashes.get(&pid) {
             let frames = defs.frames_of(c.stack);
             let at = crash_site(sym, &frames)

@@ -1,31 +1,47 @@
 //! Machine code the ptrace engine places in the tracee: the layout of an injected region,
-//! the per-call return stubs, and out-of-line copies of displaced instructions.
+//! the per-call return stubs, out-of-line copies of displaced instructions, and the
+//! SIGTRAP handler that keeps breakpoints harmless if the recorder dies while attached.
 //!
 //! A region is one anonymous mapping:
 //!
 //! ```text
 //! base + 0               syscall; int3            (gadget for injected syscalls)
+//! base + RESTORER_OFF    mov eax, 15; syscall     (rt_sigreturn, for the handler)
+//! base + HANDLER_OFF     SIGTRAP handler emulating the breakpoints of the trap table
 //! base + TRAMP_OFF ..    trampolines, TRAMP_SIZE bytes each: the instruction a
 //!                        breakpoint displaced, relocated, then a jump back
 //! base + STUB_OFF ..     SLOTS return stubs, STUB_SIZE bytes each        (r-x)
 //! base + DATA_OFF        u64 sequence counter shared by all stubs        (rw-)
+//! base + SIGACT_NEW_OFF  kernel sigaction installing the handler
+//! base + SIGACT_OLD_OFF  the program's SIGTRAP action, restored at detach
 //! base + SLOT_OFF ..     SLOTS slots of SLOT_SIZE bytes: the data of stub i
+//! base + TABLE_OFF       trap table: u64 count, then TABLE_CAP entries of
+//!                        (breakpoint address, trampoline, original byte)
 //! ```
 //!
 //! A slot holds `retaddr` (the real return address, written by the tracer), `arg` (an
 //! address the stub dereferences: the out-pointer of `posix_memalign`, otherwise the slot
 //! itself), `seq` (u64::MAX until the stub runs), `ret` (rax) and `out` (`*arg`).
+//!
+//! While a tracer is attached it sees every SIGTRAP first and the handler never runs. If
+//! the tracer dies (SIGKILL), the kernel detaches it and the `int3`s stay: the handler then
+//! sends each thread that hits one to its trampoline, so the program runs on untraced
+//! instead of dying of SIGTRAP.
 
 use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Instruction, InstructionBlock,
 };
 
+/// Offset of the `rt_sigreturn` restorer.
+pub const RESTORER_OFF: u64 = 8;
+/// Offset of the SIGTRAP handler.
+pub const HANDLER_OFF: u64 = 16;
 /// Offset of the first trampoline.
-pub const TRAMP_OFF: u64 = 64;
+pub const TRAMP_OFF: u64 = 256;
 /// Bytes reserved per trampoline.
 pub const TRAMP_SIZE: u64 = 64;
 /// Number of trampolines a region holds.
-pub const TRAMPS: u64 = 1023;
+pub const TRAMPS: u64 = 1020;
 /// Offset of the stubs.
 pub const STUB_OFF: u64 = TRAMP_OFF + TRAMPS * TRAMP_SIZE;
 /// Bytes per stub.
@@ -34,12 +50,28 @@ pub const STUB_SIZE: u64 = 64;
 pub const SLOTS: u64 = 2048;
 /// Offset of the data part (page-aligned).
 pub const DATA_OFF: u64 = STUB_OFF + SLOTS * STUB_SIZE;
+/// Offset of the kernel `sigaction` that installs the handler (32 bytes).
+pub const SIGACT_NEW_OFF: u64 = DATA_OFF + 32;
+/// Offset of the saved SIGTRAP action of the program (32 bytes).
+pub const SIGACT_OLD_OFF: u64 = DATA_OFF + 64;
 /// Offset of the first slot.
-pub const SLOT_OFF: u64 = DATA_OFF + 64;
+pub const SLOT_OFF: u64 = DATA_OFF + 128;
 /// Bytes per slot.
 pub const SLOT_SIZE: u64 = 64;
+/// Offset of the trap table.
+pub const TABLE_OFF: u64 = SLOT_OFF + SLOTS * SLOT_SIZE;
+/// Offset of the first trap table entry.
+pub const TABLE_ENTRIES_OFF: u64 = TABLE_OFF + 24;
+/// Bytes per trap table entry.
+pub const TABLE_ENTRY: u64 = 24;
+/// Breakpoints the trap table can hold.
+pub const TABLE_CAP: u64 = 4096;
 /// Total size of a region.
-pub const REGION_LEN: u64 = (SLOT_OFF + SLOTS * SLOT_SIZE + 4095) & !4095;
+pub const REGION_LEN: u64 = (TABLE_ENTRIES_OFF + TABLE_CAP * TABLE_ENTRY + 4095) & !4095;
+
+/// Offset of `rip` in the `ucontext_t` a SA_SIGINFO handler receives (x86-64:
+/// uc_flags, uc_link, uc_stack, then gregs with REG_RIP = 16).
+const UC_RIP: i32 = 40 + 16 * 8;
 
 /// Field offsets inside a slot.
 pub mod slot {
@@ -61,6 +93,7 @@ pub mod slot {
 }
 
 const _: () = assert!(DATA_OFF % 4096 == 0, "data must start on a page boundary");
+const _: () = assert!(STUB_OFF == TRAMP_OFF + TRAMPS * TRAMP_SIZE);
 
 /// The gadget at the start of every region: `syscall; int3`.
 pub const GADGET: [u8; 3] = [0x0f, 0x05, 0xcc];
@@ -99,10 +132,92 @@ pub fn stub(base: u64, i: u64) -> Vec<u8> {
     c
 }
 
-/// All the code of a region at `base`: gadget, empty trampoline area, stubs.
+/// `mov eax, 15 (rt_sigreturn); syscall`.
+const RESTORER: [u8; 7] = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
+
+/// The SIGTRAP handler of a region at `base` (System V: rdi = signal, rsi = siginfo,
+/// rdx = ucontext). A trap at a table entry's breakpoint moves the thread to its
+/// trampoline; a thread already at a trampoline (the tracer died after redirecting it)
+/// just returns; any other trap is the program's own: the default action is put back and
+/// the signal raised again, so it ends the process as it would have without rltrace.
+/// Every register is restored by `rt_sigreturn`, so the handler may clobber any but rsp.
+pub fn trap_handler(base: u64) -> Result<Vec<u8>, iced_x86::IcedError> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64)?;
+    let mut next = a.create_label();
+    let mut found = a.create_label();
+    let mut foreign = a.create_label();
+    a.mov(rax, qword_ptr(rdx + UC_RIP))?;
+    a.lea(r9, qword_ptr(rax - 1))?;
+    a.mov(rcx, base + TABLE_OFF)?;
+    a.mov(r8, qword_ptr(rcx))?;
+    a.set_label(&mut next)?;
+    a.test(r8, r8)?;
+    a.jz(foreign)?;
+    a.add(rcx, TABLE_ENTRY as i32)?;
+    a.dec(r8)?;
+    a.cmp(qword_ptr(rcx), r9)?;
+    a.je(found)?;
+    a.cmp(qword_ptr(rcx + 8), rax)?;
+    a.jne(next)?;
+    a.ret()?;
+    a.set_label(&mut found)?;
+    a.mov(rax, qword_ptr(rcx + 8))?;
+    a.mov(qword_ptr(rdx + UC_RIP), rax)?;
+    a.ret()?;
+    a.set_label(&mut foreign)?;
+    // rt_sigaction(SIGTRAP, {SIG_DFL}, NULL, 8), then tgkill(getpid(), gettid(), SIGTRAP):
+    // blocked while the handler runs, it is delivered at its return.
+    a.sub(rsp, 32)?;
+    a.xor(eax, eax)?;
+    for off in [0, 8, 16, 24] {
+        a.mov(qword_ptr(rsp + off), rax)?;
+    }
+    a.mov(eax, libc::SYS_rt_sigaction as u32)?;
+    a.mov(edi, libc::SIGTRAP as u32)?;
+    a.mov(rsi, rsp)?;
+    a.xor(edx, edx)?;
+    a.mov(r10d, 8u32)?;
+    a.syscall()?;
+    a.mov(eax, libc::SYS_getpid as u32)?;
+    a.syscall()?;
+    a.mov(r8, rax)?;
+    a.mov(eax, libc::SYS_gettid as u32)?;
+    a.syscall()?;
+    a.mov(rsi, rax)?;
+    a.mov(rdi, r8)?;
+    a.mov(edx, libc::SIGTRAP as u32)?;
+    a.mov(eax, libc::SYS_tgkill as u32)?;
+    a.syscall()?;
+    a.add(rsp, 32)?;
+    a.ret()?;
+    a.assemble(base + HANDLER_OFF)
+}
+
+/// The kernel `sigaction` (handler, flags, restorer, mask) installing the region's handler.
+pub fn handler_sigaction(base: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    let flags = (libc::SA_SIGINFO | libc::SA_RESTART) as u64 | 0x0400_0000; // SA_RESTORER
+    b[0..8].copy_from_slice(&(base + HANDLER_OFF).to_le_bytes());
+    b[8..16].copy_from_slice(&flags.to_le_bytes());
+    b[16..24].copy_from_slice(&(base + RESTORER_OFF).to_le_bytes());
+    b
+}
+
+/// All the code of a region at `base`: gadget, restorer, handler, empty trampoline
+/// area, stubs.
 pub fn region_code(base: u64) -> Vec<u8> {
     let mut code = vec![0xccu8; DATA_OFF as usize];
     code[..GADGET.len()].copy_from_slice(&GADGET);
+    let r = RESTORER_OFF as usize;
+    code[r..r + RESTORER.len()].copy_from_slice(&RESTORER);
+    // The handler is fixed code; a failure here is a bug in it, caught by the unit test.
+    if let Ok(h) = trap_handler(base) {
+        let at = HANDLER_OFF as usize;
+        if h.len() <= (TRAMP_OFF - HANDLER_OFF) as usize {
+            code[at..at + h.len()].copy_from_slice(&h);
+        }
+    }
     for i in 0..SLOTS {
         let off = (STUB_OFF + i * STUB_SIZE) as usize;
         code[off..off + STUB_SIZE as usize].copy_from_slice(&stub(base, i));
@@ -205,6 +320,26 @@ mod tests {
         assert_eq!(ins[7].ip_rel_memory_address(), s + slot::DONE);
         assert_eq!(ins[7].immediate8(), 1);
         assert_eq!(ins[8].ip_rel_memory_address(), s + slot::RETADDR);
+    }
+
+    #[test]
+    fn trap_handler_fits_and_reads_the_table() {
+        let base = 0x7f12_3456_0000;
+        let code = trap_handler(base).unwrap();
+        assert!(
+            code.len() as u64 <= TRAMP_OFF - HANDLER_OFF,
+            "{} bytes",
+            code.len()
+        );
+        let ins = decode_all(&code, base + HANDLER_OFF);
+        assert!(ins.iter().all(|i| !i.is_invalid()));
+        assert_eq!(ins[0].memory_displacement64(), 168);
+        assert_eq!(ins[2].immediate64(), base + TABLE_OFF);
+        let region = region_code(base);
+        assert_eq!(&region[HANDLER_OFF as usize..][..code.len()], &code[..]);
+        assert_eq!(&region[RESTORER_OFF as usize..][..7], &RESTORER);
+        let sa = handler_sigaction(base);
+        assert_eq!(sa[0..8], (base + HANDLER_OFF).to_le_bytes());
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct Space {
     pub unwinder: StackUnwinder,
     /// Signals that arrived while the tracer ran an injected system call, to deliver later.
     pub deferred_signals: Vec<(u32, i32)>,
+    /// The region's SIGTRAP handler is installed (attach mode), the program's action saved.
+    pub trap_handler: bool,
+    /// Regions left by an earlier rltrace that was killed while attached.
+    leftovers: Vec<u64>,
 }
 
 impl Space {
@@ -146,6 +150,8 @@ impl Space {
             modules: BTreeMap::new(),
             unwinder: StackUnwinder::default(),
             deferred_signals: Vec::new(),
+            trap_handler: false,
+            leftovers: Vec::new(),
         })
     }
 
@@ -170,6 +176,8 @@ impl Space {
             modules: self.modules.clone(),
             unwinder: self.unwinder.clone(),
             deferred_signals: Vec::new(),
+            trap_handler: self.trap_handler,
+            leftovers: self.leftovers.clone(),
         })
     }
 
@@ -408,15 +416,13 @@ impl Space {
         self.mem
             .write(addr, &[0xcc])
             .map_err(|e| format!("cannot write breakpoint at {addr:#x}: {e}"))?;
-        self.bps.insert(
-            addr,
-            Breakpoint {
-                kind,
-                tramp,
-                orig: orig[0],
-            },
-        );
-        Ok(())
+        let bp = Breakpoint {
+            kind,
+            tramp,
+            orig: orig[0],
+        };
+        self.bps.insert(addr, bp);
+        self.append_trap_entry(addr, &bp).map_err(|e| e.to_string())
     }
 
     /// Puts back every byte a breakpoint replaced, so that the process can run untraced.
@@ -428,6 +434,236 @@ impl Space {
                 .map_err(io_err(format!("restore code at {addr:#x}")))?;
         }
         self.bps.clear();
+        self.sync_trap_table()
+    }
+
+    /// Rewrites the trap table of the primary region from the breakpoint map: entries
+    /// first, then the count, so a handler running meanwhile never reads a torn entry.
+    fn sync_trap_table(&mut self) -> Result<(), SpaceError> {
+        let Some(base) = self.primary() else {
+            return Ok(());
+        };
+        let mut bps: Vec<(&u64, &Breakpoint)> = self.bps.iter().collect();
+        bps.sort_by_key(|(a, _)| **a);
+        bps.truncate(codegen::TABLE_CAP as usize);
+        let mut table = Vec::with_capacity(bps.len() * codegen::TABLE_ENTRY as usize);
+        for (addr, bp) in &bps {
+            table.extend_from_slice(&addr.to_le_bytes());
+            table.extend_from_slice(&bp.tramp.to_le_bytes());
+            table.extend_from_slice(&u64::from(bp.orig).to_le_bytes());
+        }
+        self.mem
+            .write(base + codegen::TABLE_ENTRIES_OFF, &table)
+            .map_err(io_err("write the trap table"))?;
+        self.mem
+            .write(base + codegen::TABLE_OFF, &(bps.len() as u64).to_le_bytes())
+            .map_err(io_err("write the trap table"))
+    }
+
+    /// Adds the newest breakpoint to the trap table (entry, then count).
+    fn append_trap_entry(&mut self, addr: u64, bp: &Breakpoint) -> Result<(), SpaceError> {
+        let Some(base) = self.primary() else {
+            return Ok(());
+        };
+        let n = self.bps.len() as u64 - 1;
+        if n >= codegen::TABLE_CAP {
+            return Ok(());
+        }
+        let mut e = [0u8; codegen::TABLE_ENTRY as usize];
+        e[0..8].copy_from_slice(&addr.to_le_bytes());
+        e[8..16].copy_from_slice(&bp.tramp.to_le_bytes());
+        e[16..24].copy_from_slice(&u64::from(bp.orig).to_le_bytes());
+        let at = base + codegen::TABLE_ENTRIES_OFF + n * codegen::TABLE_ENTRY;
+        self.mem
+            .write(at, &e)
+            .map_err(io_err("write the trap table"))?;
+        self.mem
+            .write(base + codegen::TABLE_OFF, &(n + 1).to_le_bytes())
+            .map_err(io_err("write the trap table"))
+    }
+
+    /// Finds regions an earlier rltrace left when it was killed while attached (their
+    /// trap tables still emulate its breakpoints) and puts back the code bytes under those
+    /// breakpoints. The regions stay mapped: return stubs of calls then in progress may
+    /// still be on stacks. Returns how many breakpoints were undone.
+    pub fn adopt_leftovers(&mut self) -> Result<usize, SpaceError> {
+        let maps = procfs::read_maps(self.pid).map_err(io_err("read maps"))?;
+        let mut undone = 0;
+        for m in &maps {
+            if !m.exec || m.write || m.is_file() || m.end - m.start != codegen::DATA_OFF {
+                continue;
+            }
+            let mut head = [0u8; 16];
+            if self.mem.read(m.start, &mut head).is_err()
+                || head[..3] != codegen::GADGET
+                || head[codegen::RESTORER_OFF as usize..][..7]
+                    != codegen::region_code(m.start)[codegen::RESTORER_OFF as usize..][..7]
+            {
+                continue;
+            }
+            let mut count = [0u8; 8];
+            self.mem
+                .read(m.start + codegen::TABLE_OFF, &mut count)
+                .map_err(io_err("read a leftover trap table"))?;
+            let n = u64::from_le_bytes(count).min(codegen::TABLE_CAP) as usize;
+            let mut table = vec![0u8; n * codegen::TABLE_ENTRY as usize];
+            self.mem
+                .read(m.start + codegen::TABLE_ENTRIES_OFF, &mut table)
+                .map_err(io_err("read a leftover trap table"))?;
+            for e in table.chunks_exact(codegen::TABLE_ENTRY as usize) {
+                let word = |i: usize| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&e[i * 8..i * 8 + 8]);
+                    u64::from_le_bytes(w)
+                };
+                let (addr, orig) = (word(0), word(2) as u8);
+                let mut cur = [0u8; 1];
+                if self.mem.read(addr, &mut cur).is_ok() && cur[0] == 0xcc && orig != 0xcc {
+                    self.mem
+                        .write(addr, &[orig])
+                        .map_err(io_err(format!("restore code at {addr:#x}")))?;
+                    undone += 1;
+                }
+            }
+            self.mem
+                .write(m.start + codegen::TABLE_OFF, &0u64.to_le_bytes())
+                .map_err(io_err("clear a leftover trap table"))?;
+            self.leftovers.push(m.start);
+        }
+        Ok(undone)
+    }
+
+    /// Installs the region's SIGTRAP handler on stopped thread `tid`, so breakpoints left
+    /// behind by a recorder that dies are emulated rather than fatal. Returns false, and
+    /// installs nothing, if the program has a SIGTRAP action of its own.
+    pub fn install_trap_handler(&mut self, tid: u32) -> Result<bool, SpaceError> {
+        let Some(base) = self.primary() else {
+            return Ok(false);
+        };
+        let old = base + codegen::SIGACT_OLD_OFF;
+        let new = base + codegen::SIGACT_NEW_OFF;
+        let sig = libc::SIGTRAP as u64;
+        self.remote_syscall(
+            tid,
+            libc::SYS_rt_sigaction,
+            [sig, 0, old, 8, 0, 0],
+            "rt_sigaction",
+        )?;
+        let mut cur = [0u8; 8];
+        self.mem
+            .read(old, &mut cur)
+            .map_err(io_err("read the SIGTRAP action"))?;
+        let cur = u64::from_le_bytes(cur);
+        if let Some(&lb) = self
+            .leftovers
+            .iter()
+            .find(|&&b| cur == b + codegen::HANDLER_OFF)
+        {
+            // A killed rltrace's handler: the program's own action is the one it saved.
+            let mut saved = [0u8; 32];
+            self.mem
+                .read(lb + codegen::SIGACT_OLD_OFF, &mut saved)
+                .map_err(io_err("read a leftover SIGTRAP action"))?;
+            self.mem
+                .write(old, &saved)
+                .map_err(io_err("write the SIGTRAP action"))?;
+            if saved[..8] != (libc::SIG_DFL as u64).to_le_bytes() {
+                self.remote_syscall(
+                    tid,
+                    libc::SYS_rt_sigaction,
+                    [sig, old, 0, 8, 0, 0],
+                    "rt_sigaction",
+                )?;
+                return Ok(false);
+            }
+        } else if cur != libc::SIG_DFL as u64 {
+            return Ok(false);
+        }
+        self.mem
+            .write(new, &codegen::handler_sigaction(base))
+            .map_err(io_err("write the SIGTRAP action"))?;
+        self.remote_syscall(
+            tid,
+            libc::SYS_rt_sigaction,
+            [sig, new, 0, 8, 0, 0],
+            "rt_sigaction",
+        )?;
+        self.trap_handler = true;
+        Ok(true)
+    }
+
+    /// Puts the program's SIGTRAP action back, unless the program replaced ours meanwhile.
+    pub fn restore_trap_handler(&mut self, tid: u32) -> Result<(), SpaceError> {
+        let Some(base) = self.primary().filter(|_| self.trap_handler) else {
+            return Ok(());
+        };
+        let new = base + codegen::SIGACT_NEW_OFF;
+        let old = base + codegen::SIGACT_OLD_OFF;
+        let sig = libc::SIGTRAP as u64;
+        self.remote_syscall(
+            tid,
+            libc::SYS_rt_sigaction,
+            [sig, 0, new, 8, 0, 0],
+            "rt_sigaction",
+        )?;
+        let mut cur = [0u8; 8];
+        self.mem
+            .read(new, &mut cur)
+            .map_err(io_err("read the SIGTRAP action"))?;
+        if u64::from_le_bytes(cur) == base + codegen::HANDLER_OFF {
+            self.remote_syscall(
+                tid,
+                libc::SYS_rt_sigaction,
+                [sig, old, 0, 8, 0, 0],
+                "rt_sigaction",
+            )?;
+        }
+        self.trap_handler = false;
+        Ok(())
+    }
+
+    /// Is `addr` inside an injected region?
+    pub fn in_region(&self, addr: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| (r.base..r.base + REGION_LEN).contains(&addr))
+    }
+
+    /// Puts a still-running call's real return address back on its stack, in place of its
+    /// stub's address. Returns false if the stub's address is not where the call left it.
+    pub fn unhook_return(&mut self, entry_rsp: u64, slot_i: u32) -> Result<bool, SpaceError> {
+        let mut cur = [0u8; 8];
+        self.mem
+            .read(entry_rsp, &mut cur)
+            .map_err(io_err(format!("read the stack at {entry_rsp:#x}")))?;
+        if u64::from_le_bytes(cur) != self.stub_addr(slot_i) {
+            return Ok(false);
+        }
+        // The address the stub would have jumped to: the caller, or an outer call's stub
+        // (a traced function tail-calling another), unhooked in its turn.
+        let mut ra = [0u8; 8];
+        self.mem
+            .read(self.slot_addr(slot_i) + slot::RETADDR, &mut ra)
+            .map_err(io_err("read a return slot"))?;
+        self.mem
+            .write(entry_rsp, &ra)
+            .map_err(io_err(format!("write the stack at {entry_rsp:#x}")))?;
+        Ok(true)
+    }
+
+    /// Unmaps every injected region, with system calls run on stopped thread `tid` (whose
+    /// `rip` must not be inside one). Breakpoints must be gone and no stub referenced.
+    pub fn unmap_regions(&mut self, tid: u32) -> Result<(), SpaceError> {
+        let regions = std::mem::take(&mut self.regions);
+        for r in &regions {
+            // With no region left, remote_syscall borrows the code at the thread's rip.
+            self.remote_syscall(
+                tid,
+                libc::SYS_munmap,
+                [r.base, REGION_LEN, 0, 0, 0, 0],
+                "munmap",
+            )?;
+        }
         Ok(())
     }
 
@@ -474,6 +710,9 @@ impl Space {
                 self.bps.retain(|a, _| !(start..lm.end).contains(a));
                 removed.push(lm.id);
             }
+        }
+        if !removed.is_empty() {
+            self.sync_trap_table()?;
         }
         let mut added = Vec::new();
         for (start, (end, m)) in present {

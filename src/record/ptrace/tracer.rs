@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options as PtOptions};
@@ -23,6 +24,8 @@ use crate::format::{ExitHow, FnClass, FormatError, StartCause};
 use crate::record::funcs::TracedFn;
 use crate::record::procfs;
 use crate::record::sink::{Event, Sink};
+
+mod attach;
 
 /// Errors that end a recording.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,14 @@ pub enum TraceError {
         what: String,
         /// The cause.
         source: nix::Error,
+    },
+    /// `-p`: the process cannot be attached to.
+    #[error("cannot attach to process {pid}: {why}")]
+    Attach {
+        /// The process.
+        pid: u32,
+        /// Why, with advice.
+        why: String,
     },
     /// Setting up an address space failed.
     #[error(transparent)]
@@ -147,21 +158,86 @@ enum NewTask {
     },
 }
 
+/// A thread held stopped while the tracer stops the world (to attach or detach).
+#[derive(Default, Debug)]
+struct Held {
+    /// Signals to deliver when it runs again.
+    sigs: Vec<Signal>,
+    /// Stopped where registers may be borrowed for an injected system call (a signal,
+    /// breakpoint, step or interrupt stop, not the middle of a system call's event).
+    clean: bool,
+    /// In a group-stop (seized tracee): it stays stopped until SIGCONT.
+    group_stop: bool,
+}
+
+/// Progress reported to whoever runs the engine.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    /// Attached to a running process: its pid and how many threads it had.
+    Attached {
+        /// Process id.
+        pid: u32,
+        /// Threads seized.
+        threads: usize,
+    },
+    /// Detaching (Ctrl-C, SIGTERM, SIGHUP or the duration elapsed).
+    Detaching {
+        /// Process id.
+        pid: u32,
+    },
+}
+
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 static SIGTERMS: AtomicUsize = AtomicUsize::new(0);
 static SIGHUPS: AtomicUsize = AtomicUsize::new(0);
+static SIGALRMS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     let counter = match sig {
         libc::SIGINT | libc::SIGQUIT => &SIGINTS,
         libc::SIGHUP => &SIGHUPS,
+        libc::SIGALRM => &SIGALRMS,
         _ => &SIGTERMS,
     };
     counter.fetch_add(1, Ordering::SeqCst);
+    // The signal may have come while the event loop was busy rather than blocked in
+    // waitpid, and an idle tracee sends no event to wake it: keep interrupting the wait
+    // until the loop has seen the request (it disarms this timer when it does).
+    set_timer(Duration::from_millis(20), true);
+}
+
+/// Arms ITIMER_REAL (SIGALRM) after `after`, repeating if `periodic`; zero disarms.
+fn set_timer(after: Duration, periodic: bool) {
+    let tv = |d: Duration| libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
+    };
+    let it = libc::itimerval {
+        it_interval: tv(if periodic { after } else { Duration::ZERO }),
+        it_value: tv(after),
+    };
+    // SAFETY: setitimer is a plain system call (safe in a signal handler); it reads the
+    // struct we pass and writes nothing (old value null).
+    unsafe {
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
+fn signals_seen() -> usize {
+    [&SIGINTS, &SIGTERMS, &SIGHUPS, &SIGALRMS]
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .sum()
 }
 
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGALRM,
+    ] {
         // SAFETY: the handler only touches atomics (async-signal-safe); no SA_RESTART, so a
         // signal interrupts waitpid and the loop reacts to it.
         unsafe {
@@ -219,6 +295,19 @@ pub struct Tracer<'s, W: Write> {
     handled_ints: usize,
     handled_terms: usize,
     handled_hups: usize,
+    handled_total: usize,
+    /// Attached to a running process (`-p`): stop requests detach instead of killing.
+    attached: bool,
+    /// When an attach ends by itself.
+    deadline: Option<Instant>,
+    detach_requested: bool,
+    /// Stopping the world: threads that would be resumed are held instead.
+    stopping: bool,
+    held: HashMap<u32, Held>,
+    /// What the stop being handled was, for `held`.
+    cur_clean: bool,
+    cur_group_stop: bool,
+    progress: Option<fn(&Progress)>,
 }
 
 impl<'s, W: Write> Tracer<'s, W> {
@@ -243,6 +332,27 @@ impl<'s, W: Write> Tracer<'s, W> {
             handled_ints: 0,
             handled_terms: 0,
             handled_hups: 0,
+            handled_total: 0,
+            attached: false,
+            deadline: None,
+            detach_requested: false,
+            stopping: false,
+            held: HashMap::new(),
+            cur_clean: false,
+            cur_group_stop: false,
+            progress: None,
+        }
+    }
+
+    /// Reports progress (attached, detaching) through `f`.
+    pub fn with_progress(mut self, f: fn(&Progress)) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    fn report(&self, p: Progress) {
+        if let Some(f) = self.progress {
+            f(&p);
         }
     }
 
@@ -285,42 +395,24 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     fn event_loop(&mut self) -> Result<(), TraceError> {
         while !self.threads.is_empty() || !self.procs.is_empty() {
-            let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
-                Ok(s) => s,
-                Err(Errno::EINTR) => {
-                    self.on_interrupt();
-                    continue;
+            self.on_interrupt();
+            if self.attached {
+                if !self.stopping
+                    && (self.detach_requested || self.deadline.is_some_and(|d| Instant::now() >= d))
+                {
+                    self.report(Progress::Detaching { pid: self.root });
+                    self.begin_stop();
                 }
-                Err(Errno::ECHILD) => break,
-                Err(e) => return Err(pt("wait for the tracee")(e)),
-            };
-            let (tid, handled) = match status {
-                WaitStatus::Stopped(p, sig) => (p, self.on_stop(p.as_raw() as u32, sig)),
-                WaitStatus::PtraceEvent(p, _, ev) => (p, self.on_event(p.as_raw() as u32, ev)),
-                WaitStatus::Exited(p, code) => {
-                    (p, self.on_gone(p.as_raw() as u32, ExitHow::Code(code)))
-                }
-                WaitStatus::Signaled(p, sig, _) => (
-                    p,
-                    self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32)),
-                ),
-                _ => continue,
-            };
-            match handled {
-                Ok(()) => {}
-                // Only a recording that cannot be written ends the run.
-                Err(e @ TraceError::Format(_)) => return Err(e),
-                Err(e) => {
-                    // One thread's trouble (it vanished mid-stop, say) must not take the
-                    // others down: say so in the recording and let the thread run.
-                    let raw = tid.as_raw() as u32;
-                    let pid = self.threads.get(&raw).map_or(raw, |t| t.pid);
-                    self.sink.note(pid, format!("thread {raw}: {e}"))?;
-                    let _ = ptrace::cont(tid, None);
+                if self.stopping && self.world_stopped() {
+                    return self.detach_all();
                 }
             }
-            self.sink.maybe_seal()?;
+            match self.wait_and_dispatch()? {
+                Some(()) => {}
+                None => break,
+            }
         }
+        set_timer(Duration::ZERO, false);
         // Anything still buffered (processes the loop lost track of) goes out in order.
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -329,7 +421,71 @@ impl<'s, W: Write> Tracer<'s, W> {
         Ok(())
     }
 
+    /// Waits for one tracee event and handles it; `None` once there are no tracees.
+    fn wait_and_dispatch(&mut self) -> Result<Option<()>, TraceError> {
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(s) => s,
+            Err(Errno::EINTR) => {
+                self.on_interrupt();
+                return Ok(Some(()));
+            }
+            Err(Errno::ECHILD) => return Ok(None),
+            Err(e) => return Err(pt("wait for the tracee")(e)),
+        };
+        self.cur_clean = matches!(
+            status,
+            WaitStatus::Stopped(..) | WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP)
+        );
+        self.cur_group_stop = matches!(
+            status,
+            WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP) if sig != Signal::SIGTRAP
+        );
+        let (tid, handled) = match status {
+            WaitStatus::Stopped(p, sig) => (p, self.on_stop(p.as_raw() as u32, sig)),
+            WaitStatus::PtraceEvent(p, sig, ev) => (p, self.on_event(p.as_raw() as u32, sig, ev)),
+            WaitStatus::Exited(p, code) => {
+                (p, self.on_gone(p.as_raw() as u32, ExitHow::Code(code)))
+            }
+            WaitStatus::Signaled(p, sig, _) => (
+                p,
+                self.on_gone(p.as_raw() as u32, ExitHow::Signal(sig as i32)),
+            ),
+            _ => return Ok(Some(())),
+        };
+        match handled {
+            Ok(()) => {}
+            // Only a recording that cannot be written ends the run.
+            Err(e @ TraceError::Format(_)) => return Err(e),
+            Err(e) => {
+                // One thread's trouble (it vanished mid-stop, say) must not take the
+                // others down: say so in the recording and let the thread run.
+                let raw = tid.as_raw() as u32;
+                let pid = self.threads.get(&raw).map_or(raw, |t| t.pid);
+                self.sink.note(pid, format!("thread {raw}: {e}"))?;
+                let _ = self.resume(raw, None);
+            }
+        }
+        self.sink.maybe_seal()?;
+        Ok(Some(()))
+    }
+
+    /// Acts on signals sent to the recorder since the last call.
     fn on_interrupt(&mut self) {
+        if signals_seen() == self.handled_total {
+            return;
+        }
+        // Disarm before reading: a signal arriving after the read re-arms the timer.
+        set_timer(Duration::ZERO, false);
+        self.handled_total = signals_seen();
+        if self.attached {
+            // Not our process: every way of asking us to stop means "detach".
+            let asked = SIGINTS.load(Ordering::SeqCst)
+                + SIGTERMS.load(Ordering::SeqCst)
+                + SIGHUPS.load(Ordering::SeqCst)
+                + SIGALRMS.load(Ordering::SeqCst);
+            self.detach_requested |= asked > 0;
+            return;
+        }
         for (counter, handled, sig) in [
             (&SIGTERMS, &mut self.handled_terms, Signal::SIGTERM),
             (&SIGHUPS, &mut self.handled_hups, Signal::SIGHUP),
@@ -361,6 +517,23 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     fn resume(&mut self, tid: u32, sig: Option<Signal>) -> Result<(), TraceError> {
         let mut sig = sig;
+        if self.stopping {
+            let mut sigs: Vec<Signal> = sig.into_iter().collect();
+            if let Some(p) = self.threads.get(&tid).and_then(|t| self.procs.get(&t.pid)) {
+                let mut space = p.space.borrow_mut();
+                space.deferred_signals.retain(|&(t, s)| {
+                    if t == tid {
+                        sigs.extend(Signal::try_from(s).ok());
+                    }
+                    t != tid
+                });
+            }
+            let h = self.held.entry(tid).or_default();
+            h.sigs.extend(sigs);
+            h.clean = self.cur_clean;
+            h.group_stop = self.cur_group_stop;
+            return Ok(());
+        }
         if let Some(t) = self.threads.get(&tid) {
             if let Some(p) = self.procs.get(&t.pid) {
                 let mut space = p.space.borrow_mut();
@@ -458,15 +631,19 @@ impl<'s, W: Write> Tracer<'s, W> {
         Ok(())
     }
 
+    /// First stop of a new thread or process: waits for its creator's event if needed.
+    fn on_first_stop(&mut self, tid: u32) -> Result<(), TraceError> {
+        if let Some(nt) = self.expected_new.remove(&tid) {
+            self.attach_new(tid, nt)?;
+            return self.resume(tid, None);
+        }
+        self.early_stopped.insert(tid);
+        Ok(())
+    }
+
     fn on_stop(&mut self, tid: u32, sig: Signal) -> Result<(), TraceError> {
         if !self.threads.contains_key(&tid) {
-            // First stop of a new thread or process: wait for its creator's event if needed.
-            if let Some(nt) = self.expected_new.remove(&tid) {
-                self.attach_new(tid, nt)?;
-                return self.resume(tid, None);
-            }
-            self.early_stopped.insert(tid);
-            return Ok(());
+            return self.on_first_stop(tid);
         }
         if let Some(waiting) = self.exec_stepping.get_mut(&tid) {
             if sig != Signal::SIGTRAP {
@@ -591,9 +768,34 @@ impl<'s, W: Write> Tracer<'s, W> {
         self.release(pid)
     }
 
-    fn on_event(&mut self, tid: u32, ev: i32) -> Result<(), TraceError> {
+    fn on_event(&mut self, tid: u32, sig: Signal, ev: i32) -> Result<(), TraceError> {
         let p = Pid::from_raw(tid as i32);
         match ev {
+            // Seized tracees: a new task's first stop, an interrupt, or a group-stop.
+            libc::PTRACE_EVENT_STOP if !self.threads.contains_key(&tid) => self.on_first_stop(tid),
+            libc::PTRACE_EVENT_STOP
+                if self.stopping
+                    && sig == Signal::SIGTRAP
+                    && procfs::thread_signal_pending(tid, libc::SIGTRAP) =>
+            {
+                // The interrupt overtook the SIGTRAP of a breakpoint it had just hit (the
+                // kernel takes job-control traps before queued signals). Held here, it would
+                // get that SIGTRAP after the detach, with no breakpoint left to explain it:
+                // let it report the breakpoint first.
+                match ptrace::cont(p, None) {
+                    Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(pt(format!("continue thread {tid}"))(e)),
+                }
+            }
+            libc::PTRACE_EVENT_STOP if sig != Signal::SIGTRAP && !self.stopping => {
+                // Group-stop: stay stopped (as without a tracer) until SIGCONT.
+                listen(tid)
+            }
+            libc::PTRACE_EVENT_EXEC if self.stopping => {
+                // Detaching: the new image has no breakpoints; hold it as it is.
+                self.on_exec(tid)?;
+                self.resume(tid, None)
+            }
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let new = ptrace::getevent(p).map_err(pt("read the new task id"))? as u32;
                 let Some(parent) = self.threads.get(&tid) else {
@@ -1143,6 +1345,40 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
         }
         Ok(())
+    }
+}
+
+/// Lets a seized tracee in group-stop wait for SIGCONT while staying traced.
+fn listen(tid: u32) -> Result<(), TraceError> {
+    // SAFETY: PTRACE_LISTEN takes no address or data; the tid is a seized tracee in a
+    // group-stop, which the kernel checks (ESRCH/EIO otherwise, handled as "gone").
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_LISTEN,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if r == -1 {
+        let e = Errno::last();
+        if e != Errno::ESRCH {
+            return Err(pt(format!("listen on thread {tid}"))(e));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `sig` to one thread, to deliver a second signal that arrived while it was held.
+fn tgkill(pid: u32, tid: u32, sig: Signal) {
+    // SAFETY: tgkill only takes integers; a thread that is gone makes it fail with ESRCH.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            pid as libc::c_long,
+            tid as libc::c_long,
+            sig as libc::c_long,
+        );
     }
 }
 
