@@ -1,4 +1,5 @@
-//! Four threads, 200,400 allocator calls: nothing lost, nothing duplicated, exact leaks.
+//! Four threads, 200,400 allocator calls: nothing lost, nothing duplicated, exact leaks;
+//! and a thread parked inside a traced call does not hold every later event in memory.
 
 mod common;
 
@@ -122,5 +123,41 @@ fn six_hundred_threads_alive_at_once() {
     assert!(
         parse_leaks(&report).iter().all(|g| g.caller_fn != "worker"),
         "{report}"
+    );
+}
+
+#[test]
+fn a_call_parked_for_100000_calls_does_not_hold_events_back() {
+    let src = repo().join("tests/fixtures/c/parked.c");
+    let bin = build_c("parked", "parked.c", &["-O1", "-g", "-pthread"]);
+    let dir = scratch("parked");
+    let rec = dir.join("parked.rlt");
+    let o = record(&rec, &bin, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+    assert!(r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("events waited for a call still running; they were written before its return"),
+        "{err}"
+    );
+    assert!(!err.contains("internal:"), "{err}");
+    let trace = String::from_utf8(r.stdout).unwrap();
+    let line = marker_line(&src, "void *p = malloc(24);");
+    let loop_line = format!("parked.c:{line}:");
+    let loop_mallocs = trace
+        .lines()
+        .filter(|l| l.contains("malloc(24") && l.contains(&loop_line))
+        .count();
+    assert_eq!(loop_mallocs, 100_000);
+    // The parked call still gets its return value, late.
+    let pv: Vec<&str> = trace.lines().filter(|l| l.contains("pvalloc")).collect();
+    assert_eq!(pv.len(), 2, "{pv:?}");
+    assert!(pv[0].contains("pvalloc(10 <unfinished ...>"), "{pv:?}");
+    assert!(pv[1].contains("<... pvalloc resumed> ) = 0x"), "{pv:?}");
+    let groups = parse_leaks(&replay(&rec, &["--leaks"]));
+    assert!(
+        groups.iter().all(|g| g.at != format!("parked.c:{line}")),
+        "{groups:?}"
     );
 }

@@ -122,6 +122,9 @@ impl Thread {
 /// stack pages, must stay under the kernel's 1024 iovecs per `process_vm_readv`.
 const MAX_POLLED: usize = 400;
 
+/// Most events buffered per process while waiting for a running call's return.
+const MAX_REORDER: usize = 1 << 16;
+
 /// What a slot held when its stub had run: (seq, rax, out-pointer value).
 type Returned = Option<(u64, u64, u64)>;
 
@@ -296,6 +299,8 @@ pub struct Tracer<'s, W: Write> {
     handled_terms: usize,
     handled_hups: usize,
     handled_total: usize,
+    /// Processes whose reorder buffer overflowed (noted once).
+    overflow_noted: HashSet<u32>,
     /// Attached to a running process (`-p`): stop requests detach instead of killing.
     attached: bool,
     /// When an attach ends by itself.
@@ -333,6 +338,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             handled_terms: 0,
             handled_hups: 0,
             handled_total: 0,
+            overflow_noted: HashSet::new(),
             attached: false,
             deadline: None,
             detach_requested: false,
@@ -1326,6 +1332,21 @@ impl<'s, W: Write> Tracer<'s, W> {
                 for c in &th.pending {
                     mark = mark.min(c.entry_seq);
                 }
+            }
+        }
+        if p.reorder.len() > MAX_REORDER && mark < p.last_seq {
+            // A call that does not return (a thread parked inside it, or a return the
+            // tracer cannot see) would hold every later event back without bound: release
+            // them, at the cost of that call's return being written after later events.
+            mark = p.last_seq;
+            if self.overflow_noted.insert(pid) {
+                self.sink.note(
+                    pid,
+                    format!(
+                        "more than {MAX_REORDER} events waited for a call still running; \
+                         they were written before its return"
+                    ),
+                )?;
             }
         }
         self.drain(pid, mark)
