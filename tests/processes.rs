@@ -494,3 +494,42 @@ fn programs_handling_sigint_and_sigalrm_behave_unchanged() {
     );
     assert!(!trace.contains(" --- "), "handled signals are not crashes");
 }
+
+/// The program's voluntary context switches: they stop growing while it is stopped.
+fn switches(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn job_control_stops_and_continues_the_program_as_without_rltrace() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = scratch("jobctl");
+    let rec = dir.join("jobctl.rlt");
+    let (mut child, _out) = start_forever(&rec);
+    let program = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    for stop in [Signal::SIGTSTP, Signal::SIGSTOP] {
+        kill(Pid::from_raw(program as i32), stop).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let a = switches(program);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(switches(program), a, "{stop:?} did not stop the program");
+        kill(Pid::from_raw(program as i32), Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(switches(program) > a + 20, "SIGCONT did not continue it");
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
+    assert!(replay_clean(&rec, &[]).contains("+++ killed by SIGTERM +++"));
+}

@@ -385,18 +385,56 @@ impl<'s, W: Write> Tracer<'s, W> {
                 });
             }
         }
+        self.reseize(pid)?;
+        self.threads.insert(pid, Thread::new(pid, Vec::new()));
+        self.start_image(pid, 0, StartCause::Spawn)?;
+        self.resume(pid, None)?;
+        self.event_loop()?;
+        Ok(self.root_status.unwrap_or(ExitHow::Running))
+    }
+
+    /// Turns the `PTRACE_TRACEME` tracee, stopped at its first instruction, into a seized
+    /// one, so that job control works as without a tracer (group-stops are reported and
+    /// left in place with `PTRACE_LISTEN`). It is detached with SIGSTOP (it stops before
+    /// running anything), seized while stopped, and sent SIGCONT.
+    fn reseize(&mut self, pid: u32) -> Result<(), TraceError> {
+        let p = Pid::from_raw(pid as i32);
         let options = PtOptions::PTRACE_O_TRACECLONE
             | PtOptions::PTRACE_O_TRACEFORK
             | PtOptions::PTRACE_O_TRACEVFORK
             | PtOptions::PTRACE_O_TRACEEXEC
             | PtOptions::PTRACE_O_TRACEEXIT
             | PtOptions::PTRACE_O_EXITKILL;
-        ptrace::setoptions(p, options).map_err(pt("set ptrace options"))?;
-        self.threads.insert(pid, Thread::new(pid, Vec::new()));
-        self.start_image(pid, 0, StartCause::Spawn)?;
-        self.resume(pid, None)?;
-        self.event_loop()?;
-        Ok(self.root_status.unwrap_or(ExitHow::Running))
+        ptrace::detach(p, Signal::SIGSTOP).map_err(pt("detach to re-seize"))?;
+        let wait = |flags| loop {
+            match waitpid(p, Some(flags)) {
+                Err(Errno::EINTR) => continue,
+                other => break other.map_err(pt("wait for the command to stop")),
+            }
+        };
+        match wait(WaitPidFlag::WUNTRACED)? {
+            WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
+            other => {
+                return Err(TraceError::Ptrace {
+                    what: format!("unexpected stop before seizing: {other:?}"),
+                    source: Errno::EINVAL,
+                })
+            }
+        }
+        ptrace::seize(p, options).map_err(pt("seize the command"))?;
+        // Seizing a stopped task makes it report its group-stop.
+        match wait(WaitPidFlag::__WALL)? {
+            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP) => {}
+            other => {
+                return Err(TraceError::Ptrace {
+                    what: format!("unexpected stop after seizing: {other:?}"),
+                    source: Errno::EINVAL,
+                })
+            }
+        }
+        // End the group-stop; the SIGCONT itself is delivered (and ignored) later.
+        kill(p, Signal::SIGCONT).map_err(pt("continue the command"))?;
+        Ok(())
     }
 
     fn event_loop(&mut self) -> Result<(), TraceError> {
