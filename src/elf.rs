@@ -198,6 +198,42 @@ impl ElfInfo {
         out
     }
 
+    /// Every function this file defines globally (or weakly), for filters: `(name, stated
+    /// address, is a GNU IFUNC)`. With `with_local` (the main executable) local functions
+    /// from `.symtab` count too.
+    pub fn function_symbols(&self, with_local: bool) -> Vec<(String, u64, bool)> {
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let endian = parsed.endian();
+        let mut out: Vec<(String, u64, bool)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for sym in parsed.dynamic_symbols().chain(parsed.symbols()) {
+            let raw = sym.elf_symbol();
+            let ty = raw.st_type();
+            let bind = raw.st_bind();
+            if (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
+                || raw.st_shndx(endian) == elf::SHN_UNDEF
+                || raw.st_value(endian) == 0
+                || !(bind == elf::STB_GLOBAL
+                    || bind == elf::STB_WEAK
+                    || (with_local && bind == elf::STB_LOCAL))
+            {
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            if name.is_empty() || !seen.insert((name.to_string(), raw.st_value(endian))) {
+                continue;
+            }
+            out.push((
+                name.to_string(),
+                raw.st_value(endian),
+                ty == elf::STT_GNU_IFUNC,
+            ));
+        }
+        out
+    }
+
     /// True if the file carries DWARF line or debug info.
     pub fn has_dwarf(&self) -> bool {
         let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {

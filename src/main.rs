@@ -40,6 +40,11 @@ enum Cmd {
         /// With --pack: also store the source lines the symbols point at.
         #[arg(long, requires = "pack")]
         sources: bool,
+        /// Also trace these functions, in whichever module defines them (ltrace's filter
+        /// syntax: `write+send+str*-strlen`, `sym@libc.so*`, `sym@MAIN`); repeatable.
+        /// Their arguments are shown as integer registers in hex.
+        #[arg(short = 'x', value_name = "FILTER")]
+        extra: Vec<String>,
         /// Attach to this running process (all its threads) instead of running a command;
         /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
         #[arg(
@@ -184,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sources,
             attach,
             duration,
+            extra,
             command,
         } => {
             let duration = match duration {
@@ -201,6 +207,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 trace: Default::default(),
                 duration,
                 progress: Some(show_progress),
+                select: if extra.is_empty() {
+                    None
+                } else {
+                    Some(record::select::Selection::parse(&extra)?)
+                },
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
@@ -215,6 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             );
+            for rule in &out.unmatched {
+                eprintln!("rltrace: warning: -x rule {rule:?} matched no function in any module");
+            }
             if pack {
                 let opts = PackOptions {
                     sources,

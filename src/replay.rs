@@ -159,10 +159,16 @@ impl TraceOut {
                         enter,
                         void: true,
                         depth,
+                        ..
                     }),
                     _,
                 ) => write_json(out, &call_json(defs, sym, enter, None, depth, opts.stack)),
-                (Some(Step::Ended { enter, exit, depth }), _) => write_json(
+                (
+                    Some(Step::Ended {
+                        enter, exit, depth, ..
+                    }),
+                    _,
+                ) => write_json(
                     out,
                     &call_json(defs, sym, &enter, Some(exit), depth, opts.stack),
                 ),

@@ -85,7 +85,9 @@ impl LeakAnalysis {
     pub fn step(&mut self, step: &Step<'_>, defs: &Defs) {
         match step {
             Step::Began {
-                enter, depth: 0, ..
+                enter,
+                in_alloc: false,
+                ..
             } => {
                 let (pid, _) = defs.thread(enter.thread);
                 let arg = |i: usize| enter.args.get(i).copied().unwrap_or(0);
@@ -108,7 +110,8 @@ impl LeakAnalysis {
             Step::Ended {
                 enter,
                 exit,
-                depth: 0,
+                in_alloc: false,
+                ..
             } => {
                 let (pid, _) = defs.thread(enter.thread);
                 let arg = |i: usize| enter.args.get(i).copied().unwrap_or(0);

@@ -71,6 +71,9 @@ pub enum Step<'a> {
         enter: &'a Enter,
         /// Enclosing open calls.
         depth: usize,
+        /// An allocator call is among them (an allocator calling another: not a block of
+        /// its own; one inside `strdup` traced with `-x` is).
+        in_alloc: bool,
         /// True if the function returns nothing.
         void: bool,
     },
@@ -82,6 +85,8 @@ pub enum Step<'a> {
         exit: &'a Exit,
         /// Enclosing open calls.
         depth: usize,
+        /// An allocator call is among them.
+        in_alloc: bool,
     },
 }
 
@@ -98,6 +103,7 @@ impl CallPairer {
             Record::Enter(e) => {
                 let stack = self.open.entry(e.thread).or_default();
                 let depth = stack.len();
+                let in_alloc = stack.iter().any(|o| defs.class(o.func) != FnClass::Other);
                 let void = defs.functions.get(&e.func).is_some_and(|f| !f.returns);
                 if !void {
                     stack.push(e.clone());
@@ -105,16 +111,19 @@ impl CallPairer {
                 Some(Step::Began {
                     enter: e,
                     depth,
+                    in_alloc,
                     void,
                 })
             }
             Record::Exit(x) => {
                 let stack = self.open.get_mut(&x.thread)?;
                 let enter = stack.pop()?;
+                let in_alloc = stack.iter().any(|o| defs.class(o.func) != FnClass::Other);
                 Some(Step::Ended {
                     enter,
                     exit: x,
                     depth: stack.len(),
+                    in_alloc,
                 })
             }
             _ => None,

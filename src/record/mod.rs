@@ -4,6 +4,7 @@
 pub mod funcs;
 pub mod procfs;
 pub mod ptrace;
+pub mod select;
 pub mod sink;
 
 use std::ffi::OsString;
@@ -39,6 +40,8 @@ pub struct RecordRequest {
     pub duration: Option<Duration>,
     /// Called when the engine attaches or starts detaching.
     pub progress: Option<fn(&Progress)>,
+    /// Functions to trace besides the allocator family (`-x`).
+    pub select: Option<select::Selection>,
 }
 
 /// What a finished recording reports.
@@ -52,6 +55,8 @@ pub struct RecordOutcome {
     pub records: u64,
     /// Calls seen but not recorded.
     pub dropped: u64,
+    /// `-x` rules that selected no function.
+    pub unmatched: Vec<String>,
 }
 
 /// Errors of `rltrace record`.
@@ -142,15 +147,25 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
         .map_err(TraceError::from)?;
+    let mut select = req.select.clone();
     let mut tracer = Tracer::new(&mut sink, funcs, req.trace.clone());
     if let Some(f) = req.progress {
         tracer = tracer.with_progress(f);
+    }
+    if let Some(sel) = select.as_mut() {
+        tracer = tracer.with_selection(sel);
     }
     let exit = if spawned {
         tracer.run(pid)
     } else {
         tracer.run_attached(pid, req.duration.map(|d| Instant::now() + d))
     };
+    let unmatched = select.map(|s| s.unmatched()).unwrap_or_default();
+    for rule in &unmatched {
+        // In the recording too, so whoever replays it knows the trace is not missing calls.
+        sink.note(pid, format!("filter rule {rule:?} matched no function"))
+            .map_err(TraceError::from)?;
+    }
     // Whatever happened, close the file properly so it replays.
     let (_, summary) = sink.finish().map_err(TraceError::from)?;
     Ok(RecordOutcome {
@@ -158,5 +173,6 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
         exit: exit?,
         records: summary.records,
         dropped: summary.dropped,
+        unmatched,
     })
 }

@@ -65,6 +65,7 @@ pub struct Sink<W: Write> {
     stacks: HashMap<Vec<Frame>, u32>,
     threads: HashMap<(u32, u32), u32>,
     next_module: u32,
+    next_function: u32,
     start: Instant,
     seal_at: Instant,
 }
@@ -87,9 +88,23 @@ impl<W: Write> Sink<W> {
             stacks: HashMap::new(),
             threads: HashMap::new(),
             next_module: 0,
+            next_function: funcs.len() as u32,
             start: now,
             seal_at: now,
         })
+    }
+
+    /// Defines one more traced function (found while recording); returns its id.
+    pub fn function(&mut self, f: &TracedFn) -> Result<u32, FormatError> {
+        let id = self.next_function;
+        self.writer.push(&Record::Function(FunctionDef {
+            id,
+            name: f.name.to_string(),
+            class: f.class,
+            returns: f.returns,
+        }))?;
+        self.next_function += 1;
+        Ok(id)
     }
 
     /// Nanoseconds since the recording started.

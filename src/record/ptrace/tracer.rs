@@ -21,8 +21,9 @@ use super::codegen::slot;
 use super::mem::{self, Regs};
 use super::space::{BpKind, Space, SpaceError};
 use crate::format::{ExitHow, FnClass, FormatError, StartCause};
-use crate::record::funcs::TracedFn;
+use crate::record::funcs::{self, TracedFn};
 use crate::record::procfs;
+use crate::record::select::{glob, Selection};
 use crate::record::sink::{Event, Sink};
 
 mod attach;
@@ -99,6 +100,9 @@ struct Pending {
     entry_seq: u64,
     entry_rsp: u64,
     has_out: bool,
+    /// An allocator call: later events wait for its return, so that a free never precedes
+    /// the allocation it undoes. Other calls (`-x`) may block for ever (`accept`).
+    holds: bool,
 }
 
 struct Thread {
@@ -121,6 +125,31 @@ impl Thread {
 /// Most pending calls polled at one stop: two iovecs each, plus the counter and up to 64
 /// stack pages, must stay under the kernel's 1024 iovecs per `process_vm_readv`.
 const MAX_POLLED: usize = 400;
+
+/// Functions never hooked, even when selected: redirecting their return address or
+/// running them from a breakpoint breaks them (they save or replace the caller's stack,
+/// return twice, or are entered without a return address on the stack).
+const UNHOOKABLE: &[&str] = &[
+    "*setjmp",
+    "*longjmp*",
+    "*vfork",
+    "clone",
+    "clone3",
+    "__clone*",
+    "*getcontext",
+    "*setcontext",
+    "*swapcontext",
+    "*makecontext",
+    "__libc_start_*",
+    "_start",
+    "_dl_*",
+    "__tls_get_addr",
+    "__restore_rt",
+    "_Unwind_*",
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "__morestack",
+];
 
 /// Most events buffered per process while waiting for a running call's return.
 const MAX_REORDER: usize = 1 << 16;
@@ -277,8 +306,16 @@ pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
 /// The ptrace engine.
 pub struct Tracer<'s, W: Write> {
     sink: &'s mut Sink<W>,
-    funcs: &'s [TracedFn],
+    /// The allocator family, then functions selected with `-x` as they are found.
+    funcs: Vec<TracedFn>,
+    /// Names of the allocator family, looked up in every module.
     names: Vec<&'static str>,
+    /// `-x` filters, with their hit counts.
+    select: Option<&'s mut Selection>,
+    /// Ids of functions selected with `-x`, by name.
+    selected_ids: HashMap<String, u32>,
+    /// Selected names already reported as not traceable.
+    refused: HashSet<String>,
     opts: TraceOptions,
     threads: HashMap<u32, Thread>,
     procs: HashMap<u32, Proc>,
@@ -317,11 +354,14 @@ pub struct Tracer<'s, W: Write> {
 
 impl<'s, W: Write> Tracer<'s, W> {
     /// Prepares to trace the given functions.
-    pub fn new(sink: &'s mut Sink<W>, funcs: &'s [TracedFn], opts: TraceOptions) -> Self {
+    pub fn new(sink: &'s mut Sink<W>, funcs: &[TracedFn], opts: TraceOptions) -> Self {
         Tracer {
             sink,
-            funcs,
+            funcs: funcs.to_vec(),
             names: funcs.iter().map(|f| f.name).collect(),
+            select: None,
+            selected_ids: HashMap::new(),
+            refused: HashSet::new(),
             opts,
             threads: HashMap::new(),
             procs: HashMap::new(),
@@ -348,6 +388,12 @@ impl<'s, W: Write> Tracer<'s, W> {
             cur_group_stop: false,
             progress: None,
         }
+    }
+
+    /// Also traces the functions `sel` selects, in every module that defines them.
+    pub fn with_selection(mut self, sel: &'s mut Selection) -> Self {
+        self.select = Some(sel);
+        self
     }
 
     /// Reports progress (attached, detaching) through `f`.
@@ -663,6 +709,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                     )?;
                 }
             }
+            if self.select.is_some() {
+                self.hook_selected(pid, tid, &mut space, &m, is_exe)?;
+            }
             if let Some(a) = m.elf.symbol_address("_dl_debug_state") {
                 if let Err(e) = space.insert_bp(tid, m.bias + a, BpKind::DlDebugState) {
                     self.sink.note(
@@ -670,6 +719,76 @@ impl<'s, W: Write> Tracer<'s, W> {
                         format!("modules loaded later by {} are not seen: {e}", m.path),
                     )?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Places breakpoints on the functions of module `m` that the `-x` filters select.
+    fn hook_selected(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        space: &mut Space,
+        m: &crate::record::ptrace::space::NewModule,
+        is_exe: bool,
+    ) -> Result<(), TraceError> {
+        let Some(sel) = self.select.as_deref_mut() else {
+            return Ok(());
+        };
+        let base = std::path::Path::new(&m.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut syms: Vec<(String, u64, bool)> = m
+            .elf
+            .function_symbols(is_exe)
+            .into_iter()
+            .filter(|(name, _, _)| sel.selects(name, &base, is_exe))
+            .collect();
+        // Aliases share an address: the public name (no leading underscore) names the hook.
+        syms.sort_by(|a, b| {
+            (a.1, a.0.starts_with('_'), &a.0).cmp(&(b.1, b.0.starts_with('_'), &b.0))
+        });
+        for (name, svma, ifunc) in syms {
+            if self.names.contains(&name.as_str()) {
+                continue; // the allocator family is hooked already
+            }
+            let why = if ifunc {
+                Some("it is a GNU IFUNC, resolved at run time (not supported yet)")
+            } else if UNHOOKABLE.iter().any(|p| glob(p, &name)) {
+                Some("it manipulates its caller's stack or return address")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if self.refused.insert(name.clone()) {
+                    self.sink
+                        .note(pid, format!("{name} in {} is not traced: {why}", m.path))?;
+                }
+                continue;
+            }
+            let id = match self.selected_ids.get(&name) {
+                Some(&id) => id,
+                None => {
+                    let (nargs, returns) = funcs::signature(&name);
+                    let f = TracedFn {
+                        // One leaked string per distinct traced name, for the whole run.
+                        name: Box::leak(name.clone().into_boxed_str()),
+                        class: FnClass::Other,
+                        nargs,
+                        returns,
+                    };
+                    let id = self.sink.function(&f)?;
+                    debug_assert_eq!(id as usize, self.funcs.len());
+                    self.funcs.push(f);
+                    self.selected_ids.insert(name.clone(), id);
+                    id
+                }
+            };
+            if let Err(e) = space.insert_bp(tid, m.bias + svma, BpKind::Call(id)) {
+                self.sink
+                    .note(pid, format!("{name} in {} is not traced: {e}", m.path))?;
             }
         }
         Ok(())
@@ -1319,6 +1438,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                         entry_seq: seq_now,
                         entry_rsp: regs.rsp,
                         has_out: out_ptr.is_some(),
+                        holds: func.class != FnClass::Other,
                     }),
                     Err(_) => {
                         space.free_slot(i);
@@ -1367,7 +1487,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         let mut mark = p.last_seq;
         for t in &p.tids {
             if let Some(th) = self.threads.get(t) {
-                for c in &th.pending {
+                for c in th.pending.iter().filter(|c| c.holds) {
                     mark = mark.min(c.entry_seq);
                 }
             }
