@@ -8,6 +8,7 @@ pub mod analyze;
 pub mod elf;
 pub mod format;
 pub mod pack;
+pub mod protos;
 pub mod record;
 pub mod render;
 pub mod replay;

@@ -45,6 +45,9 @@ enum Cmd {
         /// Their arguments are shown as integer registers in hex.
         #[arg(short = 'x', value_name = "FILTER")]
         extra: Vec<String>,
+        /// Most bytes of each string or buffer argument to record (ltrace's -s).
+        #[arg(short = 's', value_name = "N", default_value_t = 32)]
+        string_limit: usize,
         /// Attach to this running process (all its threads) instead of running a command;
         /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
         #[arg(
@@ -190,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             attach,
             duration,
             extra,
+            string_limit,
             command,
         } => {
             let duration = match duration {
@@ -215,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
+            req.trace.string_limit = string_limit.min(rltrace::format::MAX_ARG_DATA);
             let out = record::record(&req)?;
             eprintln!(
                 "rltrace: recorded {} records to {}{}",

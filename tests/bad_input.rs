@@ -233,6 +233,7 @@ fn hostile_paths_in_a_recording_are_not_opened() {
             func: 0,
             args: vec![8],
             stack: Some(0),
+            data: Vec::new(),
         }),
         Record::Exit(Exit {
             thread: 0,

@@ -270,6 +270,7 @@ mod tests {
             func,
             args: args.to_vec(),
             stack: Some(stack),
+            data: Vec::new(),
         })];
         if func != 1 {
             v.push(Record::Exit(Exit {
@@ -338,6 +339,7 @@ mod tests {
                 func: 2,
                 args: vec![0, 48],
                 stack: Some(1),
+                data: Vec::new(),
             }),
             Record::Enter(Enter {
                 thread: 0,
@@ -345,6 +347,7 @@ mod tests {
                 func: 0,
                 args: vec![48],
                 stack: Some(2),
+                data: Vec::new(),
             }),
             Record::Exit(Exit {
                 thread: 0,

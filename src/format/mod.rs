@@ -12,8 +12,9 @@ pub use writer::Writer;
 /// First eight bytes of every recording.
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
-/// signal record, version 3 the attach start cause; older files read unchanged).
-pub const VERSION: u16 = 3;
+/// signal record, version 3 the attach start cause, version 4 the enter record with
+/// argument data; older files read unchanged).
+pub const VERSION: u16 = 4;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a chunk header.
@@ -26,6 +27,8 @@ pub const MAX_STRING: usize = 64 << 10;
 pub const MAX_FRAMES: usize = 1024;
 /// Largest number of arguments in one call record.
 pub const MAX_ARGS: usize = 16;
+/// Largest argument capture (string or buffer bytes) in one call record.
+pub const MAX_ARG_DATA: usize = 4096;
 
 /// Chunk type: metadata key/value pairs.
 pub const CHUNK_META: u8 = 1;
@@ -222,6 +225,19 @@ pub struct Enter {
     pub args: Vec<u64>,
     /// Stack id, if the stack was captured.
     pub stack: Option<u32>,
+    /// Memory captured at entry for some arguments (strings, buffers).
+    pub data: Vec<ArgData>,
+}
+
+/// Bytes an argument pointed to at a call's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgData {
+    /// Index of the argument.
+    pub arg: u8,
+    /// The string or buffer was longer than what was captured.
+    pub truncated: bool,
+    /// The bytes (without a string's terminating NUL).
+    pub bytes: Vec<u8>,
 }
 
 /// Return from the innermost open call of a thread.

@@ -421,7 +421,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 }
                 Record::Stack(StackDef { id, frames })
             }
-            tag::ENTER => {
+            tag::ENTER | tag::ENTER_DATA => {
                 let thread = d.uvar32()?;
                 let ts = last_ts.wrapping_add(d.svar()? as u64);
                 last_ts = ts;
@@ -437,12 +437,33 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                     args.push(d.uvar()?);
                 }
                 let stack = d.opt_id("stack")?;
+                let mut data = Vec::new();
+                if t == tag::ENTER_DATA {
+                    let n = d.uvar()?;
+                    if n == 0 || n > MAX_ARGS as u64 {
+                        return Err(d.error(format!("call with {n} argument captures")));
+                    }
+                    for _ in 0..n {
+                        let arg = d.u8()?;
+                        let truncated = match d.u8()? {
+                            0 => false,
+                            1 => true,
+                            f => return Err(d.error(format!("bad argument capture flags {f}"))),
+                        };
+                        data.push(ArgData {
+                            arg,
+                            truncated,
+                            bytes: d.bytes(MAX_ARG_DATA)?.to_vec(),
+                        });
+                    }
+                }
                 Record::Enter(Enter {
                     thread,
                     ts,
                     func,
                     args,
                     stack,
+                    data,
                 })
             }
             tag::EXIT => {

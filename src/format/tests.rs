@@ -48,6 +48,7 @@ fn sample_records() -> Vec<Record> {
             func: 0,
             args: vec![32],
             stack: Some(0),
+            data: Vec::new(),
         }),
         Record::Exit(Exit {
             thread: 0,
@@ -60,6 +61,26 @@ fn sample_records() -> Vec<Record> {
             func: 0,
             args: vec![],
             stack: None,
+            data: Vec::new(),
+        }),
+        Record::Enter(Enter {
+            thread: 0,
+            ts: 950,
+            func: 0,
+            args: vec![1, 0x5555_0000_2000, 2],
+            stack: Some(0),
+            data: vec![
+                ArgData {
+                    arg: 1,
+                    truncated: false,
+                    bytes: b"x\n".to_vec(),
+                },
+                ArgData {
+                    arg: 2,
+                    truncated: true,
+                    bytes: vec![0, 255],
+                },
+            ],
         }),
         Record::Exit(Exit {
             thread: 0,

@@ -18,6 +18,7 @@ pub(crate) mod tag {
     pub const PROCESS_EXIT: u8 = 9;
     pub const NOTE: u8 = 10;
     pub const SIGNAL: u8 = 11;
+    pub const ENTER_DATA: u8 = 12;
 }
 
 /// Raw payload size at which a records chunk is sealed.
@@ -253,7 +254,11 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             }
         }
         Record::Enter(en) => {
-            e.u8(tag::ENTER);
+            e.u8(if en.data.is_empty() {
+                tag::ENTER
+            } else {
+                tag::ENTER_DATA
+            });
             e.uvar(en.thread.into());
             e.svar(en.ts.wrapping_sub(*last_ts) as i64);
             *last_ts = en.ts;
@@ -263,6 +268,14 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
                 e.uvar(a);
             }
             e.uvar(en.stack.map_or(0, |s| u64::from(s) + 1));
+            if !en.data.is_empty() {
+                e.uvar(en.data.len() as u64);
+                for d in &en.data {
+                    e.u8(d.arg);
+                    e.u8(u8::from(d.truncated));
+                    e.bytes(&d.bytes);
+                }
+            }
         }
         Record::Exit(x) => {
             e.u8(tag::EXIT);

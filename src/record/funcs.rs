@@ -80,78 +80,12 @@ pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
     },
 ];
 
-/// Integer-register argument count and whether it returns, for common C library functions
-/// selected with `-x`; other functions get all six argument registers and a return value.
-/// (Argument types and decoding are not known here: replay shows these in hex.)
+/// Integer-register argument count and whether it returns, for a function selected with
+/// `-x`: from its prototype if the built-in table has one, otherwise all six argument
+/// registers and a return value.
 pub fn signature(name: &str) -> (u8, bool) {
-    const KNOWN: &[(&str, u8, bool)] = &[
-        ("abort", 0, false),
-        ("accept", 3, true),
-        ("accept4", 4, true),
-        ("atoi", 1, true),
-        ("bind", 3, true),
-        ("close", 1, true),
-        ("connect", 3, true),
-        ("dlclose", 1, true),
-        ("dlopen", 2, true),
-        ("dlsym", 2, true),
-        ("dup2", 2, true),
-        ("epoll_wait", 4, true),
-        ("execve", 3, true),
-        ("exit", 1, false),
-        ("_exit", 1, false),
-        ("fclose", 1, true),
-        ("fflush", 1, true),
-        ("fopen", 2, true),
-        ("fork", 0, true),
-        ("fputs", 2, true),
-        ("fread", 4, true),
-        ("freeaddrinfo", 1, false),
-        ("fwrite", 4, true),
-        ("getaddrinfo", 4, true),
-        ("getenv", 1, true),
-        ("getpid", 0, true),
-        ("listen", 2, true),
-        ("longjmp", 2, false),
-        ("lseek", 3, true),
-        ("memcmp", 3, true),
-        ("memcpy", 3, true),
-        ("memmove", 3, true),
-        ("memset", 3, true),
-        ("mmap", 6, true),
-        ("munmap", 2, true),
-        ("nanosleep", 2, true),
-        ("pipe", 1, true),
-        ("poll", 3, true),
-        ("pthread_create", 4, true),
-        ("pthread_exit", 1, false),
-        ("pthread_join", 2, true),
-        ("pthread_mutex_lock", 1, true),
-        ("pthread_mutex_unlock", 1, true),
-        ("puts", 1, true),
-        ("qsort", 4, false),
-        ("read", 3, true),
-        ("recv", 4, true),
-        ("recvfrom", 6, true),
-        ("send", 4, true),
-        ("sendto", 6, true),
-        ("setenv", 3, true),
-        ("sleep", 1, true),
-        ("socket", 3, true),
-        ("srand", 1, false),
-        ("strchr", 2, true),
-        ("strcmp", 2, true),
-        ("strcpy", 2, true),
-        ("strdup", 1, true),
-        ("strlen", 1, true),
-        ("strncmp", 3, true),
-        ("strndup", 2, true),
-        ("strtol", 3, true),
-        ("usleep", 1, true),
-        ("write", 3, true),
-    ];
-    KNOWN
-        .iter()
-        .find(|k| k.0 == name)
-        .map_or((6, true), |k| (k.1, k.2))
+    match crate::protos::lookup(name) {
+        Some(p) => (p.args.len() as u8, p.ret != crate::protos::Ty::Void),
+        None => (6, true),
+    }
 }

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::format::{
-    Enter, Exit, ExitHow, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note, ProcessExit,
-    ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef, Writer,
+    ArgData, Enter, Exit, ExitHow, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
+    ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef, Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -28,6 +28,8 @@ pub enum Event {
         args: Vec<u64>,
         /// Return addresses, caller first, already resolved to modules.
         frames: Vec<Frame>,
+        /// Strings and buffers captured for some arguments.
+        data: Vec<ArgData>,
     },
     /// A fatal signal struck a thread.
     Signal {
@@ -150,6 +152,7 @@ impl<W: Write> Sink<W> {
                 func,
                 args,
                 frames,
+                data,
             } => {
                 let thread = self.thread(pid, tid)?;
                 let stack = self.stack(frames)?;
@@ -159,6 +162,7 @@ impl<W: Write> Sink<W> {
                     func,
                     args,
                     stack,
+                    data,
                 }))
             }
             Event::Signal {

@@ -65,6 +65,22 @@ pub fn call_json(
     if defs.class(enter.func) == FnClass::PosixMemalign {
         v["out"] = json!(exit.and_then(|x| x.out));
     }
+    if !enter.data.is_empty() {
+        // Captured strings and buffers: raw bytes (as an array, since they need not be
+        // UTF-8) and the quoted form the text trace shows.
+        v["arg_data"] = enter
+            .data
+            .iter()
+            .map(|d| {
+                json!({
+                    "arg": d.arg,
+                    "bytes": d.bytes,
+                    "truncated": d.truncated,
+                    "text": crate::protos::quote(&d.bytes, d.truncated),
+                })
+            })
+            .collect();
+    }
     if with_stack {
         v["stack"] = stack_json(sym, &frames);
     }

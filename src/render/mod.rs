@@ -42,6 +42,20 @@ pub fn ptr(v: u64) -> String {
 
 /// `name(arg, arg` without the closing parenthesis.
 pub fn call_head(defs: &Defs, e: &Enter) -> String {
+    if defs.class(e.func) == FnClass::Other {
+        if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
+            let args: Vec<String> = e
+                .args
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let data = e.data.iter().find(|d| usize::from(d.arg) == i);
+                    typed(p.args.get(i).copied(), a, data)
+                })
+                .collect();
+            return format!("{}({}", defs.name(e.func), args.join(", "));
+        }
+    }
     let kinds = arg_kinds(defs.class(e.func));
     let args: Vec<String> = e
         .args
@@ -57,8 +71,31 @@ pub fn call_head(defs: &Defs, e: &Enter) -> String {
     format!("{}({}", defs.name(e.func), args.join(", "))
 }
 
+/// One value shown as its prototype's type says (hex when there is no prototype).
+fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::ArgData>) -> String {
+    use crate::protos::{quote, Ty};
+    match (ty, data) {
+        (Some(Ty::Str | Ty::Buf(_)), Some(d)) => quote(&d.bytes, d.truncated),
+        (Some(Ty::Int), _) => (v as u32 as i32).to_string(),
+        (Some(Ty::Long), _) => (v as i64).to_string(),
+        (Some(Ty::Size), _) => v.to_string(),
+        (Some(Ty::Char), _) => match v as u8 {
+            b @ 0x20..=0x7e if b != b'\'' && b != b'\\' => format!("'{}'", b as char),
+            b => format!("'\\{b:03o}'"),
+        },
+        (Some(Ty::Ptr | Ty::Str | Ty::Buf(_)), _) => ptr(v),
+        (Some(Ty::Hex) | None, _) => format!("{v:#x}"),
+        (Some(Ty::Void), _) => String::new(),
+    }
+}
+
 /// ` = value` for a return.
 pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
+    if let (FnClass::Other, Some(r)) = (defs.class(e.func), x.ret) {
+        if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
+            return format!(" = {}", typed(Some(p.ret), r, None));
+        }
+    }
     match (defs.class(e.func), x.ret) {
         (_, None) => " = <no return ...>".to_string(),
         (FnClass::PosixMemalign, Some(r)) => match x.out {

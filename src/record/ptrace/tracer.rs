@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use super::codegen::slot;
 use super::mem::{self, Regs};
 use super::space::{BpKind, Space, SpaceError};
-use crate::format::{ExitHow, FnClass, FormatError, StartCause};
+use crate::format::{ArgData, ExitHow, FnClass, FormatError, StartCause};
 use crate::record::funcs::{self, TracedFn};
 use crate::record::procfs;
 use crate::record::select::{glob, Selection};
@@ -80,6 +80,8 @@ pub struct TraceOptions {
     pub max_stack_bytes: usize,
     /// Follow child processes (forks, vforks, clones that are not threads).
     pub follow: bool,
+    /// Most bytes captured per string or buffer argument (ltrace's `-s`).
+    pub string_limit: usize,
 }
 
 impl Default for TraceOptions {
@@ -89,6 +91,7 @@ impl Default for TraceOptions {
             stack_bytes: 4 << 10,
             max_stack_bytes: 256 << 10,
             follow: true,
+            string_limit: 32,
         }
     }
 }
@@ -1412,6 +1415,11 @@ impl<'s, W: Write> Tracer<'s, W> {
         let func = &self.funcs[f as usize];
         let all = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
         let args = all[..usize::from(func.nargs).min(6)].to_vec();
+        let data = if func.class == FnClass::Other {
+            capture_args(tid, func.name, &args, self.opts.string_limit)
+        } else {
+            Vec::new()
+        };
         proc_.buffer(
             seq_now,
             0,
@@ -1422,6 +1430,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 func: f,
                 args,
                 frames,
+                data,
             },
         );
 
@@ -1525,6 +1534,62 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
         Ok(())
     }
+}
+
+/// Reads the strings and buffers that a call's prototype says its arguments point to, at
+/// most `limit` bytes each (strings are read one more byte, to tell whether they end).
+fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData> {
+    use crate::protos::Ty;
+    let Some(proto) = crate::protos::lookup(name) else {
+        return Vec::new();
+    };
+    let limit = limit.min(crate::format::MAX_ARG_DATA);
+    let mut out = Vec::new();
+    for (i, ty) in proto.args.iter().enumerate() {
+        let Some(&addr) = args.get(i) else { break };
+        if addr == 0 {
+            continue;
+        }
+        let (want, is_str) = match *ty {
+            Ty::Str => (limit + 1, true),
+            Ty::Buf(n) => match args.get(n as usize) {
+                Some(&len) => (len.min(limit as u64 + 1) as usize, false),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let mut ranges = Vec::new();
+        push_stack_pages(&mut ranges, addr, want);
+        let mut buf = vec![0u8; want];
+        // A partial read (the string ends near an unmapped page) keeps what was read.
+        let got = mem::readv(tid, &ranges, &mut buf).unwrap_or(0);
+        if got == 0 && want > 0 {
+            continue; // unreadable: shown as a pointer
+        }
+        buf.truncate(got);
+        let truncated = if is_str {
+            match buf.iter().position(|&b| b == 0) {
+                Some(end) => {
+                    buf.truncate(end);
+                    false
+                }
+                None => {
+                    buf.truncate(limit);
+                    true
+                }
+            }
+        } else {
+            let t = buf.len() > limit;
+            buf.truncate(limit);
+            t || (got < want)
+        };
+        out.push(ArgData {
+            arg: i as u8,
+            truncated,
+            bytes: buf,
+        });
+    }
+    out
 }
 
 /// Lets a seized tracee in group-stop wait for SIGCONT while staying traced.
