@@ -100,6 +100,19 @@ enum Cmd {
         /// Also look for debug files here (by build-id and debuglink name).
         #[arg(long = "debug-dir", value_name = "DIR")]
         debug_dirs: Vec<PathBuf>,
+        /// Prefix lines with the time of day (UTC); -tt adds microseconds, -ttt prints
+        /// seconds since the epoch.
+        #[arg(short = 't', action = clap::ArgAction::Count, conflicts_with = "leaks")]
+        clock: u8,
+        /// Prefix lines with the time since the previous line.
+        #[arg(short = 'r', conflicts_with = "leaks")]
+        relative: bool,
+        /// Show the time spent in each call, from its entry to its return.
+        #[arg(short = 'T', conflicts_with = "leaks")]
+        durations: bool,
+        /// Print calls and time per function instead of the trace.
+        #[arg(short = 'c', conflicts_with = "leaks")]
+        summary: bool,
     },
     /// Store the symbols (and with --sources the source lines) a recording references, so
     /// that it replays identically on a machine without the recorded binaries.
@@ -258,8 +271,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             growth,
             verbose,
             debug_dirs,
+            clock,
+            relative,
+            durations,
+            summary,
         } => {
             let opts = ReplayOptions {
+                clock: clock.min(3),
+                relative,
+                durations,
+                summary,
                 format,
                 pid,
                 svg,

@@ -49,6 +49,15 @@ pub struct ReplayOptions {
     pub all: bool,
     /// Where to find debug info.
     pub symbolize: SymbolizeOptions,
+    /// Trace: prefix each line with the wall-clock time (ltrace's `-t`, `-tt`, `-ttt`:
+    /// 1 seconds, 2 microseconds, 3 seconds since the epoch); 0 for none.
+    pub clock: u8,
+    /// Trace: prefix each line with the time since the previous line (`-r`).
+    pub relative: bool,
+    /// Trace: show the time spent in each call (`-T`).
+    pub durations: bool,
+    /// Print a table of calls and time per function instead of the trace (`-c`).
+    pub summary: bool,
 }
 
 /// Errors of replay.
@@ -134,9 +143,18 @@ enum TraceOut {
 }
 
 impl TraceOut {
-    fn new(format: OutputFormat) -> Self {
-        match format {
-            OutputFormat::Text => TraceOut::Text(TraceWriter::default()),
+    fn new(opts: &ReplayOptions, start_unix_ns: u128) -> Self {
+        match opts.format {
+            OutputFormat::Text => TraceOut::Text(TraceWriter {
+                times: Times {
+                    clock: opts.clock,
+                    relative: opts.relative,
+                    durations: opts.durations,
+                    start_unix_ns,
+                    last: None,
+                },
+                ..TraceWriter::default()
+            }),
             OutputFormat::Json => TraceOut::Json,
             OutputFormat::Folded => TraceOut::Folded(Folded::default()),
         }
@@ -297,7 +315,13 @@ pub fn replay(
     };
     let mut pairer = CallPairer::default();
     let mut leaks = LeakAnalysis::default();
-    let mut trace = TraceOut::new(opts.format);
+    let start_unix_ns = reader
+        .meta()
+        .get("start-unix-ns")
+        .and_then(|v| v.parse::<u128>().ok())
+        .unwrap_or(0);
+    let mut trace = TraceOut::new(opts, start_unix_ns);
+    let mut table = crate::analyze::calltable::CallTable::default();
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         cx.learn(&rec);
         let step = pairer.step(&rec, &cx.defs);
@@ -312,7 +336,13 @@ pub fn replay(
             .pid
             .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));
         if selected && (opts.all || !nested) {
-            trace.record(out, &rec, step, &mut cx, opts)?;
+            if opts.summary {
+                if let Some(s) = &step {
+                    table.step(s, &cx.defs);
+                }
+            } else {
+                trace.record(out, &rec, step, &mut cx, opts)?;
+            }
         }
     }
     if opts.leaks {
@@ -321,6 +351,8 @@ pub fn replay(
             report.groups.retain(|g| g.pid == want);
         }
         write_leak_report(out, &report, &mut cx, opts)?;
+    } else if opts.summary {
+        render::write_call_table(out, &table.finish())?;
     } else {
         trace.finish(out, &mut cx, &pairer, opts)?;
     }
@@ -352,7 +384,66 @@ pub fn replay(
 struct TraceWriter {
     /// An entered call waiting for its return: thread, line so far, caller text, stack.
     pending: Option<(u32, String, String, Option<u32>)>,
+    /// Time prefix of the pending call's line.
+    pending_prefix: String,
     callers: HashMap<u32, String>,
+    /// Time columns (`-t`, `-r`, `-T`).
+    times: Times,
+}
+
+/// `HH:MM:SS` (UTC) of a wall-clock time in nanoseconds since the epoch.
+fn time_of_day(ns: u128) -> String {
+    let s = (ns / 1_000_000_000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// The optional time columns of the text trace.
+#[derive(Default)]
+struct Times {
+    clock: u8,
+    relative: bool,
+    durations: bool,
+    /// Wall-clock time of the recording's start, from its metadata.
+    start_unix_ns: u128,
+    /// Time of the previous line, for `-r`.
+    last: Option<u64>,
+}
+
+impl Times {
+    /// The prefix of a line about an event at `ts` (recording nanoseconds).
+    fn prefix(&mut self, ts: u64) -> String {
+        let mut p = String::new();
+        if self.relative {
+            let d = ts.saturating_sub(self.last.unwrap_or(ts));
+            p.push_str(&format!(
+                "{:3}.{:06} ",
+                d / 1_000_000_000,
+                d % 1_000_000_000 / 1000
+            ));
+        }
+        self.last = Some(ts);
+        if self.clock > 0 {
+            let wall = self.start_unix_ns + u128::from(ts);
+            let (secs, micros) = (wall / 1_000_000_000, wall % 1_000_000_000 / 1000);
+            match self.clock {
+                1 => p.push_str(&format!("{} ", time_of_day(wall))),
+                2 => p.push_str(&format!("{}.{micros:06} ", time_of_day(wall))),
+                _ => p.push_str(&format!("{secs}.{micros:06} ")),
+            }
+        }
+        p
+    }
+
+    /// ` <0.000123>`: seconds from entry to return, when both are known.
+    fn duration(&self, enter: &crate::format::Enter, exit: &crate::format::Exit) -> String {
+        match exit.ts {
+            Some(ts) if self.durations => {
+                let d = ts.saturating_sub(enter.ts);
+                format!(" <{}.{:06}>", d / 1_000_000_000, d % 1_000_000_000 / 1000)
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 impl TraceWriter {
@@ -374,13 +465,23 @@ impl TraceWriter {
     fn flush(&mut self, out: &mut dyn Write, defs: &Defs) -> std::io::Result<()> {
         if let Some((thread, head, caller, _)) = self.pending.take() {
             let (pid, tid) = defs.thread(thread);
+            let t = std::mem::take(&mut self.pending_prefix);
             if caller.is_empty() {
-                writeln!(out, "[{pid} {tid}] {head} <unfinished ...>")?;
+                writeln!(out, "{t}[{pid} {tid}] {head} <unfinished ...>")?;
             } else {
-                writeln!(out, "[{pid} {tid}] {head} <unfinished ...>  {caller}")?;
+                writeln!(out, "{t}[{pid} {tid}] {head} <unfinished ...>  {caller}")?;
             }
         }
         Ok(())
+    }
+
+    /// Prefix for a line about an event at `ts`.
+    fn at(&mut self, ts: Option<u64>) -> String {
+        match ts {
+            Some(ts) => self.times.prefix(ts),
+            None if self.times.clock > 0 || self.times.relative => "? ".to_string(),
+            None => String::new(),
+        }
     }
 
     fn write_line(
@@ -420,29 +521,36 @@ impl TraceWriter {
                 self.flush(out, defs)?;
                 let (pid, tid) = defs.thread(enter.thread);
                 let c = self.caller_of(enter.stack, defs, sym);
-                let line = format!("[{pid} {tid}] {}) = <void>", call_head(defs, enter));
+                let t = self.at(Some(enter.ts));
+                let line = format!("{t}[{pid} {tid}] {}) = <void>", call_head(defs, enter));
                 Self::write_line(out, line, &c, enter.stack, defs, sym, show_stack)
             }
             Some(Step::Began { enter, .. }) => {
                 self.flush(out, defs)?;
                 let c = self.caller_of(enter.stack, defs, sym);
-                self.pending = Some((enter.thread, call_head(defs, enter), c, enter.stack));
+                let t = self.at(Some(enter.ts));
+                let head = call_head(defs, enter);
+                self.pending = Some((enter.thread, head, c, enter.stack));
+                self.pending_prefix = t;
                 Ok(())
             }
             Some(Step::Ended { enter, exit, .. }) => {
                 let (pid, tid) = defs.thread(enter.thread);
                 let ret = ret_text(defs, &enter, exit);
+                let took = self.times.duration(&enter, exit);
                 match self.pending.take() {
                     Some((thread, head, c, stack)) if thread == exit.thread => {
-                        let line = format!("[{pid} {tid}] {head}){ret}");
+                        let t = std::mem::take(&mut self.pending_prefix);
+                        let line = format!("{t}[{pid} {tid}] {head}){ret}{took}");
                         Self::write_line(out, line, &c, stack, defs, sym, show_stack)
                     }
                     other => {
                         self.pending = other;
                         self.flush(out, defs)?;
+                        let t = self.at(exit.ts);
                         writeln!(
                             out,
-                            "[{pid} {tid}] <... {} resumed> ){ret}",
+                            "{t}[{pid} {tid}] <... {} resumed> ){ret}{took}",
                             defs.name(enter.func)
                         )
                     }
@@ -463,9 +571,10 @@ impl TraceWriter {
                     } else {
                         String::new()
                     };
+                    let t = self.at(Some(x.ts));
                     writeln!(
                         out,
-                        "[{pid} {tid}] --- {}{addr} ---{at}",
+                        "{t}[{pid} {tid}] --- {}{addr} ---{at}",
                         render::signal_text(x.signo)
                     )?;
                     // A crash always shows its stack: it is what the user came for.
@@ -473,7 +582,8 @@ impl TraceWriter {
                 }
                 Record::ProcessExit(p) => {
                     self.flush(out, defs)?;
-                    writeln!(out, "[{} {}] {}", p.pid, p.pid, render::exit_text(p.how))
+                    let t = self.at(Some(p.ts));
+                    writeln!(out, "{t}[{} {}] {}", p.pid, p.pid, render::exit_text(p.how))
                 }
                 _ => Ok(()),
             },

@@ -239,6 +239,7 @@ fn hostile_paths_in_a_recording_are_not_opened() {
             thread: 0,
             ret: Some(0x5000),
             out: None,
+            ts: None,
         }),
     ];
     let plain = dir.join("plain.rlt");

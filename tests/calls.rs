@@ -201,7 +201,7 @@ fn filters_exclude_and_warn_about_rules_that_match_nothing() {
 
 #[test]
 fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let dir = scratch("calls-rust");
     let rec = dir.join("server.rlt");
     let mut child = rltrace()
@@ -213,15 +213,8 @@ fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let addr = listen_addr(child.stdout.take().unwrap());
+    let first = format!("listening on {addr}\n");
     for msg in ["41", "quit"] {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         writeln!(s, "{msg}").unwrap();
@@ -292,4 +285,73 @@ fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
         ],
         "{trace}"
     );
+}
+
+#[test]
+fn call_durations_timestamps_and_the_summary_table() {
+    let bin = build_c("calls_times", "calls.c", &["-O1", "-g"]);
+    let dir = scratch("calls-times");
+    let rec = dir.join("t.rlt");
+    record_x(&bin, &rec, "write+strdup+puts+usleep+frob@MAIN");
+    // -T: the usleep(20000) call took at least 20 ms (the stub's time stamp counter,
+    // converted to recording time), and every returning call shows a duration.
+    let trace = replay_clean(&rec, &["-T"]);
+    let secs = |l: &str| -> f64 {
+        let d = l.rsplit_once(" <").unwrap().1.split_once('>').unwrap().0;
+        d.parse().unwrap()
+    };
+    let sleep = trace.lines().find(|l| l.contains("usleep(20000)")).unwrap();
+    assert!(sleep.contains("usleep(20000) = 0 <"), "{sleep}");
+    assert!((0.020..1.0).contains(&secs(sleep)), "{sleep}");
+    for l in trace
+        .lines()
+        .filter(|l| l.contains(") = ") && !l.contains("<void>"))
+    {
+        assert!(secs(l) < 1.0, "{l}");
+    }
+    // -ttt: seconds since the epoch, non-decreasing; -r: the gap before the first line
+    // after usleep is at least its 20 ms.
+    let t3 = replay_clean(&rec, &["-ttt"]);
+    let stamps: Vec<f64> = t3
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{t3}");
+    assert!(stamps[0] > 1.7e9, "{t3}");
+    let rel = replay_clean(&rec, &["-r"]);
+    let after = rel
+        .lines()
+        .skip_while(|l| !l.contains("usleep("))
+        .nth(1)
+        .unwrap();
+    let gap: f64 = after.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(gap >= 0.020, "{rel}");
+    // -c: exact calls per function.
+    let table = replay_clean(&rec, &["-c"]);
+    let calls = |f: &str| -> u64 {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(f))
+            .unwrap_or_else(|| panic!("no {f} row: {table}"))
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // write: five from the loop and stdio's flush of "done" at exit.
+    assert_eq!(
+        [
+            calls("frob"),
+            calls("write"),
+            calls("strdup"),
+            calls("free"),
+            calls("usleep"),
+            calls("puts")
+        ],
+        [5, 6, 5, 4, 1, 1],
+        "{table}"
+    );
+    let top = table.lines().nth(2).unwrap();
+    assert!(top.ends_with(" usleep"), "the sleep dominates: {table}");
 }

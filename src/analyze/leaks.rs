@@ -277,6 +277,7 @@ mod tests {
                 thread: 0,
                 ret,
                 out,
+                ts: None,
             }));
         }
         v
@@ -353,11 +354,13 @@ mod tests {
                 thread: 0,
                 ret: Some(0x1000),
                 out: None,
+                ts: None,
             }),
             Record::Exit(Exit {
                 thread: 0,
                 ret: Some(0x1000),
                 out: None,
+                ts: None,
             }),
         ];
         let r = run(vec![recs]);

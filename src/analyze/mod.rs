@@ -1,5 +1,6 @@
 //! Analyses: pure functions over the decoded record stream. They never touch a process.
 
+pub mod calltable;
 pub mod growth;
 pub mod leaks;
 pub mod summary;

@@ -13,7 +13,7 @@ pub use writer::Writer;
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
 /// signal record, version 3 the attach start cause, version 4 the enter record with
-/// argument data; older files read unchanged).
+/// argument data and the timed exit record; older files read unchanged).
 pub const VERSION: u16 = 4;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
@@ -250,6 +250,8 @@ pub struct Exit {
     pub ret: Option<u64>,
     /// Value stored through an out-pointer argument (`posix_memalign`), read at return.
     pub out: Option<u64>,
+    /// When it returned (nanoseconds since the recording started), if known.
+    pub ts: Option<u64>,
 }
 
 /// How a process came to be recorded.

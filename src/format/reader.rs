@@ -466,8 +466,15 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                     data,
                 })
             }
-            tag::EXIT => {
+            tag::EXIT | tag::EXIT_AT => {
                 let thread = d.uvar32()?;
+                let ts = if t == tag::EXIT_AT {
+                    let ts = last_ts.wrapping_add(d.svar()? as u64);
+                    last_ts = ts;
+                    Some(ts)
+                } else {
+                    None
+                };
                 let flags = d.u8()?;
                 if flags & !3 != 0 {
                     return Err(d.error(format!("unknown exit flags {flags:#x}")));
@@ -482,7 +489,12 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 } else {
                     None
                 };
-                Record::Exit(Exit { thread, ret, out })
+                Record::Exit(Exit {
+                    thread,
+                    ret,
+                    out,
+                    ts,
+                })
             }
             tag::PROCESS_START => Record::ProcessStart(ProcessStart {
                 pid: d.uvar32()?,

@@ -54,6 +54,7 @@ fn sample_records() -> Vec<Record> {
             thread: 0,
             ret: Some(0x5555_0000_1000),
             out: None,
+            ts: None,
         }),
         Record::Enter(Enter {
             thread: 0,
@@ -86,6 +87,7 @@ fn sample_records() -> Vec<Record> {
             thread: 0,
             ret: None,
             out: Some(7),
+            ts: None,
         }),
         Record::Signal(SignalRec {
             thread: 0,

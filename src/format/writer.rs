@@ -19,6 +19,7 @@ pub(crate) mod tag {
     pub const NOTE: u8 = 10;
     pub const SIGNAL: u8 = 11;
     pub const ENTER_DATA: u8 = 12;
+    pub const EXIT_AT: u8 = 13;
 }
 
 /// Raw payload size at which a records chunk is sealed.
@@ -278,8 +279,16 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             }
         }
         Record::Exit(x) => {
-            e.u8(tag::EXIT);
+            e.u8(if x.ts.is_some() {
+                tag::EXIT_AT
+            } else {
+                tag::EXIT
+            });
             e.uvar(x.thread.into());
+            if let Some(ts) = x.ts {
+                e.svar(ts.wrapping_sub(*last_ts) as i64);
+                *last_ts = ts;
+            }
             let flags = u8::from(x.ret.is_some()) | (u8::from(x.out.is_some()) << 1);
             e.u8(flags);
             if let Some(r) = x.ret {

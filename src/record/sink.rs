@@ -58,6 +58,8 @@ pub enum Event {
         ret: Option<u64>,
         /// Out-pointer value read at return.
         out: Option<u64>,
+        /// When it returned, if known (recording nanoseconds).
+        ts: Option<u64>,
     },
 }
 
@@ -185,9 +187,20 @@ impl<W: Write> Sink<W> {
                     stack,
                 }))
             }
-            Event::Exit { pid, tid, ret, out } => {
+            Event::Exit {
+                pid,
+                tid,
+                ret,
+                out,
+                ts,
+            } => {
                 let thread = self.thread(pid, tid)?;
-                self.writer.push(&Record::Exit(Exit { thread, ret, out }))
+                self.writer.push(&Record::Exit(Exit {
+                    thread,
+                    ret,
+                    out,
+                    ts,
+                }))
             }
         }
     }

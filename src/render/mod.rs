@@ -439,3 +439,43 @@ pub fn write_leaks(
     )?;
     Ok(())
 }
+
+/// The `-c` table, in ltrace's layout: share of the time, seconds, microseconds per call,
+/// calls, function. Time is from entry to return of calls whose return time is known.
+pub fn write_call_table(
+    out: &mut dyn Write,
+    rows: &[crate::analyze::calltable::Row],
+) -> io::Result<()> {
+    let total_ns: u64 = rows.iter().map(|r| r.ns).sum();
+    let total_calls: u64 = rows.iter().map(|r| r.calls).sum();
+    let rule = "------ ----------- ----------- --------- --------------------";
+    writeln!(
+        out,
+        "% time     seconds  usecs/call     calls      function"
+    )?;
+    writeln!(out, "{rule}")?;
+    for r in rows {
+        let pct = if total_ns > 0 {
+            r.ns as f64 * 100.0 / total_ns as f64
+        } else {
+            0.0
+        };
+        let per = r.ns.checked_div(r.timed).unwrap_or(0) / 1000;
+        writeln!(
+            out,
+            "{pct:6.2} {:4}.{:06} {per:11} {:9} {}",
+            r.ns / 1_000_000_000,
+            r.ns % 1_000_000_000 / 1000,
+            r.calls,
+            r.name
+        )?;
+    }
+    writeln!(out, "{rule}")?;
+    writeln!(
+        out,
+        "100.00 {:4}.{:06} {:11} {total_calls:9} total",
+        total_ns / 1_000_000_000,
+        total_ns % 1_000_000_000 / 1000,
+        ""
+    )
+}

@@ -107,18 +107,19 @@ pub fn start_server(rec: &Path, server: &Path) -> (std::process::Child, String) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let addr = listen_addr(child.stdout.take().unwrap());
+    (child, addr)
+}
+
+/// The address from the Rust server's first line, `listening on ADDR`.
+pub fn listen_addr(stdout: std::process::ChildStdout) -> String {
     let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let addr = first
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+    first
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_string();
-    (child, addr)
+        .to_string()
 }
 
 /// Sends SIGTERM to a process.

@@ -45,7 +45,7 @@ pub const TRAMPS: u64 = 1020;
 /// Offset of the stubs.
 pub const STUB_OFF: u64 = TRAMP_OFF + TRAMPS * TRAMP_SIZE;
 /// Bytes per stub.
-pub const STUB_SIZE: u64 = 64;
+pub const STUB_SIZE: u64 = 128;
 /// Number of return slots (calls in flight at once, across all threads of a process).
 pub const SLOTS: u64 = 2048;
 /// Offset of the data part (page-aligned).
@@ -88,6 +88,10 @@ pub mod slot {
     /// One byte, set to 1 after everything else: a byte cannot be read torn, so a reader
     /// that sees it set (and reads the other fields after it) sees them whole.
     pub const DONE: u64 = 40;
+    /// Time stamp counter at return.
+    pub const TSC: u64 = 48;
+    /// rdx, saved while `rdtsc` uses it (it may hold the upper half of a return value).
+    pub const RDX: u64 = 56;
     /// Bytes the tracer writes when it hands the slot to a call.
     pub const INIT_LEN: usize = 48;
 }
@@ -119,6 +123,13 @@ pub fn stub(base: u64, i: u64) -> Vec<u8> {
         c.extend_from_slice(suffix);
     };
     rip_rel(&mut c, &[0x48, 0x89, 0x05], s + slot::RET, &[]); // mov [rip+ret], rax
+    rip_rel(&mut c, &[0x48, 0x89, 0x15], s + slot::RDX, &[]); // mov [rip+rdx], rdx
+    c.extend_from_slice(&[0x0f, 0x31]); // rdtsc
+    c.extend_from_slice(&[0x48, 0xc1, 0xe2, 0x20]); // shl rdx, 32
+    c.extend_from_slice(&[0x48, 0x09, 0xd0]); // or rax, rdx
+    rip_rel(&mut c, &[0x48, 0x89, 0x05], s + slot::TSC, &[]); // mov [rip+tsc], rax
+    rip_rel(&mut c, &[0x48, 0x8b, 0x05], s + slot::RET, &[]); // mov rax, [rip+ret]
+    rip_rel(&mut c, &[0x48, 0x8b, 0x15], s + slot::RDX, &[]); // mov rdx, [rip+rdx]
     rip_rel(&mut c, &[0x4c, 0x8b, 0x1d], s + slot::ARG, &[]); // mov r11, [rip+arg]
     c.extend_from_slice(&[0x4d, 0x8b, 0x1b]); // mov r11, [r11]
     rip_rel(&mut c, &[0x4c, 0x89, 0x1d], s + slot::OUT, &[]); // mov [rip+out], r11
@@ -295,11 +306,18 @@ mod tests {
         let base = 0x7f12_3456_0000;
         let code = stub(base, 5);
         let ins = decode_all(&code, base + STUB_OFF + 5 * STUB_SIZE);
-        let codes: Vec<Code> = ins.iter().take(9).map(|i| i.code()).collect();
+        let codes: Vec<Code> = ins.iter().take(16).map(|i| i.code()).collect();
         assert_eq!(
             codes,
             [
                 Code::Mov_rm64_r64,
+                Code::Mov_rm64_r64,
+                Code::Rdtsc,
+                Code::Shl_rm64_imm8,
+                Code::Or_rm64_r64,
+                Code::Mov_rm64_r64,
+                Code::Mov_r64_rm64,
+                Code::Mov_r64_rm64,
                 Code::Mov_r64_rm64,
                 Code::Mov_r64_rm64,
                 Code::Mov_rm64_r64,
@@ -312,6 +330,12 @@ mod tests {
         );
         let s = base + SLOT_OFF + 5 * SLOT_SIZE;
         assert_eq!(ins[0].ip_rel_memory_address(), s + slot::RET);
+        assert_eq!(ins[1].ip_rel_memory_address(), s + slot::RDX);
+        assert_eq!(ins[3].immediate8(), 32);
+        assert_eq!(ins[5].ip_rel_memory_address(), s + slot::TSC);
+        assert_eq!(ins[6].ip_rel_memory_address(), s + slot::RET);
+        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::RDX);
+        let ins = &ins[7..];
         assert_eq!(ins[1].ip_rel_memory_address(), s + slot::ARG);
         assert_eq!(ins[3].ip_rel_memory_address(), s + slot::OUT);
         assert!(ins[5].has_lock_prefix());

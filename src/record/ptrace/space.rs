@@ -533,6 +533,23 @@ impl Space {
         Ok(undone)
     }
 
+    /// Reads the process's SIGTRAP action into the tracee buffer at `buf` (32 bytes) and
+    /// returns its handler address.
+    fn sigtrap_handler(&mut self, tid: u32, buf: u64) -> Result<u64, SpaceError> {
+        let sig = libc::SIGTRAP as u64;
+        self.remote_syscall(
+            tid,
+            libc::SYS_rt_sigaction,
+            [sig, 0, buf, 8, 0, 0],
+            "rt_sigaction",
+        )?;
+        let mut cur = [0u8; 8];
+        self.mem
+            .read(buf, &mut cur)
+            .map_err(io_err("read the SIGTRAP action"))?;
+        Ok(u64::from_le_bytes(cur))
+    }
+
     /// Installs the region's SIGTRAP handler on stopped thread `tid`, so breakpoints left
     /// behind by a recorder that dies are emulated rather than fatal. Returns false, and
     /// installs nothing, if the program has a SIGTRAP action of its own.
@@ -543,17 +560,7 @@ impl Space {
         let old = base + codegen::SIGACT_OLD_OFF;
         let new = base + codegen::SIGACT_NEW_OFF;
         let sig = libc::SIGTRAP as u64;
-        self.remote_syscall(
-            tid,
-            libc::SYS_rt_sigaction,
-            [sig, 0, old, 8, 0, 0],
-            "rt_sigaction",
-        )?;
-        let mut cur = [0u8; 8];
-        self.mem
-            .read(old, &mut cur)
-            .map_err(io_err("read the SIGTRAP action"))?;
-        let cur = u64::from_le_bytes(cur);
+        let cur = self.sigtrap_handler(tid, old)?;
         if let Some(&lb) = self
             .leftovers
             .iter()
@@ -600,17 +607,7 @@ impl Space {
         let new = base + codegen::SIGACT_NEW_OFF;
         let old = base + codegen::SIGACT_OLD_OFF;
         let sig = libc::SIGTRAP as u64;
-        self.remote_syscall(
-            tid,
-            libc::SYS_rt_sigaction,
-            [sig, 0, new, 8, 0, 0],
-            "rt_sigaction",
-        )?;
-        let mut cur = [0u8; 8];
-        self.mem
-            .read(new, &mut cur)
-            .map_err(io_err("read the SIGTRAP action"))?;
-        if u64::from_le_bytes(cur) == base + codegen::HANDLER_OFF {
+        if self.sigtrap_handler(tid, new)? == base + codegen::HANDLER_OFF {
             self.remote_syscall(
                 tid,
                 libc::SYS_rt_sigaction,

@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::clock::{rdtsc, TscClock};
 use super::codegen::slot;
 use super::mem::{self, Regs};
 use super::space::{BpKind, Space, SpaceError};
@@ -157,8 +158,8 @@ const UNHOOKABLE: &[&str] = &[
 /// Most events buffered per process while waiting for a running call's return.
 const MAX_REORDER: usize = 1 << 16;
 
-/// What a slot held when its stub had run: (seq, rax, out-pointer value).
-type Returned = Option<(u64, u64, u64)>;
+/// What a slot held when its stub had run: (seq, rax, out-pointer value, tsc).
+type Returned = Option<(u64, u64, u64, u64)>;
 
 /// Ordering key of a buffered event: the tracee-wide sequence number, 0 for entries and
 /// abandoned calls and 1 for returns, then arrival order.
@@ -353,11 +354,14 @@ pub struct Tracer<'s, W: Write> {
     cur_clean: bool,
     cur_group_stop: bool,
     progress: Option<fn(&Progress)>,
+    /// Converts the stubs' time stamp counter values to recording time.
+    clock: TscClock,
 }
 
 impl<'s, W: Write> Tracer<'s, W> {
     /// Prepares to trace the given functions.
     pub fn new(sink: &'s mut Sink<W>, funcs: &[TracedFn], opts: TraceOptions) -> Self {
+        let clock = TscClock::new(|| sink.now());
         Tracer {
             sink,
             funcs: funcs.to_vec(),
@@ -390,6 +394,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             cur_clean: false,
             cur_group_stop: false,
             progress: None,
+            clock,
         }
     }
 
@@ -1133,6 +1138,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             tid: *t,
                             ret: None,
                             out: None,
+                            ts: None,
                         },
                     );
                 }
@@ -1172,6 +1178,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             tid,
                             ret: None,
                             out: None,
+                            ts: None,
                         },
                     );
                 }
@@ -1221,11 +1228,27 @@ impl<'s, W: Write> Tracer<'s, W> {
         let proc_ = self.procs.get_mut(&pid).expect("checked above");
         proc_.last_seq = proc_.last_seq.max(seq_now.unwrap_or(0));
         for (i, pc) in pending.iter().enumerate().rev() {
-            let (seq, kind, ret, out) = match results[i] {
-                Some((seq, ret, out)) => (seq, 1, Some(ret), pc.has_out.then_some(out)),
-                None => (proc_.last_seq, 0, None, None),
+            let (seq, kind, ret, out, ts) = match results[i] {
+                Some((seq, ret, out, tsc)) => (
+                    seq,
+                    1,
+                    Some(ret),
+                    pc.has_out.then_some(out),
+                    Some(self.clock.to_ns(tsc)),
+                ),
+                None => (proc_.last_seq, 0, None, None, None),
             };
-            proc_.buffer(seq, kind, Event::Exit { pid, tid, ret, out });
+            proc_.buffer(
+                seq,
+                kind,
+                Event::Exit {
+                    pid,
+                    tid,
+                    ret,
+                    out,
+                    ts,
+                },
+            );
             space_rc.borrow_mut().free_slot(pc.slot);
         }
         self.release(pid)
@@ -1250,7 +1273,8 @@ impl<'s, W: Write> Tracer<'s, W> {
             self.ranges.push((space.slot_addr(p.slot) + slot::DONE, 1));
         }
         for p in pending {
-            self.ranges.push((space.slot_addr(p.slot) + slot::SEQ, 24));
+            self.ranges
+                .push((space.slot_addr(p.slot) + slot::SEQ, POLLED_FIELDS));
         }
         self.ranges.push((seq_addr, 8));
         let header: usize = self.ranges.iter().map(|r| r.1).sum();
@@ -1280,7 +1304,6 @@ impl<'s, W: Write> Tracer<'s, W> {
         addr: u64,
         f: u32,
     ) -> Result<(), TraceError> {
-        let ts = self.sink.now();
         let Some(proc_) = self.procs.get(&pid) else {
             return Ok(());
         };
@@ -1334,7 +1357,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         for (t, calls) in by_thread {
             let mut keep = Vec::new();
             for (p, r) in calls.into_iter().rev() {
-                if let Some((seq, ret, out)) = r {
+                if let Some((seq, ret, out, tsc)) = r {
                     proc_.buffer(
                         seq,
                         1,
@@ -1343,6 +1366,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             tid: t,
                             ret: Some(ret),
                             out: p.has_out.then_some(out),
+                            ts: Some(self.clock.to_ns(tsc)),
                         },
                     );
                     space.free_slot(p.slot);
@@ -1359,6 +1383,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             tid: t,
                             ret: None,
                             out: None,
+                            ts: None,
                         },
                     );
                     space.free_slot(p.slot);
@@ -1420,6 +1445,10 @@ impl<'s, W: Write> Tracer<'s, W> {
         } else {
             Vec::new()
         };
+        // The call's start, for durations: taken as late as possible, just before the
+        // thread is let go, so the time rltrace spent at this stop is not counted in it.
+        let ts = self.sink.now();
+        self.clock.observe(ts, rdtsc());
         proc_.buffer(
             seq_now,
             0,
@@ -1471,6 +1500,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             tid,
                             ret: None,
                             out: None,
+                            ts: None,
                         },
                     );
                     self.sink.dropped(1);
@@ -1658,17 +1688,26 @@ fn push_stack_pages(ranges: &mut Vec<(u64, usize)>, sp: u64, len: usize) {
     }
 }
 
-/// Parses what `read_polled` read: per call, `(seq, ret, out)` if its done byte was set.
+/// Bytes read from each polled slot, from `seq` through `tsc`.
+const POLLED_FIELDS: usize = (slot::TSC + 8 - slot::SEQ) as usize;
+
+/// Parses what `read_polled` read: per call, `(seq, ret, out, tsc)` if its done byte was
+/// set.
 fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
     let n = pending.len();
     (0..n)
         .map(|i| {
             let done_at = 8 + i;
-            let at = 8 + n + 24 * i;
-            if buf.len() < at + 24 || buf[done_at] != 1 {
+            let at = 8 + n + POLLED_FIELDS * i;
+            if buf.len() < at + POLLED_FIELDS || buf[done_at] != 1 {
                 return None;
             }
-            Some((le(buf, at), le(buf, at + 8), le(buf, at + 16)))
+            Some((
+                le(buf, at),
+                le(buf, at + 8),
+                le(buf, at + 16),
+                le(buf, at + (slot::TSC - slot::SEQ) as usize),
+            ))
         })
         .collect()
 }

@@ -393,7 +393,7 @@ impl<W: Write> Tracer<'_, W> {
         // the same place, the inner one on top.
         for (i, pc) in pending.iter().enumerate().rev() {
             match results[i] {
-                Some((seq, ret, out)) => proc_.buffer(
+                Some((seq, ret, out, tsc)) => proc_.buffer(
                     seq,
                     1,
                     super::Event::Exit {
@@ -401,6 +401,7 @@ impl<W: Write> Tracer<'_, W> {
                         tid,
                         ret: Some(ret),
                         out: pc.has_out.then_some(out),
+                        ts: Some(self.clock.to_ns(tsc)),
                     },
                 ),
                 None => {
@@ -413,6 +414,7 @@ impl<W: Write> Tracer<'_, W> {
                             tid,
                             ret: None,
                             out: None,
+                            ts: None,
                         },
                     );
                 }
