@@ -37,7 +37,8 @@ impl CallTable {
             Step::Ended { enter, exit, .. } => {
                 if let (Some(ts), Some(r)) = (exit.ts, self.rows.get_mut(&enter.func)) {
                     r.timed += 1;
-                    r.ns += ts.saturating_sub(enter.ts);
+                    // Saturating: a hostile recording can claim any times.
+                    r.ns = r.ns.saturating_add(ts.saturating_sub(enter.ts));
                 }
             }
         }

@@ -446,8 +446,8 @@ pub fn write_call_table(
     out: &mut dyn Write,
     rows: &[crate::analyze::calltable::Row],
 ) -> io::Result<()> {
-    let total_ns: u64 = rows.iter().map(|r| r.ns).sum();
-    let total_calls: u64 = rows.iter().map(|r| r.calls).sum();
+    let total_ns = rows.iter().fold(0u64, |t, r| t.saturating_add(r.ns));
+    let total_calls = rows.iter().fold(0u64, |t, r| t.saturating_add(r.calls));
     let rule = "------ ----------- ----------- --------- --------------------";
     writeln!(
         out,
