@@ -234,6 +234,40 @@ impl ElfInfo {
         out
     }
 
+    /// The GOT slots this file's dynamic relocations fill with the address of a named
+    /// function (`JUMP_SLOT` and `GLOB_DAT`): `(symbol name, stated slot address)`.
+    pub fn got_slots(&self) -> Vec<(String, u64)> {
+        use object::{ObjectSymbolTable, RelocationFlags, RelocationTarget};
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let (Some(relocs), Some(dynsyms)) =
+            (parsed.dynamic_relocations(), parsed.dynamic_symbol_table())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (offset, rel) in relocs {
+            let RelocationFlags::Elf { r_type } = rel.flags() else {
+                continue;
+            };
+            if r_type != elf::R_X86_64_JUMP_SLOT && r_type != elf::R_X86_64_GLOB_DAT {
+                continue;
+            }
+            let RelocationTarget::Symbol(idx) = rel.target() else {
+                continue;
+            };
+            if let Some(name) = dynsyms
+                .symbol_by_index(idx)
+                .ok()
+                .and_then(|s| s.name().ok().map(str::to_string))
+            {
+                out.push((name, offset));
+            }
+        }
+        out
+    }
+
     /// True if the file carries DWARF line or debug info.
     pub fn has_dwarf(&self) -> bool {
         let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {

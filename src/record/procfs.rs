@@ -95,6 +95,19 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The program's entry point (`AT_ENTRY` in `/proc/PID/auxv`).
+pub fn auxv_entry(pid: u32) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|kv| {
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        (word(&kv[..8]) == libc::AT_ENTRY).then(|| word(&kv[8..]))
+    })
+}
+
 /// True if `sig` is pending for thread `tid` itself (`SigPnd` in `/proc/TID/status`).
 pub fn thread_signal_pending(tid: u32, sig: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {

@@ -27,6 +27,8 @@ pub enum BpKind {
     Call(u32),
     /// The dynamic linker's `_dl_debug_state`: the module list changed.
     DlDebugState,
+    /// The program's entry point: relocations are done, GOT slots hold final addresses.
+    Entry,
 }
 
 /// An `int3` at a function entry.
@@ -617,6 +619,22 @@ impl Space {
         }
         self.trap_handler = false;
         Ok(())
+    }
+
+    /// Reads one 64-bit word of the tracee's memory.
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.mem.read(addr, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// The module containing `addr`: its start and end.
+    pub fn module_at(&self, addr: u64) -> Option<(u64, u64)> {
+        self.modules
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, m)| addr < m.end)
+            .map(|(&s, m)| (s, m.end))
     }
 
     /// Is `addr` inside an injected region?

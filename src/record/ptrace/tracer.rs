@@ -320,6 +320,10 @@ pub struct Tracer<'s, W: Write> {
     selected_ids: HashMap<String, u32>,
     /// Selected names already reported as not traceable.
     refused: HashSet<String>,
+    /// Selected GNU IFUNCs: name -> defining module (start, end, path).
+    ifuncs: HashMap<String, (u64, u64, String)>,
+    /// GOT slots of each process's main executable, until its entry is reached.
+    got_slots: HashMap<u32, Vec<(String, u64)>>,
     opts: TraceOptions,
     threads: HashMap<u32, Thread>,
     procs: HashMap<u32, Proc>,
@@ -369,6 +373,8 @@ impl<'s, W: Write> Tracer<'s, W> {
             select: None,
             selected_ids: HashMap::new(),
             refused: HashSet::new(),
+            ifuncs: HashMap::new(),
+            got_slots: HashMap::new(),
             opts,
             threads: HashMap::new(),
             procs: HashMap::new(),
@@ -444,6 +450,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         self.start_image(pid, 0, StartCause::Spawn)?;
         self.resume(pid, None)?;
         self.event_loop()?;
+        self.note_unresolved_ifuncs()?;
         Ok(self.root_status.unwrap_or(ExitHow::Running))
     }
 
@@ -719,6 +726,29 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
             if self.select.is_some() {
                 self.hook_selected(pid, tid, &mut space, &m, is_exe)?;
+                if is_exe {
+                    let slots: Vec<(String, u64)> = m
+                        .elf
+                        .got_slots()
+                        .into_iter()
+                        .map(|(n, off)| (n, m.bias + off))
+                        .collect();
+                    if !slots.is_empty() {
+                        self.got_slots.insert(pid, slots);
+                        match procfs::auxv_entry(pid) {
+                            // Attached (or entry already passed): resolve at setup instead.
+                            Some(entry) if !self.attached => {
+                                if let Err(e) = space.insert_bp(tid, entry, BpKind::Entry) {
+                                    self.sink.note(
+                                        pid,
+                                        format!("IFUNCs selected with -x are not traced: {e}"),
+                                    )?;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
             }
             if let Some(a) = m.elf.symbol_address("_dl_debug_state") {
                 if let Err(e) = space.insert_bp(tid, m.bias + a, BpKind::DlDebugState) {
@@ -762,9 +792,15 @@ impl<'s, W: Write> Tracer<'s, W> {
             if self.names.contains(&name.as_str()) {
                 continue; // the allocator family is hooked already
             }
-            let why = if ifunc {
-                Some("it is a GNU IFUNC, resolved at run time (not supported yet)")
-            } else if UNHOOKABLE.iter().any(|p| glob(p, &name)) {
+            if ifunc {
+                // Its symbol is the resolver; the implementation chosen at run time is
+                // found in the program's GOT once relocations are done (at its entry).
+                self.ifuncs
+                    .entry(name.clone())
+                    .or_insert_with(|| (m.start, m.end, m.path.clone()));
+                continue;
+            }
+            let why = if UNHOOKABLE.iter().any(|p| glob(p, &name)) {
                 Some("it manipulates its caller's stack or return address")
             } else {
                 None
@@ -776,28 +812,91 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
                 continue;
             }
-            let id = match self.selected_ids.get(&name) {
-                Some(&id) => id,
-                None => {
-                    let (nargs, returns) = funcs::signature(&name);
-                    let f = TracedFn {
-                        // One leaked string per distinct traced name, for the whole run.
-                        name: Box::leak(name.clone().into_boxed_str()),
-                        class: FnClass::Other,
-                        nargs,
-                        returns,
-                    };
-                    let id = self.sink.function(&f)?;
-                    debug_assert_eq!(id as usize, self.funcs.len());
-                    self.funcs.push(f);
-                    self.selected_ids.insert(name.clone(), id);
-                    id
-                }
-            };
+            let id = self.selected_id(&name)?;
             if let Err(e) = space.insert_bp(tid, m.bias + svma, BpKind::Call(id)) {
                 self.sink
                     .note(pid, format!("{name} in {} is not traced: {e}", m.path))?;
             }
+        }
+        Ok(())
+    }
+
+    /// The function id of a name selected with `-x`, defining it on first use.
+    fn selected_id(&mut self, name: &str) -> Result<u32, TraceError> {
+        if let Some(&id) = self.selected_ids.get(name) {
+            return Ok(id);
+        }
+        let (nargs, returns) = funcs::signature(name);
+        let f = TracedFn {
+            // One leaked string per distinct traced name, for the whole run.
+            name: Box::leak(name.to_string().into_boxed_str()),
+            class: FnClass::Other,
+            nargs,
+            returns,
+        };
+        let id = self.sink.function(&f)?;
+        debug_assert_eq!(id as usize, self.funcs.len());
+        self.funcs.push(f);
+        self.selected_ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// At the program's entry (relocations done), hooks the implementations that the
+    /// selected IFUNCs resolved to, read from the program's GOT slots for them. With lazy
+    /// binding a slot still points at the PLT: those are reported, not guessed.
+    fn resolve_ifuncs(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
+        let Some(slots) = self.got_slots.remove(&pid) else {
+            return Ok(());
+        };
+        let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
+            return Ok(());
+        };
+        for (name, slot) in slots {
+            let Some((lo, hi, path)) = self.ifuncs.get(&name).cloned() else {
+                continue;
+            };
+            let target = space_rc.borrow().read_u64(slot);
+            let why = match target {
+                Some(t) if (lo..hi).contains(&t) => {
+                    let id = self.selected_id(&name)?;
+                    space_rc
+                        .borrow_mut()
+                        .insert_bp(tid, t, BpKind::Call(id))
+                        .err()
+                }
+                _ => Some(
+                    "it is a GNU IFUNC and the program binds it lazily (LD_BIND_NOW=1 makes it \
+                     traceable)"
+                        .to_string(),
+                ),
+            };
+            if let Some(why) = why {
+                if self.refused.insert(name.clone()) {
+                    self.sink
+                        .note(pid, format!("{name} in {path} is not traced: {why}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes the selected IFUNCs that no program's GOT led to.
+    pub(super) fn note_unresolved_ifuncs(&mut self) -> Result<(), TraceError> {
+        let mut names: Vec<(String, String)> = self
+            .ifuncs
+            .iter()
+            .filter(|(n, _)| !self.selected_ids.contains_key(*n) && !self.refused.contains(*n))
+            .map(|(n, (_, _, path))| (n.clone(), path.clone()))
+            .collect();
+        names.sort();
+        for (name, path) in names {
+            self.sink.note(
+                self.root,
+                format!(
+                    "{name} in {path} is not traced: it is a GNU IFUNC, and only calls the \
+                     program makes through its GOT can be followed to the implementation"
+                ),
+            )?;
         }
         Ok(())
     }
@@ -849,6 +948,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 match bp.kind {
                     BpKind::Call(f) => self.on_call(tid, pid, regs, addr, f)?,
                     BpKind::DlDebugState => self.refresh_modules(pid, tid)?,
+                    BpKind::Entry => self.resolve_ifuncs(pid, tid)?,
                 }
                 let mut r = regs;
                 r.rip = bp.tramp;

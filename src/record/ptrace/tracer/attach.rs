@@ -72,6 +72,7 @@ impl<W: Write> Tracer<'_, W> {
         self.release_held()?;
         self.event_loop()?;
         disarm_alarm();
+        self.note_unresolved_ifuncs()?;
         Ok(self.root_status.unwrap_or(ExitHow::Running))
     }
 
@@ -203,7 +204,9 @@ impl<W: Write> Tracer<'_, W> {
                 format!("no SIGTRAP safety net if rltrace is killed while attached: {e}"),
             )?,
         }
-        self.refresh_modules(pid, tid)
+        self.refresh_modules(pid, tid)?;
+        // Long past its entry: the GOT already holds the IFUNCs' implementations.
+        self.resolve_ifuncs(pid, tid)
     }
 
     /// Lets every held thread run again, with the signals it is owed.
