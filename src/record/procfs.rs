@@ -110,25 +110,23 @@ pub fn auxv_entry(pid: u32) -> Option<u64> {
 
 /// True if `sig` is pending for thread `tid` itself (`SigPnd` in `/proc/TID/status`).
 pub fn thread_signal_pending(tid: u32, sig: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigPnd:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .is_some_and(|mask| (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0)
+    signal_mask_has(tid, "SigPnd:", sig)
 }
 
 /// True if process `pid` has a handler installed for signal `sig` (from `SigCgt` in
 /// `/proc/PID/status`); false if not or unknown.
 pub fn catches_signal(pid: u32, sig: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    signal_mask_has(pid, "SigCgt:", sig)
+}
+
+/// Whether the signal mask `field` of `/proc/TASK/status` has `sig` (false if unknown).
+fn signal_mask_has(task: u32, field: &str, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{task}/status")) else {
         return false;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .is_some_and(|mask| (1..=64).contains(&sig) && mask & (1 << (sig - 1)) != 0)
 }

@@ -552,6 +552,18 @@ impl Space {
         Ok(u64::from_le_bytes(cur))
     }
 
+    /// Sets the process's SIGTRAP action from the tracee buffer at `buf` (32 bytes).
+    fn set_sigtrap_action(&mut self, tid: u32, buf: u64) -> Result<(), SpaceError> {
+        let sig = libc::SIGTRAP as u64;
+        self.remote_syscall(
+            tid,
+            libc::SYS_rt_sigaction,
+            [sig, buf, 0, 8, 0, 0],
+            "rt_sigaction",
+        )?;
+        Ok(())
+    }
+
     /// Installs the region's SIGTRAP handler on stopped thread `tid`, so breakpoints left
     /// behind by a recorder that dies are emulated rather than fatal. Returns false, and
     /// installs nothing, if the program has a SIGTRAP action of its own.
@@ -561,7 +573,6 @@ impl Space {
         };
         let old = base + codegen::SIGACT_OLD_OFF;
         let new = base + codegen::SIGACT_NEW_OFF;
-        let sig = libc::SIGTRAP as u64;
         let cur = self.sigtrap_handler(tid, old)?;
         if let Some(&lb) = self
             .leftovers
@@ -577,12 +588,7 @@ impl Space {
                 .write(old, &saved)
                 .map_err(io_err("write the SIGTRAP action"))?;
             if saved[..8] != (libc::SIG_DFL as u64).to_le_bytes() {
-                self.remote_syscall(
-                    tid,
-                    libc::SYS_rt_sigaction,
-                    [sig, old, 0, 8, 0, 0],
-                    "rt_sigaction",
-                )?;
+                self.set_sigtrap_action(tid, old)?;
                 return Ok(false);
             }
         } else if cur != libc::SIG_DFL as u64 {
@@ -591,12 +597,7 @@ impl Space {
         self.mem
             .write(new, &codegen::handler_sigaction(base))
             .map_err(io_err("write the SIGTRAP action"))?;
-        self.remote_syscall(
-            tid,
-            libc::SYS_rt_sigaction,
-            [sig, new, 0, 8, 0, 0],
-            "rt_sigaction",
-        )?;
+        self.set_sigtrap_action(tid, new)?;
         self.trap_handler = true;
         Ok(true)
     }
@@ -608,14 +609,8 @@ impl Space {
         };
         let new = base + codegen::SIGACT_NEW_OFF;
         let old = base + codegen::SIGACT_OLD_OFF;
-        let sig = libc::SIGTRAP as u64;
         if self.sigtrap_handler(tid, new)? == base + codegen::HANDLER_OFF {
-            self.remote_syscall(
-                tid,
-                libc::SYS_rt_sigaction,
-                [sig, old, 0, 8, 0, 0],
-                "rt_sigaction",
-            )?;
+            self.set_sigtrap_action(tid, old)?;
         }
         self.trap_handler = false;
         Ok(())
