@@ -45,6 +45,10 @@ enum Cmd {
         /// Their arguments are shown as integer registers in hex.
         #[arg(short = 'x', value_name = "FILTER")]
         extra: Vec<String>,
+        /// Also trace every function the library LIB defines (a glob on its file name,
+        /// `libssl.so*`); the same as `-x @LIB`.
+        #[arg(short = 'l', value_name = "LIB")]
+        libs: Vec<String>,
         /// Most bytes of each string or buffer argument to record (ltrace's -s).
         #[arg(short = 's', value_name = "N", default_value_t = 32)]
         string_limit: usize,
@@ -113,6 +117,20 @@ enum Cmd {
         /// Print calls and time per function instead of the trace.
         #[arg(short = 'c', conflicts_with = "leaks")]
         summary: bool,
+        /// Show the return address of each call (`[module+offset]`).
+        #[arg(short = 'i', conflicts_with = "leaks")]
+        return_address: bool,
+        /// Indent each call by N spaces per level of nesting (with --all).
+        #[arg(
+            short = 'n',
+            value_name = "N",
+            default_value_t = 0,
+            conflicts_with = "leaks"
+        )]
+        indent: usize,
+        /// Write the output to FILE instead of standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Store the symbols (and with --sources the source lines) a recording references, so
     /// that it replays identically on a machine without the recorded binaries.
@@ -205,10 +223,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sources,
             attach,
             duration,
-            extra,
+            mut extra,
+            libs,
             string_limit,
             command,
         } => {
+            extra.extend(libs.iter().map(|l| format!("@{l}")));
             let duration = match duration {
                 Some(s) if !(s.is_finite() && s > 0.0 && s < 1e9) => {
                     anyhow::bail!("--duration must be a positive number of seconds, not {s}")
@@ -275,8 +295,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             relative,
             durations,
             summary,
+            return_address,
+            indent,
+            output,
         } => {
             let opts = ReplayOptions {
+                return_address,
+                indent: indent.min(64),
                 clock: clock.min(3),
                 relative,
                 durations,
@@ -291,10 +316,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 growth,
                 symbolize: SymbolizeOptions { debug_dirs },
             };
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let report = replay::replay(&file, &opts, &mut out)?;
-            drop(out);
+            let report = match &output {
+                Some(path) => {
+                    let f = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(f);
+                    replay::replay(&file, &opts, &mut out)?
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    replay::replay(&file, &opts, &mut out)?
+                }
+            };
             for w in &report.warnings {
                 eprintln!("rltrace: warning: {w}");
             }

@@ -58,6 +58,10 @@ pub struct ReplayOptions {
     pub durations: bool,
     /// Print a table of calls and time per function instead of the trace (`-c`).
     pub summary: bool,
+    /// Trace: show each call's return address (`-i`).
+    pub return_address: bool,
+    /// Trace: spaces of indentation per level of nesting (`-n`).
+    pub indent: usize,
 }
 
 /// Errors of replay.
@@ -153,6 +157,8 @@ impl TraceOut {
                     start_unix_ns,
                     last: None,
                 },
+                indent: opts.indent,
+                return_address: opts.return_address,
                 ..TraceWriter::default()
             }),
             OutputFormat::Json => TraceOut::Json,
@@ -389,6 +395,10 @@ struct TraceWriter {
     callers: HashMap<u32, String>,
     /// Time columns (`-t`, `-r`, `-T`).
     times: Times,
+    /// `-n`: spaces per nesting level.
+    indent: usize,
+    /// `-i`: show return addresses.
+    return_address: bool,
 }
 
 /// `HH:MM:SS` (UTC) of a wall-clock time in nanoseconds since the epoch.
@@ -475,6 +485,31 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// `name(args` with the `-n` indentation and the `-i` return address before it.
+    fn head(
+        &self,
+        defs: &Defs,
+        sym: &mut Symbolizer,
+        enter: &crate::format::Enter,
+        depth: usize,
+    ) -> String {
+        let mut h = " ".repeat(self.indent * depth);
+        if self.return_address {
+            let frames = defs.frames_of(enter.stack);
+            match render::expand(sym, &frames[..frames.len().min(1)], false).first() {
+                Some(sf) if !sf.module.is_empty() => h.push_str(&format!(
+                    "[{}+{:#x}] ",
+                    render::module_name(&sf.module),
+                    sf.addr
+                )),
+                Some(sf) => h.push_str(&format!("[{:#x}] ", sf.addr)),
+                None => h.push_str("[?] "),
+            }
+        }
+        h.push_str(&call_head(defs, enter));
+        h
+    }
+
     /// Prefix for a line about an event at `ts`.
     fn at(&mut self, ts: Option<u64>) -> String {
         match ts {
@@ -516,20 +551,24 @@ impl TraceWriter {
     ) -> std::io::Result<()> {
         match step {
             Some(Step::Began {
-                enter, void: true, ..
+                enter,
+                void: true,
+                depth,
+                ..
             }) => {
                 self.flush(out, defs)?;
                 let (pid, tid) = defs.thread(enter.thread);
                 let c = self.caller_of(enter.stack, defs, sym);
                 let t = self.at(Some(enter.ts));
-                let line = format!("{t}[{pid} {tid}] {}) = <void>", call_head(defs, enter));
+                let head = self.head(defs, sym, enter, depth);
+                let line = format!("{t}[{pid} {tid}] {head}) = <void>");
                 Self::write_line(out, line, &c, enter.stack, defs, sym, show_stack)
             }
-            Some(Step::Began { enter, .. }) => {
+            Some(Step::Began { enter, depth, .. }) => {
                 self.flush(out, defs)?;
                 let c = self.caller_of(enter.stack, defs, sym);
                 let t = self.at(Some(enter.ts));
-                let head = call_head(defs, enter);
+                let head = self.head(defs, sym, enter, depth);
                 self.pending = Some((enter.thread, head, c, enter.stack));
                 self.pending_prefix = t;
                 Ok(())

@@ -376,3 +376,52 @@ fn call_durations_timestamps_and_the_summary_table() {
     let top = table.lines().nth(2).unwrap();
     assert!(top.ends_with(" usleep"), "the sleep dominates: {table}");
 }
+
+#[test]
+fn l_traces_a_library_loaded_later_and_replay_options_i_n_o() {
+    let (main, lib) = dl_c();
+    let dir = scratch("calls-l");
+    let rec = dir.join("l.rlt");
+    let o = rltrace()
+        .args(["record", "-l", "libleaky.so", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(main)
+        .arg(lib)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The library's one function, called once from main, with its four mallocs inside
+    // (shown with --all, indented one level by -n 2, return addresses with -i).
+    let call_line = marker_line(&repo().join("tests/fixtures/c/dl_main.c"), "CALL: lib");
+    let trace = replay(&rec, &["--all", "-n", "2", "-i"]);
+    let lib_calls: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("leak_in_lib("))
+        .collect();
+    assert_eq!(lib_calls.len(), 1, "{trace}");
+    assert!(
+        lib_calls[0].contains("] [dl_main+0x")
+            && lib_calls[0].contains(&format!("dl_main.c:{call_line}:")),
+        "{trace}"
+    );
+    let inner: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("malloc(56)") && l.contains("leaky.c:"))
+        .collect();
+    assert_eq!(inner.len(), 4, "{trace}");
+    assert!(
+        inner.iter().all(|l| l.contains("]   [libleaky.so+0x")),
+        "{trace}"
+    );
+    // -o writes exactly what standard output gets.
+    let file = dir.join("trace.txt");
+    let r = rltrace()
+        .args(["replay", "--all", "-n", "2", "-i", "-o"])
+        .arg(&file)
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(r.status.success() && r.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), trace);
+}

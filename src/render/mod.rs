@@ -178,7 +178,7 @@ fn short_name(f: &str) -> String {
     f.to_string()
 }
 
-fn module_name(path: &str) -> &str {
+pub fn module_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
