@@ -41,7 +41,7 @@ enum Cmd {
         #[arg(long, requires = "pack")]
         sources: bool,
         /// Also trace these functions, in whichever module defines them (ltrace's filter
-        /// syntax: `write+send+str*-strlen`, `sym@libc.so*`, `sym@MAIN`); repeatable.
+        /// syntax: `write+send+str*-strlen`, `sym@libc.so*`, `/^str/`, `sym@MAIN`); repeatable.
         /// Their arguments are shown as integer registers in hex.
         #[arg(short = 'x', value_name = "FILTER")]
         extra: Vec<String>,

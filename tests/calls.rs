@@ -218,6 +218,28 @@ fn filters_exclude_and_warn_about_rules_that_match_nothing() {
         5,
         "{trace}"
     );
+    // The same with regular expressions, whose `+` is not a rule separator.
+    let rec = dir.join("re.rlt");
+    record_x(&bin, &rec, "/^fr+ob$/@MAIN+/^(write|puts)$/@/^libc[.]so/");
+    let trace = replay(&rec, &[]);
+    for (f, n) in [
+        ("] frob(", 5),
+        ("] write(", 6),
+        ("] puts(", 1),
+        ("] strdup(", 0),
+    ] {
+        assert_eq!(
+            trace.lines().filter(|l| l.contains(f)).count(),
+            n,
+            "{f}: {trace}"
+        );
+    }
+    let o = rltrace()
+        .args(["record", "-x", "/(/", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad regular expression /(/"));
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! A chain is rules each introduced by `+` (include) or `-` (exclude), the first one
 //! including unless it starts with `-`; a rule is `SYMBOL[@LIBRARY]`, where both parts are
-//! globs (`*`, `?`), an empty symbol means every one, and `MAIN` names the main executable.
+//! globs (`*`, `?`) or `/regular expressions/` (matched anywhere in the name), an empty
+//! symbol means every one, and `MAIN` names the main executable.
 //! Rules apply left to right and the last one that matches a function decides. As in
 //! ltrace, `-` always separates rules, so library names containing `-` need `?`.
 
@@ -12,17 +13,54 @@ pub enum SelectError {
     /// An empty rule, as in `a++b`.
     #[error("empty rule in filter {0:?}")]
     Empty(String),
-    /// `/regex/` rules.
-    #[error("filter {0:?}: regular expressions are not supported yet; use a glob (`str*`)")]
-    Regex(String),
+    /// A `/regex/` that does not compile.
+    #[error("filter {chain:?}: bad regular expression /{re}/: {why}")]
+    Regex {
+        /// The chain.
+        chain: String,
+        /// The expression.
+        re: String,
+        /// The regex crate's reason.
+        why: String,
+    },
+}
+
+/// A symbol or library pattern: a glob, or `/regex/` (matched anywhere in the name).
+#[derive(Clone, Debug)]
+enum Pat {
+    Glob(String),
+    Re(regex::Regex),
+}
+
+impl Pat {
+    fn parse(text: &str, chain: &str) -> Result<Self, SelectError> {
+        match text.strip_prefix('/').and_then(|t| t.strip_suffix('/')) {
+            Some(re) => regex::Regex::new(re)
+                .map(Pat::Re)
+                .map_err(|e| SelectError::Regex {
+                    chain: chain.to_string(),
+                    re: re.to_string(),
+                    why: e.to_string(),
+                }),
+            None => Ok(Pat::Glob(text.to_string())),
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Pat::Glob(g) => glob(g, s),
+            Pat::Re(r) => r.is_match(s),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Rule {
     text: String,
     exclude: bool,
-    sym: String,
-    lib: Option<String>,
+    sym: Pat,
+    /// `None`: any module; `Some(None)`: `MAIN`, the main executable.
+    lib: Option<Option<Pat>>,
     hits: u64,
 }
 
@@ -43,8 +81,12 @@ impl Selection {
             let mut parts: Vec<(bool, &str, &str)> = Vec::new();
             let mut start = 0;
             let mut exclude = false;
+            let mut in_regex = false;
             for (i, c) in chain.char_indices() {
-                if c == '+' || c == '-' {
+                if c == '/' {
+                    in_regex = !in_regex;
+                }
+                if (c == '+' || c == '-') && !in_regex {
                     if i > 0 {
                         parts.push((
                             exclude,
@@ -61,18 +103,28 @@ impl Selection {
                 if body.is_empty() {
                     return Err(SelectError::Empty(chain.to_string()));
                 }
-                if body.starts_with('/') {
-                    return Err(SelectError::Regex(chain.to_string()));
-                }
-                let (sym, lib) = match body.split_once('@') {
-                    Some((s, l)) => (s, Some(l.to_string())),
+                // `@` separates the library, unless it is inside a symbol's /regex/.
+                let split = match body.strip_prefix('/') {
+                    Some(inner) => inner.find('/').and_then(|e| {
+                        let rest = &inner[e + 1..];
+                        rest.strip_prefix('@').map(|l| (&body[..e + 2], l))
+                    }),
+                    None => body.split_once('@'),
+                };
+                let (sym, lib) = match split {
+                    Some((s, l)) => (s, Some(l)),
                     None => (body, None),
                 };
                 let sym = if sym.is_empty() { "*" } else { sym };
+                let lib = match lib {
+                    None => None,
+                    Some("MAIN") => Some(None),
+                    Some(l) => Some(Some(Pat::parse(l, chain)?)),
+                };
                 rules.push(Rule {
                     text: part.trim_start_matches('+').to_string(),
                     exclude,
-                    sym: sym.to_string(),
+                    sym: Pat::parse(sym, chain)?,
                     lib,
                     hits: 0,
                 });
@@ -93,10 +145,10 @@ impl Selection {
         for (i, r) in self.rules.iter().enumerate() {
             let lib_ok = match &r.lib {
                 None => true,
-                Some(l) if l == "MAIN" => is_main,
-                Some(l) => glob(l, module),
+                Some(None) => is_main,
+                Some(Some(l)) => l.matches(module),
             };
-            if lib_ok && glob(&r.sym, sym) {
+            if lib_ok && r.sym.matches(sym) {
                 decided = Some(i);
             }
         }
@@ -173,7 +225,21 @@ mod tests {
         let mut s = Selection::parse(&["nosuch+write"]).unwrap();
         s.selects("write", "libc.so.6", false);
         assert_eq!(s.unmatched(), vec!["nosuch".to_string()]);
-        assert!(Selection::parse(&["/^str/"]).is_err());
         assert!(Selection::parse(&["a++b"]).is_err());
+        assert!(Selection::parse(&["/(/"]).is_err());
+    }
+
+    #[test]
+    fn regular_expressions_match_anywhere_and_keep_their_operators() {
+        let mut s = Selection::parse(&["/^s+tr.*d.p$/@/libc[.]so/-strndup"]).unwrap();
+        assert!(s.selects("strdup", "libc.so.6", false));
+        assert!(!s.selects("strndup", "libc.so.6", false));
+        assert!(!s.selects("strdup", "libfoo.so", false));
+        assert!(!s.selects("wcsdup", "libc.so.6", false));
+        let mut s = Selection::parse(&["/^(read|write)$/+frob@MAIN"]).unwrap();
+        assert!(s.selects("read", "libc.so.6", false));
+        assert!(s.selects("write", "libc.so.6", false));
+        assert!(!s.selects("readv", "libc.so.6", false));
+        assert!(s.selects("frob", "prog", true));
     }
 }
