@@ -133,11 +133,6 @@ impl Selection {
         Ok(Selection { rules })
     }
 
-    /// True if there is nothing to select.
-    pub fn is_empty(&self) -> bool {
-        self.rules.iter().all(|r| r.exclude)
-    }
-
     /// Does the chain select function `sym` defined in the module whose file name is
     /// `module` (`is_main` for the main executable)? Counts the deciding rule's hit.
     pub fn selects(&mut self, sym: &str, module: &str, is_main: bool) -> bool {

@@ -144,7 +144,7 @@ pub fn stub(base: u64, i: u64) -> Vec<u8> {
 }
 
 /// `mov eax, 15 (rt_sigreturn); syscall`.
-const RESTORER: [u8; 7] = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
+pub const RESTORER: [u8; 7] = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
 
 /// The SIGTRAP handler of a region at `base` (System V: rdi = signal, rsi = siginfo,
 /// rdx = ucontext). A trap at a table entry's breakpoint moves the thread to its
@@ -216,24 +216,24 @@ pub fn handler_sigaction(base: u64) -> [u8; 32] {
 }
 
 /// All the code of a region at `base`: gadget, restorer, handler, empty trampoline
-/// area, stubs.
-pub fn region_code(base: u64) -> Vec<u8> {
+/// area, stubs. Fails only if the handler cannot be assembled or outgrows its room (a bug
+/// the unit test catches); a region is then never injected with a broken handler.
+pub fn region_code(base: u64) -> Result<Vec<u8>, String> {
     let mut code = vec![0xccu8; DATA_OFF as usize];
     code[..GADGET.len()].copy_from_slice(&GADGET);
     let r = RESTORER_OFF as usize;
     code[r..r + RESTORER.len()].copy_from_slice(&RESTORER);
-    // The handler is fixed code; a failure here is a bug in it, caught by the unit test.
-    if let Ok(h) = trap_handler(base) {
-        let at = HANDLER_OFF as usize;
-        if h.len() <= (TRAMP_OFF - HANDLER_OFF) as usize {
-            code[at..at + h.len()].copy_from_slice(&h);
-        }
+    let h = trap_handler(base).map_err(|e| format!("cannot assemble the SIGTRAP handler: {e}"))?;
+    if h.len() > (TRAMP_OFF - HANDLER_OFF) as usize {
+        return Err(format!("the SIGTRAP handler needs {} bytes", h.len()));
     }
+    let at = HANDLER_OFF as usize;
+    code[at..at + h.len()].copy_from_slice(&h);
     for i in 0..SLOTS {
         let off = (STUB_OFF + i * STUB_SIZE) as usize;
         code[off..off + STUB_SIZE as usize].copy_from_slice(&stub(base, i));
     }
-    code
+    Ok(code)
 }
 
 /// Why an instruction cannot be run out of line.
@@ -359,7 +359,7 @@ mod tests {
         assert!(ins.iter().all(|i| !i.is_invalid()));
         assert_eq!(ins[0].memory_displacement64(), 168);
         assert_eq!(ins[2].immediate64(), base + TABLE_OFF);
-        let region = region_code(base);
+        let region = region_code(base).unwrap();
         assert_eq!(&region[HANDLER_OFF as usize..][..code.len()], &code[..]);
         assert_eq!(&region[RESTORER_OFF as usize..][..7], &RESTORER);
         let sa = handler_sigaction(base);

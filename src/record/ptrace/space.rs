@@ -354,7 +354,13 @@ impl Space {
             });
         }
         self.mem
-            .write(base, &codegen::region_code(base))
+            .write(
+                base,
+                &codegen::region_code(base).map_err(|e| SpaceError::Io {
+                    what: e,
+                    source: io::Error::from(io::ErrorKind::InvalidData),
+                })?,
+            )
             .map_err(io_err("write injected code"))?;
         let prot_rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         self.remote_syscall(
@@ -498,16 +504,14 @@ impl Space {
             let mut head = [0u8; 16];
             if self.mem.read(m.start, &mut head).is_err()
                 || head[..3] != codegen::GADGET
-                || head[codegen::RESTORER_OFF as usize..][..7]
-                    != codegen::region_code(m.start)[codegen::RESTORER_OFF as usize..][..7]
+                || head[codegen::RESTORER_OFF as usize..][..codegen::RESTORER.len()]
+                    != codegen::RESTORER
             {
                 continue;
             }
-            let mut count = [0u8; 8];
-            self.mem
-                .read(m.start + codegen::TABLE_OFF, &mut count)
-                .map_err(io_err("read a leftover trap table"))?;
-            let n = u64::from_le_bytes(count).min(codegen::TABLE_CAP) as usize;
+            let n = self
+                .read_u64(m.start + codegen::TABLE_OFF, "read a leftover trap table")?
+                .min(codegen::TABLE_CAP) as usize;
             let mut table = vec![0u8; n * codegen::TABLE_ENTRY as usize];
             self.mem
                 .read(m.start + codegen::TABLE_ENTRIES_OFF, &mut table)
@@ -545,11 +549,7 @@ impl Space {
             [sig, 0, buf, 8, 0, 0],
             "rt_sigaction",
         )?;
-        let mut cur = [0u8; 8];
-        self.mem
-            .read(buf, &mut cur)
-            .map_err(io_err("read the SIGTRAP action"))?;
-        Ok(u64::from_le_bytes(cur))
+        self.read_u64(buf, "read the SIGTRAP action")
     }
 
     /// Sets the process's SIGTRAP action from the tracee buffer at `buf` (32 bytes).
@@ -616,20 +616,11 @@ impl Space {
         Ok(())
     }
 
-    /// Reads one 64-bit word of the tracee's memory.
-    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+    /// Reads one 64-bit word of the tracee's memory; `what` names it in the error.
+    pub fn read_u64(&self, addr: u64, what: &str) -> Result<u64, SpaceError> {
         let mut b = [0u8; 8];
-        self.mem.read(addr, &mut b).ok()?;
-        Some(u64::from_le_bytes(b))
-    }
-
-    /// The module containing `addr`: its start and end.
-    pub fn module_at(&self, addr: u64) -> Option<(u64, u64)> {
-        self.modules
-            .range(..=addr)
-            .next_back()
-            .filter(|(_, m)| addr < m.end)
-            .map(|(&s, m)| (s, m.end))
+        self.mem.read(addr, &mut b).map_err(io_err(what))?;
+        Ok(u64::from_le_bytes(b))
     }
 
     /// Is `addr` inside an injected region?
@@ -642,21 +633,14 @@ impl Space {
     /// Puts a still-running call's real return address back on its stack, in place of its
     /// stub's address. Returns false if the stub's address is not where the call left it.
     pub fn unhook_return(&mut self, entry_rsp: u64, slot_i: u32) -> Result<bool, SpaceError> {
-        let mut cur = [0u8; 8];
-        self.mem
-            .read(entry_rsp, &mut cur)
-            .map_err(io_err(format!("read the stack at {entry_rsp:#x}")))?;
-        if u64::from_le_bytes(cur) != self.stub_addr(slot_i) {
+        if self.read_u64(entry_rsp, "read the stack")? != self.stub_addr(slot_i) {
             return Ok(false);
         }
         // The address the stub would have jumped to: the caller, or an outer call's stub
         // (a traced function tail-calling another), unhooked in its turn.
-        let mut ra = [0u8; 8];
+        let ra = self.read_u64(self.slot_addr(slot_i) + slot::RETADDR, "read a return slot")?;
         self.mem
-            .read(self.slot_addr(slot_i) + slot::RETADDR, &mut ra)
-            .map_err(io_err("read a return slot"))?;
-        self.mem
-            .write(entry_rsp, &ra)
+            .write(entry_rsp, &ra.to_le_bytes())
             .map_err(io_err(format!("write the stack at {entry_rsp:#x}")))?;
         Ok(true)
     }

@@ -509,7 +509,8 @@ impl<'s, W: Write> Tracer<'s, W> {
                     self.begin_stop();
                 }
                 if self.stopping && self.world_stopped() {
-                    return self.detach_all();
+                    self.detach_all()?;
+                    break;
                 }
             }
             match self.wait_and_dispatch()? {
@@ -855,9 +856,9 @@ impl<'s, W: Write> Tracer<'s, W> {
             let Some((lo, hi, path)) = self.ifuncs.get(&name).cloned() else {
                 continue;
             };
-            let target = space_rc.borrow().read_u64(slot);
+            let target = space_rc.borrow().read_u64(slot, "read a GOT slot");
             let why = match target {
-                Some(t) if (lo..hi).contains(&t) => {
+                Ok(t) if (lo..hi).contains(&t) => {
                     let id = self.selected_id(&name)?;
                     space_rc
                         .borrow_mut()

@@ -71,7 +71,6 @@ impl<W: Write> Tracer<'_, W> {
         });
         self.release_held()?;
         self.event_loop()?;
-        disarm_alarm();
         self.note_unresolved_ifuncs()?;
         Ok(self.root_status.unwrap_or(ExitHow::Running))
     }
@@ -148,9 +147,8 @@ impl<W: Write> Tracer<'_, W> {
 
     /// A held thread of `pid` whose registers can be borrowed for injected system calls.
     fn clean_thread(&self, pid: u32) -> Option<u32> {
-        let tids = &self.procs.get(&pid)?.tids;
-        let space = self.procs.get(&pid)?.space.clone();
-        let space = space.borrow();
+        let p = self.procs.get(&pid)?;
+        let (tids, space) = (&p.tids, p.space.borrow());
         let ok = |t: &u32| {
             self.held.get(t).is_some_and(|h| h.clean)
                 && mem::get_regs(*t).is_ok_and(|r| !space.in_region(r.rip))
@@ -459,8 +457,4 @@ fn attach_advice(e: Errno) -> String {
 fn arm_alarm(deadline: Instant) {
     let left = deadline.saturating_duration_since(Instant::now());
     super::set_timer(left.max(Duration::from_micros(1)), false);
-}
-
-fn disarm_alarm() {
-    super::set_timer(Duration::ZERO, false);
 }
