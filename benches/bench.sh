@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Times the multithreaded fixture (4 threads, 200,400 allocator calls) natively, under
-# `rltrace record` (ptrace engine, full CFI stacks) and under `ltrace -f -e malloc+free`,
-# in one run, and prints time per traced call and the ratios. Installs ltrace if missing.
+# Benchmarks rltrace's two engines against the anchor tools, all in one run:
+#
+# 1. The multithreaded fixture (4 threads) with 4,008,000 allocator calls: natively, under
+#    `rltrace record --engine agent` (full CFI stacks) and under `heaptrack`.
+# 2. The same fixture with 200,400 calls (the slow tools would take minutes on 4 million):
+#    natively, under `rltrace record --engine ptrace` and under `ltrace -f -e malloc+free`.
+# 3. The Rust server fixture: requests per second natively and under the agent engine.
+#
+# Prints overhead per call and the ratios, and recording size per call against heaptrack's
+# file. Installs ltrace and heaptrack if missing (as root). Timing belongs here, never in
+# a pass/fail test.
 # Usage: benches/bench.sh [runs]   (default 3; the best run of each is kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-if ! command -v ltrace >/dev/null; then
+need=()
+command -v ltrace >/dev/null || need+=(ltrace)
+command -v heaptrack >/dev/null || need+=(heaptrack)
+command -v perl >/dev/null || need+=(perl)
+if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ltrace >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
-    echo "bench: ltrace is not installed (apt-get install ltrace)" >&2
+    echo "bench: missing ${need[*]} (apt-get install ${need[*]})" >&2
     exit 1
   fi
 fi
@@ -18,7 +31,11 @@ cargo build --release --quiet
 out=target/bench
 mkdir -p "$out"
 cc -O1 -g -pthread tests/fixtures/c/mt.c -o "$out/mt"
-calls=200400
+cc -O1 -g -pthread -DITERS=500000 tests/fixtures/c/mt.c -o "$out/mt4m"
+(cd tests/fixtures/rust-server && cargo build --release --quiet --target-dir "../../../$out/server")
+server="$out/server/release/rust-server"
+small=200400
+big=4008000
 
 best() { # best wall time in seconds of "$@" over $runs runs
   local b=""
@@ -33,18 +50,67 @@ best() { # best wall time in seconds of "$@" over $runs runs
   echo "$b"
 }
 
+native4=$(best "$out/mt4m")
+agent4=$(best ./target/release/rltrace record --engine agent -o "$out/mt4m.rlt" -- "$out/mt4m")
+heap4=$(best heaptrack -o "$out/ht" "$out/mt4m")
 native=$(best "$out/mt")
-rl=$(best ./target/release/rltrace record -o "$out/mt.rlt" -- "$out/mt")
+pt=$(best ./target/release/rltrace record --engine ptrace -o "$out/mt.rlt" -- "$out/mt")
 lt=$(best ltrace -f -e malloc+free -o /dev/null "$out/mt")
-size=$(stat -c %s "$out/mt.rlt")
-records=$(./target/release/rltrace dump "$out/mt.rlt" | grep -c -E '^(Enter|Exit)')
+agent_size=$(stat -c %s "$out/mt4m.rlt")
+heap_size=$(stat -c %s "$(ls "$out"/ht.* | head -1)")
 
-per() { echo "($1 - $native) * 1000000 / $calls" | bc -l; }
-printf 'workload: %s allocator calls, 4 threads; best of %s runs\n' "$calls" "$runs"
-printf '%-34s %10s %14s\n' tool "wall (s)" "us per call"
-printf '%-34s %10.3f %14s\n' native "$native" -
-printf '%-34s %10.3f %14.2f\n' "rltrace record (ptrace, stacks)" "$rl" "$(per "$rl")"
-printf '%-34s %10.3f %14.2f\n' "ltrace -f -e malloc+free" "$lt" "$(per "$lt")"
-printf 'ltrace / rltrace time per call: %.1fx\n' "$(echo "($lt - $native) / ($rl - $native)" | bc -l)"
-printf 'recording: %s bytes for %s call/return records (%.2f bytes each, stacks included)\n' \
-  "$size" "$records" "$(echo "$size / $records" | bc -l)"
+per() { echo "($1 - $2) * 1000000000 / $3" | bc -l; }
+printf 'allocator calls, 4 threads; best of %s runs\n\n' "$runs"
+printf '%-40s %9s %10s %12s\n' tool calls "wall (s)" "ns per call"
+printf '%-40s %9s %10.3f %12s\n' native "$big" "$native4" -
+printf '%-40s %9s %10.3f %12.0f\n' "rltrace record --engine agent" "$big" "$agent4" "$(per "$agent4" "$native4" $big)"
+printf '%-40s %9s %10.3f %12.0f\n' "heaptrack" "$big" "$heap4" "$(per "$heap4" "$native4" $big)"
+printf '%-40s %9s %10.3f %12s\n' native "$small" "$native" -
+printf '%-40s %9s %10.3f %12.0f\n' "rltrace record --engine ptrace" "$small" "$pt" "$(per "$pt" "$native" $small)"
+printf '%-40s %9s %10.3f %12.0f\n' "ltrace -f -e malloc+free" "$small" "$lt" "$(per "$lt" "$native" $small)"
+echo
+printf 'agent overhead / heaptrack overhead:  %.2f\n' "$(echo "($agent4 - $native4) / ($heap4 - $native4)" | bc -l)"
+printf 'agent slowdown vs native:             %.1fx (heaptrack %.1fx)\n' \
+  "$(echo "$agent4 / $native4" | bc -l)" "$(echo "$heap4 / $native4" | bc -l)"
+printf 'ltrace / ptrace engine time per call: %.1fx\n' "$(echo "($lt - $native) / ($pt - $native)" | bc -l)"
+printf 'ptrace engine / agent time per call:  %.0fx\n' \
+  "$(echo "(($pt - $native) / $small) / (($agent4 - $native4) / $big)" | bc -l)"
+printf 'recording size per call: agent %.2f bytes (timestamps, arguments, returns, stacks);' \
+  "$(echo "$agent_size / $big" | bc -l)"
+printf ' heaptrack %.2f bytes\n\n' "$(echo "$heap_size / $big" | bc -l)"
+
+# Requests per second of the Rust server: natively and under the agent engine.
+requests=3000
+client() { # client ADDR: times $requests one-line requests, prints requests per second
+  perl -MIO::Socket::INET -MTime::HiRes=time -e '
+    my ($addr, $n) = @ARGV; my $t0 = time;
+    for my $i (1 .. $n) {
+      my $s = IO::Socket::INET->new(PeerAddr => $addr) or die "connect: $!";
+      print $s "$i\n"; my $a = <$s>; die "bad answer" unless $a == $i + 1;
+    }
+    my $s = IO::Socket::INET->new(PeerAddr => $addr); print $s "quit\n"; <$s>;
+    printf "%.0f\n", $n / (time - $t0);' "$1" "$requests"
+}
+serve() { # serve CMD...: starts it, waits for its address, runs the client
+  local fifo="$out/server.out"
+  rm -f "$fifo"
+  "$@" >"$fifo" 2>/dev/null &
+  local pid=$!
+  local addr=""
+  for _ in $(seq 200); do
+    addr=$(sed -n 's/^listening on //p' "$fifo" 2>/dev/null || true)
+    [ -n "$addr" ] && break
+    sleep 0.05
+  done
+  client "$addr"
+  wait "$pid" || true
+}
+rps_native=0
+rps_agent=0
+for _ in $(seq "$runs"); do
+  r=$(serve "$server"); [ "$r" -gt "$rps_native" ] && rps_native=$r
+  r=$(serve ./target/release/rltrace record --engine agent -o "$out/server.rlt" -- "$server")
+  [ "$r" -gt "$rps_agent" ] && rps_agent=$r
+done
+printf 'Rust server, %s requests: native %s req/s, agent engine %s req/s (%.0f%% of native)\n' \
+  "$requests" "$rps_native" "$rps_agent" "$(echo "100 * $rps_agent / $rps_native" | bc -l)"

@@ -352,6 +352,25 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// True unless `path` is an ELF executable without a program interpreter (statically
+/// linked: nothing can be preloaded into it). Files that are not ELF (scripts) count as
+/// dynamic: their interpreter is what runs.
+pub fn is_dynamic(path: &Path) -> bool {
+    let Ok(file) = MappedFile::open(path) else {
+        return true;
+    };
+    match ElfFile64::<Endianness>::parse(file.bytes()) {
+        Ok(parsed) => {
+            let e = parsed.endian();
+            parsed
+                .elf_program_headers()
+                .iter()
+                .any(|p| p.p_type(e) == elf::PT_INTERP)
+        }
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

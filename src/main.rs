@@ -19,6 +19,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Auto,
+    Agent,
+    Ptrace,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a command (or attach to a running process with -p) and record its allocator
@@ -64,6 +71,11 @@ enum Cmd {
         /// With -p: detach after this many seconds (fractions allowed).
         #[arg(long, value_name = "SECS", requires = "attach")]
         duration: Option<f64>,
+        /// Recording engine: `agent` (in-process via LD_PRELOAD, fast; dynamically linked
+        /// programs, allocator functions), `ptrace` (any program, any symbol, attach), or
+        /// `auto`: the agent when it can record what is asked, ptrace otherwise.
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: EngineArg,
         /// The command and its arguments.
         #[arg(
             required_unless_present = "attach",
@@ -226,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mut extra,
             libs,
             string_limit,
+            engine,
             command,
         } => {
             extra.extend(libs.iter().map(|l| format!("@{l}")));
@@ -249,11 +262,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     Some(record::select::Selection::parse(&extra)?)
                 },
+                engine: match engine {
+                    EngineArg::Auto => record::Engine::Auto,
+                    EngineArg::Agent => record::Engine::Agent,
+                    EngineArg::Ptrace => record::Engine::Ptrace,
+                },
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
             req.trace.string_limit = string_limit.min(rltrace::format::MAX_ARG_DATA);
             let out = record::record(&req)?;
+            eprintln!(
+                "rltrace: engine: {} ({})",
+                match out.engine.0 {
+                    record::Engine::Agent => "agent",
+                    _ => "ptrace",
+                },
+                out.engine.1
+            );
             eprintln!(
                 "rltrace: recorded {} records to {}{}",
                 out.records,
@@ -277,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(match out.exit {
                 ExitHow::Code(c) => ExitCode::from(c as u8),
                 ExitHow::Signal(s) => ExitCode::from(128u8.wrapping_add(s as u8)),
-                ExitHow::Running => ExitCode::SUCCESS,
+                ExitHow::Running | ExitHow::Unknown => ExitCode::SUCCESS,
             })
         }
         Cmd::Replay {

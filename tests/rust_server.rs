@@ -12,12 +12,18 @@ const REQUESTS: u64 = 50;
 
 #[test]
 fn leak_points_at_the_boxed_call() {
+    for engine in ENGINES {
+        boxed_leak_with(engine);
+    }
+}
+
+fn boxed_leak_with(engine: &str) {
     let server = rust_server();
     let src = repo().join("tests/fixtures/rust-server/src/main.rs");
     let boxed_line = marker_line(&src, "LEAK: boxed");
-    let dir = scratch("rust-server");
+    let dir = scratch(&format!("rust-server-{engine}"));
     let rec = dir.join("server.rlt");
-    let (mut child, addr) = start_server(&rec, server);
+    let (mut child, addr) = start_server_with(engine, &rec, server);
     for i in 0..REQUESTS {
         let mut s = TcpStream::connect(&addr).unwrap();
         writeln!(s, "{i}").unwrap();

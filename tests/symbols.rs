@@ -10,10 +10,16 @@ use common::*;
 
 #[test]
 fn cpp_names_are_demangled_and_exceptions_pass_through() {
+    for engine in ENGINES {
+        cpp_with(engine);
+    }
+}
+
+fn cpp_with(engine: &str) {
     let bin = widgets_cpp();
-    let dir = scratch("cpp");
+    let dir = scratch(&format!("cpp-{engine}"));
     let rec = dir.join("w.rlt");
-    let o = record(&rec, bin, &[]);
+    let o = record_with(engine, &rec, bin, &[]);
     // Two exceptions thrown through frames that called malloc were caught normally.
     assert_eq!(
         o.status.code(),

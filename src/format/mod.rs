@@ -13,8 +13,9 @@ pub use writer::Writer;
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
 /// signal record, version 3 the attach start cause, version 4 the enter record with
-/// argument data and the timed exit record; older files read unchanged).
-pub const VERSION: u16 = 4;
+/// argument data and the timed exit record, version 5 the unknown exit status; older
+/// files read unchanged).
+pub const VERSION: u16 = 5;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a chunk header.
@@ -293,6 +294,9 @@ pub enum ExitHow {
     Signal(i32),
     /// Still running when recording stopped (detached or recorder interrupted).
     Running,
+    /// Ended, but how is not known: the agent engine sees a descendant's end only when
+    /// its stream closes (version 5).
+    Unknown,
 }
 
 /// A process ends.

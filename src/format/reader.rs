@@ -517,6 +517,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                     0 => ExitHow::Code(d.svar()? as i32),
                     1 => ExitHow::Signal(d.svar()? as i32),
                     2 => ExitHow::Running,
+                    3 => ExitHow::Unknown,
                     c => return Err(d.error(format!("unknown process exit kind {c}"))),
                 };
                 Record::ProcessExit(ProcessExit { pid, ts, how })

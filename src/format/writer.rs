@@ -326,6 +326,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
                     e.svar(s.into());
                 }
                 ExitHow::Running => e.u8(2),
+                ExitHow::Unknown => e.u8(3),
             }
         }
         Record::Note(n) => {

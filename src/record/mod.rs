@@ -1,6 +1,8 @@
 //! Recording engines. They capture events and hand them to the recording writer; they
 //! never format output for people.
 
+pub mod agent;
+pub mod clock;
 pub mod funcs;
 pub mod procfs;
 pub mod ptrace;
@@ -27,6 +29,17 @@ pub enum Target {
     Pid(u32),
 }
 
+/// Which engine records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The agent where it can record the request, ptrace otherwise.
+    Auto,
+    /// The in-process preload agent.
+    Agent,
+    /// The ptrace engine.
+    Ptrace,
+}
+
 /// What `rltrace record` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RecordRequest {
@@ -42,6 +55,8 @@ pub struct RecordRequest {
     pub progress: Option<fn(&Progress)>,
     /// Functions to trace besides the allocator family (`-x`).
     pub select: Option<select::Selection>,
+    /// Which engine records.
+    pub engine: Engine,
 }
 
 /// What a finished recording reports.
@@ -57,6 +72,8 @@ pub struct RecordOutcome {
     pub dropped: u64,
     /// `-x` rules that selected no function.
     pub unmatched: Vec<String>,
+    /// The engine that recorded, and why it was chosen.
+    pub engine: (Engine, String),
 }
 
 /// Errors of `rltrace record`.
@@ -65,6 +82,12 @@ pub enum RecordError {
     /// Tracing failed.
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The agent engine failed.
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+    /// The request cannot be recorded with the engine asked for.
+    #[error("--engine agent cannot record this: {0}")]
+    AgentRefused(String),
     /// The output file could not be created.
     #[error("cannot create {path}: {source}")]
     Create {
@@ -94,9 +117,138 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
     PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
 }
 
-/// Runs the command (or attaches to the process) under the ptrace engine and writes the
-/// recording.
+/// Picks the engine for a request: the agent (fast, in-process) when it can record
+/// everything asked for, ptrace otherwise; with the reason, for the user.
+fn choose_engine(req: &RecordRequest) -> Result<(Engine, String, Option<PathBuf>), RecordError> {
+    let refusal = match &req.target {
+        Target::Pid(_) => Some("attaching to a running process needs ptrace".to_string()),
+        Target::Command(_) if req.select.is_some() => {
+            Some("-x/-l select functions the agent does not interpose".to_string())
+        }
+        Target::Command(cmd) => match cmd.first().and_then(|c| find_program(Path::new(c))) {
+            Some(p) if !crate::elf::is_dynamic(&p) => Some(format!(
+                "{} is statically linked: nothing can be preloaded into it",
+                p.display()
+            )),
+            _ => None,
+        },
+    };
+    let library = agent::find_agent();
+    let refusal = refusal.or_else(|| {
+        library.is_none().then(|| {
+            format!(
+                "the agent library {} was not found next to rltrace (or in ${})",
+                agent::AGENT_FILE,
+                agent::AGENT_ENV
+            )
+        })
+    });
+    match (req.engine, refusal) {
+        (Engine::Ptrace, _) => Ok((Engine::Ptrace, "asked for with --engine".into(), None)),
+        (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
+        (Engine::Agent, None) => Ok((Engine::Agent, "asked for with --engine".into(), library)),
+        (Engine::Auto, Some(why)) => Ok((Engine::Ptrace, why, None)),
+        (Engine::Auto, None) => Ok((
+            Engine::Agent,
+            "dynamically linked program, allocator functions only".into(),
+            library,
+        )),
+    }
+}
+
+/// The file `execvp` would run for `cmd`.
+fn find_program(cmd: &Path) -> Option<PathBuf> {
+    if cmd.components().count() > 1 {
+        return Some(cmd.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Runs the command (or attaches to the process) and writes the recording.
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
+    let (engine, why, library) = choose_engine(req)?;
+    if let (Engine::Agent, Some(library), Target::Command(cmd)) = (engine, library, &req.target) {
+        return record_agent(req, cmd, library, why);
+    }
+    record_ptrace(req, why)
+}
+
+fn metadata(engine: &str, words: &[OsString], pid: u32, attached: bool) -> Meta {
+    let mut meta = Meta::default();
+    let mut put = |k: &str, v: String| meta.pairs.push((k.to_string(), v));
+    put("rltrace-version", env!("CARGO_PKG_VERSION").to_string());
+    put("engine", engine.to_string());
+    if attached {
+        put("attach", "1".to_string());
+    }
+    for a in words {
+        put("arg", a.to_string_lossy().into_owned());
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        put("cwd", cwd.display().to_string());
+    }
+    if let Ok(h) = nix::unistd::gethostname() {
+        put("host", h.to_string_lossy().into_owned());
+    }
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        put("start-unix-ns", d.as_nanos().to_string());
+    }
+    if pid != 0 {
+        put("pid", pid.to_string());
+    }
+    meta
+}
+
+fn record_agent(
+    req: &RecordRequest,
+    cmd: &[OsString],
+    library: PathBuf,
+    why: String,
+) -> Result<RecordOutcome, RecordError> {
+    let first = cmd.first().cloned().unwrap_or_default();
+    // The pid is not known before the start; the default name uses the recorder's.
+    let path = req
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(Path::new(&first), std::process::id()));
+    let file = File::create(&path).map_err(|source| RecordError::Create {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let meta = metadata("agent", cmd, 0, false);
+    let mut sink = Sink::new(
+        BufWriter::with_capacity(1 << 20, file),
+        &meta,
+        funcs::ALLOCATOR_FAMILY,
+    )
+    .map_err(TraceError::from)?;
+    let opts = agent::AgentOptions {
+        library,
+        max_depth: req.trace.max_depth,
+        follow: req.trace.follow,
+    };
+    let exit = agent::run(cmd, &mut sink, &opts);
+    let (_, summary) = sink.finish().map_err(TraceError::from)?;
+    if let Err(agent::AgentError::Spawn { .. }) = &exit {
+        // Nothing ran, so there is nothing to replay.
+        let _ = std::fs::remove_file(&path);
+    }
+    let (_, exit) = exit?;
+    Ok(RecordOutcome {
+        path,
+        exit,
+        records: summary.records,
+        dropped: summary.dropped,
+        unmatched: Vec::new(),
+        engine: (Engine::Agent, why),
+    })
+}
+
+fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, RecordError> {
     let (pid, words, spawned) = match &req.target {
         Target::Command(command) => (ptrace::tracer::spawn(command)?, command.clone(), true),
         Target::Pid(pid) => {
@@ -124,26 +276,7 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
             });
         }
     };
-    let mut meta = Meta::default();
-    let mut put = |k: &str, v: String| meta.pairs.push((k.to_string(), v));
-    put("rltrace-version", env!("CARGO_PKG_VERSION").to_string());
-    put("engine", "ptrace".to_string());
-    if !spawned {
-        put("attach", "1".to_string());
-    }
-    for a in &words {
-        put("arg", a.to_string_lossy().into_owned());
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        put("cwd", cwd.display().to_string());
-    }
-    if let Ok(h) = nix::unistd::gethostname() {
-        put("host", h.to_string_lossy().into_owned());
-    }
-    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        put("start-unix-ns", d.as_nanos().to_string());
-    }
-    put("pid", pid.to_string());
+    let meta = metadata("ptrace", &words, pid, !spawned);
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
         .map_err(TraceError::from)?;
@@ -174,5 +307,6 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
         records: summary.records,
         dropped: summary.dropped,
         unmatched,
+        engine: (Engine::Ptrace, why),
     })
 }

@@ -2,6 +2,7 @@
 //! appends records to the recording file.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::time::Instant;
 
@@ -67,7 +68,7 @@ pub enum Event {
 pub struct Sink<W: Write> {
     writer: Writer<W>,
     stacks: HashMap<Vec<Frame>, u32>,
-    threads: HashMap<(u32, u32), u32>,
+    threads: HashMap<(u32, u32), u32, BuildHasherDefault<rltrace_wire::FastHasher>>,
     next_module: u32,
     next_function: u32,
     start: Instant,
@@ -90,7 +91,7 @@ impl<W: Write> Sink<W> {
         Ok(Sink {
             writer,
             stacks: HashMap::new(),
-            threads: HashMap::new(),
+            threads: HashMap::default(),
             next_module: 0,
             next_function: funcs.len() as u32,
             start: now,
@@ -128,7 +129,7 @@ impl<W: Write> Sink<W> {
     }
 
     /// The id of a stack, writing its definition the first time it is seen.
-    fn stack(&mut self, frames: Vec<Frame>) -> Result<Option<u32>, FormatError> {
+    pub fn stack(&mut self, frames: Vec<Frame>) -> Result<Option<u32>, FormatError> {
         if frames.is_empty() {
             return Ok(None);
         }
@@ -203,6 +204,38 @@ impl<W: Write> Sink<W> {
                 }))
             }
         }
+    }
+
+    /// Writes a finished call whose stack is already interned (the agent engine's path:
+    /// it reports entry and return together).
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        func: u32,
+        args: Vec<u64>,
+        stack: Option<u32>,
+        ts_in: u64,
+        ret: Option<u64>,
+        out: Option<u64>,
+        ts_out: u64,
+    ) -> Result<(), FormatError> {
+        let thread = self.thread(pid, tid)?;
+        self.writer.push(&Record::Enter(Enter {
+            thread,
+            ts: ts_in,
+            func,
+            args,
+            stack,
+            data: Vec::new(),
+        }))?;
+        self.writer.push(&Record::Exit(Exit {
+            thread,
+            ret,
+            out,
+            ts: Some(ts_out),
+        }))
     }
 
     /// Records a newly mapped module and returns its id.

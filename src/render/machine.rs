@@ -114,6 +114,7 @@ pub fn process_exit_json(p: &ProcessExit) -> Value {
         ExitHow::Code(c) => json!({ "code": c }),
         ExitHow::Signal(s) => json!({ "signal": s }),
         ExitHow::Running => json!("running"),
+        ExitHow::Unknown => json!("unknown"),
     };
     json!({ "type": "process_exit", "pid": p.pid, "ts_ns": p.ts, "status": status })
 }

@@ -289,6 +289,7 @@ pub fn exit_text(how: ExitHow) -> String {
             format!("+++ killed by {name} +++")
         }
         ExitHow::Running => "+++ still running when recording stopped +++".to_string(),
+        ExitHow::Unknown => "+++ ended (its exit status was not seen) +++".to_string(),
     }
 }
 

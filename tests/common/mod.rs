@@ -35,9 +35,11 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn build_with(compiler: &str, name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let src = repo().join("tests/fixtures").join(source);
     let out = fixture_dir().join(name);
-    // Build to a temporary name and rename, so concurrent test binaries never see a
-    // half-written executable.
-    let tmp = fixture_dir().join(format!("{name}.{}.tmp", std::process::id()));
+    // Build to a temporary name and rename, so concurrent tests (threads of one binary
+    // too) never see a half-written executable, or run one a compiler still writes.
+    static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = fixture_dir().join(format!("{name}.{}.{n}.tmp", std::process::id()));
     let status = Command::new(compiler)
         .args(flags)
         .arg(&src)
@@ -97,8 +99,13 @@ pub fn rust_server() -> &'static Path {
 
 /// Starts `rltrace record -o REC -- SERVER` and waits for the server's address.
 pub fn start_server(rec: &Path, server: &Path) -> (std::process::Child, String) {
+    start_server_with("auto", rec, server)
+}
+
+/// Like [`start_server`], with the engine named.
+pub fn start_server_with(engine: &str, rec: &Path, server: &Path) -> (std::process::Child, String) {
     let mut child = rltrace()
-        .args(["record", "-o"])
+        .args(["record", "--engine", engine, "-o"])
         .arg(rec)
         .arg("--")
         .arg(server)
@@ -149,10 +156,21 @@ pub fn marker_line(file: &Path, marker: &str) -> u32 {
     hits[0]
 }
 
-/// Runs `rltrace record -o OUT -- CMD ARGS` and returns its output.
+/// Both engines, for tests that must hold under either.
+pub const ENGINES: [&str; 2] = ["agent", "ptrace"];
+
+/// Runs `rltrace record -o OUT -- CMD ARGS` (engine chosen automatically) and returns
+/// its output.
 pub fn record(out: &Path, cmd: &Path, args: &[&str]) -> Output {
+    record_with("auto", out, cmd, args)
+}
+
+/// Runs `rltrace record --engine ENGINE -o OUT -- CMD ARGS` and returns its output.
+pub fn record_with(engine: &str, out: &Path, cmd: &Path, args: &[&str]) -> Output {
     let o = rltrace()
         .arg("record")
+        .arg("--engine")
+        .arg(engine)
         .arg("-o")
         .arg(out)
         .arg("--")
@@ -328,13 +346,13 @@ pub fn start_forever_with(
     std::io::BufReader<std::process::ChildStdout>,
 ) {
     let mut cmd = rltrace();
-    cmd.args(["record", "-o"])
-        .arg(rec)
-        .arg("--")
+    cmd.args(["record", "-o"]).arg(rec);
+    // Before the command: the adjustment may add recorder options.
+    adjust(&mut cmd);
+    cmd.arg("--")
         .arg(forever_c())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    adjust(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ready = String::new();

@@ -1,7 +1,6 @@
 //! The ptrace engine: breakpoints at the entry of traced functions in the library that
 //! defines them, one stop per call, return values collected through per-call stubs.
 
-pub mod clock;
 pub mod codegen;
 pub mod mem;
 pub mod space;

@@ -17,11 +17,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::clock::{rdtsc, TscClock};
 use super::codegen::slot;
 use super::mem::{self, Regs};
 use super::space::{BpKind, Space, SpaceError};
 use crate::format::{ArgData, ExitHow, FnClass, FormatError, StartCause};
+use crate::record::clock::{rdtsc, TscClock};
 use crate::record::funcs::{self, TracedFn};
 use crate::record::procfs;
 use crate::record::select::{glob, Selection};

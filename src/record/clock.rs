@@ -1,7 +1,7 @@
-//! Turns the time stamp counter values that return stubs store into recording time.
+//! Turns time stamp counter values taken in the traced process (by the ptrace engine's
+//! return stubs, by the agent at every call) into recording time.
 //!
-//! The stubs run `rdtsc` in the tracee at each return; the tracer relates the counter to
-//! its own clock (nanoseconds since the recording started), first by a short calibration
+//! The recorder relates the counter to its own clock (nanoseconds since the recording started), first by a short calibration
 //! and then over ever longer baselines as the recording goes on. This needs an invariant
 //! TSC, synchronized across CPUs: what Linux requires to use it as its clocksource.
 

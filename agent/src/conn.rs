@@ -1,0 +1,257 @@
+//! The connection to the recorder: hello, module snapshots, and the drain of the rings
+//! (by the agent's writer thread, or by a producer that finds its ring full).
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+use rltrace_wire as wire;
+
+use crate::modules::ModuleInfo;
+use crate::ring;
+use crate::sync::RwSpin;
+
+/// Socket to the recorder, or -1.
+static FD: AtomicI32 = AtomicI32::new(-1);
+/// Serialises writes to the socket; taken by fork's prepare handler too.
+pub static SOCK: RwSpin = RwSpin::new();
+/// Serialises draining (the rings have one consumer at a time).
+pub static DRAIN: RwSpin = RwSpin::new();
+/// Process-wide call order.
+pub static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Set while a writer thread runs in this process.
+static WRITER: AtomicBool = AtomicBool::new(false);
+
+/// Where the recorder listens (a path), copied from the environment at start.
+pub struct Path(pub UnsafeCell<[u8; 108]>);
+// SAFETY: written once in the constructor before any other thread of the agent exists.
+unsafe impl Sync for Path {}
+/// The socket path.
+pub static PATH: Path = Path(UnsafeCell::new([0; 108]));
+
+/// A lower bound for the socket's descriptor, out of the way of programs that `dup2` onto
+/// small numbers.
+const FD_FLOOR: i32 = 700;
+
+/// Connects and says hello; false if the recorder cannot be reached.
+pub fn connect(cause: u8, parent: u32, exe: &[u8]) -> bool {
+    // SAFETY: plain socket/connect/fcntl/close calls on a descriptor this function owns.
+    let fd = unsafe {
+        let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return false;
+        }
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = &*PATH.0.get();
+        for (d, s) in addr.sun_path.iter_mut().zip(path.iter()) {
+            *d = *s as libc::c_char;
+        }
+        if libc::connect(
+            s,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        ) != 0
+        {
+            libc::close(s);
+            return false;
+        }
+        let high = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, FD_FLOOR);
+        if high >= 0 {
+            libc::close(s);
+            high
+        } else {
+            s
+        }
+    };
+    FD.store(fd, Ordering::Release);
+    let mut m = Vec::with_capacity(64 + exe.len());
+    m.extend_from_slice(&wire::MAGIC);
+    m.extend_from_slice(&wire::VERSION.to_le_bytes());
+    // SAFETY: getpid/getppid have no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    m.extend_from_slice(&pid.to_le_bytes());
+    m.extend_from_slice(&parent.to_le_bytes());
+    m.push(cause);
+    m.extend_from_slice(&(exe.len() as u16).to_le_bytes());
+    m.extend_from_slice(exe);
+    SOCK.write();
+    let ok = send_all(&m);
+    SOCK.write_unlock();
+    ok
+}
+
+/// Forgets the inherited connection without touching it (the child of `fork`).
+pub fn abandon() {
+    let fd = FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: closing the child's copy of the descriptor leaves the parent's intact.
+        unsafe { libc::close(fd) };
+    }
+    WRITER.store(false, Ordering::Release);
+}
+
+/// True while connected.
+pub fn connected() -> bool {
+    FD.load(Ordering::Acquire) >= 0
+}
+
+fn send_all(mut b: &[u8]) -> bool {
+    let fd = FD.load(Ordering::Acquire);
+    if fd < 0 {
+        return false;
+    }
+    while !b.is_empty() {
+        // SAFETY: writes from a valid slice; MSG_NOSIGNAL keeps a vanished recorder from
+        // killing the program with SIGPIPE.
+        let n = unsafe { libc::send(fd, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // The recorder is gone: stop recording, let the program run on.
+            FD.store(-1, Ordering::Release);
+            crate::disable();
+            return false;
+        }
+        b = &b[n as usize..];
+    }
+    true
+}
+
+fn message(kind: u8, payload: &[&[u8]]) -> bool {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    SOCK.write();
+    let mut ok = send_all(&head);
+    for p in payload {
+        ok = ok && send_all(p);
+    }
+    SOCK.write_unlock();
+    ok
+}
+
+/// Sends the module list, ordered among the calls by a sequence number.
+pub fn send_modules(mods: &[ModuleInfo]) {
+    let seq = SEQ.fetch_add(1, Ordering::AcqRel);
+    let mut m = Vec::with_capacity(16 + mods.len() * 128);
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(&(mods.len() as u32).to_le_bytes());
+    for md in mods {
+        m.extend_from_slice(&md.bias.to_le_bytes());
+        m.extend_from_slice(&md.start.to_le_bytes());
+        m.extend_from_slice(&md.end.to_le_bytes());
+        let id = &md.build_id[..md.build_id.len().min(255)];
+        m.push(id.len() as u8);
+        m.extend_from_slice(id);
+        let path = &md.path[..md.path.len().min(4096)];
+        m.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        m.extend_from_slice(path);
+    }
+    message(wire::MSG_MODULES, &[&m]);
+}
+
+/// Sends the exit status the program asked for.
+pub fn send_exit(status: i32) {
+    message(wire::MSG_EXIT, &[&status.to_le_bytes()]);
+}
+
+/// Says the stream is complete.
+pub fn send_end() {
+    message(wire::MSG_END, &[]);
+}
+
+struct Scratch(UnsafeCell<Vec<u8>>);
+// SAFETY: only the DRAIN holder touches it.
+unsafe impl Sync for Scratch {}
+static SCRATCH: Scratch = Scratch(UnsafeCell::new(Vec::new()));
+
+/// Sends what every ring holds; returns the bytes sent. Blocks for the drain lock.
+pub fn drain_all() -> usize {
+    DRAIN.write();
+    let n = drain_locked();
+    DRAIN.write_unlock();
+    n
+}
+
+/// Drains unless someone else is already draining.
+pub fn try_drain() {
+    if DRAIN.try_write() {
+        drain_locked();
+        DRAIN.write_unlock();
+    }
+}
+
+fn drain_locked() -> usize {
+    // SAFETY: the caller holds DRAIN, which is the only way to reach SCRATCH.
+    let buf = unsafe { &mut *SCRATCH.0.get() };
+    let mut total = 0;
+    for r in ring::iter() {
+        let state = r.state.load(Ordering::Acquire);
+        if state == ring::FREE {
+            continue;
+        }
+        buf.clear();
+        buf.extend_from_slice(&r.tid.load(Ordering::Acquire).to_le_bytes());
+        let n = r.peek(buf);
+        if n == 0 {
+            if state == ring::DEAD {
+                r.state.store(ring::FREE, Ordering::Release);
+            } else if r.idle.fetch_add(1, Ordering::Relaxed) % 256 == 255 && !thread_alive(r) {
+                // A thread that exited after its last destructor ran never said so.
+                r.state.store(ring::DEAD, Ordering::Release);
+            }
+            continue;
+        }
+        r.idle.store(0, Ordering::Relaxed);
+        if !message(wire::MSG_BATCH, &[buf]) {
+            // Nobody listens any more: discard so producers never wait for ever.
+            r.consume(n);
+            continue;
+        }
+        r.consume(n);
+        total += n;
+    }
+    total
+}
+
+fn thread_alive(r: &ring::Ring) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            r.tid.load(Ordering::Acquire) as libc::pid_t,
+            0,
+        ) == 0
+    }
+}
+
+extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    crate::mark_agent_thread();
+    while WRITER.load(Ordering::Acquire) {
+        if drain_all() == 0 {
+            // SAFETY: plain sleep.
+            unsafe { libc::usleep(1000) };
+        }
+    }
+    std::ptr::null_mut()
+}
+
+/// Starts the writer thread of this process.
+pub fn start_writer() {
+    WRITER.store(true, Ordering::Release);
+    // SAFETY: attr is initialised before use and destroyed after; the thread runs a
+    // function that takes no argument.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut th: libc::pthread_t = 0;
+        if libc::pthread_create(&mut th, &attr, writer_main, std::ptr::null_mut()) != 0 {
+            WRITER.store(false, Ordering::Release);
+        }
+        libc::pthread_attr_destroy(&mut attr);
+    }
+}

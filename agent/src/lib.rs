@@ -1,0 +1,706 @@
+//! The rltrace preload agent. `rltrace record --engine agent` starts the program with this
+//! library in `LD_PRELOAD`; it interposes the allocator family, unwinds each call's stack
+//! in-process with DWARF CFI, and streams compact records to the recorder through
+//! per-thread rings (see `docs/DESIGN.md`, "The agent engine").
+//!
+//! Everything here runs inside someone else's program, on its threads, in its allocator:
+//! the agent's own allocations go straight to the real allocator, a per-thread guard
+//! keeps hooks from recursing, and any failure turns recording off rather than
+//! disturbing the program.
+
+mod conn;
+mod exec;
+mod modules;
+mod real;
+mod ring;
+mod sync;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+use framehop::x86_64::CacheX86_64;
+use rltrace_wire as wire;
+
+use real::*;
+
+/// The agent's own heap is the real allocator, never the hooks.
+struct RealAlloc;
+
+// SAFETY: forwards to the C allocator, whose blocks satisfy `align` up to 16 (malloc's
+// guarantee on x86-64) and memalign's for larger alignments.
+unsafe impl GlobalAlloc for RealAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if l.align() <= 16 {
+            real_malloc(l.size()).cast()
+        } else {
+            real_memalign(l.align(), l.size()).cast()
+        }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, _: Layout) {
+        real_free(p.cast())
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, size: usize) -> *mut u8 {
+        if l.align() <= 16 {
+            return real_realloc(p.cast(), size).cast();
+        }
+        let q = real_memalign(l.align(), size).cast::<u8>();
+        if !q.is_null() {
+            // SAFETY: both blocks hold at least min(old, new) bytes.
+            unsafe { std::ptr::copy_nonoverlapping(p, q, l.size().min(size)) };
+            real_free(p.cast());
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static GLOBAL: RealAlloc = RealAlloc;
+
+/// Indices into the recorder's allocator family table (`src/record/funcs.rs`).
+mod f {
+    pub const MALLOC: u8 = 0;
+    pub const CALLOC: u8 = 1;
+    pub const REALLOC: u8 = 2;
+    pub const REALLOCARRAY: u8 = 3;
+    pub const FREE: u8 = 4;
+    pub const POSIX_MEMALIGN: u8 = 5;
+    pub const MEMALIGN: u8 = 6;
+    pub const ALIGNED_ALLOC: u8 = 7;
+    pub const VALLOC: u8 = 8;
+    pub const PVALLOC: u8 = 9;
+}
+
+/// Recording is on: the constructor connected and nothing failed since.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Most return addresses per stack.
+static MAX_DEPTH: AtomicUsize = AtomicUsize::new(64);
+/// Status passed to `exit`, or i32::MIN.
+static EXIT_STATUS: AtomicI32 = AtomicI32::new(i32::MIN);
+/// pthread key whose destructor retires a thread's ring.
+static KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+struct Exe(std::cell::UnsafeCell<Vec<u8>>);
+// SAFETY: written in the constructor before the agent records anything; read-only after.
+unsafe impl Sync for Exe {}
+static EXE: Exe = Exe(std::cell::UnsafeCell::new(Vec::new()));
+
+fn exe() -> &'static [u8] {
+    // SAFETY: see `Exe`.
+    unsafe { &*EXE.0.get() }
+}
+
+/// Turns recording off for good (the recorder went away).
+pub(crate) fn disable() {
+    ENABLED.store(false, Ordering::Release);
+}
+
+/// What one thread keeps between calls.
+struct ThreadState {
+    ring: &'static ring::Ring,
+    stack_top: u64,
+    cache: CacheX86_64,
+    stacks: HashMap<Box<[u64]>, u32, BuildHasherDefault<wire::FastHasher>>,
+    frames: Vec<u64>,
+    rec: Vec<u8>,
+}
+
+thread_local! {
+    /// Set while this thread runs agent code: nested allocator calls pass straight through.
+    static GUARD: Cell<bool> = const { Cell::new(false) };
+    static STATE: Cell<*mut ThreadState> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marks the calling thread as the agent's own (its calls are never recorded).
+pub(crate) fn mark_agent_thread() {
+    GUARD.with(|g| g.set(true));
+}
+
+/// The time stamp counter: a third of the cost of the vDSO clock, and the recorder maps
+/// it to recording time (Linux only uses an invariant, synchronized TSC as clocksource).
+fn now() -> u64 {
+    // SAFETY: rdtsc reads a counter; it has no memory effects.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+extern "C" {
+    /// The main thread's stack pointer at process start (exported by ld.so).
+    static __libc_stack_end: *const c_void;
+}
+
+/// The top of the calling thread's stack. Not `pthread_getattr_np`: it takes the thread's
+/// lock and allocates, and programs call it themselves (Rust's runtime does at start), so
+/// a hook calling it from inside it would deadlock. glibc puts a thread's descriptor
+/// right above its stack; the main thread's stack ends where the kernel started it.
+fn stack_top(tid: u32) -> u64 {
+    // SAFETY: getpid has no preconditions; __libc_stack_end is written once by ld.so before
+    // any code runs, and pthread_self only reads the thread pointer.
+    unsafe {
+        if tid == libc::getpid() as u32 {
+            __libc_stack_end as u64
+        } else {
+            libc::pthread_self() as u64
+        }
+    }
+}
+
+/// Largest distance from a call's stack pointer to its thread's stack top that is
+/// believed: farther means the call runs on another stack (a signal's alternate stack),
+/// whose extent is unknown, so it is not unwound.
+const MAX_STACK: u64 = 1 << 30;
+
+/// The calling thread's state, made on its first traced call.
+fn state() -> Option<&'static mut ThreadState> {
+    let p = STATE.with(|s| s.get());
+    if !p.is_null() {
+        // SAFETY: made by Box::into_raw below for this thread alone.
+        return Some(unsafe { &mut *p });
+    }
+    let tid = gettid();
+    let ring = ring::acquire(tid)?;
+    let st = Box::into_raw(Box::new(ThreadState {
+        ring,
+        stack_top: stack_top(tid),
+        cache: CacheX86_64::new(),
+        stacks: HashMap::default(),
+        frames: vec![0; MAX_DEPTH.load(Ordering::Relaxed).clamp(1, wire::MAX_FRAMES)],
+        rec: Vec::with_capacity(256),
+    }));
+    STATE.with(|s| s.set(st));
+    let key = KEY.load(Ordering::Acquire);
+    if key != usize::MAX {
+        // SAFETY: a key made by pthread_key_create; the value is only used as a flag.
+        unsafe { libc::pthread_setspecific(key as libc::pthread_key_t, st.cast()) };
+    }
+    // SAFETY: just made, owned by this thread.
+    Some(unsafe { &mut *st })
+}
+
+/// pthread key destructor: the thread is exiting; its ring is drained and reused.
+unsafe extern "C" fn thread_exit(_: *mut c_void) {
+    let p = STATE.with(|s| s.replace(std::ptr::null_mut()));
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: made by `state` for this thread, which no longer uses it.
+    let st = unsafe { Box::from_raw(p) };
+    st.ring.state.store(ring::DEAD, Ordering::Release);
+}
+
+/// Registers of the calling frame, for the unwinder.
+#[inline(always)]
+fn registers() -> (u64, u64, u64) {
+    let (pc, sp, bp): (u64, u64, u64);
+    // SAFETY: reads rip, rsp and rbp into registers; no memory is touched.
+    unsafe {
+        std::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    (pc, sp, bp)
+}
+
+/// Unwinds the caller's stack and returns its thread-local id, defining it if new.
+#[inline(always)]
+fn capture_stack(st: &mut ThreadState) -> u32 {
+    let (pc, sp, bp) = registers();
+    let stack = if sp < st.stack_top && st.stack_top - sp < MAX_STACK {
+        sp..st.stack_top
+    } else {
+        0..0
+    };
+    let n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    if n == 0 {
+        return wire::NO_STACK;
+    }
+    let frames = &st.frames[..n];
+    if let Some(&id) = st.stacks.get(frames) {
+        return id;
+    }
+    let id = st.stacks.len() as u32;
+    st.stacks.insert(frames.into(), id);
+    st.rec.clear();
+    st.rec.push(wire::REC_STACK);
+    st.rec.extend_from_slice(&id.to_le_bytes());
+    st.rec.extend_from_slice(&(n as u16).to_le_bytes());
+    for a in frames {
+        st.rec.extend_from_slice(&a.to_le_bytes());
+    }
+    st.ring.push(&st.rec, &conn::try_drain);
+    id
+}
+
+/// A traced call in progress.
+struct Open {
+    st: &'static mut ThreadState,
+    stack: u32,
+    ts_in: u64,
+    seq: Option<u64>,
+}
+
+/// Starts recording a call, or `None` if this one passes through unrecorded.
+#[inline(always)]
+fn begin(seq_at_entry: bool) -> Option<Open> {
+    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
+        return None;
+    }
+    let Some(st) = state() else {
+        GUARD.with(|g| g.set(false));
+        return None;
+    };
+    let stack = capture_stack(st);
+    let seq = seq_at_entry.then(|| conn::SEQ.fetch_add(1, Ordering::AcqRel));
+    Some(Open {
+        st,
+        stack,
+        ts_in: now(),
+        seq,
+    })
+}
+
+/// Finishes recording a call.
+#[inline(always)]
+fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
+    let ts_out = now();
+    let seq = o
+        .seq
+        .unwrap_or_else(|| conn::SEQ.fetch_add(1, Ordering::AcqRel));
+    let mut c = wire::Call {
+        seq,
+        func,
+        flags: 0,
+        nargs: args.len().min(wire::MAX_ARGS) as u8,
+        args: [0; wire::MAX_ARGS],
+        ret: ret.unwrap_or(0),
+        out: out.unwrap_or(0),
+        ts_in: o.ts_in,
+        ts_out,
+        stack: o.stack,
+    };
+    c.args[..c.nargs as usize].copy_from_slice(&args[..c.nargs as usize]);
+    if ret.is_some() {
+        c.flags |= wire::CALL_RET;
+    }
+    if out.is_some() {
+        c.flags |= wire::CALL_OUT;
+    }
+    let mut buf = [0u8; wire::call_len(wire::MAX_ARGS)];
+    let n = wire::put_call(&mut buf, &c);
+    o.st.ring.push(&buf[..n], &conn::try_drain);
+    GUARD.with(|g| g.set(false));
+}
+
+// ---- the interposed functions ----
+
+/// Interposed `malloc`.
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let Some(o) = begin(false) else {
+        return real_malloc(size);
+    };
+    let r = real_malloc(size);
+    end(o, f::MALLOC, &[size as u64], Some(r as u64), None);
+    r
+}
+
+/// Interposed `calloc`.
+#[no_mangle]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let Some(o) = begin(false) else {
+        return real_calloc(n, size);
+    };
+    let r = real_calloc(n, size);
+    end(o, f::CALLOC, &[n as u64, size as u64], Some(r as u64), None);
+    r
+}
+
+/// Interposed `realloc`.
+#[no_mangle]
+pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    let Some(o) = begin(false) else {
+        return real_realloc(p, size);
+    };
+    let r = real_realloc(p, size);
+    end(
+        o,
+        f::REALLOC,
+        &[p as u64, size as u64],
+        Some(r as u64),
+        None,
+    );
+    r
+}
+
+/// Interposed `reallocarray`.
+#[no_mangle]
+pub extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    let Some(o) = begin(false) else {
+        return real_reallocarray(p, n, size);
+    };
+    let r = real_reallocarray(p, n, size);
+    end(
+        o,
+        f::REALLOCARRAY,
+        &[p as u64, n as u64, size as u64],
+        Some(r as u64),
+        None,
+    );
+    r
+}
+
+/// Interposed `free`. Its place in the call order is taken before the block is released,
+/// so a block reused by another thread is never seen allocated twice.
+#[no_mangle]
+pub extern "C" fn free(p: *mut c_void) {
+    if p.is_null() || in_arena(p) {
+        return real_free(p);
+    }
+    let Some(o) = begin(true) else {
+        return real_free(p);
+    };
+    real_free(p);
+    end(o, f::FREE, &[p as u64], None, None);
+}
+
+/// Interposed `posix_memalign`.
+///
+/// # Safety
+/// `pp` must be valid for a pointer write, as C requires of callers.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(pp: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    let Some(o) = begin(false) else {
+        return real_posix_memalign(pp, align, size);
+    };
+    let r = real_posix_memalign(pp, align, size);
+    // SAFETY: on success posix_memalign stored the block through pp, which the caller
+    // passed as a valid out-pointer.
+    let out = (r == 0 && !pp.is_null()).then(|| unsafe { pp.read() } as u64);
+    end(
+        o,
+        f::POSIX_MEMALIGN,
+        &[pp as u64, align as u64, size as u64],
+        Some(r as u32 as u64),
+        out,
+    );
+    r
+}
+
+macro_rules! aligned_hook {
+    ($name:ident, $real:ident, $id:expr) => {
+        /// Interposed aligned allocator.
+        #[no_mangle]
+        pub extern "C" fn $name(align: usize, size: usize) -> *mut c_void {
+            let Some(o) = begin(false) else {
+                return $real(align, size);
+            };
+            let r = $real(align, size);
+            end(o, $id, &[align as u64, size as u64], Some(r as u64), None);
+            r
+        }
+    };
+}
+aligned_hook!(memalign, real_memalign, f::MEMALIGN);
+aligned_hook!(aligned_alloc, real_aligned_alloc, f::ALIGNED_ALLOC);
+
+macro_rules! page_hook {
+    ($name:ident, $real:ident, $id:expr) => {
+        /// Interposed page-aligned allocator.
+        #[no_mangle]
+        pub extern "C" fn $name(size: usize) -> *mut c_void {
+            let Some(o) = begin(false) else {
+                return $real(size);
+            };
+            let r = $real(size);
+            end(o, $id, &[size as u64], Some(r as u64), None);
+            r
+        }
+    };
+}
+page_hook!(valloc, real_valloc, f::VALLOC);
+page_hook!(pvalloc, real_pvalloc, f::PVALLOC);
+
+/// Runs agent bookkeeping with the guard set.
+fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    let was = GUARD.with(|g| g.replace(true));
+    let r = f();
+    GUARD.with(|g| g.set(was));
+    r
+}
+
+fn rescan_and_send() {
+    if let Some(mods) = modules::rescan(exe()) {
+        if ENABLED.load(Ordering::Acquire) {
+            conn::send_modules(&mods);
+        }
+    }
+}
+
+/// Interposed `dlopen`: new modules become known to the unwinder and the recorder.
+#[no_mangle]
+pub extern "C" fn dlopen(file: *const libc::c_char, flags: i32) -> *mut c_void {
+    let h = real_dlopen(file, flags);
+    guarded(rescan_and_send);
+    h
+}
+
+/// Interposed `dlclose`: unloaded modules leave the unwinder before their code can be
+/// replaced by another module's at the same addresses.
+#[no_mangle]
+pub extern "C" fn dlclose(h: *mut c_void) -> i32 {
+    let r = real_dlclose(h);
+    guarded(rescan_and_send);
+    r
+}
+
+/// Interposed `exit`: remembers the status for the recorder.
+#[no_mangle]
+pub extern "C" fn exit(status: i32) -> ! {
+    EXIT_STATUS.store(status, Ordering::Release);
+    real_exit(status)
+}
+
+/// Interposed `_exit`: destructors will not run, so the stream is finished here.
+#[no_mangle]
+pub extern "C" fn _exit(status: i32) -> ! {
+    EXIT_STATUS.store(status, Ordering::Release);
+    guarded(finish);
+    real_underscore_exit(status)
+}
+
+type MainFn = unsafe extern "C" fn(i32, *mut *mut libc::c_char, *mut *mut libc::c_char) -> i32;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    i32,
+    *mut *mut libc::c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> i32;
+
+/// The program's `main`, while the agent's wrapper runs it.
+static MAIN: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn main_wrapper(
+    argc: i32,
+    argv: *mut *mut libc::c_char,
+    envp: *mut *mut libc::c_char,
+) -> i32 {
+    // SAFETY: MAIN holds the `main` that __libc_start_main was given, stored just before
+    // it called us; it has this prototype.
+    let r = unsafe {
+        let m = std::mem::transmute::<usize, MainFn>(MAIN.load(Ordering::Acquire));
+        m(argc, argv, envp)
+    };
+    EXIT_STATUS.store(r, Ordering::Release);
+    r
+}
+
+/// Interposed `__libc_start_main`: wraps `main` so that the status it returns (which libc
+/// passes to `exit` internally, where no interposition can see it) reaches the recorder.
+///
+/// # Safety
+/// Called by the program's `_start` with the arguments glibc defines.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: i32,
+    argv: *mut *mut libc::c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> i32 {
+    // SAFETY: dlsym with a NUL-terminated name.
+    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"__libc_start_main".as_ptr()) };
+    if real.is_null() {
+        // Cannot happen with glibc; without the real one there is nothing to start.
+        real_underscore_exit(127);
+    }
+    MAIN.store(main as usize, Ordering::Release);
+    // SAFETY: `real` is glibc's __libc_start_main, which has this prototype.
+    unsafe {
+        let real = std::mem::transmute::<*mut c_void, StartMainFn>(real);
+        real(main_wrapper, argc, argv, init, fini, rtld_fini, stack_end)
+    }
+}
+
+/// Interposed `_Exit`, the same as `_exit`.
+#[no_mangle]
+pub extern "C" fn _Exit(status: i32) -> ! {
+    _exit(status)
+}
+
+static FINISHED: AtomicBool = AtomicBool::new(false);
+
+/// Sends what the rings hold: the image is about to be replaced.
+pub(crate) fn flush_before_exec() {
+    if ENABLED.load(Ordering::Acquire) {
+        guarded(|| {
+            conn::drain_all();
+        });
+    }
+}
+
+/// Sends everything recorded and closes the stream (once).
+fn finish() {
+    if FINISHED.swap(true, Ordering::AcqRel) || !conn::connected() {
+        return;
+    }
+    disable();
+    conn::drain_all();
+    let status = EXIT_STATUS.load(Ordering::Acquire);
+    if status != i32::MIN {
+        conn::send_exit(status);
+    }
+    conn::send_end();
+}
+
+// ---- start, end, fork ----
+
+fn env(name: &str) -> Option<&'static [u8]> {
+    let mut key = Vec::with_capacity(name.len() + 1);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    // SAFETY: getenv with a NUL-terminated name; the result lives as long as the
+    // environment, which the constructor reads before the program can change it.
+    let p = unsafe { libc::getenv(key.as_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    Some(unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn read_exe() -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: readlink writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    buf.truncate(n.max(0) as usize);
+    buf
+}
+
+extern "C" fn init() {
+    mark_agent_thread();
+    real::resolve();
+    exec::resolve();
+    let Some(path) = env(wire::ENV_SOCKET) else {
+        return;
+    };
+    // SAFETY: single-threaded as far as the agent is concerned: no other agent code runs
+    // before ENABLED is set at the end of this function.
+    unsafe {
+        let dst = &mut *conn::PATH.0.get();
+        let n = path.len().min(dst.len() - 1);
+        dst[..n].copy_from_slice(&path[..n]);
+        *EXE.0.get() = read_exe();
+    }
+    if let Some(d) = env(wire::ENV_MAX_DEPTH).and_then(parse_u64) {
+        MAX_DEPTH.store(d as usize, Ordering::Release);
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: creates a key with a destructor that only touches agent state.
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
+        KEY.store(key as usize, Ordering::Release);
+    }
+    // SAFETY: registers handlers that only take and release the agent's own locks and
+    // reset the agent's state in the child.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    if !conn::connect(wire::CAUSE_IMAGE, parent, exe()) {
+        return;
+    }
+    let mods = modules::rescan(exe()).unwrap_or_default();
+    conn::send_modules(&mods);
+    conn::start_writer();
+    ENABLED.store(true, Ordering::Release);
+    GUARD.with(|g| g.set(false));
+}
+
+extern "C" fn fini() {
+    guarded(finish);
+}
+
+extern "C" fn fork_prepare() {
+    GUARD.with(|g| g.set(true));
+    modules::LOCK.write();
+    conn::DRAIN.write();
+    conn::SOCK.write();
+}
+
+extern "C" fn fork_parent() {
+    conn::SOCK.write_unlock();
+    conn::DRAIN.write_unlock();
+    modules::LOCK.write_unlock();
+    GUARD.with(|g| g.set(false));
+}
+
+extern "C" fn fork_child() {
+    conn::SOCK.reset();
+    conn::DRAIN.reset();
+    modules::LOCK.reset();
+    let was_enabled = ENABLED.load(Ordering::Acquire) && !FINISHED.load(Ordering::Acquire);
+    disable();
+    conn::abandon();
+    // The parent's unsent records stay the parent's; only this thread exists here.
+    let me = STATE.with(|s| s.get());
+    let tid = gettid();
+    for r in ring::iter() {
+        r.clear();
+        // SAFETY: `me` is this thread's state pointer (or null).
+        let mine = !me.is_null() && std::ptr::eq(r, unsafe { (*me).ring });
+        if mine {
+            r.tid.store(tid, Ordering::Release);
+        } else {
+            r.state.store(ring::FREE, Ordering::Release);
+        }
+    }
+    if !me.is_null() {
+        // SAFETY: this thread's own state; the new stream knows none of its stacks.
+        unsafe { (*me).stacks.clear() };
+    }
+    conn::SEQ.store(0, Ordering::Release);
+    if was_enabled {
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        if conn::connect(wire::CAUSE_FORK, parent, exe()) {
+            conn::send_modules(&modules::snapshot());
+            conn::start_writer();
+            ENABLED.store(true, Ordering::Release);
+        }
+    }
+    GUARD.with(|g| g.set(false));
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;

@@ -1,0 +1,889 @@
+//! The agent engine, recorder side: starts the command with the preload agent, accepts
+//! one connection per process image, puts each image's calls back in the order the
+//! agent numbered them, and writes them to the recording.
+//!
+//! The agent's stream is untrusted: a program can write anything to its own socket. A
+//! malformed stream ends that connection with a note; it never panics the recorder.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::hash::BuildHasherDefault;
+use std::io::{self, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+use rltrace_wire as wire;
+
+use crate::format::{ExitHow, FormatError, Frame, StartCause};
+use crate::record::clock::{rdtsc, TscClock};
+use crate::record::sink::Sink;
+
+/// File name of the agent library.
+pub const AGENT_FILE: &str = "librltrace_agent.so";
+/// Environment variable that overrides where the agent library is.
+pub const AGENT_ENV: &str = "RLTRACE_AGENT";
+
+/// How far past the oldest missing number calls may wait before the recorder gives up on
+/// the gap.
+const MAX_WAITING: usize = 1 << 20;
+
+/// Errors of the agent engine.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The command could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        /// The command.
+        cmd: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The recorder's socket could not be set up.
+    #[error("cannot set up the agent socket in {dir}: {source}")]
+    Socket {
+        /// The directory.
+        dir: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Writing the recording failed.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// Finds the agent library: `$RLTRACE_AGENT`, else next to the running executable (and
+/// its parent directory, where `cargo test` puts test binaries' siblings).
+pub fn find_agent() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(AGENT_ENV) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join(AGENT_FILE), dir.parent()?.join(AGENT_FILE)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Knobs of the agent engine.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The agent library.
+    pub library: PathBuf,
+    /// Most return addresses kept per stack.
+    pub max_depth: usize,
+    /// Record child processes too (their images connect on their own; without this
+    /// they are ignored).
+    pub follow: bool,
+}
+
+/// What the connection readers hand to the recorder thread.
+enum Msg {
+    Hello {
+        pid: u32,
+        parent: u32,
+        cause: u8,
+        exe: String,
+    },
+    Modules(u64, Vec<AgentModule>),
+    Batch(u32, Vec<Rec>),
+    Exit(i32),
+    End,
+    Closed(Option<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AgentModule {
+    bias: u64,
+    start: u64,
+    end: u64,
+    build_id: Vec<u8>,
+    path: String,
+}
+
+enum Rec {
+    Stack(u32, Vec<u64>),
+    Call(wire::Call),
+}
+
+/// Items released in the agent's order.
+enum Ordered {
+    Call(u32, wire::Call),
+    Modules(Vec<AgentModule>),
+}
+
+struct Stack {
+    raw: Vec<u64>,
+    id: Option<Option<u32>>,
+}
+
+/// One connected process image.
+#[derive(Default)]
+struct Image {
+    pid: u32,
+    started: bool,
+    /// Messages held until an earlier image of the same pid closes (exec).
+    backlog: Vec<Msg>,
+    blocked_by: Option<usize>,
+    modules: BTreeMap<u64, (u32, AgentModule)>,
+    /// Items by sequence number, starting at `next_seq`: each thread's records arrive
+    /// in order, so the spread (and this window) stays about a few ring sizes.
+    waiting: VecDeque<Option<Ordered>>,
+    next_seq: u64,
+    stacks: HashMap<(u32, u32), Stack, BuildHasherDefault<wire::FastHasher>>,
+    exit: Option<i32>,
+    ended: bool,
+    lost: u64,
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP to the signal: the recorder passes it on to the command
+/// and finishes the file once the command ends.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    INTERRUPTED.store(sig, Ordering::Relaxed);
+}
+
+/// Runs `command` with the agent and records it; returns how the command ended.
+pub fn run(
+    command: &[OsString],
+    sink: &mut Sink<impl io::Write>,
+    opts: &AgentOptions,
+) -> Result<(u32, ExitHow), AgentError> {
+    let shown = command
+        .first()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "rltrace-agent-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    ));
+    let sock_err = |source| AgentError::Socket {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir(&dir).map_err(sock_err)?;
+    let sock = dir.join("s");
+    let listener = UnixListener::bind(&sock).map_err(|e| {
+        let _ = std::fs::remove_dir(&dir);
+        sock_err(e)
+    })?;
+    let result = run_listening(command, &shown, sink, opts, listener, &sock);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_dir(&dir);
+    result
+}
+
+fn run_listening(
+    command: &[OsString],
+    shown: &str,
+    sink: &mut Sink<impl io::Write>,
+    opts: &AgentOptions,
+    listener: UnixListener,
+    sock: &Path,
+) -> Result<(u32, ExitHow), AgentError> {
+    let spawn_err = |source| AgentError::Spawn {
+        cmd: shown.to_string(),
+        source,
+    };
+    let first = command
+        .first()
+        .ok_or_else(|| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, "empty command")))?;
+    let mut preload = opts.library.as_os_str().to_owned();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let mut cmd = Command::new(first);
+    cmd.args(&command[1..])
+        .env("LD_PRELOAD", preload)
+        .env(wire::ENV_SOCKET, sock)
+        .env(wire::ENV_MAX_DEPTH, opts.max_depth.to_string());
+    // SAFETY: runs in the forked child before exec; only resets signal dispositions,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            // A recorder killed outright takes the command with it, as with ptrace's
+            // EXITKILL, rather than leaving it running unrecorded.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    install_handlers();
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let root = child.id();
+    // Accepted by the recorder loop itself, so that a process that connected and then
+    // exited is never missed when the loop decides everything has ended.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| AgentError::Socket {
+            dir: sock.display().to_string(),
+            source: e,
+        })?;
+    let (tx, rx) = sync_channel::<(usize, Msg)>(16);
+    let mut rec = Recorder {
+        clock: TscClock::new(|| sink.now()),
+        listener,
+        tx,
+        sink,
+        images: Vec::new(),
+        root,
+        root_status: None,
+        root_image: None,
+        root_seen: false,
+        lingering: Vec::new(),
+        follow: opts.follow,
+    };
+    rec.run(&mut child, &rx).map(|s| (root, s))
+}
+
+fn install_handlers() {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// The pid of the process at the other end, as the kernel saw it connect (in the
+/// recorder's pid namespace, unlike what a program in its own namespace would claim).
+fn peer_pid(conn: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+fn read_conn(conn: UnixStream, id: usize, tx: &SyncSender<(usize, Msg)>) -> Result<(), String> {
+    let peer = peer_pid(&conn);
+    let mut r = BufReader::with_capacity(1 << 20, conn);
+    let mut offset = 0u64;
+    let mut head = [0u8; 4 + 2 + 4 + 4 + 1 + 2];
+    if r.read_exact(&mut head).is_err() {
+        return Ok(()); // the recorder's own wake-up connection, or a process that died
+    }
+    let mut g = wire::Get::new(&head);
+    let bad = |what: &str, at: u64| format!("{what} at offset {at}");
+    let magic = g.bytes(4).map_err(|t| bad("short hello", t.at as u64))?;
+    if magic != wire::MAGIC {
+        return Err(bad("bad magic", 0));
+    }
+    let version = g.u16().map_err(|t| bad("short hello", t.at as u64))?;
+    if version != wire::VERSION {
+        return Err(format!(
+            "agent protocol version {version}, this recorder speaks {}",
+            wire::VERSION
+        ));
+    }
+    let (pid, parent, cause, exe_len) = (|| Ok((g.u32()?, g.u32()?, g.u8()?, g.u16()?)))()
+        .map_err(|t: wire::Truncated| bad("short hello", t.at as u64))?;
+    let pid = peer.unwrap_or(pid);
+    let mut exe = vec![0u8; exe_len as usize];
+    r.read_exact(&mut exe)
+        .map_err(|_| bad("short hello", head.len() as u64))?;
+    offset += (head.len() + exe.len()) as u64;
+    send(
+        tx,
+        id,
+        Msg::Hello {
+            pid,
+            parent,
+            cause,
+            exe: String::from_utf8_lossy(&exe).into_owned(),
+        },
+    )?;
+    let mut payload = Vec::new();
+    loop {
+        let mut h = [0u8; 5];
+        match r.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("read error at offset {offset}: {e}")),
+        }
+        let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        if len > wire::MAX_MESSAGE + 8 {
+            return Err(bad(&format!("message of {len} bytes"), offset));
+        }
+        payload.resize(len, 0);
+        r.read_exact(&mut payload)
+            .map_err(|_| bad("truncated message", offset))?;
+        let at = offset + 5;
+        let msg = decode(h[0], &payload).map_err(|(what, o)| bad(what, at + o as u64))?;
+        offset = at + len as u64;
+        send(tx, id, msg)?;
+    }
+}
+
+fn send(tx: &SyncSender<(usize, Msg)>, id: usize, m: Msg) -> Result<(), String> {
+    tx.send((id, m))
+        .map_err(|_| "recorder finished".to_string())
+}
+
+fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
+    let mut g = wire::Get::new(p);
+    let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);
+    Ok(match kind {
+        wire::MSG_MODULES => {
+            let seq = g.u64().map_err(t("short module list"))?;
+            let n = g.u32().map_err(t("short module list"))?;
+            let mut mods = Vec::new();
+            for _ in 0..n {
+                let m = (|| {
+                    let bias = g.u64()?;
+                    let start = g.u64()?;
+                    let end = g.u64()?;
+                    let idlen = g.u8()? as usize;
+                    let build_id = g.bytes(idlen)?.to_vec();
+                    let plen = g.u16()? as usize;
+                    let path = String::from_utf8_lossy(g.bytes(plen)?).into_owned();
+                    Ok(AgentModule {
+                        bias,
+                        start,
+                        end,
+                        build_id,
+                        path,
+                    })
+                })()
+                .map_err(t("short module entry"))?;
+                if m.start >= m.end {
+                    return Err(("empty module range", g.offset()));
+                }
+                mods.push(m);
+            }
+            Msg::Modules(seq, mods)
+        }
+        wire::MSG_BATCH => {
+            let tid = g.u32().map_err(t("short batch"))?;
+            let mut recs = Vec::new();
+            while !g.is_empty() {
+                let at = g.offset();
+                match g.u8().map_err(t("short record"))? {
+                    wire::REC_STACK => {
+                        let id = g.u32().map_err(t("short stack"))?;
+                        let n = g.u16().map_err(t("short stack"))? as usize;
+                        if n > wire::MAX_FRAMES {
+                            return Err(("stack too deep", at));
+                        }
+                        let mut frames = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            frames.push(g.u64().map_err(t("short stack"))?);
+                        }
+                        recs.push(Rec::Stack(id, frames));
+                    }
+                    wire::REC_CALL => recs.push(Rec::Call(g.call().map_err(t("short call"))?)),
+                    _ => return Err(("unknown record kind", at)),
+                }
+            }
+            Msg::Batch(tid, recs)
+        }
+        wire::MSG_EXIT => {
+            let b = g.bytes(4).map_err(t("short exit"))?;
+            Msg::Exit(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        wire::MSG_END => Msg::End,
+        _ => return Err(("unknown message kind", 0)),
+    })
+}
+
+struct Recorder<'a, W: io::Write> {
+    /// Maps the agent's counter readings to recording time.
+    clock: TscClock,
+    listener: UnixListener,
+    tx: SyncSender<(usize, Msg)>,
+    sink: &'a mut Sink<W>,
+    images: Vec<Image>,
+    root: u32,
+    root_status: Option<ExitHow>,
+    /// The image of the root pid that is current, for its exit status.
+    root_image: Option<usize>,
+    /// The command's first image connected.
+    root_seen: bool,
+    /// Images that closed without saying how they ended, checked until their process is
+    /// gone (it may have exec'd a program the agent is not loaded in).
+    lingering: Vec<usize>,
+    follow: bool,
+}
+
+impl<W: io::Write> Recorder<'_, W> {
+    fn run(
+        &mut self,
+        child: &mut Child,
+        rx: &Receiver<(usize, Msg)>,
+    ) -> Result<ExitHow, AgentError> {
+        loop {
+            let sig = INTERRUPTED.swap(0, Ordering::Relaxed);
+            if sig != 0 && self.root_status.is_none() {
+                // SAFETY: kill with a pid this process spawned and has not reaped.
+                unsafe { libc::kill(self.root as i32, sig) };
+            }
+            if self.root_status.is_none() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    let how = match (st.code(), st.signal()) {
+                        (Some(c), _) => ExitHow::Code(c),
+                        (None, Some(s)) => ExitHow::Signal(s),
+                        _ => ExitHow::Unknown,
+                    };
+                    self.root_status = Some(how);
+                    self.settle_root()?;
+                }
+            }
+            self.check_lingering()?;
+            self.accept()?;
+            self.clock.observe(self.sink.now(), rdtsc());
+            let open = self.images.iter().any(|i| !i.ended);
+            if self.root_status.is_some() && !open && self.lingering.is_empty() {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok((id, msg)) => self.message(id, msg)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.root_status.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            self.sink.maybe_seal()?;
+        }
+        if !self.root_seen {
+            let how = self.root_status.unwrap_or(ExitHow::Unknown);
+            self.sink
+                .process_start(self.root, 0, StartCause::Spawn, "")?;
+            self.sink.note(
+                self.root,
+                "the agent never connected: the program is statically linked, setuid, or \
+                 cleared LD_PRELOAD; record it with --engine ptrace"
+                    .to_string(),
+            )?;
+            self.sink.process_exit(self.root, how)?;
+        }
+        Ok(self.root_status.unwrap_or(ExitHow::Unknown))
+    }
+
+    /// Takes every pending connection, each read by a thread of its own.
+    fn accept(&mut self) -> Result<(), AgentError> {
+        loop {
+            let conn = match self.listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(AgentError::Socket {
+                        dir: "the recorder socket".into(),
+                        source: e,
+                    })
+                }
+            };
+            let id = self.images.len();
+            self.image(id);
+            let tx = self.tx.clone();
+            let spawned = conn.set_nonblocking(false).and_then(|()| {
+                std::thread::Builder::new()
+                    .name(format!("agent-conn-{id}"))
+                    .spawn(move || {
+                        let err = read_conn(conn, id, &tx).err();
+                        let _ = tx.send((id, Msg::Closed(err)));
+                    })
+            });
+            if let Err(e) = spawned {
+                self.sink
+                    .note(0, format!("an agent connection could not be read: {e}"))?;
+                self.images[id].ended = true;
+            }
+        }
+    }
+
+    fn image(&mut self, id: usize) -> &mut Image {
+        if self.images.len() <= id {
+            self.images.resize_with(id + 1, Image::default);
+        }
+        &mut self.images[id]
+    }
+
+    fn message(&mut self, id: usize, msg: Msg) -> Result<(), AgentError> {
+        if self.image(id).blocked_by.is_some() {
+            self.image(id).backlog.push(msg);
+            return Ok(());
+        }
+        match msg {
+            Msg::Hello {
+                pid,
+                parent,
+                cause,
+                exe,
+            } => {
+                let earlier = self
+                    .images
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, im)| *i != id && im.pid == pid && im.started)
+                    .map(|(i, _)| i)
+                    .next_back();
+                self.image(id).pid = pid;
+                if pid != self.root && !self.follow {
+                    // --no-follow: children connect (they inherit the environment) but
+                    // are not recorded.
+                    return Ok(());
+                }
+                if let Some(e) = earlier.filter(|&e| !self.images[e].ended) {
+                    // An exec'd image can connect before the old image's last bytes are
+                    // read: hold it back until then.
+                    let img = self.image(id);
+                    img.blocked_by = Some(e);
+                    img.backlog.push(Msg::Hello {
+                        pid,
+                        parent,
+                        cause,
+                        exe,
+                    });
+                    return Ok(());
+                }
+                self.start_image(id, earlier, pid, parent, cause, &exe)?;
+            }
+            Msg::Modules(seq, mods) => self.enqueue(id, seq, Ordered::Modules(mods))?,
+            Msg::Batch(tid, recs) => {
+                for r in recs {
+                    match r {
+                        Rec::Stack(sid, raw) => {
+                            self.image(id)
+                                .stacks
+                                .insert((tid, sid), Stack { raw, id: None });
+                        }
+                        Rec::Call(c) => self.enqueue(id, c.seq, Ordered::Call(tid, c))?,
+                    }
+                }
+            }
+            Msg::Exit(s) => self.image(id).exit = Some(s),
+            Msg::End => self.close(id, true, None)?,
+            Msg::Closed(err) => self.close(id, false, err)?,
+        }
+        Ok(())
+    }
+
+    fn start_image(
+        &mut self,
+        id: usize,
+        earlier: Option<usize>,
+        pid: u32,
+        parent: u32,
+        cause: u8,
+        exe: &str,
+    ) -> Result<(), AgentError> {
+        let cause = if earlier.is_some() {
+            // The previous image of this pid exec'd: it is no longer waiting to end.
+            if let Some(e) = earlier {
+                self.lingering.retain(|&l| l != e);
+                let gone: Vec<u32> = self.images[e].modules.values().map(|(m, _)| *m).collect();
+                for m in gone {
+                    self.sink.module_unload(m)?;
+                }
+                self.images[e].modules.clear();
+            }
+            StartCause::Exec
+        } else if cause == wire::CAUSE_FORK {
+            StartCause::Fork
+        } else if pid == self.root {
+            StartCause::Spawn
+        } else {
+            // Started without the agent's fork handler (vfork, posix_spawn) and then exec'd.
+            self.sink
+                .process_start(pid, parent, StartCause::Vfork, "")?;
+            StartCause::Exec
+        };
+        let parent = if cause == StartCause::Spawn {
+            0
+        } else {
+            parent
+        };
+        self.sink.process_start(pid, parent, cause, exe)?;
+        if pid == self.root {
+            self.root_image = Some(id);
+            self.root_seen = true;
+        }
+        self.image(id).started = true;
+        Ok(())
+    }
+
+    fn enqueue(&mut self, id: usize, seq: u64, item: Ordered) -> Result<(), AgentError> {
+        let img = self.image(id);
+        if !img.started {
+            return Ok(());
+        }
+        let Some(at) = seq.checked_sub(img.next_seq) else {
+            // Behind the released prefix: only a confused stream does this.
+            return self.write_item(id, item);
+        };
+        if at as usize >= MAX_WAITING {
+            // A number this far ahead means an earlier one will never come (its thread
+            // stopped between numbering and writing): give up on the oldest gaps.
+            let skip = at as usize + 1 - MAX_WAITING;
+            for _ in 0..skip {
+                let img = &mut self.images[id];
+                let slot = img.waiting.pop_front().flatten();
+                img.next_seq += 1;
+                match slot {
+                    Some(it) => self.write_item(id, it)?,
+                    None => self.images[id].lost += 1,
+                }
+            }
+        }
+        let img = &mut self.images[id];
+        let at = (seq - img.next_seq) as usize;
+        if img.waiting.len() <= at {
+            img.waiting.resize_with(at + 1, || None);
+        }
+        if let Some(old) = img.waiting[at].replace(item) {
+            // The same number twice: only a confused stream does this; keep both.
+            self.write_item(id, old)?;
+        }
+        self.release(id, false)
+    }
+
+    /// Writes every item whose turn has come; with `all`, everything still waiting (the
+    /// stream ended: numbers never used belong to calls that were still running when the
+    /// process ended, and have no record).
+    fn release(&mut self, id: usize, all: bool) -> Result<(), AgentError> {
+        loop {
+            let img = &mut self.images[id];
+            match img.waiting.front() {
+                None => return Ok(()),
+                Some(None) if !all => return Ok(()),
+                _ => {}
+            }
+            let item = img.waiting.pop_front().flatten();
+            img.next_seq += 1;
+            if let Some(item) = item {
+                self.write_item(id, item)?;
+            }
+        }
+    }
+
+    fn write_item(&mut self, id: usize, item: Ordered) -> Result<(), AgentError> {
+        match item {
+            Ordered::Call(tid, c) => self.write_call(id, tid, &c),
+            Ordered::Modules(m) => self.modules(id, m),
+        }
+    }
+
+    fn write_call(&mut self, id: usize, tid: u32, c: &wire::Call) -> Result<(), AgentError> {
+        let img = &mut self.images[id];
+        let pid = img.pid;
+        let stack = match img.stacks.get_mut(&(tid, c.stack)) {
+            Some(Stack { id: Some(s), .. }) => *s,
+            Some(st) => {
+                let frames: Vec<Frame> = st
+                    .raw
+                    .iter()
+                    .map(|&a| match img.modules.range(..=a).next_back() {
+                        Some((_, (mid, m))) if a < m.end => Frame {
+                            module: Some(*mid),
+                            addr: a.wrapping_sub(m.bias),
+                        },
+                        _ => Frame {
+                            module: None,
+                            addr: a,
+                        },
+                    })
+                    .collect();
+                let s = self.sink.stack(frames)?;
+                st.id = Some(s);
+                s
+            }
+            None => None,
+        };
+        let n = (c.nargs as usize).min(wire::MAX_ARGS);
+        self.sink.call(
+            pid,
+            tid,
+            c.func as u32,
+            c.args[..n].to_vec(),
+            stack,
+            self.clock.to_ns(c.ts_in),
+            (c.flags & wire::CALL_RET != 0).then_some(c.ret),
+            (c.flags & wire::CALL_OUT != 0).then_some(c.out),
+            self.clock.to_ns(c.ts_out),
+        )?;
+        Ok(())
+    }
+
+    fn modules(&mut self, id: usize, mods: Vec<AgentModule>) -> Result<(), AgentError> {
+        let pid = self.images[id].pid;
+        let gone: Vec<u64> = self.images[id]
+            .modules
+            .iter()
+            .filter(|(_, (_, m))| !mods.contains(m))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in gone {
+            if let Some((mid, _)) = self.images[id].modules.remove(&s) {
+                self.sink.module_unload(mid)?;
+            }
+        }
+        for m in mods {
+            if self.images[id]
+                .modules
+                .get(&m.start)
+                .is_some_and(|(_, k)| *k == m)
+            {
+                continue;
+            }
+            let mid = self
+                .sink
+                .module(pid, &m.path, &m.build_id, m.bias, m.start, m.end)?;
+            self.images[id].modules.insert(m.start, (mid, m));
+        }
+        // Stacks resolved against the old list may now resolve differently.
+        for st in self.images[id].stacks.values_mut() {
+            st.id = None;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, id: usize, clean: bool, err: Option<String>) -> Result<(), AgentError> {
+        if self.image(id).ended {
+            return Ok(());
+        }
+        if let Some(e) = err {
+            let pid = self.images[id].pid;
+            let text = if pid == 0 {
+                format!("an agent connection was refused: {e}")
+            } else {
+                format!("agent stream of process {pid} ended early: {e}")
+            };
+            self.sink.note(pid, text)?;
+        }
+        if self.images[id].started {
+            self.release(id, true)?;
+        }
+        let img = &mut self.images[id];
+        img.ended = true;
+        let (pid, lost, started) = (img.pid, img.lost, img.started);
+        if lost > 0 {
+            self.sink.note(
+                pid,
+                format!(
+                    "{lost} calls of process {pid} were never received (a thread stopped \
+                     between numbering and writing a record); later calls were released"
+                ),
+            )?;
+        }
+        if started {
+            if clean || self.images[id].exit.is_some() {
+                self.end_process(id)?;
+            } else {
+                self.lingering.push(id);
+            }
+        }
+        // Images of the same pid that waited for this one (exec) go on.
+        let blocked: Vec<usize> = (0..self.images.len())
+            .filter(|&i| self.images[i].blocked_by == Some(id))
+            .collect();
+        for b in blocked {
+            self.images[b].blocked_by = None;
+            for m in std::mem::take(&mut self.images[b].backlog) {
+                self.message(b, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the end of the process an image belonged to.
+    fn end_process(&mut self, id: usize) -> Result<(), AgentError> {
+        let pid = self.images[id].pid;
+        if pid == self.root {
+            // Its status comes from waitpid; written once the status is known.
+            if self.root_status.is_some() {
+                self.write_root_exit()?;
+            }
+            return Ok(());
+        }
+        let how = self.images[id]
+            .exit
+            .map(ExitHow::Code)
+            .unwrap_or(ExitHow::Unknown);
+        self.sink.process_exit(pid, how)?;
+        Ok(())
+    }
+
+    fn write_root_exit(&mut self) -> Result<(), AgentError> {
+        if self.root_image.take().is_some() {
+            if let Some(how) = self.root_status {
+                self.sink.process_exit(self.root, how)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The command was reaped: its image's end can be written once its stream closed.
+    fn settle_root(&mut self) -> Result<(), AgentError> {
+        let Some(id) = self.root_image else {
+            return Ok(());
+        };
+        if self.images[id].ended {
+            self.lingering.retain(|&l| l != id);
+            self.write_root_exit()?;
+        }
+        Ok(())
+    }
+
+    fn check_lingering(&mut self) -> Result<(), AgentError> {
+        let mut i = 0;
+        while i < self.lingering.len() {
+            let id = self.lingering[i];
+            let pid = self.images[id].pid;
+            let gone = if pid == self.root {
+                self.root_status.is_some()
+            } else {
+                process_gone(pid)
+            };
+            if gone {
+                self.lingering.remove(i);
+                if pid == self.root {
+                    self.write_root_exit()?;
+                } else {
+                    self.sink.process_exit(pid, ExitHow::Unknown)?;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True once a process no longer runs (gone, or a zombie awaiting its parent).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
+    }
+}

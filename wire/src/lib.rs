@@ -1,0 +1,275 @@
+//! The byte stream between the rltrace preload agent (in the traced process) and the
+//! recorder: one Unix stream connection per process image, little-endian, documented in
+//! `docs/DESIGN.md`. The agent only encodes; the recorder decodes and treats the bytes as
+//! untrusted (a confused or hostile program can write anything to its own socket).
+
+#![no_std]
+
+/// First bytes of a connection.
+pub const MAGIC: [u8; 4] = *b"RLTA";
+/// Protocol version; the recorder refuses others (agent and recorder ship together).
+pub const VERSION: u16 = 1;
+/// Environment variable naming the recorder's socket.
+pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
+/// Environment variable holding the largest number of frames to capture.
+pub const ENV_MAX_DEPTH: &str = "RLTRACE_AGENT_MAX_DEPTH";
+
+/// Hello cause: a new image (the spawned command, or any `execve`).
+pub const CAUSE_IMAGE: u8 = 0;
+/// Hello cause: the child side of `fork`.
+pub const CAUSE_FORK: u8 = 1;
+
+/// Message: module list snapshot (`seq u64, count u32, modules`).
+pub const MSG_MODULES: u8 = 1;
+/// Message: records of one thread (`tid u32, records`).
+pub const MSG_BATCH: u8 = 2;
+/// Message: the process called `exit` or `_exit` (`status i32`).
+pub const MSG_EXIT: u8 = 3;
+/// Message: the last message of a cleanly ending image (no payload).
+pub const MSG_END: u8 = 4;
+
+/// Thread record: a stack definition (`id u32, n u16, n × u64`), ids local to the thread.
+pub const REC_STACK: u8 = 1;
+/// Thread record: a finished call (see [`Call`]).
+pub const REC_CALL: u8 = 2;
+
+/// Call flag: the return value is meaningful.
+pub const CALL_RET: u8 = 1;
+/// Call flag: `out` holds the value an out-pointer received (`posix_memalign`).
+pub const CALL_OUT: u8 = 2;
+/// Stack id meaning "no stack captured".
+pub const NO_STACK: u32 = u32::MAX;
+
+/// Largest message payload either side accepts.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest number of frames in a stack record.
+pub const MAX_FRAMES: usize = 1024;
+/// Largest number of arguments in a call record.
+pub const MAX_ARGS: usize = 6;
+
+/// A finished call as the agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// Process-wide order: calls are released to the recording in this order.
+    pub seq: u64,
+    /// Index into the allocator family table.
+    pub func: u8,
+    /// [`CALL_RET`] | [`CALL_OUT`].
+    pub flags: u8,
+    /// Number of meaningful entries in `args`.
+    pub nargs: u8,
+    /// Integer arguments.
+    pub args: [u64; MAX_ARGS],
+    /// Return value.
+    pub ret: u64,
+    /// Out-pointer value.
+    pub out: u64,
+    /// Time stamp counter at entry (the recorder converts it to recording time).
+    pub ts_in: u64,
+    /// Time stamp counter at return.
+    pub ts_out: u64,
+    /// Thread-local stack id, or [`NO_STACK`].
+    pub stack: u32,
+}
+
+/// Encoded size of a call with `nargs` arguments, kind byte included.
+pub const fn call_len(nargs: usize) -> usize {
+    1 + 8 + 1 + 1 + 1 + 8 * nargs + 8 + 8 + 8 + 8 + 4
+}
+
+/// Writes `c` (kind byte included) at the start of `out`, which must hold
+/// [`call_len`]`(c.nargs)` bytes; returns the length written.
+pub fn put_call(out: &mut [u8], c: &Call) -> usize {
+    let mut w = Put { buf: out, at: 0 };
+    w.u8(REC_CALL);
+    w.u64(c.seq);
+    w.u8(c.func);
+    w.u8(c.flags);
+    let n = (c.nargs as usize).min(MAX_ARGS);
+    w.u8(n as u8);
+    for a in &c.args[..n] {
+        w.u64(*a);
+    }
+    w.u64(c.ret);
+    w.u64(c.out);
+    w.u64(c.ts_in);
+    w.u64(c.ts_out);
+    w.u32(c.stack);
+    w.at
+}
+
+/// Bounded little-endian writer over a slice the caller sized.
+pub struct Put<'a> {
+    /// Destination.
+    pub buf: &'a mut [u8],
+    /// Bytes written so far.
+    pub at: usize,
+}
+
+impl Put<'_> {
+    /// Appends bytes (ignored past the end of the buffer: callers size it first).
+    pub fn bytes(&mut self, b: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.at..self.at + b.len()) {
+            dst.copy_from_slice(b);
+            self.at += b.len();
+        }
+    }
+    /// Appends a byte.
+    pub fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    /// Appends a u16.
+    pub fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_le_bytes());
+    }
+    /// Appends a u32.
+    pub fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    /// Appends a u64.
+    pub fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+/// Where a decode stopped being possible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncated {
+    /// Offset in the buffer being decoded.
+    pub at: usize,
+}
+
+/// Bounded little-endian reader for the recorder.
+pub struct Get<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Get<'a> {
+    /// Reads from the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Get { buf, at: 0 }
+    }
+    /// Offset of the next byte.
+    pub fn offset(&self) -> usize {
+        self.at
+    }
+    /// True when every byte was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+    /// Takes `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+        let end = self.at.checked_add(n).ok_or(Truncated { at: self.at })?;
+        let s = self
+            .buf
+            .get(self.at..end)
+            .ok_or(Truncated { at: self.at })?;
+        self.at = end;
+        Ok(s)
+    }
+    /// Takes a byte.
+    pub fn u8(&mut self) -> Result<u8, Truncated> {
+        Ok(self.bytes(1)?[0])
+    }
+    /// Takes a u16.
+    pub fn u16(&mut self) -> Result<u16, Truncated> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    /// Takes a u32.
+    pub fn u32(&mut self) -> Result<u32, Truncated> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// Takes a u64.
+    pub fn u64(&mut self) -> Result<u64, Truncated> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// Takes a call record whose kind byte was already read.
+    pub fn call(&mut self) -> Result<Call, Truncated> {
+        let seq = self.u64()?;
+        let func = self.u8()?;
+        let flags = self.u8()?;
+        let at = self.at;
+        let nargs = self.u8()?;
+        if nargs as usize > MAX_ARGS {
+            return Err(Truncated { at });
+        }
+        let mut args = [0u64; MAX_ARGS];
+        for a in args.iter_mut().take(nargs as usize) {
+            *a = self.u64()?;
+        }
+        Ok(Call {
+            seq,
+            func,
+            flags,
+            nargs,
+            args,
+            ret: self.u64()?,
+            out: self.u64()?,
+            ts_in: self.u64()?,
+            ts_out: self.u64()?,
+            stack: self.u32()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_round_trips_at_its_stated_length() {
+        let c = Call {
+            seq: 7,
+            func: 3,
+            flags: CALL_RET,
+            nargs: 2,
+            args: [0x10, 32, 0, 0, 0, 0],
+            ret: 0x5555_0000,
+            out: 0,
+            ts_in: 100,
+            ts_out: 150,
+            stack: 4,
+        };
+        let mut buf = [0u8; 128];
+        let n = put_call(&mut buf, &c);
+        assert_eq!(n, call_len(2));
+        let mut g = Get::new(&buf[..n]);
+        assert_eq!(g.u8(), Ok(REC_CALL));
+        assert_eq!(g.call(), Ok(c));
+        assert!(g.is_empty());
+        let mut short = Get::new(&buf[1..n - 1]);
+        assert!(short.call().is_err());
+    }
+}
+
+/// A cheap multiplicative hasher for small integer keys (stack frames, thread and stack
+/// ids), which both sides hash once per call: SipHash's flood resistance is not needed
+/// for keys a program hands its own recorder, and costs a good part of a call.
+#[derive(Clone, Copy, Default)]
+pub struct FastHasher(u64);
+
+impl core::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
