@@ -344,6 +344,12 @@ fn send(tx: &SyncSender<(usize, Msg)>, id: usize, m: Msg) -> Result<(), String> 
         .map_err(|_| "recorder finished".to_string())
 }
 
+/// Decodes one agent message of kind `kind` and discards it; the problem and its offset if
+/// it is malformed. The decoding entry point for fuzzing (`fuzz/fuzz_targets/agent_stream.rs`).
+pub fn check_message(kind: u8, payload: &[u8]) -> Result<(), (&'static str, usize)> {
+    decode(kind, payload).map(|_| ())
+}
+
 fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
     let mut g = wire::Get::new(p);
     let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);

@@ -7,6 +7,18 @@ use std::sync::OnceLock;
 
 /// The rltrace binary under test; never asks debuginfod servers unless a test says so.
 pub fn rltrace() -> Command {
+    static AGENT: OnceLock<()> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        // `cargo test` builds test harnesses, not the agent's cdylib; `cargo build` does.
+        let exe = Path::new(env!("CARGO_BIN_EXE_rltrace"));
+        let agent = exe.with_file_name("librltrace_agent.so");
+        assert!(
+            agent.is_file(),
+            "{} is not built: run `cargo build --release` before `cargo test --release` \
+             (scripts/test does both)",
+            agent.display()
+        );
+    });
     let mut c = Command::new(env!("CARGO_BIN_EXE_rltrace"));
     c.env_remove("DEBUGINFOD_URLS");
     c
