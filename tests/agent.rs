@@ -37,6 +37,12 @@ fn fork_exec_and_vfork_children_report_their_own_leaks() {
     let at = |m: &str| format!("forks.c:{}", marker_line(&src, m));
     let base = vec![
         ("started by rltrace".to_string(), 11, 1, at("LEAK: parent")),
+        (
+            "started by rltrace".to_string(),
+            66,
+            1,
+            at("LEAK: after-failed-vfork"),
+        ),
         ("forked from".to_string(), 33, 1, at("LEAK: exec")),
         ("vforked from".to_string(), 44, 1, at("LEAK: vexec")),
         ("forked from".to_string(), 55, 1, at("LEAK: exit-child")),

@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use framehop::x86_64::CacheX86_64;
 use rltrace_wire as wire;
@@ -80,6 +80,8 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static MAX_DEPTH: AtomicUsize = AtomicUsize::new(64);
 /// Status passed to `exit`, or i32::MIN.
 static EXIT_STATUS: AtomicI32 = AtomicI32::new(i32::MIN);
+/// The process whose stream this is (a vfork child shares the memory, not the pid).
+static OWN_PID: AtomicU32 = AtomicU32::new(0);
 /// pthread key whose destructor retires a thread's ring.
 static KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -473,11 +475,16 @@ pub extern "C" fn exit(status: i32) -> ! {
     real_exit(status)
 }
 
-/// Interposed `_exit`: destructors will not run, so the stream is finished here.
+/// Interposed `_exit`: destructors will not run, so the stream is finished here, unless
+/// this is a `vfork` child whose exec failed: it shares the parent's memory and
+/// connection, and the parent records on.
 #[no_mangle]
 pub extern "C" fn _exit(status: i32) -> ! {
-    EXIT_STATUS.store(status, Ordering::Release);
-    guarded(finish);
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } as u32 == OWN_PID.load(Ordering::Acquire) {
+        EXIT_STATUS.store(status, Ordering::Release);
+        guarded(finish);
+    }
     real_underscore_exit(status)
 }
 
@@ -630,8 +637,9 @@ extern "C" fn init() {
     // SAFETY: registers handlers that only take and release the agent's own locks and
     // reset the agent's state in the child.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() } as u32;
+    // SAFETY: getpid and getppid have no preconditions.
+    let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+    OWN_PID.store(me, Ordering::Release);
     if !conn::connect(wire::CAUSE_IMAGE, parent, exe()) {
         return;
     }
@@ -685,6 +693,8 @@ extern "C" fn fork_child() {
         unsafe { (*me).stacks.clear() };
     }
     conn::SEQ.store(0, Ordering::Release);
+    // SAFETY: getpid has no preconditions.
+    OWN_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     if was_enabled {
         // SAFETY: getppid has no preconditions.
         let parent = unsafe { libc::getppid() } as u32;
