@@ -175,3 +175,32 @@ fn malformed_agent_streams_are_reported_not_trusted() {
     let trace = String::from_utf8_lossy(&r.stdout);
     assert!(trace.contains("malloc(7) = 0x"), "{trace}");
 }
+
+#[test]
+fn allocations_before_main_and_after_thread_and_process_teardown_are_seen() {
+    let bin = build_c("lifecycle", "lifecycle.c", &["-O1", "-g", "-pthread"]);
+    let src = repo().join("tests/fixtures/c/lifecycle.c");
+    let at = |m: &str| format!("lifecycle.c:{}", marker_line(&src, m));
+    let create = at("pthread_create(&t");
+    let mut want = vec![
+        (71, at("LEAK: constructor")),
+        (72, at("LEAK: destructor")),
+        (73, at("LEAK: atexit")),
+        (74, at("LEAK: tls-destructor")),
+    ];
+    want.sort();
+    for engine in ENGINES {
+        let rec = scratch(&format!("lifecycle-{engine}")).join("l.rlt");
+        let o = record_with(engine, &rec, &bin, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report = replay_clean(&rec, &["--leaks"]);
+        let mut got: Vec<(u64, String)> = parse_leaks(&report)
+            .into_iter()
+            // glibc's per-thread block allocated inside pthread_create is its own business.
+            .filter(|g| g.at.starts_with("lifecycle.c:") && g.at != create)
+            .map(|g| (g.bytes, g.at))
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{engine}:\n{report}");
+    }
+}
