@@ -520,8 +520,10 @@ fn job_control_stops_and_continues_the_program_as_without_rltrace() {
     let rec = dir.join("jobctl.rlt");
     // The ptrace engine sees stop signals first and must pass them on; the agent engine
     // does not come between the program and its signals at all.
+    // Its own process group, like a shell job: the kernel discards SIGTSTP sent to a
+    // process in an orphaned group, which the test harness's group may be.
     let (mut child, _out) = start_forever_with(&rec, |c| {
-        c.args(["--engine", "ptrace"]);
+        c.args(["--engine", "ptrace"]).process_group(0);
     });
     let program = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
         .unwrap()

@@ -507,7 +507,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
             };
             let id = self.images.len();
-            self.image(id);
+            self.image(id).pid = peer_pid(&conn).unwrap_or(0);
             let tx = self.tx.clone();
             let spawned = conn.set_nonblocking(false).and_then(|()| {
                 std::thread::Builder::new()
@@ -544,22 +544,23 @@ impl<W: io::Write> Recorder<'_, W> {
                 cause,
                 exe,
             } => {
-                let earlier = self
-                    .images
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, im)| *i != id && im.pid == pid && im.started)
-                    .map(|(i, _)| i)
-                    .next_back();
                 self.image(id).pid = pid;
                 if pid != self.root && !self.follow {
                     // --no-follow: children connect (they inherit the environment) but
                     // are not recorded.
                     return Ok(());
                 }
-                if let Some(e) = earlier.filter(|&e| !self.images[e].ended) {
-                    // An exec'd image can connect before the old image's last bytes are
-                    // read: hold it back until then.
+                // Connections are numbered in the order they were made, and an earlier
+                // image of the same pid (known from the socket at accept time) may not
+                // even have been read yet when an exec'd one says hello. Hold the new one
+                // back until the earlier one's stream has been read to its end.
+                let open_before = (0..id)
+                    .rev()
+                    .find(|&i| self.images[i].pid == pid && !self.images[i].ended);
+                let earlier = (0..id)
+                    .rev()
+                    .find(|&i| self.images[i].pid == pid && self.images[i].started);
+                if let Some(e) = open_before {
                     let img = self.image(id);
                     img.blocked_by = Some(e);
                     img.backlog.push(Msg::Hello {
