@@ -204,3 +204,41 @@ fn allocations_before_main_and_after_thread_and_process_teardown_are_seen() {
         assert_eq!(got, want, "{engine}:\n{report}");
     }
 }
+
+#[test]
+fn a_fatal_signal_at_its_default_action_loses_no_call() {
+    let bin = build_c("sigterm", "sigterm.c", &["-O1", "-g"]);
+    let src = repo().join("tests/fixtures/c/sigterm.c");
+    let rec = scratch("agent-sigterm").join("t.rlt");
+    let o = record_with("agent", &rec, &bin, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(128 + 15),
+        "the status is the program's"
+    );
+    let report = replay_clean(&rec, &["--leaks"]);
+    let g = &parse_leaks(&report)[0];
+    assert_eq!((g.blocks, g.bytes), (500, 20_000), "{report}");
+    assert_eq!(
+        g.at,
+        format!("sigterm.c:{}", marker_line(&src, "LEAK: before-sigterm"))
+    );
+    assert!(replay_clean(&rec, &[]).contains("+++ killed by SIGTERM +++"));
+
+    // A descendant killed by SIGPIPE at the end of a pipeline: its status is known too.
+    let rec = scratch("agent-sigpipe").join("p.rlt");
+    let o = record_with(
+        "agent",
+        &rec,
+        std::path::Path::new("/bin/sh"),
+        &["-c", "yes | head -c 100000 > /dev/null"],
+    );
+    assert!(o.status.success());
+    let info = rltrace().arg("info").arg(&rec).output().unwrap();
+    let info = String::from_utf8(info.stdout).unwrap();
+    assert!(
+        info.lines()
+            .any(|l| l.contains("/yes (forked from") && l.ends_with("killed by SIGPIPE")),
+        "{info}"
+    );
+}

@@ -82,9 +82,6 @@ fn interrupt_from_the_terminal_leaves_a_complete_recording() {
     let (mut child, _out) = start_forever_with(&rec, |c| {
         c.process_group(0);
     });
-    // A program killed by a signal cannot send what its agent still buffers (about the
-    // last millisecond); give it time to have sent more than the first ten calls.
-    std::thread::sleep(Duration::from_millis(100));
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

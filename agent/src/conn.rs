@@ -157,6 +157,11 @@ pub fn send_exit(status: i32) {
     message(wire::MSG_EXIT, &[&status.to_le_bytes()]);
 }
 
+/// Says the process is about to die of signal `sig`.
+pub fn send_killed(sig: i32) {
+    message(wire::MSG_KILLED, &[&sig.to_le_bytes()]);
+}
+
 /// Says the stream is complete.
 pub fn send_end() {
     message(wire::MSG_END, &[]);
@@ -186,6 +191,11 @@ pub fn try_drain() {
 fn drain_locked() -> usize {
     // SAFETY: the caller holds DRAIN, which is the only way to reach SCRATCH.
     let buf = unsafe { &mut *SCRATCH.0.get() };
+    // Sized once for the largest batch, so that a drain from a fatal signal's handler
+    // never needs the allocator.
+    if buf.capacity() < ring::RING_BYTES + 8 {
+        buf.reserve(ring::RING_BYTES + 8);
+    }
     let mut total = 0;
     for r in ring::iter() {
         let state = r.state.load(Ordering::Acquire);
@@ -230,6 +240,7 @@ fn thread_alive(r: &ring::Ring) -> bool {
 
 extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     crate::mark_agent_thread();
+    crate::signals::block_in_this_thread();
     while WRITER.load(Ordering::Acquire) {
         if drain_all() == 0 {
             // SAFETY: plain sleep.

@@ -13,6 +13,7 @@ mod exec;
 mod modules;
 mod real;
 mod ring;
+mod signals;
 mod sync;
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -75,7 +76,7 @@ mod f {
 }
 
 /// Recording is on: the constructor connected and nothing failed since.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Most return addresses per stack.
 static MAX_DEPTH: AtomicUsize = AtomicUsize::new(64);
 /// Status passed to `exit`, or i32::MIN.
@@ -114,6 +115,20 @@ thread_local! {
     /// Set while this thread runs agent code: nested allocator calls pass straight through.
     static GUARD: Cell<bool> = const { Cell::new(false) };
     static STATE: Cell<*mut ThreadState> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// True while the calling thread runs agent code (and may hold the agent's locks).
+pub(crate) fn in_agent() -> bool {
+    GUARD.with(|g| g.get())
+}
+
+/// Sends what the rings hold from a fatal signal's handler (the caller checked that this
+/// thread holds no agent lock). Not a full finish: the process is about to die.
+pub(crate) fn flush_on_signal(sig: i32) {
+    guarded(|| {
+        conn::drain_all();
+        conn::send_killed(sig);
+    });
 }
 
 /// Marks the calling thread as the agent's own (its calls are never recorded).
@@ -646,6 +661,7 @@ extern "C" fn init() {
     let mods = modules::rescan(exe()).unwrap_or_default();
     conn::send_modules(&mods);
     conn::start_writer();
+    signals::install();
     ENABLED.store(true, Ordering::Release);
     GUARD.with(|g| g.set(false));
 }

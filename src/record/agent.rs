@@ -93,7 +93,7 @@ enum Msg {
     },
     Modules(u64, Vec<AgentModule>),
     Batch(u32, Vec<Rec>),
-    Exit(i32),
+    Exit(ExitHow),
     End,
     Closed(Option<String>),
 }
@@ -137,7 +137,7 @@ struct Image {
     waiting: VecDeque<Option<Ordered>>,
     next_seq: u64,
     stacks: HashMap<(u32, u32), Stack, BuildHasherDefault<wire::FastHasher>>,
-    exit: Option<i32>,
+    exit: Option<ExitHow>,
     ended: bool,
     lost: u64,
 }
@@ -409,7 +409,13 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
         }
         wire::MSG_EXIT => {
             let b = g.bytes(4).map_err(t("short exit"))?;
-            Msg::Exit(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            Msg::Exit(ExitHow::Code(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        wire::MSG_KILLED => {
+            let b = g.bytes(4).map_err(t("short signal"))?;
+            Msg::Exit(ExitHow::Signal(i32::from_le_bytes([
+                b[0], b[1], b[2], b[3],
+            ])))
         }
         wire::MSG_END => Msg::End,
         _ => return Err(("unknown message kind", 0)),
@@ -830,10 +836,7 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             return Ok(());
         }
-        let how = self.images[id]
-            .exit
-            .map(ExitHow::Code)
-            .unwrap_or(ExitHow::Unknown);
+        let how = self.images[id].exit.unwrap_or(ExitHow::Unknown);
         self.sink.process_exit(pid, how)?;
         Ok(())
     }

@@ -27,6 +27,8 @@ pub const MSG_BATCH: u8 = 2;
 pub const MSG_EXIT: u8 = 3;
 /// Message: the last message of a cleanly ending image (no payload).
 pub const MSG_END: u8 = 4;
+/// Message: the process is about to die of a signal (`signo i32`).
+pub const MSG_KILLED: u8 = 5;
 
 /// Thread record: a stack definition (`id u32, n u16, n × u64`), ids local to the thread.
 pub const REC_STACK: u8 = 1;
