@@ -242,3 +242,37 @@ fn a_fatal_signal_at_its_default_action_loses_no_call() {
         "{info}"
     );
 }
+
+#[test]
+fn dlopen_by_name_through_the_programs_runpath_still_works() {
+    // glibc resolves a bare name against the RUNPATH of the object calling dlopen; the
+    // agent must not stand in between (it does not interpose dlopen).
+    let (_, lib) = dl_c();
+    let main = build_c(
+        "dl_main_runpath",
+        "dl_main.c",
+        &["-O1", "-g", "-Wl,-rpath,$ORIGIN", "-Wl,--enable-new-dtags"],
+    );
+    assert_eq!(
+        main.parent(),
+        lib.parent(),
+        "the library sits next to the program"
+    );
+    let src = repo().join("tests/fixtures/c/leaky.c");
+    let at = format!("leaky.c:{}", marker_line(&src, "LEAK: in-lib"));
+    for engine in ENGINES {
+        let rec = scratch(&format!("runpath-{engine}")).join("r.rlt");
+        let o = record_with(engine, &rec, &main, &["libleaky.so"]);
+        assert!(
+            o.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report = replay_clean(&rec, &["--leaks"]);
+        let g = parse_leaks(&report)
+            .into_iter()
+            .find(|g| g.at == at)
+            .unwrap_or_else(|| panic!("{engine}: {report}"));
+        assert_eq!((g.blocks, g.bytes), (4, 224), "{engine}");
+    }
+}

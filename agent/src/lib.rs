@@ -240,7 +240,16 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     } else {
         0..0
     };
-    let n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    let mut n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    // `dlopen` is not interposed (glibc resolves a relative name against the RUNPATH of
+    // the object that called it, which a wrapper would replace with the agent's), so a
+    // module loaded since the last scan shows up as a stack that ends in unknown code:
+    // rescan if the loader's count of loads moved, and unwind again.
+    let last = if n == 0 { pc } else { st.frames[n - 1] };
+    if !modules::known(last) && modules::loads_changed() {
+        rescan_and_send();
+        n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    }
     if n == 0 {
         return wire::NO_STACK;
     }
@@ -464,14 +473,6 @@ fn rescan_and_send() {
             conn::send_modules(&mods);
         }
     }
-}
-
-/// Interposed `dlopen`: new modules become known to the unwinder and the recorder.
-#[no_mangle]
-pub extern "C" fn dlopen(file: *const libc::c_char, flags: i32) -> *mut c_void {
-    let h = real_dlopen(file, flags);
-    guarded(rescan_and_send);
-    h
 }
 
 /// Interposed `dlclose`: unloaded modules leave the unwinder before their code can be

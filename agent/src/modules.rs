@@ -68,6 +68,13 @@ struct Found {
 
 /// Re-reads the module list, updates the unwinder, and returns the list if it changed.
 pub fn rescan(exe: &[u8]) -> Option<Vec<ModuleInfo>> {
+    let mut adds: u64 = 0;
+    // SAFETY: as in `loads_changed`; read before the scan, so a load during it is seen
+    // by the next check.
+    unsafe {
+        libc::dl_iterate_phdr(Some(first_adds), (&mut adds as *mut u64).cast());
+    }
+    LOADS.store(adds, std::sync::atomic::Ordering::Release);
     let mut found: Vec<Found> = Vec::new();
     // SAFETY: the callback only reads the phdr array dl_iterate_phdr hands it, for the
     // duration of the call; `found` outlives the call.
@@ -111,6 +118,40 @@ pub fn rescan(exe: &[u8]) -> Option<Vec<ModuleInfo>> {
     }
     LOCK.write_unlock();
     changed.then_some(new)
+}
+
+/// True if `addr` lies in a module the unwinder knows.
+pub fn known(addr: u64) -> bool {
+    LOCK.read();
+    // SAFETY: shared hold of LOCK.
+    let k = unsafe { (*STATE.0.get()).as_ref() }
+        .is_some_and(|st| st.modules.iter().any(|m| (m.start..m.end).contains(&addr)));
+    LOCK.read_unlock();
+    k
+}
+
+/// The loader's count of objects ever added, at the last scan.
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// True if objects were loaded since the last scan (cheap: reads one counter through
+/// `dl_iterate_phdr`, stopping at the first object).
+pub fn loads_changed() -> bool {
+    let mut adds: u64 = 0;
+    // SAFETY: the callback writes one u64 through the pointer it is given.
+    unsafe {
+        libc::dl_iterate_phdr(Some(first_adds), (&mut adds as *mut u64).cast());
+    }
+    adds != LOADS.load(std::sync::atomic::Ordering::Acquire)
+}
+
+unsafe extern "C" fn first_adds(
+    info: *mut libc::dl_phdr_info,
+    _size: usize,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info and our pointer to a u64.
+    unsafe { *data.cast::<u64>() = (*info).dlpi_adds };
+    1
 }
 
 /// The current module list.

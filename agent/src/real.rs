@@ -56,7 +56,6 @@ real_fns!(
     aligned_alloc,
     valloc,
     pvalloc,
-    dlopen,
     dlclose,
     exit,
     _exit
@@ -125,7 +124,6 @@ type FnReallocArray = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_
 type FnFree = unsafe extern "C" fn(*mut c_void);
 type FnPosixMemalign = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> i32;
 type FnAlign = unsafe extern "C" fn(usize, usize) -> *mut c_void;
-type FnDlopen = unsafe extern "C" fn(*const libc::c_char, i32) -> *mut c_void;
 type FnDlclose = unsafe extern "C" fn(*mut c_void) -> i32;
 type FnExit = unsafe extern "C" fn(i32);
 
@@ -204,11 +202,6 @@ pub fn real_valloc(size: usize) -> *mut c_void {
 /// The real `pvalloc`.
 pub fn real_pvalloc(size: usize) -> *mut c_void {
     call_real!(pvalloc, FnMalloc, size).unwrap_or(std::ptr::null_mut())
-}
-
-/// The real `dlopen`.
-pub fn real_dlopen(f: *const libc::c_char, flags: i32) -> *mut c_void {
-    call_real!(dlopen, FnDlopen, f, flags).unwrap_or(std::ptr::null_mut())
 }
 
 /// The real `dlclose`.
