@@ -240,15 +240,14 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     } else {
         0..0
     };
-    let mut n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    let (mut n, known) = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
     // `dlopen` is not interposed (glibc resolves a relative name against the RUNPATH of
     // the object that called it, which a wrapper would replace with the agent's), so a
     // module loaded since the last scan shows up as a stack that ends in unknown code:
     // rescan if the loader's count of loads moved, and unwind again.
-    let last = if n == 0 { pc } else { st.frames[n - 1] };
-    if !modules::known(last) && modules::loads_changed() {
+    if !known && modules::loads_changed() {
         rescan_and_send();
-        n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+        n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames).0;
     }
     if n == 0 {
         return wire::NO_STACK;

@@ -120,16 +120,6 @@ pub fn rescan(exe: &[u8]) -> Option<Vec<ModuleInfo>> {
     changed.then_some(new)
 }
 
-/// True if `addr` lies in a module the unwinder knows.
-pub fn known(addr: u64) -> bool {
-    LOCK.read();
-    // SAFETY: shared hold of LOCK.
-    let k = unsafe { (*STATE.0.get()).as_ref() }
-        .is_some_and(|st| st.modules.iter().any(|m| (m.start..m.end).contains(&addr)));
-    LOCK.read_unlock();
-    k
-}
-
 /// The loader's count of objects ever added, at the last scan.
 static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -319,7 +309,8 @@ fn note_build_id(addr: u64, len: u64) -> Vec<u8> {
 }
 
 /// Unwinds from the given registers of the calling thread, whose stack is `stack`, and
-/// writes up to `out.len()` return addresses outside the agent; returns how many.
+/// writes up to `out.len()` return addresses outside the agent; returns how many, and
+/// whether the last one (or `pc`, if none) lies in a known module.
 pub fn capture(
     pc: u64,
     sp: u64,
@@ -327,7 +318,7 @@ pub fn capture(
     stack: &Range<u64>,
     cache: &mut CacheX86_64,
     out: &mut [u64],
-) -> usize {
+) -> (usize, bool) {
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr.is_multiple_of(8) && addr >= stack.start && addr.saturating_add(8) <= stack.end {
             // SAFETY: the address is 8-aligned and inside this thread's own mapped stack.
@@ -358,9 +349,11 @@ pub fn capture(
                     Ok(None) | Err(_) => break,
                 }
             }
-            n
+            let last = if n == 0 { pc } else { out[n - 1] };
+            let known = st.modules.iter().any(|m| (m.start..m.end).contains(&last));
+            (n, known)
         }
-        None => 0,
+        None => (0, true),
     };
     LOCK.read_unlock();
     n

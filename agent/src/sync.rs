@@ -18,15 +18,20 @@ impl RwSpin {
     pub fn read(&self) {
         loop {
             let v = self.0.load(Ordering::Relaxed);
-            if v & WRITER == 0
-                && self
-                    .0
-                    .compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
+            if v & WRITER != 0 {
+                // Writers are rare and short; readers only race each other, which a
+                // retry settles without a system call.
+                yield_now();
+                continue;
+            }
+            if self
+                .0
+                .compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
             {
                 return;
             }
-            yield_now();
+            std::hint::spin_loop();
         }
     }
 
