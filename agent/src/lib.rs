@@ -61,19 +61,7 @@ unsafe impl GlobalAlloc for RealAlloc {
 #[global_allocator]
 static GLOBAL: RealAlloc = RealAlloc;
 
-/// Indices into the recorder's allocator family table (`src/record/funcs.rs`).
-mod f {
-    pub const MALLOC: u8 = 0;
-    pub const CALLOC: u8 = 1;
-    pub const REALLOC: u8 = 2;
-    pub const REALLOCARRAY: u8 = 3;
-    pub const FREE: u8 = 4;
-    pub const POSIX_MEMALIGN: u8 = 5;
-    pub const MEMALIGN: u8 = 6;
-    pub const ALIGNED_ALLOC: u8 = 7;
-    pub const VALLOC: u8 = 8;
-    pub const PVALLOC: u8 = 9;
-}
+use wire::func as f;
 
 /// Recording is on: the constructor connected and nothing failed since.
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);

@@ -22,10 +22,20 @@ unsafe impl Send for MemSlice {}
 // SAFETY: as above.
 unsafe impl Sync for MemSlice {}
 
+impl Default for MemSlice {
+    fn default() -> Self {
+        MemSlice {
+            ptr: std::ptr::NonNull::dangling().as_ptr(),
+            len: 0,
+        }
+    }
+}
+
 impl Deref for MemSlice {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr/len describe part of a PT_LOAD segment of a module that is loaded:
+        // SAFETY: ptr/len describe part of a PT_LOAD segment of a module that is loaded
+        // (or, for the default, an empty slice at a dangling, aligned pointer):
         // modules leave the unwinder (under the write lock) before `dlclose` returns.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
@@ -211,22 +221,7 @@ unsafe extern "C" fn collect(
         ptr: (bias + r.start) as *const u8,
         len: (r.end - r.start) as usize,
     };
-    let mut section = ExplicitModuleSectionInfo {
-        base_svma: 0,
-        text_svma: None,
-        text: None,
-        stubs_svma: None,
-        stub_helper_svma: None,
-        got_svma: None,
-        unwind_info: None,
-        eh_frame_svma: None,
-        eh_frame: None,
-        eh_frame_hdr_svma: None,
-        eh_frame_hdr: None,
-        debug_frame: None,
-        text_segment_svma: None,
-        text_segment: None,
-    };
+    let mut section = ExplicitModuleSectionInfo::<MemSlice>::default();
     if let Some(t) = &text {
         section.text_segment_svma = Some(t.clone());
         section.text_segment = Some(slice(t));

@@ -15,13 +15,14 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
 use rltrace_wire as wire;
 
 use crate::format::{ExitHow, FormatError, Frame, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
+use crate::record::procfs;
 use crate::record::sink::Sink;
 
 /// File name of the agent library.
@@ -242,8 +243,6 @@ fn run_listening(
         images: Vec::new(),
         root,
         root_status: None,
-        root_image: None,
-        root_seen: false,
         lingering: Vec::new(),
         follow: opts.follow,
     };
@@ -279,8 +278,13 @@ fn peer_pid(conn: &UnixStream) -> Option<u32> {
     (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
 
-fn read_conn(conn: UnixStream, id: usize, tx: &SyncSender<(usize, Msg)>) -> Result<(), String> {
-    let peer = peer_pid(&conn);
+/// Reads one connection; `peer` is the pid the kernel says is at the other end.
+fn read_conn(
+    conn: UnixStream,
+    id: usize,
+    peer: Option<u32>,
+    tx: &SyncSender<(usize, Msg)>,
+) -> Result<(), String> {
     let mut r = BufReader::with_capacity(1 << 20, conn);
     let mut offset = 0u64;
     let mut head = [0u8; 4 + 2 + 4 + 4 + 1 + 2];
@@ -431,11 +435,8 @@ struct Recorder<'a, W: io::Write> {
     images: Vec<Image>,
     root: u32,
     root_status: Option<ExitHow>,
-    /// The image of the root pid that is current, for its exit status.
-    root_image: Option<usize>,
-    /// The command's first image connected.
-    root_seen: bool,
-    /// Images that closed without saying how they ended, checked until their process is
+    /// Images whose process end is not written yet: the command's (until waitpid), and
+    /// those that closed without saying how they ended, checked until their process is
     /// gone (it may have exec'd a program the agent is not loaded in).
     lingering: Vec<usize>,
     follow: bool,
@@ -461,7 +462,6 @@ impl<W: io::Write> Recorder<'_, W> {
                         _ => ExitHow::Unknown,
                     };
                     self.root_status = Some(how);
-                    self.settle_root()?;
                 }
             }
             self.check_lingering()?;
@@ -471,19 +471,13 @@ impl<W: io::Write> Recorder<'_, W> {
             if self.root_status.is_some() && !open && self.lingering.is_empty() {
                 break;
             }
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok((id, msg)) => self.message(id, msg)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    if self.root_status.is_some() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            // The recorder holds a sender itself, so the channel never disconnects.
+            if let Ok((id, msg)) = rx.recv_timeout(Duration::from_millis(20)) {
+                self.message(id, msg)?;
             }
             self.sink.maybe_seal()?;
         }
-        if !self.root_seen {
+        if !self.images.iter().any(|i| i.pid == self.root && i.started) {
             let how = self.root_status.unwrap_or(ExitHow::Unknown);
             self.sink
                 .process_start(self.root, 0, StartCause::Spawn, "")?;
@@ -513,13 +507,14 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
             };
             let id = self.images.len();
-            self.image(id).pid = peer_pid(&conn).unwrap_or(0);
+            let peer = peer_pid(&conn);
+            self.image(id).pid = peer.unwrap_or(0);
             let tx = self.tx.clone();
             let spawned = conn.set_nonblocking(false).and_then(|()| {
                 std::thread::Builder::new()
                     .name(format!("agent-conn-{id}"))
                     .spawn(move || {
-                        let err = read_conn(conn, id, &tx).err();
+                        let err = read_conn(conn, id, peer, &tx).err();
                         let _ = tx.send((id, Msg::Closed(err)));
                     })
             });
@@ -635,10 +630,6 @@ impl<W: io::Write> Recorder<'_, W> {
             parent
         };
         self.sink.process_start(pid, parent, cause, exe)?;
-        if pid == self.root {
-            self.root_image = Some(id);
-            self.root_seen = true;
-        }
         self.image(id).started = true;
         Ok(())
     }
@@ -807,9 +798,13 @@ impl<W: io::Write> Recorder<'_, W> {
             )?;
         }
         if started {
-            if clean || self.images[id].exit.is_some() {
-                self.end_process(id)?;
+            let told = clean || self.images[id].exit.is_some();
+            if told && pid != self.root {
+                let how = self.images[id].exit.unwrap_or(ExitHow::Unknown);
+                self.sink.process_exit(pid, how)?;
             } else {
+                // The command's status comes from waitpid; an image that ended without
+                // saying so may have exec'd a program the agent is not loaded in.
                 self.lingering.push(id);
             }
         }
@@ -826,42 +821,6 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(())
     }
 
-    /// Writes the end of the process an image belonged to.
-    fn end_process(&mut self, id: usize) -> Result<(), AgentError> {
-        let pid = self.images[id].pid;
-        if pid == self.root {
-            // Its status comes from waitpid; written once the status is known.
-            if self.root_status.is_some() {
-                self.write_root_exit()?;
-            }
-            return Ok(());
-        }
-        let how = self.images[id].exit.unwrap_or(ExitHow::Unknown);
-        self.sink.process_exit(pid, how)?;
-        Ok(())
-    }
-
-    fn write_root_exit(&mut self) -> Result<(), AgentError> {
-        if self.root_image.take().is_some() {
-            if let Some(how) = self.root_status {
-                self.sink.process_exit(self.root, how)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The command was reaped: its image's end can be written once its stream closed.
-    fn settle_root(&mut self) -> Result<(), AgentError> {
-        let Some(id) = self.root_image else {
-            return Ok(());
-        };
-        if self.images[id].ended {
-            self.lingering.retain(|&l| l != id);
-            self.write_root_exit()?;
-        }
-        Ok(())
-    }
-
     fn check_lingering(&mut self) -> Result<(), AgentError> {
         let mut i = 0;
         while i < self.lingering.len() {
@@ -870,30 +829,19 @@ impl<W: io::Write> Recorder<'_, W> {
             let gone = if pid == self.root {
                 self.root_status.is_some()
             } else {
-                process_gone(pid)
+                procfs::process_gone(pid)
             };
             if gone {
                 self.lingering.remove(i);
-                if pid == self.root {
-                    self.write_root_exit()?;
-                } else {
-                    self.sink.process_exit(pid, ExitHow::Unknown)?;
-                }
+                let how = match self.root_status {
+                    Some(how) if pid == self.root => how,
+                    _ => self.images[id].exit.unwrap_or(ExitHow::Unknown),
+                };
+                self.sink.process_exit(pid, how)?;
             } else {
                 i += 1;
             }
         }
         Ok(())
-    }
-}
-
-/// True once a process no longer runs (gone, or a zombie awaiting its parent).
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_none_or(|state| state == 'Z' || state == 'X'),
-        Err(_) => true,
     }
 }

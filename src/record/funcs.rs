@@ -89,3 +89,12 @@ pub fn signature(name: &str) -> (u8, bool) {
         None => (6, true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_table_is_in_the_agents_order() {
+        let names: Vec<&str> = super::ALLOCATOR_FAMILY.iter().map(|f| f.name).collect();
+        assert_eq!(names, rltrace_wire::FUNCTIONS);
+    }
+}

@@ -117,9 +117,10 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
     PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
 }
 
-/// Picks the engine for a request: the agent (fast, in-process) when it can record
-/// everything asked for, ptrace otherwise; with the reason, for the user.
-fn choose_engine(req: &RecordRequest) -> Result<(Engine, String, Option<PathBuf>), RecordError> {
+/// Picks the engine for a request: the agent (fast, in-process; its library is returned)
+/// when it can record everything asked for, ptrace (`None`) otherwise; with the reason,
+/// for the user.
+fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), RecordError> {
     let refusal = match &req.target {
         Target::Pid(_) => Some("attaching to a running process needs ptrace".to_string()),
         Target::Command(_) if req.select.is_some() => {
@@ -144,14 +145,13 @@ fn choose_engine(req: &RecordRequest) -> Result<(Engine, String, Option<PathBuf>
         })
     });
     match (req.engine, refusal) {
-        (Engine::Ptrace, _) => Ok((Engine::Ptrace, "asked for with --engine".into(), None)),
+        (Engine::Ptrace, _) => Ok((None, "asked for with --engine".into())),
         (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
-        (Engine::Agent, None) => Ok((Engine::Agent, "asked for with --engine".into(), library)),
-        (Engine::Auto, Some(why)) => Ok((Engine::Ptrace, why, None)),
+        (Engine::Agent, None) => Ok((library, "asked for with --engine".into())),
+        (Engine::Auto, Some(why)) => Ok((None, why)),
         (Engine::Auto, None) => Ok((
-            Engine::Agent,
-            "dynamically linked program, allocator functions only".into(),
             library,
+            "dynamically linked program, allocator functions only".into(),
         )),
     }
 }
@@ -170,11 +170,11 @@ fn find_program(cmd: &Path) -> Option<PathBuf> {
 
 /// Runs the command (or attaches to the process) and writes the recording.
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
-    let (engine, why, library) = choose_engine(req)?;
-    if let (Engine::Agent, Some(library), Target::Command(cmd)) = (engine, library, &req.target) {
-        return record_agent(req, cmd, library, why);
+    match (choose_engine(req)?, &req.target) {
+        // A refusal covers attaching, so the agent always has a command here.
+        ((Some(library), why), Target::Command(cmd)) => record_agent(req, cmd, library, why),
+        ((_, why), _) => record_ptrace(req, why),
     }
-    record_ptrace(req, why)
 }
 
 fn metadata(engine: &str, words: &[OsString], pid: u32, attached: bool) -> Meta {

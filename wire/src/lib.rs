@@ -19,6 +19,45 @@ pub const CAUSE_IMAGE: u8 = 0;
 /// Hello cause: the child side of `fork`.
 pub const CAUSE_FORK: u8 = 1;
 
+/// The functions the agent interposes, in the order of their indices in call records
+/// (the recorder's function table, `src/record/funcs.rs`, lists them in this order).
+pub const FUNCTIONS: [&str; 10] = [
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "free",
+    "posix_memalign",
+    "memalign",
+    "aligned_alloc",
+    "valloc",
+    "pvalloc",
+];
+
+/// Indices into [`FUNCTIONS`].
+pub mod func {
+    /// `malloc`.
+    pub const MALLOC: u8 = 0;
+    /// `calloc`.
+    pub const CALLOC: u8 = 1;
+    /// `realloc`.
+    pub const REALLOC: u8 = 2;
+    /// `reallocarray`.
+    pub const REALLOCARRAY: u8 = 3;
+    /// `free`.
+    pub const FREE: u8 = 4;
+    /// `posix_memalign`.
+    pub const POSIX_MEMALIGN: u8 = 5;
+    /// `memalign`.
+    pub const MEMALIGN: u8 = 6;
+    /// `aligned_alloc`.
+    pub const ALIGNED_ALLOC: u8 = 7;
+    /// `valloc`.
+    pub const VALLOC: u8 = 8;
+    /// `pvalloc`.
+    pub const PVALLOC: u8 = 9;
+}
+
 /// Message: module list snapshot (`seq u64, count u32, modules`).
 pub const MSG_MODULES: u8 = 1;
 /// Message: records of one thread (`tid u32, records`).
@@ -223,6 +262,25 @@ impl<'a> Get<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_indices_name_their_functions() {
+        let named = [
+            (func::MALLOC, "malloc"),
+            (func::CALLOC, "calloc"),
+            (func::REALLOC, "realloc"),
+            (func::REALLOCARRAY, "reallocarray"),
+            (func::FREE, "free"),
+            (func::POSIX_MEMALIGN, "posix_memalign"),
+            (func::MEMALIGN, "memalign"),
+            (func::ALIGNED_ALLOC, "aligned_alloc"),
+            (func::VALLOC, "valloc"),
+            (func::PVALLOC, "pvalloc"),
+        ];
+        for (i, name) in named {
+            assert_eq!(FUNCTIONS[i as usize], name);
+        }
+    }
 
     #[test]
     fn call_round_trips_at_its_stated_length() {
