@@ -59,6 +59,10 @@ enum Cmd {
         /// Most bytes of each string or buffer argument to record (ltrace's -s).
         #[arg(short = 's', value_name = "N", default_value_t = 32)]
         string_limit: usize,
+        /// Record only the allocator family (and what -x/-l select), not every call the
+        /// program makes into shared libraries: the lightest recording for a leak hunt.
+        #[arg(long)]
+        no_imports: bool,
         /// Attach to this running process (all its threads) instead of running a command;
         /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
         #[arg(
@@ -238,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mut extra,
             libs,
             string_limit,
+            no_imports,
             engine,
             command,
         } => {
@@ -270,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
+            req.trace.imports = !no_imports;
             req.trace.string_limit = string_limit.min(rltrace::format::MAX_ARG_DATA);
             let out = record::record(&req)?;
             eprintln!(

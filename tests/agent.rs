@@ -107,7 +107,7 @@ fn the_engine_is_chosen_and_explained() {
     let o = record(&dir.join("a.rlt"), leaks_c(), &[]);
     assert_eq!(
         engine_line(&o),
-        "rltrace: engine: agent (dynamically linked program, allocator functions only)"
+        "rltrace: engine: agent (dynamically linked program: no -x/-l selection)"
     );
     let stat = build_c("leaks-static-engine", "leaks.c", &["-O1", "-g", "-static"]);
     let o = record(&dir.join("s.rlt"), &stat, &[]);

@@ -179,11 +179,20 @@ fn trace_in_order_with(engine: &str) {
     for n in [32, 64, 128, 256] {
         want.push(format!("realloc(P, {n})"));
     }
-    want.push("malloc(14)".into());
+    if engine == "agent" {
+        // Every call into a library is traced, as ltrace does; strdup's own malloc is
+        // made inside it, so it is not a call of the program's.
+        want.push("strdup(\"leaked string\")".into());
+    } else {
+        want.push("malloc(14)".into());
+    }
     for _ in 0..3 {
         want.push("malloc(24)".into());
     }
     want.push("posix_memalign(P, 64, 200)".into());
+    if engine == "agent" {
+        want.push("write(1, \"done\\n\", 5)".into());
+    }
     assert_eq!(calls, want, "{engine} trace:\n{trace}");
     let all = replay(&rec, &["--all"]);
     if engine == "ptrace" {
@@ -194,7 +203,7 @@ fn trace_in_order_with(engine: &str) {
         assert!(all.contains("realloc(nil, 16) = 0x"), "{all}");
     }
     // strdup's own malloc is attributed to the line that called strdup.
-    let strdup_line = trace.lines().find(|l| l.contains("malloc(14)")).unwrap();
+    let strdup_line = all.lines().find(|l| l.contains("malloc(14)")).unwrap();
     assert!(strdup_line.contains(&at("LEAK: strdup")), "{strdup_line}");
     assert!(trace.contains("+++ exited (status 0) +++"), "{trace}");
 }

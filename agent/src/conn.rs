@@ -132,6 +132,18 @@ fn message(kind: u8, payload: &[&[u8]]) -> bool {
     ok
 }
 
+/// Sends the names of the traced imports (before any record that numbers them).
+pub fn send_imports(hooks: &[crate::imports::Hook]) {
+    let mut m = Vec::with_capacity(4 + hooks.len() * 24);
+    m.extend_from_slice(&(hooks.len() as u32).to_le_bytes());
+    for h in hooks {
+        m.push(if h.returns() { wire::IMPORT_RETURNS } else { 0 });
+        m.extend_from_slice(&(h.name.len() as u16).to_le_bytes());
+        m.extend_from_slice(&h.name);
+    }
+    message(wire::MSG_IMPORTS, &[&m]);
+}
+
 /// Sends the module list, ordered among the calls by a sequence number.
 pub fn send_modules(mods: &[ModuleInfo]) {
     let seq = SEQ.fetch_add(1, Ordering::AcqRel);

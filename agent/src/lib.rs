@@ -10,6 +10,7 @@
 
 mod conn;
 mod exec;
+mod imports;
 mod modules;
 mod real;
 mod ring;
@@ -67,10 +68,14 @@ use wire::func as f;
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Most return addresses per stack.
 static MAX_DEPTH: AtomicUsize = AtomicUsize::new(64);
+/// Most bytes captured from a string or buffer argument.
+static STRLEN: AtomicUsize = AtomicUsize::new(32);
 /// Status passed to `exit`, or i32::MIN.
 static EXIT_STATUS: AtomicI32 = AtomicI32::new(i32::MIN);
 /// The process whose stream this is (a vfork child shares the memory, not the pid).
 static OWN_PID: AtomicU32 = AtomicU32::new(0);
+/// The next stack id (unique in the process's stream).
+static NEXT_STACK: AtomicU32 = AtomicU32::new(0);
 /// pthread key whose destructor retires a thread's ring.
 static KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -97,6 +102,9 @@ struct ThreadState {
     stacks: HashMap<Box<[u64]>, u32, BuildHasherDefault<wire::FastHasher>>,
     frames: Vec<u64>,
     rec: Vec<u8>,
+    /// Trampoline frames of the import calls this thread is inside, outermost first, and
+    /// whether each returns a value (a `void` call's entry is its whole record).
+    open: Vec<(u64, bool)>,
 }
 
 thread_local! {
@@ -178,6 +186,7 @@ fn state() -> Option<&'static mut ThreadState> {
         stacks: HashMap::default(),
         frames: vec![0; MAX_DEPTH.load(Ordering::Relaxed).clamp(1, wire::MAX_FRAMES)],
         rec: Vec::with_capacity(256),
+        open: Vec::new(),
     }));
     STATE.with(|s| s.set(st));
     let key = KEY.load(Ordering::Acquire);
@@ -244,7 +253,13 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     if let Some(&id) = st.stacks.get(frames) {
         return id;
     }
-    let id = st.stacks.len() as u32;
+    // Numbered process-wide: a thread whose state was retired (its TLS destructors run
+    // after the agent's) gets a fresh map, and its new definitions travel in a new ring
+    // that may be read before the old one; the same number twice would mix them up.
+    let id = NEXT_STACK.fetch_add(1, Ordering::Relaxed);
+    if id == wire::NO_STACK {
+        return wire::NO_STACK;
+    }
     st.stacks.insert(frames.into(), id);
     st.rec.clear();
     st.rec.push(wire::REC_STACK);
@@ -275,6 +290,9 @@ fn begin(seq_at_entry: bool) -> Option<Open> {
         GUARD.with(|g| g.set(false));
         return None;
     };
+    if !st.open.is_empty() {
+        settle(st, registers().1);
+    }
     let stack = capture_stack(st);
     let seq = seq_at_entry.then(|| conn::SEQ.fetch_add(1, Ordering::AcqRel));
     Some(Open {
@@ -314,6 +332,169 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     let mut buf = [0u8; wire::call_len(wire::MAX_ARGS)];
     let n = wire::put_call(&mut buf, &c);
     o.st.ring.push(&buf[..n], &conn::try_drain);
+    GUARD.with(|g| g.set(false));
+}
+
+// ---- calls through the main executable's imports ----
+
+/// Records "never returned" for the import calls whose trampoline frames lie below `sp`
+/// (unwound past by an exception, or longjmp'ed over): the thread is running above them.
+fn settle(st: &mut ThreadState, sp: u64) {
+    while let Some(&(f, returns)) = st.open.last() {
+        if f >= sp {
+            break;
+        }
+        st.open.pop();
+        if returns {
+            push_exit(st, None);
+        }
+    }
+}
+
+fn push_exit(st: &mut ThreadState, ret: Option<u64>) {
+    let seq = conn::SEQ.fetch_add(1, Ordering::AcqRel);
+    let mut buf = [0u8; 1 + 8 + 8 + 1 + 8];
+    let mut w = wire::Put {
+        buf: &mut buf,
+        at: 0,
+    };
+    w.u8(wire::REC_EXIT);
+    w.u64(seq);
+    w.u64(now());
+    w.u8(if ret.is_some() { wire::CALL_RET } else { 0 });
+    w.u64(ret.unwrap_or(0));
+    st.ring.push(&buf, &conn::try_drain);
+}
+
+/// Copies up to `out.len()` bytes at `addr` without trusting the pointer: the program may
+/// pass one its callee rejects with EFAULT. Returns how many bytes were readable.
+fn read_own(addr: u64, out: &mut [u8]) -> usize {
+    let page_end = (addr | 4095).wrapping_add(1);
+    let first = (page_end.wrapping_sub(addr) as usize).min(out.len());
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    // Split at the page boundary: a read that faults returns what came before the page.
+    let remote = [
+        libc::iovec {
+            iov_base: addr as *mut c_void,
+            iov_len: first,
+        },
+        libc::iovec {
+            iov_base: page_end as *mut c_void,
+            iov_len: out.len() - first,
+        },
+    ];
+    let n_remote = if first < out.len() { 2 } else { 1 };
+    // SAFETY: process_vm_readv on this very process copies into `out` (valid for its
+    // length) and reports unreadable source memory as an error or a short count.
+    let n =
+        unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), n_remote, 0) };
+    n.max(0) as usize
+}
+
+/// Appends the strings and buffers the prototype says the arguments point to.
+fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64; 6]) {
+    use wire::protos::Ty;
+    let at = rec.len();
+    rec.push(0);
+    let Some(proto) = proto else {
+        return;
+    };
+    let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
+    let mut count = 0u8;
+    let mut buf = [0u8; wire::MAX_DATA + 1];
+    for (i, ty) in proto.args.iter().enumerate().take(wire::MAX_DATA_ARGS) {
+        let addr = args[i];
+        if addr == 0 {
+            continue;
+        }
+        let (want, is_str) = match *ty {
+            Ty::Str => (limit + 1, true),
+            Ty::Buf(n) => match args.get(n as usize) {
+                Some(&len) => (len.min(limit as u64 + 1) as usize, false),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let got = read_own(addr, &mut buf[..want]);
+        if got == 0 && want > 0 {
+            continue; // unreadable: shown as a pointer
+        }
+        let (len, truncated) = if is_str {
+            match buf[..got].iter().position(|&b| b == 0) {
+                Some(end) => (end, false),
+                None => (got.min(limit), true),
+            }
+        } else {
+            (got.min(limit), got > limit || got < want)
+        };
+        rec.push(i as u8);
+        rec.push(truncated as u8);
+        rec.extend_from_slice(&(len as u16).to_le_bytes());
+        rec.extend_from_slice(&buf[..len]);
+        count += 1;
+    }
+    rec[at] = count;
+}
+
+/// Called by the import trampoline before the real function: records the entry and
+/// returns the function to call.
+pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
+    let Some((index, hook)) = r.hook() else {
+        // Cannot happen: every stub carries the number of an existing import.
+        std::process::abort();
+    };
+    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
+        return hook.target;
+    }
+    let Some(st) = state() else {
+        GUARD.with(|g| g.set(false));
+        return hook.target;
+    };
+    let frame = r.frame();
+    // Open calls at or below this frame were left without returning.
+    settle(st, frame + 1);
+    let stack = capture_stack(st);
+    let seq = conn::SEQ.fetch_add(1, Ordering::AcqRel);
+    let args = r.args();
+    let nargs = hook.proto.map_or(6, |p| p.args.len().min(6));
+    st.rec.clear();
+    st.rec.push(wire::REC_ENTER);
+    st.rec.extend_from_slice(&seq.to_le_bytes());
+    st.rec.extend_from_slice(&(index as u16).to_le_bytes());
+    st.rec.extend_from_slice(&now().to_le_bytes());
+    st.rec.extend_from_slice(&stack.to_le_bytes());
+    st.rec.push(nargs as u8);
+    for a in &args[..nargs] {
+        st.rec.extend_from_slice(&a.to_le_bytes());
+    }
+    put_data(&mut st.rec, hook.proto, &args);
+    st.ring.push(&st.rec, &conn::try_drain);
+    st.open.push((frame, hook.returns()));
+    GUARD.with(|g| g.set(false));
+    hook.target
+}
+
+/// Called by the import trampoline after the real function returned `ret`.
+pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
+    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
+        return;
+    }
+    let Some(st) = state() else {
+        GUARD.with(|g| g.set(false));
+        return;
+    };
+    settle(st, frame);
+    if let Some(&(f, returns)) = st.open.last() {
+        if f == frame {
+            st.open.pop();
+            if returns {
+                push_exit(st, Some(ret));
+            }
+        }
+    }
     GUARD.with(|g| g.set(false));
 }
 
@@ -632,6 +813,9 @@ extern "C" fn init() {
     if let Some(d) = env(wire::ENV_MAX_DEPTH).and_then(parse_u64) {
         MAX_DEPTH.store(d as usize, Ordering::Release);
     }
+    if let Some(d) = env(wire::ENV_STRLEN).and_then(parse_u64) {
+        STRLEN.store(d as usize, Ordering::Release);
+    }
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: creates a key with a destructor that only touches agent state.
     if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
@@ -646,6 +830,10 @@ extern "C" fn init() {
     if !conn::connect(wire::CAUSE_IMAGE, parent, exe()) {
         return;
     }
+    if env(wire::ENV_IMPORTS) != Some(b"0") {
+        imports::install();
+    }
+    conn::send_imports(imports::hooks());
     let mods = modules::rescan(exe()).unwrap_or_default();
     conn::send_modules(&mods);
     conn::start_writer();
@@ -693,8 +881,12 @@ extern "C" fn fork_child() {
         }
     }
     if !me.is_null() {
-        // SAFETY: this thread's own state; the new stream knows none of its stacks.
-        unsafe { (*me).stacks.clear() };
+        // SAFETY: this thread's own state; the new stream knows none of its stacks, and
+        // the calls it is inside (fork itself) were entered in the parent's stream.
+        unsafe {
+            (*me).stacks.clear();
+            (*me).open.clear();
+        }
     }
     conn::SEQ.store(0, Ordering::Release);
     // SAFETY: getpid has no preconditions.
@@ -703,6 +895,7 @@ extern "C" fn fork_child() {
         // SAFETY: getppid has no preconditions.
         let parent = unsafe { libc::getppid() } as u32;
         if conn::connect(wire::CAUSE_FORK, parent, exe()) {
+            conn::send_imports(imports::hooks());
             conn::send_modules(&modules::snapshot());
             conn::start_writer();
             ENABLED.store(true, Ordering::Release);

@@ -7,7 +7,7 @@ pub mod summary;
 
 use std::collections::HashMap;
 
-use crate::format::{Enter, Exit, FnClass, Frame, FunctionDef, Record, ThreadDef};
+use crate::format::{Enter, Exit, FnClass, Frame, FunctionDef, Record, StartCause, ThreadDef};
 
 /// Definitions accumulated while streaming a recording.
 #[derive(Default)]
@@ -126,6 +126,12 @@ impl CallPairer {
                     depth: stack.len(),
                     in_alloc,
                 })
+            }
+            // An exec replaces the image: the calls its threads were inside (the exec call
+            // itself) never return.
+            Record::ProcessStart(p) if p.cause == StartCause::Exec => {
+                self.open.retain(|&t, _| defs.thread(t).0 != p.pid);
+                None
             }
             _ => None,
         }

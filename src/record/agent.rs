@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rltrace_wire as wire;
 
-use crate::format::{ExitHow, FormatError, Frame, StartCause};
+use crate::format::{ArgData, ExitHow, FnClass, FormatError, Frame, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
 use crate::record::procfs;
 use crate::record::sink::Sink;
@@ -82,6 +82,10 @@ pub struct AgentOptions {
     /// Record child processes too (their images connect on their own; without this
     /// they are ignored).
     pub follow: bool,
+    /// Bytes captured from each string or buffer argument.
+    pub strlen: usize,
+    /// Trace every call the main executable makes into shared libraries.
+    pub imports: bool,
 }
 
 /// What the connection readers hand to the recorder thread.
@@ -93,6 +97,7 @@ enum Msg {
         exe: String,
     },
     Modules(u64, Vec<AgentModule>),
+    Imports(Vec<(String, bool)>),
     Batch(u32, Vec<Rec>),
     Exit(ExitHow),
     End,
@@ -111,11 +116,30 @@ struct AgentModule {
 enum Rec {
     Stack(u32, Vec<u64>),
     Call(wire::Call),
+    Enter(u64, ImportEnter),
+    Exit(u64, ImportExit),
+}
+
+/// Entry into an imported function, as the agent reported it.
+struct ImportEnter {
+    import: u16,
+    ts: u64,
+    stack: u32,
+    args: Vec<u64>,
+    data: Vec<ArgData>,
+}
+
+/// Return from a thread's innermost import call.
+struct ImportExit {
+    ts: u64,
+    ret: Option<u64>,
 }
 
 /// Items released in the agent's order.
 enum Ordered {
     Call(u32, wire::Call),
+    Enter(u32, ImportEnter),
+    Exit(u32, ImportExit),
     Modules(Vec<AgentModule>),
 }
 
@@ -141,6 +165,8 @@ struct Image {
     exit: Option<ExitHow>,
     ended: bool,
     lost: u64,
+    /// The recording's function id of each traced import, by the agent's number.
+    imports: Vec<u32>,
 }
 
 /// Set by SIGINT/SIGTERM/SIGHUP to the signal: the recorder passes it on to the command
@@ -209,7 +235,9 @@ fn run_listening(
     cmd.args(&command[1..])
         .env("LD_PRELOAD", preload)
         .env(wire::ENV_SOCKET, sock)
-        .env(wire::ENV_MAX_DEPTH, opts.max_depth.to_string());
+        .env(wire::ENV_MAX_DEPTH, opts.max_depth.to_string())
+        .env(wire::ENV_STRLEN, opts.strlen.to_string())
+        .env(wire::ENV_IMPORTS, if opts.imports { "1" } else { "0" });
     // SAFETY: runs in the forked child before exec; only resets signal dispositions,
     // which is async-signal-safe.
     unsafe {
@@ -245,6 +273,7 @@ fn run_listening(
         root_status: None,
         lingering: Vec::new(),
         follow: opts.follow,
+        functions: HashMap::new(),
     };
     rec.run(&mut child, &rx).map(|s| (root, s))
 }
@@ -406,6 +435,65 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                         recs.push(Rec::Stack(id, frames));
                     }
                     wire::REC_CALL => recs.push(Rec::Call(g.call().map_err(t("short call"))?)),
+                    wire::REC_ENTER => {
+                        let short = t("short import entry");
+                        let seq = g.u64().map_err(short)?;
+                        let import = g.u16().map_err(short)?;
+                        let ts = g.u64().map_err(short)?;
+                        let stack = g.u32().map_err(short)?;
+                        let n = g.u8().map_err(short)? as usize;
+                        if n > wire::MAX_ARGS {
+                            return Err(("too many arguments", at));
+                        }
+                        let mut args = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            args.push(g.u64().map_err(short)?);
+                        }
+                        let nd = g.u8().map_err(short)? as usize;
+                        if nd > wire::MAX_DATA_ARGS {
+                            return Err(("too many captured arguments", at));
+                        }
+                        let mut data = Vec::with_capacity(nd);
+                        for _ in 0..nd {
+                            let d_at = g.offset();
+                            let arg = g.u8().map_err(short)?;
+                            let truncated = g.u8().map_err(short)? != 0;
+                            let len = g.u16().map_err(short)? as usize;
+                            if len > wire::MAX_DATA || arg as usize >= wire::MAX_ARGS {
+                                return Err(("captured argument out of bounds", d_at));
+                            }
+                            let bytes = g.bytes(len).map_err(short)?.to_vec();
+                            data.push(ArgData {
+                                arg,
+                                truncated,
+                                bytes,
+                            });
+                        }
+                        recs.push(Rec::Enter(
+                            seq,
+                            ImportEnter {
+                                import,
+                                ts,
+                                stack,
+                                args,
+                                data,
+                            },
+                        ));
+                    }
+                    wire::REC_EXIT => {
+                        let short = t("short import return");
+                        let seq = g.u64().map_err(short)?;
+                        let ts = g.u64().map_err(short)?;
+                        let flags = g.u8().map_err(short)?;
+                        let ret = g.u64().map_err(short)?;
+                        recs.push(Rec::Exit(
+                            seq,
+                            ImportExit {
+                                ts,
+                                ret: (flags & wire::CALL_RET != 0).then_some(ret),
+                            },
+                        ));
+                    }
                     _ => return Err(("unknown record kind", at)),
                 }
             }
@@ -422,6 +510,26 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
             ])))
         }
         wire::MSG_END => Msg::End,
+        wire::MSG_IMPORTS => {
+            let short = t("short import list");
+            let n = g.u32().map_err(short)? as usize;
+            if n > u16::MAX as usize + 1 {
+                return Err(("too many imports", 0));
+            }
+            let mut names = Vec::with_capacity(n.min(p.len() / 3));
+            for _ in 0..n {
+                let flags = g.u8().map_err(short)?;
+                let at = g.offset();
+                let len = g.u16().map_err(short)? as usize;
+                if len == 0 || len > wire::MAX_NAME {
+                    return Err(("bad import name length", at));
+                }
+                let name = g.bytes(len).map_err(short)?;
+                let name = std::str::from_utf8(name).map_err(|_| ("import name not UTF-8", at))?;
+                names.push((name.to_string(), flags & wire::IMPORT_RETURNS != 0));
+            }
+            Msg::Imports(names)
+        }
         _ => return Err(("unknown message kind", 0)),
     })
 }
@@ -440,6 +548,8 @@ struct Recorder<'a, W: io::Write> {
     /// gone (it may have exec'd a program the agent is not loaded in).
     lingering: Vec<usize>,
     follow: bool,
+    /// Functions defined for imports, by name and whether they return.
+    functions: HashMap<(String, bool), u32>,
 }
 
 impl<W: io::Write> Recorder<'_, W> {
@@ -575,6 +685,13 @@ impl<W: io::Write> Recorder<'_, W> {
                 self.start_image(id, earlier, pid, parent, cause, &exe)?;
             }
             Msg::Modules(seq, mods) => self.enqueue(id, seq, Ordered::Modules(mods))?,
+            Msg::Imports(names) => {
+                let mut ids = Vec::with_capacity(names.len());
+                for (name, returns) in names {
+                    ids.push(self.function(name, returns)?);
+                }
+                self.image(id).imports = ids;
+            }
             Msg::Batch(tid, recs) => {
                 for r in recs {
                     match r {
@@ -584,6 +701,8 @@ impl<W: io::Write> Recorder<'_, W> {
                                 .insert((tid, sid), Stack { raw, id: None });
                         }
                         Rec::Call(c) => self.enqueue(id, c.seq, Ordered::Call(tid, c))?,
+                        Rec::Enter(seq, e) => self.enqueue(id, seq, Ordered::Enter(tid, e))?,
+                        Rec::Exit(seq, e) => self.enqueue(id, seq, Ordered::Exit(tid, e))?,
                     }
                 }
             }
@@ -691,14 +810,66 @@ impl<W: io::Write> Recorder<'_, W> {
     fn write_item(&mut self, id: usize, item: Ordered) -> Result<(), AgentError> {
         match item {
             Ordered::Call(tid, c) => self.write_call(id, tid, &c),
+            Ordered::Enter(tid, e) => {
+                let pid = self.images[id].pid;
+                let Some(&func) = self.images[id].imports.get(e.import as usize) else {
+                    self.images[id].lost += 1;
+                    return Ok(());
+                };
+                let stack = self.resolve_stack(id, tid, e.stack)?;
+                self.sink.enter(
+                    pid,
+                    tid,
+                    func,
+                    e.args,
+                    stack,
+                    self.clock.to_ns(e.ts),
+                    e.data,
+                )?;
+                Ok(())
+            }
+            Ordered::Exit(tid, e) => {
+                let pid = self.images[id].pid;
+                let ts = self.clock.to_ns(e.ts);
+                self.sink.exit(pid, tid, e.ret, ts)?;
+                Ok(())
+            }
             Ordered::Modules(m) => self.modules(id, m),
         }
     }
 
+    /// The recording's id of a function the agent named, defining it the first time.
+    fn function(&mut self, name: String, returns: bool) -> Result<u32, AgentError> {
+        if let Some(&f) = self.functions.get(&(name.clone(), returns)) {
+            return Ok(f);
+        }
+        let f = self.sink.function_named(&name, FnClass::Other, returns)?;
+        self.functions.insert((name, returns), f);
+        Ok(f)
+    }
+
     fn write_call(&mut self, id: usize, tid: u32, c: &wire::Call) -> Result<(), AgentError> {
+        let pid = self.images[id].pid;
+        let stack = self.resolve_stack(id, tid, c.stack)?;
+        let n = (c.nargs as usize).min(wire::MAX_ARGS);
+        self.sink.call(
+            pid,
+            tid,
+            c.func as u32,
+            c.args[..n].to_vec(),
+            stack,
+            self.clock.to_ns(c.ts_in),
+            (c.flags & wire::CALL_RET != 0).then_some(c.ret),
+            (c.flags & wire::CALL_OUT != 0).then_some(c.out),
+            self.clock.to_ns(c.ts_out),
+        )?;
+        Ok(())
+    }
+
+    /// The recording's id of a stack the agent defined for thread `tid`.
+    fn resolve_stack(&mut self, id: usize, tid: u32, sid: u32) -> Result<Option<u32>, AgentError> {
         let img = &mut self.images[id];
-        let pid = img.pid;
-        let stack = match img.stacks.get_mut(&(tid, c.stack)) {
+        let stack = match img.stacks.get_mut(&(tid, sid)) {
             Some(Stack { id: Some(s), .. }) => *s,
             Some(st) => {
                 let frames: Vec<Frame> = st
@@ -721,19 +892,7 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             None => None,
         };
-        let n = (c.nargs as usize).min(wire::MAX_ARGS);
-        self.sink.call(
-            pid,
-            tid,
-            c.func as u32,
-            c.args[..n].to_vec(),
-            stack,
-            self.clock.to_ns(c.ts_in),
-            (c.flags & wire::CALL_RET != 0).then_some(c.ret),
-            (c.flags & wire::CALL_OUT != 0).then_some(c.out),
-            self.clock.to_ns(c.ts_out),
-        )?;
-        Ok(())
+        Ok(stack)
     }
 
     fn modules(&mut self, id: usize, mods: Vec<AgentModule>) -> Result<(), AgentError> {

@@ -151,7 +151,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
         (Engine::Auto, Some(why)) => Ok((None, why)),
         (Engine::Auto, None) => Ok((
             library,
-            "dynamically linked program, allocator functions only".into(),
+            "dynamically linked program: no -x/-l selection".into(),
         )),
     }
 }
@@ -230,6 +230,8 @@ fn record_agent(
         library,
         max_depth: req.trace.max_depth,
         follow: req.trace.follow,
+        strlen: req.trace.string_limit,
+        imports: req.trace.imports,
     };
     let exit = agent::run(cmd, &mut sink, &opts);
     let (_, summary) = sink.finish().map_err(TraceError::from)?;

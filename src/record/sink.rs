@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::format::{
-    ArgData, Enter, Exit, ExitHow, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
+    ArgData, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
     ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef, Writer,
 };
 use crate::record::funcs::TracedFn;
@@ -112,6 +112,64 @@ impl<W: Write> Sink<W> {
         Ok(id)
     }
 
+    /// Defines a function by name (the agent's traced imports); returns its id.
+    pub fn function_named(
+        &mut self,
+        name: &str,
+        class: FnClass,
+        returns: bool,
+    ) -> Result<u32, FormatError> {
+        let id = self.next_function;
+        self.writer.push(&Record::Function(FunctionDef {
+            id,
+            name: name.to_string(),
+            class,
+            returns,
+        }))?;
+        self.next_function += 1;
+        Ok(id)
+    }
+
+    /// Writes a call's entry whose stack is already interned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enter(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        func: u32,
+        args: Vec<u64>,
+        stack: Option<u32>,
+        ts: u64,
+        data: Vec<ArgData>,
+    ) -> Result<(), FormatError> {
+        let thread = self.thread(pid, tid)?;
+        self.writer.push(&Record::Enter(Enter {
+            thread,
+            ts,
+            func,
+            args,
+            stack,
+            data,
+        }))
+    }
+
+    /// Writes the return of the thread's innermost open call.
+    pub fn exit(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ret: Option<u64>,
+        ts: u64,
+    ) -> Result<(), FormatError> {
+        let thread = self.thread(pid, tid)?;
+        self.writer.push(&Record::Exit(Exit {
+            thread,
+            ret,
+            out: None,
+            ts: Some(ts),
+        }))
+    }
+
     /// Nanoseconds since the recording started.
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -207,7 +265,9 @@ impl<W: Write> Sink<W> {
     }
 
     /// Writes a finished call whose stack is already interned (the agent engine's path:
-    /// it reports entry and return together).
+    /// it reports entry and return together). A call without a return value (`free`) is
+    /// its entry alone, as the ptrace engine records it: replay pairs a return with the
+    /// innermost call that expects one.
     #[allow(clippy::too_many_arguments)]
     pub fn call(
         &mut self,
@@ -230,6 +290,9 @@ impl<W: Write> Sink<W> {
             stack,
             data: Vec::new(),
         }))?;
+        if ret.is_none() && out.is_none() {
+            return Ok(());
+        }
         self.writer.push(&Record::Exit(Exit {
             thread,
             ret,

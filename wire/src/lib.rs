@@ -5,6 +5,8 @@
 
 #![no_std]
 
+pub mod protos;
+
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
@@ -13,6 +15,10 @@ pub const VERSION: u16 = 1;
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
 pub const ENV_MAX_DEPTH: &str = "RLTRACE_AGENT_MAX_DEPTH";
+/// Environment variable holding how many bytes of a string or buffer argument to capture.
+pub const ENV_STRLEN: &str = "RLTRACE_AGENT_STRLEN";
+/// Environment variable: when set to `0`, the main executable's imports are not traced.
+pub const ENV_IMPORTS: &str = "RLTRACE_AGENT_IMPORTS";
 
 /// Hello cause: a new image (the spawned command, or any `execve`).
 pub const CAUSE_IMAGE: u8 = 0;
@@ -68,11 +74,33 @@ pub const MSG_EXIT: u8 = 3;
 pub const MSG_END: u8 = 4;
 /// Message: the process is about to die of a signal (`signo i32`).
 pub const MSG_KILLED: u8 = 5;
+/// Message: the main executable's imported functions the agent traces, numbered from 0
+/// in this order (`count u32`, then per function `flags u8`, `len u16`, name bytes). Sent
+/// once, before any record that uses the numbers.
+pub const MSG_IMPORTS: u8 = 6;
 
-/// Thread record: a stack definition (`id u32, n u16, n × u64`), ids local to the thread.
+/// Import flag: the function returns a value (its prototype is not `void`).
+pub const IMPORT_RETURNS: u8 = 1;
+/// Longest import name sent.
+pub const MAX_NAME: usize = 1024;
+
+/// Thread record: a stack definition (`id u32, n u16, n × u64`); ids are unique in the
+/// stream (a thread that records again after its state was retired keeps them apart).
 pub const REC_STACK: u8 = 1;
 /// Thread record: a finished call (see [`Call`]).
 pub const REC_CALL: u8 = 2;
+/// Thread record: entry into an imported function (`seq u64, import u16, ts u64, stack u32,
+/// nargs u8, nargs × u64, ndata u8`, then per captured argument `arg u8, truncated u8,
+/// len u16, bytes`).
+pub const REC_ENTER: u8 = 3;
+/// Thread record: return from the thread's innermost open import call (`seq u64, ts u64,
+/// flags u8, ret u64`); flag [`CALL_RET`] clear means it never returned (unwound past, or
+/// longjmp'ed over).
+pub const REC_EXIT: u8 = 4;
+/// Most captured arguments per entry record.
+pub const MAX_DATA_ARGS: usize = 6;
+/// Most bytes captured per argument.
+pub const MAX_DATA: usize = 4096;
 
 /// Call flag: the return value is meaningful.
 pub const CALL_RET: u8 = 1;

@@ -83,6 +83,9 @@ pub struct TraceOptions {
     pub follow: bool,
     /// Most bytes captured per string or buffer argument (ltrace's `-s`).
     pub string_limit: usize,
+    /// Trace every call the main executable makes into shared libraries (the agent
+    /// engine; the ptrace engine traces what `-x`/`-l` select).
+    pub imports: bool,
 }
 
 impl Default for TraceOptions {
@@ -93,6 +96,7 @@ impl Default for TraceOptions {
             max_stack_bytes: 256 << 10,
             follow: true,
             string_limit: 32,
+            imports: true,
         }
     }
 }
