@@ -244,16 +244,26 @@ fn filters_exclude_and_warn_about_rules_that_match_nothing() {
 
 #[test]
 fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
+    // Selected with -x (ptrace engine), and in the default trace of every call the
+    // program makes into libraries (agent engine).
+    rust_socket_calls("calls-rust", &["-x", "send+recv+write+accept4"], "ptrace");
+    rust_socket_calls("calls-rust-default", &[], "agent");
+}
+
+fn rust_socket_calls(name: &str, select: &[&str], engine: &str) {
     use std::io::{Read, Write};
-    let dir = scratch("calls-rust");
+    let dir = scratch(name);
     let rec = dir.join("server.rlt");
+    let err = dir.join("stderr.txt");
     let mut child = rltrace()
-        .args(["record", "-x", "send+recv+write+accept4", "-o"])
+        .arg("record")
+        .args(select)
+        .arg("-o")
         .arg(&rec)
         .arg("--")
         .arg(rust_server())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let addr = listen_addr(child.stdout.take().unwrap());
@@ -265,6 +275,8 @@ fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
         s.read_to_string(&mut answer).unwrap();
     }
     assert!(child.wait().unwrap().success());
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(stderr.contains(&format!("engine: {engine}")), "{stderr}");
     let trace = replay_clean(&rec, &[]);
     let src = repo().join("tests/fixtures/rust-server/src/main.rs");
     let line = |m: &str| format!("main.rs:{}:", marker_line(&src, m));

@@ -1,0 +1,224 @@
+//! The default recording under the agent: every call the main executable makes into a
+//! shared library, found through its imports, as ltrace shows them, on binaries ltrace
+//! cannot see.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// Replaces addresses (hex of `min` or more digits) by `PTR`: they differ between runs.
+fn unaddress(s: &str) -> String {
+    unaddress_from(s, 9)
+}
+
+fn unaddress_from(s: &str, min: usize) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 2..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len() - i - 2);
+        if digits >= min {
+            out.push_str("PTR");
+        } else {
+            out.push_str(&rest[i..i + 2 + digits]);
+        }
+        rest = &rest[i + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `name(args) = ret` of each traced call, from a replay line (`[pid tid] call  where`).
+fn call_of(line: &str) -> Option<String> {
+    let body = line.split_once("] ")?.1;
+    if body.starts_with("+++") {
+        return None;
+    }
+    Some(unaddress(body.split("  ").next()?))
+}
+
+fn build(name: &str, flags: &[&str]) -> PathBuf {
+    let mut all = vec!["-O1", "-g"];
+    all.extend_from_slice(flags);
+    build_c(name, "imports.c", &all)
+}
+
+fn record_default(bin: &Path, rec: &Path, args: &[&str]) -> String {
+    let o = rltrace()
+        .args(["record", "-o"])
+        .arg(rec)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(stderr.contains("engine: agent"), "{stderr}");
+    stderr
+}
+
+fn traced_calls(rec: &Path, args: &[&str]) -> Vec<String> {
+    replay_clean(rec, args)
+        .lines()
+        .filter_map(call_of)
+        .collect()
+}
+
+#[test]
+fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
+    require_tool("ltrace");
+    let bin = build("imports_lazy", &["-Wl,-z,lazy"]);
+    let dir = scratch("imports-ltrace");
+    let out = dir.join("ltrace.txt");
+    let lt = std::process::Command::new("ltrace")
+        .arg("-o")
+        .arg(&out)
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(lt.status.success(), "{lt:?}");
+    // ltrace: `name(args)    = ret`; `_setjmp` is not traced by rltrace (it returns
+    // twice: no trampoline may stand between it and its caller).
+    let ltrace: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("+++") && !l.starts_with("_setjmp"))
+        .map(|l| {
+            let (call, ret) = l.rsplit_once(" = ").unwrap();
+            unaddress(&format!("{} = {}", call.trim_end(), ret.trim()))
+        })
+        .collect();
+    let rec = dir.join("i.rlt");
+    record_default(&bin, &rec, &[]);
+    let ours = traced_calls(&rec, &[]);
+    assert_eq!(ours, ltrace);
+    // The calls are those of the fixture's marked lines, so the comparison is not empty.
+    assert_eq!(ours.len(), 10, "{ours:#?}");
+    assert_eq!(ours[0], "strdup(\"imported\") = PTR");
+    assert!(ours.contains(&"write(1, \"wrote\\n\", 6) = 6".to_string()));
+}
+
+#[test]
+fn the_trace_is_the_same_whatever_the_binding_and_plt() {
+    let dir = scratch("imports-binding");
+    let mut traces = Vec::new();
+    for (name, flags) in [
+        ("imports_lazy", &["-Wl,-z,lazy"][..]),
+        ("imports_now", &["-Wl,-z,now"][..]),
+        ("imports_noplt", &["-fno-plt"][..]),
+        ("imports_ibt", &["-fcf-protection", "-Wl,-z,ibt,-z,now"][..]),
+        ("imports_nopie", &["-no-pie"][..]),
+    ] {
+        let bin = build(name, flags);
+        let rec = dir.join(format!("{name}.rlt"));
+        record_default(&bin, &rec, &["escape"]);
+        let src = repo().join("tests/fixtures/c/imports.c");
+        let line = format!("imports.c:{}", marker_line(&src, "IMPORTS: strlen"));
+        let trace = replay_clean(&rec, &[]);
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.contains("strlen(\"imported\") = 8") && l.contains(&line)),
+            "{name}: the IFUNC strlen by name, at its line:\n{trace}"
+        );
+        // A non-PIE program's heap and code have short addresses.
+        let calls: Vec<String> = traced_calls(&rec, &[])
+            .iter()
+            .map(|c| unaddress_from(c, 5))
+            .collect();
+        traces.push((name, calls));
+    }
+    assert_eq!(traces[0].1.len(), 11, "{:#?}", traces[0].1);
+    for (name, t) in &traces[1..] {
+        assert_eq!(t, &traces[0].1, "{name} against {}", traces[0].0);
+    }
+}
+
+#[test]
+fn a_call_left_by_longjmp_is_recorded_as_never_returning() {
+    let bin = build("imports_lj", &[]);
+    let rec = scratch("imports-longjmp").join("i.rlt");
+    record_default(&bin, &rec, &["escape"]);
+    let calls = traced_calls(&rec, &[]);
+    let n = calls.len();
+    assert!(n >= 2, "{calls:#?}");
+    assert!(
+        calls[n - 2].starts_with("lfind(") && calls[n - 2].ends_with("= <no return ...>"),
+        "{calls:#?}"
+    );
+    // The program goes on at the outer level: the abandoned call does not swallow it.
+    assert_eq!(calls[n - 1], "puts(\"after\") = 6");
+    // The longjmp itself was made from the callback, inside lfind.
+    let all = replay_clean(&rec, &["--all"]);
+    let src = repo().join("tests/fixtures/c/imports.c");
+    assert!(
+        all.lines().any(|l| l.contains("longjmp(")
+            && l.contains(&format!(
+                "imports.c:{}",
+                marker_line(&src, "longjmp(escape")
+            ))),
+        "{all}"
+    );
+}
+
+#[test]
+fn calls_inside_library_calls_feed_the_leak_report_and_show_with_all() {
+    let bin = build("imports_all", &[]);
+    let rec = scratch("imports-all").join("i.rlt");
+    record_default(&bin, &rec, &[]);
+    // strdup's own malloc is inside strdup: hidden by default, shown with --all.
+    let calls = traced_calls(&rec, &[]);
+    assert!(
+        !calls.iter().any(|c| c.starts_with("malloc(9)")),
+        "{calls:#?}"
+    );
+    let all = traced_calls(&rec, &["--all"]);
+    let i = all.iter().position(|c| c.starts_with("malloc(9)")).unwrap();
+    assert!(all[i - 1].starts_with("strdup(\"imported\""), "{all:#?}");
+    // The fixture frees what it allocates; what remains is stdout's buffer, which puts
+    // allocated inside the C library (valgrind's "still reachable").
+    let report = replay_clean(&rec, &["--leaks"]);
+    let src = repo().join("tests/fixtures/c/imports.c");
+    let groups: Vec<(u64, String)> = parse_leaks(&report)
+        .into_iter()
+        .filter(|g| g.at.starts_with("imports.c:"))
+        .map(|g| (g.blocks, g.at))
+        .collect();
+    assert_eq!(
+        groups,
+        [(
+            1,
+            format!("imports.c:{}", marker_line(&src, "IMPORTS: puts"))
+        )],
+        "{report}"
+    );
+}
+
+#[test]
+fn no_imports_records_the_allocator_family_alone() {
+    let bin = build("imports_noimp", &[]);
+    let rec = scratch("imports-none").join("i.rlt");
+    let o = rltrace()
+        .args(["record", "--no-imports", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names: Vec<String> = traced_calls(&rec, &[])
+        .iter()
+        .map(|c| c.split('(').next().unwrap().to_string())
+        .collect();
+    // strdup's malloc, the program's own, and puts's (stdout's buffer): none is inside
+    // a traced call now.
+    assert_eq!(
+        names,
+        ["malloc", "malloc", "realloc", "free", "malloc", "free"]
+    );
+}
