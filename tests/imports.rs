@@ -98,9 +98,16 @@ fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
     let ours = traced_calls(&rec, &[]);
     assert_eq!(ours, ltrace);
     // The calls are those of the fixture's marked lines, so the comparison is not empty.
-    assert_eq!(ours.len(), 10, "{ours:#?}");
+    assert_eq!(ours.len(), 12, "{ours:#?}");
     assert_eq!(ours[0], "strdup(\"imported\") = PTR");
     assert!(ours.contains(&"write(1, \"wrote\\n\", 6) = 6".to_string()));
+    // printf's variadic arguments, as its format says.
+    assert!(
+        ours.contains(
+            &"printf(\"%s: %zu, %c, %#lx\\n\", \"imported\", 8, 'k', 0xbeef) = 23".to_string()
+        ),
+        "{ours:#?}"
+    );
 }
 
 #[test]
@@ -133,7 +140,7 @@ fn the_trace_is_the_same_whatever_the_binding_and_plt() {
             .collect();
         traces.push((name, calls));
     }
-    assert_eq!(traces[0].1.len(), 11, "{:#?}", traces[0].1);
+    assert_eq!(traces[0].1.len(), 13, "{:#?}", traces[0].1);
     for (name, t) in &traces[1..] {
         assert_eq!(t, &traces[0].1, "{name} against {}", traces[0].0);
     }

@@ -394,7 +394,12 @@ fn read_own(addr: u64, out: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
-/// Appends the strings and buffers the prototype says the arguments point to.
+/// Most bytes of a `printf` format captured (beyond `-s`: its conversions say how to
+/// show the arguments).
+const FORMAT_LIMIT: usize = 512;
+
+/// Appends the strings and buffers the prototype says the arguments point to, and the
+/// strings a `printf` format's `%s` conversions take.
 fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64; 6]) {
     use wire::protos::Ty;
     let at = rec.len();
@@ -405,19 +410,25 @@ fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64;
     let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
     let mut count = 0u8;
     let mut buf = [0u8; wire::MAX_DATA + 1];
-    for (i, ty) in proto.args.iter().enumerate().take(wire::MAX_DATA_ARGS) {
+    let mut strings = 0u8;
+    for i in 0..proto.nargs().min(wire::MAX_DATA_ARGS) {
         let addr = args[i];
-        if addr == 0 {
+        let ty = proto.args.get(i).copied();
+        let is_vararg_str = strings & (1 << i) != 0;
+        if addr == 0 || (ty.is_none() && !is_vararg_str) {
             continue;
         }
-        let (want, is_str) = match *ty {
-            Ty::Str => (limit + 1, true),
-            Ty::Buf(n) => match args.get(n as usize) {
+        let (want, is_str) = match ty {
+            _ if is_vararg_str => (limit + 1, true),
+            Some(Ty::Str) => (limit + 1, true),
+            Some(Ty::Format) => (limit.max(FORMAT_LIMIT) + 1, true),
+            Some(Ty::Buf(n)) => match args.get(n as usize) {
                 Some(&len) => (len.min(limit as u64 + 1) as usize, false),
                 None => continue,
             },
             _ => continue,
         };
+        let limit = if is_str { want - 1 } else { limit };
         let got = read_own(addr, &mut buf[..want]);
         if got == 0 && want > 0 {
             continue; // unreadable: shown as a pointer
@@ -430,6 +441,9 @@ fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64;
         } else {
             (got.min(limit), got > limit || got < want)
         };
+        if ty == Some(Ty::Format) {
+            strings = wire::protos::string_varargs(&buf[..len], i);
+        }
         rec.push(i as u8);
         rec.push(truncated as u8);
         rec.extend_from_slice(&(len as u16).to_le_bytes());
@@ -459,7 +473,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     let stack = capture_stack(st);
     let seq = conn::SEQ.fetch_add(1, Ordering::AcqRel);
     let args = r.args();
-    let nargs = hook.proto.map_or(6, |p| p.args.len().min(6));
+    let nargs = hook.proto.map_or(6, |p| p.nargs().min(6));
     st.rec.clear();
     st.rec.push(wire::REC_ENTER);
     st.rec.extend_from_slice(&seq.to_le_bytes());

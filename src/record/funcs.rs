@@ -85,7 +85,7 @@ pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
 /// registers and a return value.
 pub fn signature(name: &str) -> (u8, bool) {
     match crate::protos::lookup(name) {
-        Some(p) => (p.args.len() as u8, p.ret != crate::protos::Ty::Void),
+        Some(p) => (p.nargs() as u8, p.ret != crate::protos::Ty::Void),
         None => (6, true),
     }
 }

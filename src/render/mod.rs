@@ -44,15 +44,19 @@ pub fn ptr(v: u64) -> String {
 pub fn call_head(defs: &Defs, e: &Enter) -> String {
     if defs.class(e.func) == FnClass::Other {
         if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
-            let args: Vec<String> = e
+            let data = |i: usize| e.data.iter().find(|d| usize::from(d.arg) == i);
+            let mut args: Vec<String> = e
                 .args
                 .iter()
                 .enumerate()
-                .map(|(i, &a)| {
-                    let data = e.data.iter().find(|d| usize::from(d.arg) == i);
-                    typed(p.args.get(i).copied(), a, data)
-                })
+                .take(p.args.len())
+                .map(|(i, &a)| typed(p.args.get(i).copied(), a, data(i)))
                 .collect();
+            if let Some(f) = p.format_arg() {
+                if let Some(fmt) = data(f) {
+                    varargs(&mut args, fmt, f + 1, &e.args, &data);
+                }
+            }
             return format!("{}({}", defs.name(e.func), args.join(", "));
         }
     }
@@ -71,11 +75,74 @@ pub fn call_head(defs: &Defs, e: &Enter) -> String {
     format!("{}({}", defs.name(e.func), args.join(", "))
 }
 
+/// Appends the variadic arguments of a `printf`-family call as its format's conversions
+/// say, from integer register `first` on. Doubles travel in vector registers, which are
+/// not recorded (`<double>`), and arguments past the sixth register on the stack (`...`).
+fn varargs<'a>(
+    out: &mut Vec<String>,
+    fmt: &crate::format::ArgData,
+    first: usize,
+    regs: &[u64],
+    data: &dyn Fn(usize) -> Option<&'a crate::format::ArgData>,
+) {
+    use rltrace_wire::protos::{conversions, Conv};
+    let mut reg = first;
+    let mut more = false;
+    conversions(&fmt.bytes, |c| {
+        if more {
+            return;
+        }
+        let shown = match c {
+            Conv::Float => {
+                out.push("<double>".to_string());
+                return;
+            }
+            Conv::Unknown => None,
+            _ if reg >= regs.len() => None,
+            Conv::Int(n) => Some(sign_extend(regs[reg], n).to_string()),
+            Conv::Uint(n) => Some(truncate(regs[reg], n).to_string()),
+            Conv::Hex(n) => Some(format!("{:#x}", truncate(regs[reg], n))),
+            Conv::Octal(n) => Some(format!("0{:o}", truncate(regs[reg], n))),
+            Conv::Char => Some(typed(Some(crate::protos::Ty::Char), regs[reg], None)),
+            Conv::Str => Some(typed(Some(crate::protos::Ty::Str), regs[reg], data(reg))),
+            Conv::Ptr => Some(ptr(regs[reg])),
+        };
+        match shown {
+            Some(s) => {
+                out.push(s);
+                reg += 1;
+            }
+            None => {
+                out.push("...".to_string());
+                more = true;
+            }
+        }
+    });
+}
+
+fn truncate(v: u64, bytes: u8) -> u64 {
+    match bytes {
+        1 => v as u8 as u64,
+        2 => v as u16 as u64,
+        4 => v as u32 as u64,
+        _ => v,
+    }
+}
+
+fn sign_extend(v: u64, bytes: u8) -> i64 {
+    match bytes {
+        1 => v as u8 as i8 as i64,
+        2 => v as u16 as i16 as i64,
+        4 => v as u32 as i32 as i64,
+        _ => v as i64,
+    }
+}
+
 /// One value shown as its prototype's type says (hex when there is no prototype).
 fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::ArgData>) -> String {
     use crate::protos::{quote, Ty};
     match (ty, data) {
-        (Some(Ty::Str | Ty::Buf(_)), Some(d)) => quote(&d.bytes, d.truncated),
+        (Some(Ty::Str | Ty::Buf(_) | Ty::Format), Some(d)) => quote(&d.bytes, d.truncated),
         (Some(Ty::Int), _) => (v as u32 as i32).to_string(),
         (Some(Ty::Long), _) => (v as i64).to_string(),
         (Some(Ty::Size), _) => v.to_string(),
@@ -83,7 +150,7 @@ fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::Arg
             b @ 0x20..=0x7e if b != b'\'' && b != b'\\' => format!("'{}'", b as char),
             b => format!("'\\{b:03o}'"),
         },
-        (Some(Ty::Ptr | Ty::Str | Ty::Buf(_)), _) => ptr(v),
+        (Some(Ty::Ptr | Ty::Str | Ty::Buf(_) | Ty::Format), _) => ptr(v),
         (Some(Ty::Hex) | None, _) => format!("{v:#x}"),
         (Some(Ty::Void), _) => String::new(),
     }

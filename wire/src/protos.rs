@@ -22,6 +22,9 @@ pub enum Ty {
     Buf(u8),
     /// A `char` passed as `int`: `'c'`.
     Char,
+    /// A `printf` format string, captured at entry; the variadic arguments after it are
+    /// shown as its conversions say (see [`conversions`]).
+    Format,
     /// No value (`void` returns).
     Void,
 }
@@ -48,6 +51,10 @@ macro_rules! protos {
 
 /// The table, sorted by name.
 pub const PROTOS: &[Proto] = protos! {
+    "__fprintf_chk"(Ptr, Int, Format) -> Int;
+    "__printf_chk"(Int, Format) -> Int;
+    "__snprintf_chk"(Ptr, Size, Int, Size, Format) -> Int;
+    "__sprintf_chk"(Ptr, Int, Size, Format) -> Int;
     "_exit"(Int) -> Void;
     "abort"() -> Void;
     "accept"(Int, Ptr, Ptr) -> Int;
@@ -61,6 +68,7 @@ pub const PROTOS: &[Proto] = protos! {
     "closedir"(Ptr) -> Int;
     "connect"(Int, Ptr, Size) -> Int;
     "dlclose"(Ptr) -> Int;
+    "dprintf"(Int, Format) -> Int;
     "dlopen"(Str, Hex) -> Ptr;
     "dlsym"(Ptr, Str) -> Ptr;
     "dup"(Int) -> Int;
@@ -77,6 +85,7 @@ pub const PROTOS: &[Proto] = protos! {
     "fileno"(Ptr) -> Int;
     "fopen"(Str, Str) -> Ptr;
     "fork"() -> Int;
+    "fprintf"(Ptr, Format) -> Int;
     "fputc"(Char, Ptr) -> Int;
     "fputs"(Str, Ptr) -> Int;
     "fread"(Ptr, Size, Size, Ptr) -> Size;
@@ -108,6 +117,7 @@ pub const PROTOS: &[Proto] = protos! {
     "pipe2"(Ptr, Hex) -> Int;
     "poll"(Ptr, Size, Int) -> Int;
     "pread"(Int, Ptr, Size, Long) -> Long;
+    "printf"(Format) -> Int;
     "pthread_create"(Ptr, Ptr, Ptr, Ptr) -> Int;
     "pthread_exit"(Ptr) -> Void;
     "pthread_join"(Size, Ptr) -> Int;
@@ -134,7 +144,9 @@ pub const PROTOS: &[Proto] = protos! {
     "shutdown"(Int, Int) -> Int;
     "signal"(Int, Ptr) -> Ptr;
     "sleep"(Size) -> Size;
+    "snprintf"(Ptr, Size, Format) -> Int;
     "socket"(Int, Int, Int) -> Int;
+    "sprintf"(Ptr, Format) -> Int;
     "srand"(Size) -> Void;
     "strcasecmp"(Str, Str) -> Int;
     "strcat"(Ptr, Str) -> Ptr;
@@ -161,10 +173,197 @@ pub const PROTOS: &[Proto] = protos! {
     "writev"(Int, Ptr, Int) -> Long;
 };
 
+impl Proto {
+    /// How many integer registers to record: all six for a variadic function (its
+    /// variadic arguments follow the fixed ones), else one per argument.
+    pub fn nargs(&self) -> usize {
+        if self.args.contains(&Format) {
+            6
+        } else {
+            self.args.len()
+        }
+    }
+
+    /// The index of the format argument, if the function takes one.
+    pub fn format_arg(&self) -> Option<usize> {
+        self.args.iter().position(|&t| t == Format)
+    }
+}
+
+/// What one `printf` conversion takes from the variadic arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv {
+    /// `%d`, `%i` (and `*` widths): signed, of this many bytes.
+    Int(u8),
+    /// `%u`: unsigned, of this many bytes.
+    Uint(u8),
+    /// `%x`, `%X`: hex, of this many bytes.
+    Hex(u8),
+    /// `%o`: octal, of this many bytes.
+    Octal(u8),
+    /// `%c`.
+    Char,
+    /// `%s`: a string, captured at entry.
+    Str,
+    /// `%p`, `%n`, `%S`: a pointer.
+    Ptr,
+    /// `%f`, `%e`, `%g`, `%a`: a double, passed in a vector register (not recorded).
+    Float,
+    /// A conversion this parser does not follow (`%1$d` positional arguments): the
+    /// remaining arguments cannot be attributed.
+    Unknown,
+}
+
+/// Calls `f` with each conversion of the `printf` format `fmt` that takes an argument, in
+/// order; stops after [`Conv::Unknown`].
+pub fn conversions(fmt: &[u8], mut f: impl FnMut(Conv)) {
+    let mut i = 0;
+    while i < fmt.len() {
+        if fmt[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if fmt.get(i) == Some(&b'%') {
+            i += 1;
+            continue;
+        }
+        while matches!(
+            fmt.get(i),
+            Some(b'-' | b'+' | b' ' | b'#' | b'0' | b'\'' | b'I')
+        ) {
+            i += 1;
+        }
+        let star = |i: &mut usize, f: &mut dyn FnMut(Conv)| {
+            if fmt.get(*i) == Some(&b'*') {
+                f(Conv::Int(4));
+                *i += 1;
+            }
+            while fmt.get(*i).is_some_and(|c| c.is_ascii_digit()) {
+                *i += 1;
+            }
+        };
+        if fmt.get(i).is_some_and(|c| c.is_ascii_digit()) {
+            let mut j = i;
+            while fmt.get(j).is_some_and(|c| c.is_ascii_digit()) {
+                j += 1;
+            }
+            if fmt.get(j) == Some(&b'$') {
+                f(Conv::Unknown);
+                return;
+            }
+        }
+        star(&mut i, &mut f);
+        if fmt.get(i) == Some(&b'.') {
+            i += 1;
+            star(&mut i, &mut f);
+        }
+        let mut size = 4u8;
+        loop {
+            match fmt.get(i) {
+                Some(b'h') => size = if size == 2 { 1 } else { 2 },
+                Some(b'l' | b'q' | b'j' | b'z' | b'Z' | b't') => size = 8,
+                Some(b'L') => {}
+                _ => break,
+            }
+            i += 1;
+        }
+        let conv = match fmt.get(i) {
+            Some(b'd' | b'i') => Conv::Int(size),
+            Some(b'u') => Conv::Uint(size),
+            Some(b'x' | b'X') => Conv::Hex(size),
+            Some(b'o') => Conv::Octal(size),
+            Some(b'c' | b'C') => Conv::Char,
+            Some(b's') => Conv::Str,
+            Some(b'p' | b'n' | b'S') => Conv::Ptr,
+            Some(b'f' | b'F' | b'e' | b'E' | b'g' | b'G' | b'a' | b'A') => Conv::Float,
+            Some(b'm') => {
+                i += 1;
+                continue;
+            }
+            _ => Conv::Unknown,
+        };
+        f(conv);
+        if conv == Conv::Unknown {
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// The integer-register indices (below 6) holding `%s` arguments of a call whose format
+/// is argument `at` and reads `fmt`, as a bit set.
+pub fn string_varargs(fmt: &[u8], at: usize) -> u8 {
+    let mut reg = at + 1;
+    let mut set = 0u8;
+    conversions(fmt, |c| match c {
+        Conv::Float | Conv::Unknown => {}
+        Conv::Str => {
+            if reg < 6 {
+                set |= 1 << reg;
+            }
+            reg += 1;
+        }
+        _ => reg += 1,
+    });
+    set
+}
+
 /// The prototype of `name`, if the table has one.
 pub fn lookup(name: &str) -> Option<&'static Proto> {
     PROTOS
         .binary_search_by(|p| p.name.cmp(name))
         .ok()
         .map(|i| &PROTOS[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convs(fmt: &str) -> ([Option<Conv>; 8], usize) {
+        let mut out = [None; 8];
+        let mut n = 0;
+        conversions(fmt.as_bytes(), |c| {
+            if n < out.len() {
+                out[n] = Some(c);
+            }
+            n += 1;
+        });
+        (out, n)
+    }
+
+    #[test]
+    fn printf_conversions_are_followed() {
+        let (c, n) = convs("%s: %zu%% %c %#lx %hhd %5.2f %*d %-08.3x %m %p\n");
+        assert_eq!(n, 10);
+        assert_eq!(
+            c,
+            [
+                Some(Conv::Str),
+                Some(Conv::Uint(8)),
+                Some(Conv::Char),
+                Some(Conv::Hex(8)),
+                Some(Conv::Int(1)),
+                Some(Conv::Float),
+                Some(Conv::Int(4)),
+                Some(Conv::Int(4)),
+            ]
+        );
+        // Positional arguments stop the walk.
+        let (c, n) = convs("%2$s %1$d");
+        assert_eq!((c[0], n), (Some(Conv::Unknown), 1));
+        // A format ending inside a conversion.
+        let (_, n) = convs("%l");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn string_arguments_of_a_format_are_found() {
+        // printf(fmt, ...): the format is argument 0, so %s values are in registers 1..5;
+        // a double takes a vector register, not one of these.
+        assert_eq!(string_varargs(b"%s %d %s %f %s", 0), 0b1_1010);
+        // Past the sixth register the arguments are on the stack.
+        assert_eq!(string_varargs(b"%d %d %d %d %d %s", 0), 0);
+    }
 }

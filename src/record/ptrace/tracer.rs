@@ -1680,19 +1680,27 @@ fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData
     };
     let limit = limit.min(crate::format::MAX_ARG_DATA);
     let mut out = Vec::new();
-    for (i, ty) in proto.args.iter().enumerate() {
+    // `%s` arguments of a printf format, once it is read.
+    let mut strings = 0u8;
+    for i in 0..proto.nargs() {
         let Some(&addr) = args.get(i) else { break };
-        if addr == 0 {
+        let ty = proto.args.get(i).copied();
+        let is_vararg_str = strings & (1 << i) != 0;
+        if addr == 0 || (ty.is_none() && !is_vararg_str) {
             continue;
         }
-        let (want, is_str) = match *ty {
-            Ty::Str => (limit + 1, true),
-            Ty::Buf(n) => match args.get(n as usize) {
+        let (want, is_str) = match ty {
+            _ if is_vararg_str => (limit + 1, true),
+            Some(Ty::Str) => (limit + 1, true),
+            // The whole format (up to 512 bytes): its conversions say how to show the rest.
+            Some(Ty::Format) => (limit.max(512) + 1, true),
+            Some(Ty::Buf(n)) => match args.get(n as usize) {
                 Some(&len) => (len.min(limit as u64 + 1) as usize, false),
                 None => continue,
             },
             _ => continue,
         };
+        let limit = if is_str { want - 1 } else { limit };
         let mut ranges = Vec::new();
         push_stack_pages(&mut ranges, addr, want);
         let mut buf = vec![0u8; want];
@@ -1718,6 +1726,9 @@ fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData
             buf.truncate(limit);
             t || (got < want)
         };
+        if ty == Some(Ty::Format) {
+            strings = rltrace_wire::protos::string_varargs(&buf, i);
+        }
         out.push(ArgData {
             arg: i as u8,
             truncated,
