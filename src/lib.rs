@@ -12,5 +12,6 @@ pub mod protos;
 pub mod record;
 pub mod render;
 pub mod replay;
+pub mod select;
 pub mod symbolize;
 pub mod unwind;

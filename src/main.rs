@@ -61,8 +61,14 @@ enum Cmd {
         string_limit: usize,
         /// Record only the allocator family (and what -x/-l select), not every call the
         /// program makes into shared libraries: the lightest recording for a leak hunt.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "calls")]
         no_imports: bool,
+        /// Trace only the program's calls into libraries that this chain selects (ltrace's
+        /// -e: `write+send+str*`, `-puts`, `/^mem/`, `sym@MAIN`); repeatable, a call any
+        /// chain selects is traced. The allocator family is recorded regardless, for the
+        /// leak report. Agent engine.
+        #[arg(short = 'e', value_name = "FILTER")]
+        calls: Vec<String>,
         /// Attach to this running process (all its threads) instead of running a command;
         /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
         #[arg(
@@ -243,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             libs,
             string_limit,
             no_imports,
+            calls,
             engine,
             command,
         } => {
@@ -266,6 +273,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None
                 } else {
                     Some(record::select::Selection::parse(&extra)?)
+                },
+                calls: {
+                    // Checked here, so a typo fails before the program starts.
+                    if !calls.is_empty() {
+                        record::select::Selection::parse_calls(&calls)?;
+                    }
+                    calls
                 },
                 engine: match engine {
                     EngineArg::Auto => record::Engine::Auto,
@@ -297,7 +311,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             );
             for rule in &out.unmatched {
-                eprintln!("rltrace: warning: -x rule {rule:?} matched no function in any module");
+                match out.engine.0 {
+                    record::Engine::Agent => eprintln!(
+                        "rltrace: warning: -e rule {rule:?} matched no call the program makes \
+                         into a library"
+                    ),
+                    _ => eprintln!(
+                        "rltrace: warning: -x rule {rule:?} matched no function in any module"
+                    ),
+                }
             }
             if pack {
                 let opts = PackOptions {

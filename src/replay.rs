@@ -298,6 +298,15 @@ fn write_leak_report(
     Ok(())
 }
 
+/// The file name of the executable a thread's process runs (what `-e` library patterns
+/// match for the calls it makes).
+fn main_name(cx: &Context, thread: u32) -> &str {
+    let pid = cx.defs.thread(thread).0;
+    cx.exe_of
+        .get(&pid)
+        .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
+}
+
 /// Replays `path` to `out`.
 pub fn replay(
     path: &Path,
@@ -327,6 +336,11 @@ pub fn replay(
         .and_then(|v| v.parse::<u128>().ok())
         .unwrap_or(0);
     let mut trace = TraceOut::new(opts, start_unix_ns);
+    // Calls recorded under `-e` chains that did not select them (the allocator family is
+    // recorded regardless, for the leak report) are shown only with --all.
+    let mut shown_calls = reader.meta().get("trace-filter").and_then(|f| {
+        crate::select::Selection::parse_calls(&f.split('\n').collect::<Vec<_>>()).ok()
+    });
     let mut table = crate::analyze::calltable::CallTable::default();
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         cx.learn(&rec);
@@ -338,6 +352,16 @@ pub fn replay(
             continue;
         }
         let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
+        let filtered = match (&step, shown_calls.as_mut()) {
+            (Some(Step::Began { enter, .. }), Some(f)) => {
+                !f.selects(cx.defs.name(enter.func), main_name(&cx, enter.thread), true)
+            }
+            (Some(Step::Ended { enter, .. }), Some(f)) => {
+                !f.selects(cx.defs.name(enter.func), main_name(&cx, enter.thread), true)
+            }
+            _ => false,
+        };
+        let nested = nested || filtered;
         let selected = opts
             .pid
             .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));

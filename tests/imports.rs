@@ -229,3 +229,108 @@ fn no_imports_records_the_allocator_family_alone() {
         ["malloc", "malloc", "realloc", "free", "malloc", "free"]
     );
 }
+
+#[test]
+fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
+    require_tool("ltrace");
+    let bin = build("imports_e", &["-Wl,-z,lazy"]);
+    let dir = scratch("imports-e");
+    for chain in ["write+str*", "@MAIN-puts-printf-malloc-free-realloc-fflush"] {
+        let out = dir.join("ltrace.txt");
+        let lt = std::process::Command::new("ltrace")
+            .args(["-e", chain, "-o"])
+            .arg(&out)
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(lt.status.success(), "{lt:?}");
+        let ltrace: Vec<String> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("+++") && !l.contains("_setjmp"))
+            .map(|l| {
+                // `imp->write(1, ...)` when ltrace names the caller module.
+                let l = l.split_once("->").map_or(l, |(_, c)| c);
+                let (call, ret) = l.rsplit_once(" = ").unwrap();
+                unaddress(&format!("{} = {}", call.trim_end(), ret.trim()))
+            })
+            .collect();
+        let rec = dir.join("e.rlt");
+        let o = rltrace()
+            .args(["record", "-e", chain, "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ours = traced_calls(&rec, &[]);
+        assert!(!ours.is_empty(), "{chain}");
+        assert_eq!(ours, ltrace, "-e {chain}");
+    }
+    // A chain that starts with an exclusion selects everything else (ltrace's implicit
+    // `@` rule; the agent traces the executable's calls only), and a `+` inside a
+    // /regex/ belongs to it (ltrace's own parser splits it there).
+    for (chain, want) in [
+        (
+            "-puts-printf-malloc-free-realloc-fflush",
+            &["strdup", "strlen", "strcmp", "write"][..],
+        ),
+        ("/^str[a-z]+$/", &["strdup", "strlen", "strcmp"][..]),
+    ] {
+        let rec = dir.join("c.rlt");
+        let o = rltrace()
+            .args(["record", "-e", chain, "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let names: Vec<String> = traced_calls(&rec, &[])
+            .iter()
+            .map(|c| c.split('(').next().unwrap().to_string())
+            .collect();
+        assert_eq!(names, want, "-e {chain}");
+    }
+    // The allocator family is recorded whatever -e says: the leak report still finds the
+    // buffer puts allocated, though neither puts nor malloc is in the trace.
+    let rec = dir.join("w.rlt");
+    let o = rltrace()
+        .args(["record", "-e", "write", "-e", "nosuch", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: -e rule \"nosuch\" matched no call"),
+        "{err}"
+    );
+    assert!(!err.contains("\"write\""), "{err}");
+    let names: Vec<String> = traced_calls(&rec, &[])
+        .iter()
+        .map(|c| c.split('(').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["write"]);
+    let report = replay_clean(&rec, &["--leaks"]);
+    let src = repo().join("tests/fixtures/c/imports.c");
+    let at = format!("imports.c:{}", marker_line(&src, "IMPORTS: puts"));
+    assert!(parse_leaks(&report).iter().any(|g| g.at == at), "{report}");
+    // Only the agent traces calls through the imports.
+    let o = rltrace()
+        .args(["record", "--engine", "ptrace", "-e", "write", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("select function entries with -x"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -144,6 +144,30 @@ pub fn send_imports(hooks: &[crate::imports::Hook]) {
     message(wire::MSG_IMPORTS, &[&m]);
 }
 
+/// Reads the recorder's answer to the import list: one bit per import, set to trace it.
+/// Without an answer (an old or vanished recorder) every import is traced.
+pub fn read_choice(n: usize) -> Vec<u8> {
+    let all = vec![0xffu8; n.div_ceil(8)];
+    let fd = FD.load(Ordering::Acquire);
+    let mut buf = vec![0u8; 4 + n.div_ceil(8)];
+    let mut got = 0;
+    while fd >= 0 && got < buf.len() {
+        // SAFETY: reads into the unfilled tail of `buf`, which is valid for its length.
+        let r = unsafe { libc::recv(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r <= 0 {
+            return all;
+        }
+        got += r as usize;
+    }
+    if got < buf.len() || buf[..4] != (n as u32).to_le_bytes() {
+        return all;
+    }
+    buf.split_off(4)
+}
+
 /// Sends the module list, ordered among the calls by a sequence number.
 pub fn send_modules(mods: &[ModuleInfo]) {
     let seq = SEQ.fetch_add(1, Ordering::AcqRel);

@@ -230,15 +230,23 @@ struct Slot {
     hook: usize,
 }
 
-/// Finds the main executable's imported functions, builds their stubs and points their
-/// GOT slots at them. Runs in the agent's constructor, after the loader relocated every
-/// object and before the program's own constructors. Returns the number of imports.
-pub fn install() -> usize {
+/// The imports found, before any slot is redirected.
+pub struct Found {
+    /// One per imported function, numbered in this order.
+    pub hooks: Vec<Hook>,
+    slots: Vec<Slot>,
+    relro: Option<(u64, u64)>,
+}
+
+/// Finds the main executable's imported functions and the GOT slots that hold them. Runs
+/// in the agent's constructor, after the loader relocated every object and before the
+/// program's own constructors.
+pub fn find() -> Option<Found> {
     let mut exe = Exe::default();
     // SAFETY: the callback only reads what dl_iterate_phdr hands it and writes our Exe.
     unsafe { libc::dl_iterate_phdr(Some(first_object), (&mut exe as *mut Exe).cast()) };
     if exe.dynamic == 0 {
-        return 0; // a static program has no imports (and no agent, normally)
+        return None; // a static program has no imports (and no agent, normally)
     }
     // glibc relocates the main program's dynamic entries in place; another loader might
     // not, so a value below the load bias is taken as unrelocated.
@@ -267,7 +275,7 @@ pub fn install() -> usize {
         tags[DT_STRSZ as usize],
     );
     if strtab == 0 || symtab == 0 {
-        return 0;
+        return None;
     }
     let mut tables = Vec::new();
     if tags[DT_RELA as usize] != 0 {
@@ -349,19 +357,31 @@ pub fn install() -> usize {
         }
     }
     if hooks.is_empty() || hooks.len() > u16::MAX as usize {
-        return 0;
+        return None;
     }
-    let Some(stubs) = make_stubs(hooks.len()) else {
+    Some(Found {
+        hooks,
+        slots,
+        relro: exe.relro,
+    })
+}
+
+/// Builds the stubs and points the slots of the imports `chosen` says (one bit per
+/// import, in order) at them. Returns how many imports are traced.
+pub fn install(found: Found, chosen: &[u8]) -> usize {
+    let on = |i: usize| chosen.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    let Some(stubs) = make_stubs(found.hooks.len()) else {
         return 0;
     };
-    let n = hooks.len();
-    HOOK_COUNT.store(n, Ordering::Release);
+    let traced = (0..found.hooks.len()).filter(|&i| on(i)).count();
+    HOOK_COUNT.store(found.hooks.len(), Ordering::Release);
     HOOKS.store(
-        Box::leak(hooks.into_boxed_slice()).as_mut_ptr(),
+        Box::leak(found.hooks.into_boxed_slice()).as_mut_ptr(),
         Ordering::Release,
     );
-    patch(&slots, stubs, exe.relro);
-    n
+    let slots: Vec<Slot> = found.slots.into_iter().filter(|s| on(s.hook)).collect();
+    patch(&slots, stubs, found.relro);
+    traced
 }
 
 fn resolve(name: &[u8], version: Option<&[u8]>) -> u64 {

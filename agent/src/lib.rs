@@ -844,10 +844,18 @@ extern "C" fn init() {
     if !conn::connect(wire::CAUSE_IMAGE, parent, exe()) {
         return;
     }
-    if env(wire::ENV_IMPORTS) != Some(b"0") {
-        imports::install();
+    let found = if env(wire::ENV_IMPORTS) != Some(b"0") {
+        imports::find()
+    } else {
+        None
+    };
+    let hooks = found.as_ref().map_or(&[][..], |f| &f.hooks[..]);
+    conn::send_imports(hooks);
+    // The recorder answers which imports its `-e` chains select.
+    let chosen = conn::read_choice(hooks.len());
+    if let Some(found) = found {
+        imports::install(found, &chosen);
     }
-    conn::send_imports(imports::hooks());
     let mods = modules::rescan(exe()).unwrap_or_default();
     conn::send_modules(&mods);
     conn::start_writer();
@@ -910,6 +918,8 @@ extern "C" fn fork_child() {
         let parent = unsafe { libc::getppid() } as u32;
         if conn::connect(wire::CAUSE_FORK, parent, exe()) {
             conn::send_imports(imports::hooks());
+            // The slots were redirected before the fork: the answer changes nothing.
+            let _ = conn::read_choice(imports::hooks().len());
             conn::send_modules(&modules::snapshot());
             conn::start_writer();
             ENABLED.store(true, Ordering::Release);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::hash::BuildHasherDefault;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -18,7 +18,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use rltrace_wire as wire;
+
+use crate::record::select::Selection;
 
 use crate::format::{ArgData, ExitHow, FnClass, FormatError, Frame, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
@@ -86,6 +90,9 @@ pub struct AgentOptions {
     pub strlen: usize,
     /// Trace every call the main executable makes into shared libraries.
     pub imports: bool,
+    /// Which of those calls (`-e`); `None` for all. Shared by the connection readers,
+    /// which answer each image's list of imports, and counts each rule's hits.
+    pub calls: Option<Arc<Mutex<Selection>>>,
 }
 
 /// What the connection readers hand to the recorder thread.
@@ -273,6 +280,7 @@ fn run_listening(
         root_status: None,
         lingering: Vec::new(),
         follow: opts.follow,
+        calls: opts.calls.clone(),
         functions: HashMap::new(),
     };
     rec.run(&mut child, &rx).map(|s| (root, s))
@@ -313,6 +321,7 @@ fn read_conn(
     id: usize,
     peer: Option<u32>,
     tx: &SyncSender<(usize, Msg)>,
+    calls: Option<&Mutex<Selection>>,
 ) -> Result<(), String> {
     let mut r = BufReader::with_capacity(1 << 20, conn);
     let mut offset = 0u64;
@@ -340,6 +349,12 @@ fn read_conn(
     r.read_exact(&mut exe)
         .map_err(|_| bad("short hello", head.len() as u64))?;
     offset += (head.len() + exe.len()) as u64;
+    // `-e` library patterns name the module making the calls: the main executable.
+    let exe_name = String::from_utf8_lossy(&exe)
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     send(
         tx,
         id,
@@ -368,8 +383,34 @@ fn read_conn(
         let at = offset + 5;
         let msg = decode(h[0], &payload).map_err(|(what, o)| bad(what, at + o as u64))?;
         offset = at + len as u64;
+        if let Msg::Imports(names) = &msg {
+            // The agent waits for the answer before redirecting any call.
+            let reply = import_choice(names, &exe_name, calls);
+            r.get_mut()
+                .write_all(&reply)
+                .map_err(|e| format!("cannot answer the import list: {e}"))?;
+        }
         send(tx, id, msg)?;
     }
+}
+
+/// The answer to an image's import list: `count u32`, then one bit per import (set: trace
+/// it), as the `-e` chains select them for calls made from the executable `exe`.
+fn import_choice(names: &[(String, bool)], exe: &str, calls: Option<&Mutex<Selection>>) -> Vec<u8> {
+    let mut reply = (names.len() as u32).to_le_bytes().to_vec();
+    let mut bits = vec![0u8; names.len().div_ceil(8)];
+    let mut sel = calls.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+    for (i, (name, _)) in names.iter().enumerate() {
+        let on = match sel.as_mut() {
+            Some(s) => s.selects(name, exe, true),
+            None => true,
+        };
+        if on {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    reply.extend_from_slice(&bits);
+    reply
 }
 
 fn send(tx: &SyncSender<(usize, Msg)>, id: usize, m: Msg) -> Result<(), String> {
@@ -548,6 +589,8 @@ struct Recorder<'a, W: io::Write> {
     /// gone (it may have exec'd a program the agent is not loaded in).
     lingering: Vec<usize>,
     follow: bool,
+    /// The `-e` selection, for the connection readers.
+    calls: Option<Arc<Mutex<Selection>>>,
     /// Functions defined for imports, by name and whether they return.
     functions: HashMap<(String, bool), u32>,
 }
@@ -620,11 +663,12 @@ impl<W: io::Write> Recorder<'_, W> {
             let peer = peer_pid(&conn);
             self.image(id).pid = peer.unwrap_or(0);
             let tx = self.tx.clone();
+            let calls = self.calls.clone();
             let spawned = conn.set_nonblocking(false).and_then(|()| {
                 std::thread::Builder::new()
                     .name(format!("agent-conn-{id}"))
                     .spawn(move || {
-                        let err = read_conn(conn, id, peer, &tx).err();
+                        let err = read_conn(conn, id, peer, &tx, calls.as_deref()).err();
                         let _ = tx.send((id, Msg::Closed(err)));
                     })
             });

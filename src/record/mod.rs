@@ -6,7 +6,8 @@ pub mod clock;
 pub mod funcs;
 pub mod procfs;
 pub mod ptrace;
-pub mod select;
+/// ltrace filter chains (`-x`, `-e`), shared with replay.
+pub use crate::select;
 pub mod sink;
 
 use std::ffi::OsString;
@@ -55,6 +56,9 @@ pub struct RecordRequest {
     pub progress: Option<fn(&Progress)>,
     /// Functions to trace besides the allocator family (`-x`).
     pub select: Option<select::Selection>,
+    /// Which of the program's calls through its imports to trace (`-e` chains; empty:
+    /// all, ltrace's `@MAIN`).
+    pub calls: Vec<String>,
     /// Which engine records.
     pub engine: Engine,
 }
@@ -88,6 +92,12 @@ pub enum RecordError {
     /// The request cannot be recorded with the engine asked for.
     #[error("--engine agent cannot record this: {0}")]
     AgentRefused(String),
+    /// A `-e` chain does not parse.
+    #[error(transparent)]
+    Select(#[from] select::SelectError),
+    /// `-e` selects calls through the imports, which only the agent traces.
+    #[error("-e selects the program's calls through its imports, which only the agent engine traces, and the ptrace engine records this ({0}); select function entries with -x instead")]
+    CallsNeedAgent(String),
     /// The output file could not be created.
     #[error("cannot create {path}: {source}")]
     Create {
@@ -145,6 +155,10 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
         })
     });
     match (req.engine, refusal) {
+        (Engine::Ptrace, _) if !req.calls.is_empty() => Err(RecordError::CallsNeedAgent(
+            "asked for with --engine".into(),
+        )),
+        (Engine::Auto, Some(why)) if !req.calls.is_empty() => Err(RecordError::CallsNeedAgent(why)),
         (Engine::Ptrace, _) => Ok((None, "asked for with --engine".into())),
         (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
         (Engine::Agent, None) => Ok((library, "asked for with --engine".into())),
@@ -219,7 +233,17 @@ fn record_agent(
         path: path.display().to_string(),
         source,
     })?;
-    let meta = metadata("agent", cmd, 0, false);
+    let mut meta = metadata("agent", cmd, 0, false);
+    let calls = if req.calls.is_empty() {
+        None
+    } else {
+        // Replay shows the calls the chains select (allocator calls are recorded for the
+        // leak report whatever they say).
+        meta.pairs
+            .push(("trace-filter".to_string(), req.calls.join("\n")));
+        Some(select::Selection::parse_calls(&req.calls)?)
+    };
+    let calls = calls.map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
     let mut sink = Sink::new(
         BufWriter::with_capacity(1 << 20, file),
         &meta,
@@ -232,8 +256,12 @@ fn record_agent(
         follow: req.trace.follow,
         strlen: req.trace.string_limit,
         imports: req.trace.imports,
+        calls: calls.clone(),
     };
     let exit = agent::run(cmd, &mut sink, &opts);
+    let unmatched = calls
+        .and_then(|c| c.lock().ok().map(|s| s.unmatched()))
+        .unwrap_or_default();
     let (_, summary) = sink.finish().map_err(TraceError::from)?;
     if let Err(agent::AgentError::Spawn { .. }) = &exit {
         // Nothing ran, so there is nothing to replay.
@@ -245,7 +273,7 @@ fn record_agent(
         exit,
         records: summary.records,
         dropped: summary.dropped,
-        unmatched: Vec::new(),
+        unmatched,
         engine: (Engine::Agent, why),
     })
 }

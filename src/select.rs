@@ -1,4 +1,5 @@
-//! Which extra functions to trace: ltrace's filter chains (`-x 'write+str*-strlen@libc.so*'`).
+//! Which functions to trace: ltrace's filter chains, for function entries (`-x
+//! 'write+str*-strlen@libc.so*'`) and for the program's calls into libraries (`-e`).
 //!
 //! A chain is rules each introduced by `+` (include) or `-` (exclude), the first one
 //! including unless it starts with `-`; a rule is `SYMBOL[@LIBRARY]`, where both parts are
@@ -71,6 +72,23 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Parses `-e` chains: as in ltrace, a chain that starts with an exclusion selects
+    /// everything else (`-e -puts`: every call but `puts`).
+    pub fn parse_calls<S: AsRef<str>>(chains: &[S]) -> Result<Self, SelectError> {
+        let chains: Vec<String> = chains
+            .iter()
+            .map(|c| {
+                let c = c.as_ref();
+                if c.starts_with('-') {
+                    format!("*{c}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        Self::parse(&chains)
+    }
+
     /// Parses one or more chains.
     pub fn parse<S: AsRef<str>>(chains: &[S]) -> Result<Self, SelectError> {
         let mut rules = Vec::new();
