@@ -60,8 +60,9 @@ enum Cmd {
         #[arg(short = 's', value_name = "N", default_value_t = 32)]
         string_limit: usize,
         /// Record only the allocator family (and what -x/-l select), not every call the
-        /// program makes into shared libraries: the lightest recording for a leak hunt.
-        #[arg(long, conflicts_with = "calls")]
+        /// program makes into shared libraries: the lightest recording for a leak hunt
+        /// (ltrace's -L: no default @MAIN).
+        #[arg(short = 'L', long, conflicts_with = "calls")]
         no_imports: bool,
         /// Trace only the program's calls into libraries that this chain selects (ltrace's
         /// -e: `write+send+str*`, `-puts`, `/^mem/`, `sym@MAIN`); repeatable, a call any
@@ -69,6 +70,10 @@ enum Cmd {
         /// leak report. Agent engine.
         #[arg(short = 'e', value_name = "FILTER")]
         calls: Vec<String>,
+        /// Load prototypes from an ltrace.conf(5) file (`int puts(string);`); they take
+        /// precedence over the built-in ones and are stored in the recording; repeatable.
+        #[arg(short = 'F', long = "config", value_name = "FILE")]
+        configs: Vec<PathBuf>,
         /// Attach to this running process (all its threads) instead of running a command;
         /// Ctrl-C, SIGTERM or SIGHUP detach and leave it running as it was.
         #[arg(
@@ -250,9 +255,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             string_limit,
             no_imports,
             calls,
+            configs,
             engine,
             command,
         } => {
+            let mut protos = Vec::new();
+            for path in &configs {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    rltrace::protos::ConfError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                let conf = rltrace::protos::parse_conf(&text);
+                if let Some((line, why)) = conf.skipped.first() {
+                    eprintln!(
+                        "rltrace: {}: {} declarations skipped (first at line {line}: {why})",
+                        path.display(),
+                        conf.skipped.len()
+                    );
+                }
+                protos.extend(conf.protos);
+            }
             extra.extend(libs.iter().map(|l| format!("@{l}")));
             let duration = match duration {
                 Some(s) if !(s.is_finite() && s > 0.0 && s < 1e9) => {
@@ -274,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     Some(record::select::Selection::parse(&extra)?)
                 },
+                protos: Vec::new(),
                 calls: {
                     // Checked here, so a typo fails before the program starts.
                     if !calls.is_empty() {
@@ -290,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
             req.trace.imports = !no_imports;
+            req.protos = protos;
             req.trace.string_limit = string_limit.min(rltrace::format::MAX_ARG_DATA);
             let out = record::record(&req)?;
             eprintln!(

@@ -1,7 +1,292 @@
-//! Built-in prototypes (the table lives in the `wire` crate, which the agent shares) and
-//! how replay quotes captured strings.
+//! Prototypes: the built-in table (in the `wire` crate, which the agent shares), those
+//! users load from ltrace.conf files (`record -F`), which take precedence and travel in
+//! the recording, and how replay quotes captured strings.
 
-pub use rltrace_wire::protos::{lookup, Proto, Ty};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+pub use rltrace_wire::protos::{Proto, Ty};
+
+/// Prototypes loaded from ltrace.conf files, by name (leaked: loaded once per process).
+static USER: RwLock<Option<HashMap<String, &'static Proto>>> = RwLock::new(None);
+
+/// The prototype of `name`: a loaded one, else the built-in one.
+pub fn lookup(name: &str) -> Option<&'static Proto> {
+    let user = USER.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = user.as_ref().and_then(|u| u.get(name)) {
+        return Some(p);
+    }
+    rltrace_wire::protos::lookup(name)
+}
+
+/// A prototype loaded from an ltrace.conf file (not a built-in one).
+pub fn loaded(name: &str) -> Option<&'static Proto> {
+    let user = USER.read().unwrap_or_else(|p| p.into_inner());
+    user.as_ref().and_then(|u| u.get(name).copied())
+}
+
+/// Prototypes as stored in a recording's metadata: one per line, `name ret arg...`.
+pub fn to_text(protos: &[Proto]) -> String {
+    let mut out = String::new();
+    for p in protos {
+        out.push_str(p.name);
+        for t in std::iter::once(&p.ret).chain(p.args) {
+            out.push(' ');
+            out.push_str(&token(*t));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads what [`to_text`] wrote; lines that do not parse are left out.
+pub fn from_text(text: &str) -> Vec<Proto> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(ret)) = (words.next(), words.next().and_then(untoken)) else {
+            continue;
+        };
+        let args: Option<Vec<Ty>> = words.map(untoken).collect();
+        match args {
+            Some(args) if args.len() <= 6 => out.push(Proto {
+                name: Box::leak(name.to_string().into_boxed_str()),
+                args: Box::leak(args.into_boxed_slice()),
+                ret,
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn token(t: Ty) -> String {
+    match t {
+        Ty::Int => "int".into(),
+        Ty::Long => "long".into(),
+        Ty::Size => "size".into(),
+        Ty::Hex => "hex".into(),
+        Ty::Ptr => "ptr".into(),
+        Ty::Str => "str".into(),
+        Ty::Buf(n) => format!("buf{n}"),
+        Ty::Char => "char".into(),
+        Ty::Format => "format".into(),
+        Ty::Void => "void".into(),
+    }
+}
+
+fn untoken(w: &str) -> Option<Ty> {
+    Some(match w {
+        "int" => Ty::Int,
+        "long" => Ty::Long,
+        "size" => Ty::Size,
+        "hex" => Ty::Hex,
+        "ptr" => Ty::Ptr,
+        "str" => Ty::Str,
+        "char" => Ty::Char,
+        "format" => Ty::Format,
+        "void" => Ty::Void,
+        b => match b.strip_prefix("buf")?.parse::<u8>().ok()? {
+            n if n < 6 => Ty::Buf(n),
+            _ => return None,
+        },
+    })
+}
+
+/// Makes `protos` take precedence over the built-in table in [`lookup`].
+pub fn install(protos: &[Proto]) {
+    let mut user = USER.write().unwrap_or_else(|p| p.into_inner());
+    let map = user.get_or_insert_with(HashMap::new);
+    for p in protos {
+        map.insert(p.name.to_string(), Box::leak(Box::new(*p)));
+    }
+}
+
+/// Why an ltrace.conf file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfError {
+    /// The file cannot be read.
+    #[error("cannot read prototype file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What an ltrace.conf file gave.
+#[derive(Debug, Default)]
+pub struct Conf {
+    /// The prototypes understood.
+    pub protos: Vec<Proto>,
+    /// Declarations skipped, with their line numbers and why.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Reads prototypes in ltrace.conf(5) syntax (`int puts(string);`, `long write(int,
+/// string[arg3], ulong);`, `typedef`s). Types are mapped to what rltrace captures and
+/// shows: integers, flags (`hex`, `octal`, `enum`) in hex, `string`s (bounded by an
+/// argument with `string[argN]`), `format`, `char`; pointers, structs, arrays and `file`
+/// as addresses. A declaration with `float`/`double` arguments or result is skipped (they
+/// travel in vector registers, which are not recorded), as is one rltrace cannot parse.
+pub fn parse_conf(text: &str) -> Conf {
+    let mut conf = Conf::default();
+    let mut typedefs: HashMap<String, Ty> = HashMap::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(';') {
+            continue;
+        }
+        let Some(decl) = declaration(line) else {
+            conf.skipped
+                .push((n + 1, "no declaration ending in ';'".into()));
+            continue;
+        };
+        if let Some(rest) = decl.strip_prefix("typedef ") {
+            match rest.split_once('=') {
+                Some((name, ty)) => match conf_type(ty.trim(), &typedefs) {
+                    Ok(t) => {
+                        typedefs.insert(name.trim().to_string(), t);
+                    }
+                    Err(why) => conf.skipped.push((n + 1, why)),
+                },
+                None => conf.skipped.push((n + 1, "typedef without '='".into())),
+            }
+            continue;
+        }
+        match function(decl, &typedefs) {
+            Ok(p) => conf.protos.push(p),
+            Err(why) => conf.skipped.push((n + 1, why)),
+        }
+    }
+    conf
+}
+
+/// The declaration of a line: up to the first `;` outside parentheses (the rest is a
+/// comment).
+fn declaration(line: &str) -> Option<&str> {
+    let mut depth = 0i32;
+    for (i, c) in line.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ';' if depth == 0 => return Some(line[..i].trim()),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Splits at commas outside parentheses and brackets.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(s[start..].trim());
+    out
+}
+
+fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Proto, String> {
+    // `RET NAME(ARGS)`: the argument list is the last parenthesised group; the name is
+    // the identifier right before it, and the return type whatever precedes the name.
+    let body = decl
+        .strip_suffix(')')
+        .ok_or_else(|| "no argument list".to_string())?;
+    let mut depth = 0i32;
+    let mut open = None;
+    for (i, c) in body.char_indices().rev() {
+        match c {
+            ')' => depth += 1,
+            '(' if depth == 0 => {
+                open = Some(i);
+                break;
+            }
+            '(' => depth -= 1,
+            _ => {}
+        }
+    }
+    let open = open.ok_or_else(|| "unbalanced parentheses".to_string())?;
+    let head = body[..open].trim_end();
+    let name_start = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = &head[name_start..];
+    let ret = head[..name_start].trim();
+    if name.is_empty() || ret.is_empty() {
+        return Err("no function name or return type".into());
+    }
+    let ret = conf_type(ret, typedefs)?;
+    let args_text = body[open + 1..].trim();
+    let mut args = Vec::new();
+    if !args_text.is_empty() && args_text != "void" {
+        for a in split_top(args_text) {
+            args.push(conf_type(a, typedefs)?);
+        }
+    }
+    if args.len() > 6 {
+        return Err("more than six integer arguments".into());
+    }
+    if let Some(Ty::Buf(i)) = args
+        .iter()
+        .find(|t| matches!(t, Ty::Buf(i) if *i as usize >= args.len()))
+    {
+        return Err(format!(
+            "string length names argument {} of {}",
+            i + 1,
+            args.len()
+        ));
+    }
+    Ok(Proto {
+        name: Box::leak(name.to_string().into_boxed_str()),
+        args: Box::leak(args.into_boxed_slice()),
+        ret,
+    })
+}
+
+fn conf_type(t: &str, typedefs: &HashMap<String, Ty>) -> Result<Ty, String> {
+    // `+` marks an out-parameter (shown at return by ltrace): its value at entry is shown.
+    let t = t.trim().trim_start_matches('+').trim();
+    if t.ends_with('*') {
+        return Ok(Ty::Ptr);
+    }
+    let (word, inner) = match t.split_once(['(', '[']) {
+        Some((w, rest)) => (w.trim(), Some(rest)),
+        None => (t, None),
+    };
+    Ok(match word {
+        "void" => Ty::Void,
+        "int" | "short" | "bool" | "enum" => Ty::Int,
+        "long" => Ty::Long,
+        "uint" | "ushort" | "ulong" | "size_t" => Ty::Size,
+        "hex" | "octal" | "oct" => Ty::Hex,
+        "char" => Ty::Char,
+        "addr" | "file" | "struct" | "array" => Ty::Ptr,
+        "format" => Ty::Format,
+        "float" | "double" => return Err("floating-point value (vector register)".into()),
+        "string" | "string0" => match inner.map(|r| r.trim_end_matches([')', ']']).trim()) {
+            Some(len) if len.starts_with("arg") => match len[3..].parse::<u8>() {
+                Ok(n) if (1..=6).contains(&n) => Ty::Buf(n - 1),
+                _ => return Err(format!("string length {len:?}")),
+            },
+            _ => Ty::Str,
+        },
+        other => match typedefs.get(other) {
+            Some(&ty) => ty,
+            None => return Err(format!("unknown type {other:?}")),
+        },
+    })
+}
 
 /// `bytes` as a C string literal, ltrace-style (`"x\n"`), with `...` if `truncated`.
 pub fn quote(bytes: &[u8], truncated: bool) -> String {
@@ -30,6 +315,57 @@ mod tests {
     use super::*;
     use rltrace_wire::protos::PROTOS;
     use Ty::*;
+
+    #[test]
+    fn ltrace_conf_declarations_are_read() {
+        let conf = parse_conf(
+            "; a comment\n\
+             typedef in_addr = struct(hex(uint));\n\
+             int inet_aton(string, +in_addr*);\n\
+             hex(uint) inet_addr(string);   ; trailing comment\n\
+             long write(int, string[arg3], ulong);\n\
+             int open(string,int,octal);\n\
+             int mvprintw(int, int, format);\n\
+             void bfd_init();\n\
+             double pow(double, double);\n\
+             int broken(\n\
+             addr lfind(addr, addr, addr, ulong, addr);\n",
+        );
+        let got: Vec<(&str, Vec<Ty>, Ty)> = conf
+            .protos
+            .iter()
+            .map(|p| (p.name, p.args.to_vec(), p.ret))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("inet_aton", vec![Str, Ptr], Int),
+                ("inet_addr", vec![Str], Hex),
+                ("write", vec![Int, Buf(2), Size], Long),
+                ("open", vec![Str, Int, Hex], Int),
+                ("mvprintw", vec![Int, Int, Format], Int),
+                ("bfd_init", vec![], Void),
+                ("lfind", vec![Ptr, Ptr, Ptr, Size, Ptr], Ptr),
+            ]
+        );
+        let lines: Vec<usize> = conf.skipped.iter().map(|s| s.0).collect();
+        assert_eq!(lines, [9, 10], "{:?}", conf.skipped);
+    }
+
+    #[test]
+    fn the_systems_ltrace_conf_parses_if_present() {
+        // Debian's /etc/ltrace.conf: almost every declaration is understood.
+        let Ok(text) = std::fs::read_to_string("/etc/ltrace.conf") else {
+            return;
+        };
+        let conf = parse_conf(&text);
+        assert!(conf.protos.len() > 300, "{}", conf.protos.len());
+        assert!(
+            conf.skipped.len() * 10 < conf.protos.len(),
+            "{:?}",
+            conf.skipped
+        );
+    }
 
     #[test]
     fn table_is_sorted_and_consistent() {

@@ -336,6 +336,9 @@ pub fn replay(
         .and_then(|v| v.parse::<u128>().ok())
         .unwrap_or(0);
     let mut trace = TraceOut::new(opts, start_unix_ns);
+    if let Some(text) = reader.meta().get("prototypes") {
+        crate::protos::install(&crate::protos::from_text(text));
+    }
     // Calls recorded under `-e` chains that did not select them (the allocator family is
     // recorded regardless, for the leak report) are shown only with --all.
     let mut shown_calls = reader.meta().get("trace-filter").and_then(|f| {

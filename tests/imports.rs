@@ -211,7 +211,7 @@ fn no_imports_records_the_allocator_family_alone() {
     let bin = build("imports_noimp", &[]);
     let rec = scratch("imports-none").join("i.rlt");
     let o = rltrace()
-        .args(["record", "--no-imports", "-o"])
+        .args(["record", "-L", "-o"])
         .arg(&rec)
         .arg("--")
         .arg(&bin)
@@ -333,4 +333,51 @@ fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
+    let bin = build("imports_conf", &[]);
+    let dir = scratch("imports-conf");
+    let conf = dir.join("my.conf");
+    std::fs::write(
+        &conf,
+        "; prototypes in ltrace.conf(5) syntax\n\
+         addr lfind(addr, addr, +ulong*, ulong, addr);\n\
+         void puts(string);    ; as ltrace's own file has it\n\
+         double sqrt(double);\n",
+    )
+    .unwrap();
+    for (engine, extra) in [("agent", &[][..]), ("ptrace", &["-x", "lfind+puts"][..])] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        let o = rltrace()
+            .args(["record", "-F"])
+            .arg(&conf)
+            .args(extra)
+            .arg("-o")
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .arg("escape")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("1 declarations skipped (first at line 4: floating-point"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("engine: {engine}")), "{err}");
+        // Replay runs without -F: the prototypes travel in the recording. Five typed
+        // arguments instead of six registers in hex; puts returns nothing.
+        let calls = traced_calls(&rec, &[]);
+        assert!(
+            calls.contains(&"lfind(PTR, PTR, PTR, 4, PTR) = <no return ...>".to_string()),
+            "{engine}: {calls:#?}"
+        );
+        assert!(
+            calls.contains(&"puts(\"after\") = <void>".to_string()),
+            "{engine}: {calls:#?}"
+        );
+    }
 }

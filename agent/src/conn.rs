@@ -144,12 +144,9 @@ pub fn send_imports(hooks: &[crate::imports::Hook]) {
     message(wire::MSG_IMPORTS, &[&m]);
 }
 
-/// Reads the recorder's answer to the import list: one bit per import, set to trace it.
-/// Without an answer (an old or vanished recorder) every import is traced.
-pub fn read_choice(n: usize) -> Vec<u8> {
-    let all = vec![0xffu8; n.div_ceil(8)];
+/// Reads exactly `buf.len()` bytes from the recorder.
+fn recv_exact(buf: &mut [u8]) -> bool {
     let fd = FD.load(Ordering::Acquire);
-    let mut buf = vec![0u8; 4 + n.div_ceil(8)];
     let mut got = 0;
     while fd >= 0 && got < buf.len() {
         // SAFETY: reads into the unfilled tail of `buf`, which is valid for its length.
@@ -158,14 +155,56 @@ pub fn read_choice(n: usize) -> Vec<u8> {
             continue;
         }
         if r <= 0 {
-            return all;
+            return false;
         }
         got += r as usize;
     }
-    if got < buf.len() || buf[..4] != (n as u32).to_le_bytes() {
-        return all;
+    got == buf.len()
+}
+
+/// The recorder's answer to the import list.
+pub struct Choice {
+    /// One bit per import, set to trace it.
+    pub traced: Vec<u8>,
+    /// Prototypes the user loaded, by import number: return type, then arguments.
+    pub protos: Vec<(usize, wire::protos::Ty, Vec<wire::protos::Ty>)>,
+}
+
+/// Reads the recorder's answer to a list of `n` imports. Without an answer (a vanished
+/// recorder) every import is traced, with the built-in prototypes.
+pub fn read_choice(n: usize) -> Choice {
+    use wire::protos::Ty;
+    let mut choice = Choice {
+        traced: vec![0xffu8; n.div_ceil(8)],
+        protos: Vec::new(),
+    };
+    let mut head = vec![0u8; 4 + n.div_ceil(8) + 2];
+    if !recv_exact(&mut head) || head[..4] != (n as u32).to_le_bytes() {
+        return choice;
     }
-    buf.split_off(4)
+    choice.traced = head[4..4 + n.div_ceil(8)].to_vec();
+    let count = u16::from_le_bytes([head[head.len() - 2], head[head.len() - 1]]) as usize;
+    for _ in 0..count.min(n) {
+        let mut e = [0u8; 5];
+        if !recv_exact(&mut e) {
+            return choice;
+        }
+        let index = u16::from_le_bytes([e[0], e[1]]) as usize;
+        let nargs = (e[4] as usize).min(wire::MAX_ARGS);
+        let mut codes = [0u8; 2 * wire::MAX_ARGS];
+        if !recv_exact(&mut codes[..2 * nargs]) {
+            return choice;
+        }
+        let ret = Ty::from_code([e[2], e[3]]);
+        let args: Option<Vec<Ty>> = codes[..2 * nargs]
+            .chunks(2)
+            .map(|c| Ty::from_code([c[0], c[1]]))
+            .collect();
+        if let (Some(ret), Some(args), true) = (ret, args, index < n) {
+            choice.protos.push((index, ret, args));
+        }
+    }
+    choice
 }
 
 /// Sends the module list, ordered among the calls by a sequence number.

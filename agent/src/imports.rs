@@ -366,10 +366,27 @@ pub fn find() -> Option<Found> {
     })
 }
 
-/// Builds the stubs and points the slots of the imports `chosen` says (one bit per
-/// import, in order) at them. Returns how many imports are traced.
-pub fn install(found: Found, chosen: &[u8]) -> usize {
-    let on = |i: usize| chosen.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+/// Builds the stubs and points the slots of the imports the recorder chose at them, with
+/// the prototypes the user loaded. Returns how many imports are traced.
+pub fn install(mut found: Found, chosen: crate::conn::Choice) -> usize {
+    let bits = chosen.traced;
+    let on = |i: usize| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    for (i, ret, args) in chosen.protos {
+        let Some(h) = found.hooks.get_mut(i) else {
+            continue;
+        };
+        // Leaked: a handful per process, alive as long as the stubs.
+        let name: &'static str = Box::leak(
+            String::from_utf8_lossy(&h.name)
+                .into_owned()
+                .into_boxed_str(),
+        );
+        h.proto = Some(Box::leak(Box::new(Proto {
+            name,
+            args: Box::leak(args.into_boxed_slice()),
+            ret,
+        })));
+    }
     let Some(stubs) = make_stubs(found.hooks.len()) else {
         return 0;
     };

@@ -854,7 +854,7 @@ extern "C" fn init() {
     // The recorder answers which imports its `-e` chains select.
     let chosen = conn::read_choice(hooks.len());
     if let Some(found) = found {
-        imports::install(found, &chosen);
+        imports::install(found, chosen);
     }
     let mods = modules::rescan(exe()).unwrap_or_default();
     conn::send_modules(&mods);

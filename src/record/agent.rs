@@ -410,6 +410,25 @@ fn import_choice(names: &[(String, bool)], exe: &str, calls: Option<&Mutex<Selec
         }
     }
     reply.extend_from_slice(&bits);
+    // Prototypes loaded from ltrace.conf files, for the selected imports (the agent knows
+    // the built-in ones): `count u16`, then `import u16, ret 2 bytes, nargs u8, args`.
+    let loaded: Vec<(usize, &crate::protos::Proto)> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits[i / 8] & (1 << (i % 8)) != 0)
+        .filter_map(|(i, (name, _))| crate::protos::loaded(name).map(|p| (i, p)))
+        .take(u16::MAX as usize)
+        .collect();
+    reply.extend_from_slice(&(loaded.len() as u16).to_le_bytes());
+    for (i, p) in loaded {
+        reply.extend_from_slice(&(i as u16).to_le_bytes());
+        reply.extend_from_slice(&p.ret.code());
+        let n = p.args.len().min(wire::MAX_ARGS);
+        reply.push(n as u8);
+        for a in &p.args[..n] {
+            reply.extend_from_slice(&a.code());
+        }
+    }
     reply
 }
 
@@ -732,6 +751,9 @@ impl<W: io::Write> Recorder<'_, W> {
             Msg::Imports(names) => {
                 let mut ids = Vec::with_capacity(names.len());
                 for (name, returns) in names {
+                    // A loaded prototype overrides the built-in one the agent judged by.
+                    let returns = crate::protos::loaded(&name)
+                        .map_or(returns, |p| p.ret != crate::protos::Ty::Void);
                     ids.push(self.function(name, returns)?);
                 }
                 self.image(id).imports = ids;

@@ -59,6 +59,8 @@ pub struct RecordRequest {
     /// Which of the program's calls through its imports to trace (`-e` chains; empty:
     /// all, ltrace's `@MAIN`).
     pub calls: Vec<String>,
+    /// Prototypes loaded from ltrace.conf files (`-F`), before the built-in ones.
+    pub protos: Vec<crate::protos::Proto>,
     /// Which engine records.
     pub engine: Engine,
 }
@@ -184,10 +186,23 @@ fn find_program(cmd: &Path) -> Option<PathBuf> {
 
 /// Runs the command (or attaches to the process) and writes the recording.
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
+    // Loaded prototypes decide what the engines capture (the ptrace engine here, the
+    // agent through the recorder's answer to its import list).
+    crate::protos::install(&req.protos);
     match (choose_engine(req)?, &req.target) {
         // A refusal covers attaching, so the agent always has a command here.
         ((Some(library), why), Target::Command(cmd)) => record_agent(req, cmd, library, why),
         ((_, why), _) => record_ptrace(req, why),
+    }
+}
+
+/// Stores the loaded prototypes, so that replay shows the arguments as they were captured.
+fn add_protos(meta: &mut Meta, req: &RecordRequest) {
+    if !req.protos.is_empty() {
+        meta.pairs.push((
+            "prototypes".to_string(),
+            crate::protos::to_text(&req.protos),
+        ));
     }
 }
 
@@ -234,6 +249,7 @@ fn record_agent(
         source,
     })?;
     let mut meta = metadata("agent", cmd, 0, false);
+    add_protos(&mut meta, req);
     let calls = if req.calls.is_empty() {
         None
     } else {
@@ -306,7 +322,8 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
             });
         }
     };
-    let meta = metadata("ptrace", &words, pid, !spawned);
+    let mut meta = metadata("ptrace", &words, pid, !spawned);
+    add_protos(&mut meta, req);
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
         .map_err(TraceError::from)?;

@@ -68,9 +68,9 @@ pub const PROTOS: &[Proto] = protos! {
     "closedir"(Ptr) -> Int;
     "connect"(Int, Ptr, Size) -> Int;
     "dlclose"(Ptr) -> Int;
-    "dprintf"(Int, Format) -> Int;
     "dlopen"(Str, Hex) -> Ptr;
     "dlsym"(Ptr, Str) -> Ptr;
+    "dprintf"(Int, Format) -> Int;
     "dup"(Int) -> Int;
     "dup2"(Int, Int) -> Int;
     "epoll_wait"(Int, Ptr, Int, Int) -> Int;
@@ -172,6 +172,41 @@ pub const PROTOS: &[Proto] = protos! {
     "write"(Int, Buf(2), Size) -> Long;
     "writev"(Int, Ptr, Int) -> Long;
 };
+
+impl Ty {
+    /// Two bytes for the agent protocol: kind, parameter.
+    pub fn code(self) -> [u8; 2] {
+        match self {
+            Int => [0, 0],
+            Long => [1, 0],
+            Size => [2, 0],
+            Hex => [3, 0],
+            Ptr => [4, 0],
+            Str => [5, 0],
+            Buf(n) => [6, n],
+            Char => [7, 0],
+            Format => [8, 0],
+            Void => [9, 0],
+        }
+    }
+
+    /// The type [`Ty::code`] gave, if the bytes are one.
+    pub fn from_code(c: [u8; 2]) -> Option<Ty> {
+        Some(match c {
+            [0, _] => Int,
+            [1, _] => Long,
+            [2, _] => Size,
+            [3, _] => Hex,
+            [4, _] => Ptr,
+            [5, _] => Str,
+            [6, n] if n < 6 => Buf(n),
+            [7, _] => Char,
+            [8, _] => Format,
+            [9, _] => Void,
+            _ => return None,
+        })
+    }
+}
 
 impl Proto {
     /// How many integer registers to record: all six for a variadic function (its
