@@ -154,6 +154,22 @@ impl Selection {
     /// Does the chain select function `sym` defined in the module whose file name is
     /// `module` (`is_main` for the main executable)? Counts the deciding rule's hit.
     pub fn selects(&mut self, sym: &str, module: &str, is_main: bool) -> bool {
+        match self.deciding(sym, module, is_main) {
+            Some(i) => {
+                self.rules[i].hits += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Selection::selects`] without counting the hit.
+    pub fn would_select(&self, sym: &str, module: &str, is_main: bool) -> bool {
+        self.deciding(sym, module, is_main).is_some()
+    }
+
+    /// The including rule that decides for `sym`, if one does.
+    fn deciding(&self, sym: &str, module: &str, is_main: bool) -> Option<usize> {
         let mut decided: Option<usize> = None;
         for (i, r) in self.rules.iter().enumerate() {
             let lib_ok = match &r.lib {
@@ -165,13 +181,7 @@ impl Selection {
                 decided = Some(i);
             }
         }
-        match decided {
-            Some(i) if !self.rules[i].exclude => {
-                self.rules[i].hits += 1;
-                true
-            }
-            _ => false,
-        }
+        decided.filter(|&i| !self.rules[i].exclude)
     }
 
     /// Inclusion rules that selected no function.

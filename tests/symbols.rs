@@ -43,6 +43,22 @@ fn cpp_with(engine: &str) {
     // operator new sits between malloc and the factory, demangled.
     assert!(g.text.contains("operator new(unsigned long)"), "{}", g.text);
     assert!(!g.text.contains("_ZN"), "{}", g.text);
+    if engine == "agent" {
+        // The throws went through the import trampoline's frame (its unwind information
+        // let the exception pass) and show as calls that never returned, each followed
+        // by the catch in main.
+        let trace = replay(&rec, &[]);
+        let throws: Vec<&str> = trace
+            .lines()
+            .filter(|l| l.contains("] __cxa_throw("))
+            .collect();
+        assert_eq!(throws.len(), 2, "{trace}");
+        assert!(
+            throws.iter().all(|l| l.contains("= <no return ...>")),
+            "{trace}"
+        );
+        assert_eq!(trace.matches("] __cxa_begin_catch(").count(), 2, "{trace}");
+    }
 }
 
 #[test]

@@ -339,7 +339,12 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
 
 /// Records "never returned" for the import calls whose trampoline frames lie below `sp`
 /// (unwound past by an exception, or longjmp'ed over): the thread is running above them.
+/// Not from another stack (a signal handler on an alternate stack, which may lie above
+/// the thread's): frames compare only within one stack.
 fn settle(st: &mut ThreadState, sp: u64) {
+    if !(sp < st.stack_top && st.stack_top - sp < MAX_STACK) {
+        return;
+    }
     while let Some(&(f, returns)) = st.open.last() {
         if f >= sp {
             break;

@@ -187,13 +187,45 @@ fn find_program(cmd: &Path) -> Option<PathBuf> {
 /// Runs the command (or attaches to the process) and writes the recording.
 pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     // Loaded prototypes decide what the engines capture (the ptrace engine here, the
-    // agent through the recorder's answer to its import list).
-    crate::protos::install(&req.protos);
+    // agent through the recorder's answer to its import list). The program's own
+    // functions selected with -x get theirs from its DWARF, unless the user gave one.
+    let mut protos = dwarf_protos(req);
+    protos.extend(req.protos.iter().copied());
+    crate::protos::install(&protos);
+    let req = &RecordRequest {
+        protos,
+        ..req.clone()
+    };
     match (choose_engine(req)?, &req.target) {
         // A refusal covers attaching, so the agent always has a command here.
         ((Some(library), why), Target::Command(cmd)) => record_agent(req, cmd, library, why),
         ((_, why), _) => record_ptrace(req, why),
     }
+}
+
+/// Prototypes from the main executable's DWARF for its functions that `-x` selects and
+/// that have none (built-in or loaded).
+fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Proto> {
+    let Some(sel) = &req.select else {
+        return Vec::new();
+    };
+    let exe = match &req.target {
+        Target::Command(cmd) => cmd.first().and_then(|c| find_program(Path::new(c))),
+        Target::Pid(pid) => std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+    };
+    let Some(exe) = exe else {
+        return Vec::new();
+    };
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let given: std::collections::HashSet<&str> = req.protos.iter().map(|p| p.name).collect();
+    crate::symbolize::types::prototypes(&exe, &|f: &str| {
+        sel.would_select(f, &name, true)
+            && !given.contains(f)
+            && rltrace_wire::protos::lookup(f).is_none()
+    })
 }
 
 /// Stores the loaded prototypes, so that replay shows the arguments as they were captured.

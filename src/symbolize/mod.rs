@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod debuginfod;
+pub mod types;
 
 use crate::elf::{hex, ElfInfo};
 use crate::format::{Frame, ModuleDef, PackedAddress, PackedFrame};
