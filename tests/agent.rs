@@ -276,3 +276,24 @@ fn dlopen_by_name_through_the_programs_runpath_still_works() {
         assert_eq!((g.blocks, g.bytes), (4, 224), "{engine}");
     }
 }
+
+#[test]
+fn a_program_that_closes_every_descriptor_is_still_recorded() {
+    let bin = build_c("closer", "closer.c", &["-O1", "-g"]);
+    let src = repo().join("tests/fixtures/c/closer.c");
+    let at = format!("closer.c:{}", marker_line(&src, "LEAK: after-closing"));
+    let rec = scratch("closer").join("c.rlt");
+    let o = record_with("agent", &rec, &bin, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = replay_clean(&rec, &["--leaks"]);
+    let got: Vec<(u64, String)> = parse_leaks(&report)
+        .into_iter()
+        .filter(|g| g.at.starts_with("closer.c:"))
+        .map(|g| (g.bytes, g.at))
+        .collect();
+    assert_eq!(got, [(77, at)], "{report}");
+    // The calls themselves are in the trace, and the process ended cleanly.
+    let trace = replay_clean(&rec, &[]);
+    assert!(trace.contains("closefrom(3) = <void>"), "{trace}");
+    assert!(trace.contains("+++ exited (status 0) +++"), "{trace}");
+}

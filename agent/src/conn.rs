@@ -90,6 +90,11 @@ pub fn abandon() {
     WRITER.store(false, Ordering::Release);
 }
 
+/// The socket's descriptor, or -1.
+pub fn fd() -> i32 {
+    FD.load(Ordering::Acquire)
+}
+
 /// True while connected.
 pub fn connected() -> bool {
     FD.load(Ordering::Acquire) >= 0

@@ -671,6 +671,48 @@ pub extern "C" fn dlclose(h: *mut c_void) -> i32 {
     r
 }
 
+/// Interposed `close`: the recorder's socket is not the program's to close (a daemon or
+/// `ssh` closing every descriptor it did not open would end the recording). It stays
+/// open; the call succeeds.
+#[no_mangle]
+pub extern "C" fn close(fd: i32) -> i32 {
+    if fd >= 0 && fd == conn::fd() {
+        return 0;
+    }
+    real_close(fd)
+}
+
+/// Interposed `close_range`: closes the range around the recorder's socket.
+#[no_mangle]
+pub extern "C" fn close_range(first: u32, last: u32, flags: i32) -> i32 {
+    let own = conn::fd();
+    if own < 0 || !(first..=last).contains(&(own as u32)) {
+        return real_close_range(first, last, flags);
+    }
+    let own = own as u32;
+    let mut r = 0;
+    if own > first {
+        r = real_close_range(first, own - 1, flags);
+    }
+    if r == 0 && own < last {
+        r = real_close_range(own + 1, last, flags);
+    }
+    r
+}
+
+/// Interposed `closefrom`: closes every descriptor from `low` but the recorder's socket.
+#[no_mangle]
+pub extern "C" fn closefrom(low: i32) {
+    let own = conn::fd();
+    if own < 0 || own < low {
+        return real_closefrom(low);
+    }
+    if own > low {
+        real_close_range(low.max(0) as u32, own as u32 - 1, 0);
+    }
+    real_closefrom(own + 1);
+}
+
 /// Interposed `exit`: remembers the status for the recorder.
 #[no_mangle]
 pub extern "C" fn exit(status: i32) -> ! {

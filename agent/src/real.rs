@@ -58,7 +58,10 @@ real_fns!(
     pvalloc,
     dlclose,
     exit,
-    _exit
+    _exit,
+    close,
+    close_range,
+    closefrom
 );
 
 /// True while the pointers are being looked up: allocations must come from the arena.
@@ -207,6 +210,31 @@ pub fn real_pvalloc(size: usize) -> *mut c_void {
 /// The real `dlclose`.
 pub fn real_dlclose(h: *mut c_void) -> i32 {
     call_real!(dlclose, FnDlclose, h).unwrap_or(-1)
+}
+
+type FnClose = unsafe extern "C" fn(i32) -> i32;
+type FnCloseRange = unsafe extern "C" fn(u32, u32, i32) -> i32;
+type FnClosefrom = unsafe extern "C" fn(i32);
+
+/// The real `close`.
+pub fn real_close(fd: i32) -> i32 {
+    // SAFETY (fallback): the close system call on a number the caller passed.
+    call_real!(close, FnClose, fd).unwrap_or_else(|| unsafe { libc::close(fd) })
+}
+
+/// The real `close_range` (the system call if the C library has none).
+pub fn real_close_range(first: u32, last: u32, flags: i32) -> i32 {
+    call_real!(close_range, FnCloseRange, first, last, flags).unwrap_or_else(|| {
+        // SAFETY: the close_range system call with the caller's arguments.
+        unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as i32 }
+    })
+}
+
+/// The real `closefrom` (close_range if the C library has none).
+pub fn real_closefrom(low: i32) {
+    if call_real!(closefrom, FnClosefrom, low).is_none() {
+        real_close_range(low.max(0) as u32, u32::MAX, 0);
+    }
 }
 
 /// The real `exit`.

@@ -65,7 +65,9 @@ pub const PROTOS: &[Proto] = protos! {
     "bind"(Int, Ptr, Size) -> Int;
     "chdir"(Str) -> Int;
     "close"(Int) -> Int;
+    "close_range"(Size, Size, Hex) -> Int;
     "closedir"(Ptr) -> Int;
+    "closefrom"(Int) -> Void;
     "connect"(Int, Ptr, Size) -> Int;
     "dlclose"(Ptr) -> Int;
     "dlopen"(Str, Hex) -> Ptr;
