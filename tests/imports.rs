@@ -381,3 +381,32 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
         );
     }
 }
+
+#[test]
+fn functions_called_through_the_programs_own_pointers_are_traced_once() {
+    let dir = scratch("imports-fnptr");
+    for (name, flags) in [
+        ("fnptr_pie", &["-Wl,-z,lazy"][..]),
+        (
+            "fnptr_nopie_lazy",
+            &["-fno-pic", "-no-pie", "-Wl,-z,lazy"][..],
+        ),
+        (
+            "fnptr_nopie_now",
+            &["-fno-pic", "-no-pie", "-Wl,-z,now"][..],
+        ),
+    ] {
+        let mut all = vec!["-O1", "-g"];
+        all.extend_from_slice(flags);
+        let bin = build_c(name, "fnptr.c", &all);
+        let rec = dir.join(format!("{name}.rlt"));
+        // A slot resolved to the program's own PLT entry would make the call loop.
+        record_default(&bin, &rec, &[]);
+        let calls = traced_calls(&rec, &[]);
+        assert_eq!(
+            calls,
+            ["puts(\"via pointer\") = 12", "strlen(\"four\") = 4"],
+            "{name}"
+        );
+    }
+}

@@ -341,7 +341,9 @@ pub fn find() -> Option<Found> {
                         value
                     };
                     name_bytes += 3 + name.len();
-                    if target == 0 || name_bytes > wire::MAX_MESSAGE {
+                    // A target inside the program would be its own PLT: never redirected.
+                    let own = (exe.span.0..exe.span.1).contains(&target);
+                    if target == 0 || own || name_bytes > wire::MAX_MESSAGE {
                         continue;
                     }
                     hooks.push(Hook {
@@ -411,22 +413,19 @@ fn resolve(name: &[u8], version: Option<&[u8]>) -> u64 {
     if !plain.is_null() && same_object(plain as u64, resolve as *const () as u64) {
         return plain as u64;
     }
-    // SAFETY: dlsym/dlvsym with NUL-terminated strings. RTLD_DEFAULT searches the global
-    // scope in the order the loader binds the program's imports: the program (where these
-    // symbols are undefined), then the preloaded agent (so `_exit` and the `exec` family
-    // reach its interposers, as bound slots do), then the libraries.
+    // SAFETY: dlsym/dlvsym with NUL-terminated strings. Not RTLD_DEFAULT: in a non-PIE
+    // program a function whose address is taken is "defined" by the program at its PLT
+    // entry, which jumps through the very slot being redirected (a call would loop). The
+    // program's imports bind past it; RTLD_NEXT searches the objects after the agent,
+    // which comes right after the program: the libraries (and other preloads).
     let p = unsafe {
         match version {
             Some(v) => {
                 let mut cv = v.to_vec();
                 cv.push(0);
-                libc::dlvsym(
-                    libc::RTLD_DEFAULT,
-                    cname.as_ptr().cast(),
-                    cv.as_ptr().cast(),
-                )
+                libc::dlvsym(libc::RTLD_NEXT, cname.as_ptr().cast(), cv.as_ptr().cast())
             }
-            None => libc::dlsym(libc::RTLD_DEFAULT, cname.as_ptr().cast()),
+            None => libc::dlsym(libc::RTLD_NEXT, cname.as_ptr().cast()),
         }
     };
     p as u64
