@@ -147,6 +147,10 @@ enum Cmd {
         /// Show the return address of each call (`[module+offset]`).
         #[arg(short = 'i', conflicts_with = "leaks")]
         return_address: bool,
+        /// Show traced functions' C++ and Rust names demangled (`_Znwm` as `operator
+        /// new(unsigned long)`), as ltrace's -C does.
+        #[arg(short = 'C', long)]
+        demangle: bool,
         /// Indent each call by N spaces per level of nesting (with --all).
         #[arg(
             short = 'n',
@@ -385,11 +389,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             durations,
             summary,
             return_address,
+            demangle,
             indent,
             output,
         } => {
             let opts = ReplayOptions {
                 return_address,
+                demangle,
                 indent: indent.min(64),
                 clock: clock.min(3),
                 relative,

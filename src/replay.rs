@@ -60,6 +60,8 @@ pub struct ReplayOptions {
     pub summary: bool,
     /// Trace: show each call's return address (`-i`).
     pub return_address: bool,
+    /// Show function names demangled (`-C`).
+    pub demangle: bool,
     /// Trace: spaces of indentation per level of nesting (`-n`).
     pub indent: usize,
 }
@@ -347,6 +349,10 @@ pub fn replay(
     let mut table = crate::analyze::calltable::CallTable::default();
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         cx.learn(&rec);
+        if let (true, Record::Function(f)) = (opts.demangle, &rec) {
+            let d = addr2line::demangle_auto(std::borrow::Cow::from(f.name.as_str()), None);
+            cx.defs.display.insert(f.id, d.into_owned());
+        }
         let step = pairer.step(&rec, &cx.defs);
         if opts.leaks {
             if let Some(s) = &step {
@@ -617,7 +623,7 @@ impl TraceWriter {
                         writeln!(
                             out,
                             "{t}[{pid} {tid}] <... {} resumed> ){ret}{took}",
-                            defs.name(enter.func)
+                            defs.shown(enter.func)
                         )
                     }
                 }

@@ -142,7 +142,8 @@ pub fn send_imports(hooks: &[crate::imports::Hook]) {
     let mut m = Vec::with_capacity(4 + hooks.len() * 24);
     m.extend_from_slice(&(hooks.len() as u32).to_le_bytes());
     for h in hooks {
-        m.push(if h.returns() { wire::IMPORT_RETURNS } else { 0 });
+        // Every import call gets an exit record (see `import_exit`).
+        m.push(wire::IMPORT_RETURNS);
         m.extend_from_slice(&(h.name.len() as u16).to_le_bytes());
         m.extend_from_slice(&h.name);
     }

@@ -19,7 +19,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use rltrace_wire as wire;
-use rltrace_wire::protos::{self, Proto, Ty};
+use rltrace_wire::protos::{self, Proto};
 
 /// One traced import.
 pub struct Hook {
@@ -29,13 +29,6 @@ pub struct Hook {
     pub target: u64,
     /// Built-in prototype, if any.
     pub proto: Option<&'static Proto>,
-}
-
-impl Hook {
-    /// False for `void` functions.
-    pub fn returns(&self) -> bool {
-        self.proto.is_none_or(|p| p.ret != Ty::Void)
-    }
 }
 
 static HOOKS: AtomicPtr<Hook> = AtomicPtr::new(std::ptr::null_mut());

@@ -102,9 +102,10 @@ struct ThreadState {
     stacks: HashMap<Box<[u64]>, u32, BuildHasherDefault<wire::FastHasher>>,
     frames: Vec<u64>,
     rec: Vec<u8>,
-    /// Trampoline frames of the import calls this thread is inside, outermost first, and
-    /// whether each returns a value (a `void` call's entry is its whole record).
-    open: Vec<(u64, bool)>,
+    /// Trampoline frames of the import calls this thread is inside, outermost first.
+    /// Every import call gets an exit record, `void` ones too (the recorder defines
+    /// imports as returning), so calls made inside a `void` one nest under it.
+    open: Vec<u64>,
 }
 
 thread_local! {
@@ -345,14 +346,12 @@ fn settle(st: &mut ThreadState, sp: u64) {
     if !(sp < st.stack_top && st.stack_top - sp < MAX_STACK) {
         return;
     }
-    while let Some(&(f, returns)) = st.open.last() {
+    while let Some(&f) = st.open.last() {
         if f >= sp {
             break;
         }
         st.open.pop();
-        if returns {
-            push_exit(st, None);
-        }
+        push_exit(st, None);
     }
 }
 
@@ -491,7 +490,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     }
     put_data(&mut st.rec, hook.proto, &args);
     st.ring.push(&st.rec, &conn::try_drain);
-    st.open.push((frame, hook.returns()));
+    st.open.push(frame);
     GUARD.with(|g| g.set(false));
     hook.target
 }
@@ -506,13 +505,9 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
         return;
     };
     settle(st, frame);
-    if let Some(&(f, returns)) = st.open.last() {
-        if f == frame {
-            st.open.pop();
-            if returns {
-                push_exit(st, Some(ret));
-            }
-        }
+    if st.open.last() == Some(&frame) {
+        st.open.pop();
+        push_exit(st, Some(ret));
     }
     GUARD.with(|g| g.set(false));
 }

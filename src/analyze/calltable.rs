@@ -29,7 +29,7 @@ impl CallTable {
         match step {
             Step::Began { enter, .. } => {
                 let r = self.rows.entry(enter.func).or_insert_with(|| Row {
-                    name: defs.name(enter.func).to_string(),
+                    name: defs.shown(enter.func).to_string(),
                     ..Row::default()
                 });
                 r.calls += 1;

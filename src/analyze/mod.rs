@@ -18,6 +18,8 @@ pub struct Defs {
     pub threads: HashMap<u32, ThreadDef>,
     /// Stacks by id.
     pub stacks: HashMap<u32, Vec<Frame>>,
+    /// Names shown instead of the recorded ones (`replay -C`).
+    pub display: HashMap<u32, String>,
 }
 
 impl Defs {
@@ -47,6 +49,13 @@ impl Defs {
     /// Name of a function id.
     pub fn name(&self, func: u32) -> &str {
         self.functions.get(&func).map_or("?", |f| f.name.as_str())
+    }
+
+    /// The name a trace shows for a function: demangled with `-C`, else as recorded.
+    pub fn shown(&self, func: u32) -> &str {
+        self.display
+            .get(&func)
+            .map_or_else(|| self.name(func), |s| s.as_str())
     }
 
     /// The frames of a stack id (empty if none or unknown).

@@ -751,9 +751,6 @@ impl<W: io::Write> Recorder<'_, W> {
             Msg::Imports(names) => {
                 let mut ids = Vec::with_capacity(names.len());
                 for (name, returns) in names {
-                    // A loaded prototype overrides the built-in one the agent judged by.
-                    let returns = crate::protos::loaded(&name)
-                        .map_or(returns, |p| p.ret != crate::protos::Ty::Void);
                     ids.push(self.function(name, returns)?);
                 }
                 self.image(id).imports = ids;

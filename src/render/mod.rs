@@ -57,7 +57,7 @@ pub fn call_head(defs: &Defs, e: &Enter) -> String {
                     varargs(&mut args, fmt, f + 1, &e.args, &data);
                 }
             }
-            return format!("{}({}", defs.name(e.func), args.join(", "));
+            return format!("{}({}", defs.shown(e.func), args.join(", "));
         }
     }
     let kinds = arg_kinds(defs.class(e.func));
@@ -72,7 +72,7 @@ pub fn call_head(defs: &Defs, e: &Enter) -> String {
             None => format!("{a:#x}"),
         })
         .collect();
-    format!("{}({}", defs.name(e.func), args.join(", "))
+    format!("{}({}", defs.shown(e.func), args.join(", "))
 }
 
 /// Appends the variadic arguments of a `printf`-family call as its format's conversions
@@ -160,6 +160,10 @@ fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::Arg
 pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
     if let (FnClass::Other, Some(r)) = (defs.class(e.func), x.ret) {
         if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
+            // The agent records a return for `void` imports too (for nesting).
+            if p.ret == crate::protos::Ty::Void {
+                return " = <void>".to_string();
+            }
             return format!(" = {}", typed(Some(p.ret), r, None));
         }
     }
