@@ -10,7 +10,7 @@ pub mod protos;
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Environment variable naming the recorder's socket.
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
