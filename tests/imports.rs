@@ -410,3 +410,36 @@ fn functions_called_through_the_programs_own_pointers_are_traced_once() {
         );
     }
 }
+
+#[test]
+fn a_coroutine_on_a_small_stack_next_to_an_unmapped_page_runs_correctly() {
+    let bin = build_c("coroutine", "coroutine.c", &["-O1", "-g"]);
+    let rec = scratch("imports-coroutine").join("c.rlt");
+    let o = rltrace()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    // Neither the trampoline's copy of stack arguments nor the unwinder may read past the
+    // coroutine's stack, nor may the unwinder overflow it; printf's stack arguments reach
+    // printf intact.
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // (printf is buffered into a pipe until the fflush; write is not.)
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "co\n1 2 3 4 5 6 7 eight\n"
+    );
+    let calls = traced_calls(&rec, &[]);
+    assert!(
+        calls.contains(
+            &"printf(\"%d %d %d %d %d %d %d %s\\n\", 1, 2, 3, 4, 5, ...) = 20".to_string()
+        ),
+        "{calls:#?}"
+    );
+    assert!(
+        calls.contains(&"write(1, \"co\\n\", 3) = 3".to_string()),
+        "{calls:#?}"
+    );
+}

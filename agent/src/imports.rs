@@ -527,7 +527,18 @@ pub struct Regs {
     pub rdi: u64,
 }
 
+/// Bytes of the caller's stack arguments the trampoline passes on (16 words).
+pub const STACK_ARGS: usize = 128;
+
 impl Regs {
+    /// Where the caller's stack arguments start (right above the return address).
+    pub fn stack_args(&self) -> u64 {
+        self as *const Regs as u64 + 64 + 16
+    }
+    /// Where the trampoline wants them copied (the bottom of its frame).
+    pub fn stack_copy(&self) -> *mut u8 {
+        (self as *const Regs as u64 - 0x140) as *mut u8
+    }
     /// The integer arguments in ABI order.
     pub fn args(&self) -> [u64; 6] {
         [self.rdi, self.rsi, self.rdx, self.rcx, self.r8, self.r9]
@@ -550,7 +561,8 @@ extern "C" {
 
 // The frame: [rbp+8] return address into the program, [rbp] its rbp, [rbp-64..rbp) the
 // integer registers (`Regs`), [rbp-0xf0..rbp-0x70) xmm0-7, [rbp-0x180..rbp-0x100) the
-// copied stack arguments, which sit at the callee's [rsp+8] as they did at ours.
+// stack arguments `import_enter` copies, which sit at the callee's [rsp+8] as they did
+// at ours.
 std::arch::global_asm!(
     ".pushsection .text.rltrace_import_trampoline,\"ax\",@progbits",
     ".globl rltrace_import_trampoline",
@@ -582,10 +594,6 @@ std::arch::global_asm!(
     "movdqu [rbp-0xd0], xmm5",
     "movdqu [rbp-0xe0], xmm6",
     "movdqu [rbp-0xf0], xmm7",
-    "lea rsi, [rbp+16]",
-    "mov rdi, rsp",
-    "mov ecx, 16",
-    "rep movsq",
     "lea rdi, [rbp-64]",
     "call {enter}",
     "mov r11, rax",

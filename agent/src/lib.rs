@@ -15,6 +15,7 @@ mod modules;
 mod real;
 mod ring;
 mod signals;
+mod stacks;
 mod sync;
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -102,6 +103,9 @@ struct ThreadState {
     stacks: HashMap<Box<[u64]>, u32, BuildHasherDefault<wire::FastHasher>>,
     frames: Vec<u64>,
     rec: Vec<u8>,
+    /// Room for one captured argument: on the heap, since hooks may run on small stacks
+    /// (coroutines).
+    data: Vec<u8>,
     /// Trampoline frames of the import calls this thread is inside, outermost first.
     /// Every import call gets an exit record, `void` ones too (the recorder defines
     /// imports as returning), so calls made inside a `void` one nest under it.
@@ -166,6 +170,9 @@ fn stack_top(tid: u32) -> u64 {
     }
 }
 
+/// Stack room below which a hook does not unwind (see `capture_stack`).
+const MIN_UNWIND_ROOM: u64 = 24 << 10;
+
 /// Largest distance from a call's stack pointer to its thread's stack top that is
 /// believed: farther means the call runs on another stack (a signal's alternate stack),
 /// whose extent is unknown, so it is not unwound.
@@ -187,6 +194,7 @@ fn state() -> Option<&'static mut ThreadState> {
         stacks: HashMap::default(),
         frames: vec![0; MAX_DEPTH.load(Ordering::Relaxed).clamp(1, wire::MAX_FRAMES)],
         rec: Vec::with_capacity(256),
+        data: vec![0; wire::MAX_DATA + 1],
         open: Vec::new(),
     }));
     STATE.with(|s| s.set(st));
@@ -233,11 +241,20 @@ fn registers() -> (u64, u64, u64) {
 #[inline(always)]
 fn capture_stack(st: &mut ThreadState) -> u32 {
     let (pc, sp, bp) = registers();
-    let stack = if sp < st.stack_top && st.stack_top - sp < MAX_STACK {
-        sp..st.stack_top
-    } else {
-        0..0
+    // Reads stay inside the mapping the hook runs on (a coroutine's stack may sit next
+    // to unmapped pages); frames on another stack end the unwind.
+    let Some((start, end)) = stacks::bounds(sp) else {
+        return wire::NO_STACK;
     };
+    // The unwinder needs about 10 KiB of stack. A fixed-size stack (a thread's, a
+    // coroutine's) with less room left would overflow: the call is recorded without its
+    // stack instead. The main thread's stack grows on demand.
+    // SAFETY: __libc_stack_end is written once by ld.so before any code runs.
+    let main_stack = (start..=end).contains(&unsafe { __libc_stack_end as u64 });
+    if !main_stack && sp - start < MIN_UNWIND_ROOM {
+        return wire::NO_STACK;
+    }
+    let stack = sp..end;
     let (mut n, known) = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
     // `dlopen` is not interposed (glibc resolves a relative name against the RUNPATH of
     // the object that called it, which a wrapper would replace with the agent's), so a
@@ -404,7 +421,12 @@ const FORMAT_LIMIT: usize = 512;
 
 /// Appends the strings and buffers the prototype says the arguments point to, and the
 /// strings a `printf` format's `%s` conversions take.
-fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64; 6]) {
+fn put_data(
+    rec: &mut Vec<u8>,
+    buf: &mut [u8],
+    proto: Option<&wire::protos::Proto>,
+    args: &[u64; 6],
+) {
     use wire::protos::Ty;
     let at = rec.len();
     rec.push(0);
@@ -413,7 +435,6 @@ fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64;
     };
     let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
     let mut count = 0u8;
-    let mut buf = [0u8; wire::MAX_DATA + 1];
     let mut strings = 0u8;
     for i in 0..proto.nargs().min(wire::MAX_DATA_ARGS) {
         let addr = args[i];
@@ -433,6 +454,7 @@ fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64;
             _ => continue,
         };
         let limit = if is_str { want - 1 } else { limit };
+        let want = want.min(buf.len());
         let got = read_own(addr, &mut buf[..want]);
         if got == 0 && want > 0 {
             continue; // unreadable: shown as a pointer
@@ -457,6 +479,23 @@ fn put_data(rec: &mut Vec<u8>, proto: Option<&wire::protos::Proto>, args: &[u64;
     rec[at] = count;
 }
 
+/// Copies the caller's possible stack arguments into the trampoline's frame, as far as
+/// the stack's mapping goes (a coroutine's stack may end right above its top frame, next
+/// to an unmapped page); the rest is zero: a callee with that many stack arguments would
+/// have found them inside the mapping.
+fn copy_stack_args(r: &imports::Regs) {
+    let src = r.stack_args();
+    let n = imports::STACK_ARGS;
+    // SAFETY: the trampoline reserved [stack_copy, +STACK_ARGS) in its frame for this.
+    let dst = unsafe { std::slice::from_raw_parts_mut(r.stack_copy(), n) };
+    // The return address sits right below the arguments: its mapping is the stack's.
+    let end = stacks::bounds(src - 8).map_or(src, |(_, end)| end);
+    let avail = (end.saturating_sub(src) as usize).min(n);
+    // SAFETY: [src, src + avail) lies inside a readable mapping, found just above.
+    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), avail) };
+    dst[avail..].fill(0);
+}
+
 /// Called by the import trampoline before the real function: records the entry and
 /// returns the function to call.
 pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
@@ -464,6 +503,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
         // Cannot happen: every stub carries the number of an existing import.
         std::process::abort();
     };
+    copy_stack_args(r);
     if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
         return hook.target;
     }
@@ -488,7 +528,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     for a in &args[..nargs] {
         st.rec.extend_from_slice(&a.to_le_bytes());
     }
-    put_data(&mut st.rec, hook.proto, &args);
+    put_data(&mut st.rec, &mut st.data, hook.proto, &args);
     st.ring.push(&st.rec, &conn::try_drain);
     st.open.push(frame);
     GUARD.with(|g| g.set(false));
