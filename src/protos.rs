@@ -25,12 +25,23 @@ pub fn loaded(name: &str) -> Option<&'static Proto> {
     user.as_ref().and_then(|u| u.get(name).copied())
 }
 
+/// A prototype read at run time: from an ltrace.conf file, DWARF, or a recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// Symbol name.
+    pub name: String,
+    /// Argument types, in ABI order (integer registers).
+    pub args: Vec<Ty>,
+    /// Return type.
+    pub ret: Ty,
+}
+
 /// Prototypes as stored in a recording's metadata: one per line, `name ret arg...`.
-pub fn to_text(protos: &[Proto]) -> String {
+pub fn to_text(protos: &[Loaded]) -> String {
     let mut out = String::new();
     for p in protos {
-        out.push_str(p.name);
-        for t in std::iter::once(&p.ret).chain(p.args) {
+        out.push_str(&p.name);
+        for t in std::iter::once(&p.ret).chain(&p.args) {
             out.push(' ');
             out.push_str(&token(*t));
         }
@@ -40,7 +51,7 @@ pub fn to_text(protos: &[Proto]) -> String {
 }
 
 /// Reads what [`to_text`] wrote; lines that do not parse are left out.
-pub fn from_text(text: &str) -> Vec<Proto> {
+pub fn from_text(text: &str) -> Vec<Loaded> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -49,9 +60,9 @@ pub fn from_text(text: &str) -> Vec<Proto> {
         };
         let args: Option<Vec<Ty>> = words.map(untoken).collect();
         match args {
-            Some(args) if args.len() <= 6 => out.push(Proto {
-                name: Box::leak(name.to_string().into_boxed_str()),
-                args: Box::leak(args.into_boxed_slice()),
+            Some(args) if args.len() <= 6 => out.push(Loaded {
+                name: name.to_string(),
+                args,
                 ret,
             }),
             _ => {}
@@ -93,12 +104,18 @@ fn untoken(w: &str) -> Option<Ty> {
     })
 }
 
-/// Makes `protos` take precedence over the built-in table in [`lookup`].
-pub fn install(protos: &[Proto]) {
+/// Makes `protos` take precedence over the built-in table in [`lookup`], for the rest of
+/// the process (they are leaked: a handful, loaded once).
+pub fn install(protos: &[Loaded]) {
     let mut user = USER.write().unwrap_or_else(|p| p.into_inner());
     let map = user.get_or_insert_with(HashMap::new);
     for p in protos {
-        map.insert(p.name.to_string(), Box::leak(Box::new(*p)));
+        let proto = Proto {
+            name: Box::leak(p.name.clone().into_boxed_str()),
+            args: Box::leak(p.args.clone().into_boxed_slice()),
+            ret: p.ret,
+        };
+        map.insert(p.name.clone(), Box::leak(Box::new(proto)));
     }
 }
 
@@ -119,7 +136,7 @@ pub enum ConfError {
 #[derive(Debug, Default)]
 pub struct Conf {
     /// The prototypes understood.
-    pub protos: Vec<Proto>,
+    pub protos: Vec<Loaded>,
     /// Declarations skipped, with their line numbers and why.
     pub skipped: Vec<(usize, String)>,
 }
@@ -197,7 +214,7 @@ fn split_top(s: &str) -> Vec<&str> {
     out
 }
 
-fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Proto, String> {
+fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Loaded, String> {
     // `RET NAME(ARGS)`: the argument list is the last parenthesised group; the name is
     // the identifier right before it, and the return type whatever precedes the name.
     let body = decl
@@ -219,8 +236,10 @@ fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Proto, String>
     let open = open.ok_or_else(|| "unbalanced parentheses".to_string())?;
     let head = body[..open].trim_end();
     let name_start = head
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let name = &head[name_start..];
     let ret = head[..name_start].trim();
     if name.is_empty() || ret.is_empty() {
@@ -247,9 +266,9 @@ fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Proto, String>
             args.len()
         ));
     }
-    Ok(Proto {
-        name: Box::leak(name.to_string().into_boxed_str()),
-        args: Box::leak(args.into_boxed_slice()),
+    Ok(Loaded {
+        name: name.to_string(),
+        args,
         ret,
     })
 }
@@ -334,7 +353,7 @@ mod tests {
         let got: Vec<(&str, Vec<Ty>, Ty)> = conf
             .protos
             .iter()
-            .map(|p| (p.name, p.args.to_vec(), p.ret))
+            .map(|p| (p.name.as_str(), p.args.clone(), p.ret))
             .collect();
         assert_eq!(
             got,
@@ -350,6 +369,8 @@ mod tests {
         );
         let lines: Vec<usize> = conf.skipped.iter().map(|s| s.0).collect();
         assert_eq!(lines, [9, 10], "{:?}", conf.skipped);
+        // Not ASCII before the name: refused, not a panic on a char boundary.
+        assert_eq!(parse_conf("int é(int);\nint «x»(int);\n").skipped.len(), 2);
     }
 
     #[test]

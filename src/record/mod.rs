@@ -60,7 +60,7 @@ pub struct RecordRequest {
     /// all, ltrace's `@MAIN`).
     pub calls: Vec<String>,
     /// Prototypes loaded from ltrace.conf files (`-F`), before the built-in ones.
-    pub protos: Vec<crate::protos::Proto>,
+    pub protos: Vec<crate::protos::Loaded>,
     /// Which engine records.
     pub engine: Engine,
 }
@@ -190,7 +190,7 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     // agent through the recorder's answer to its import list). The program's own
     // functions selected with -x get theirs from its DWARF, unless the user gave one.
     let mut protos = dwarf_protos(req);
-    protos.extend(req.protos.iter().copied());
+    protos.extend(req.protos.iter().cloned());
     crate::protos::install(&protos);
     let req = &RecordRequest {
         protos,
@@ -205,7 +205,7 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
 
 /// Prototypes from the main executable's DWARF for its functions that `-x` selects and
 /// that have none (built-in or loaded).
-fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Proto> {
+fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Loaded> {
     let Some(sel) = &req.select else {
         return Vec::new();
     };
@@ -220,7 +220,8 @@ fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Proto> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let given: std::collections::HashSet<&str> = req.protos.iter().map(|p| p.name).collect();
+    let given: std::collections::HashSet<&str> =
+        req.protos.iter().map(|p| p.name.as_str()).collect();
     crate::symbolize::types::prototypes(&exe, &|f: &str| {
         sel.would_select(f, &name, true)
             && !given.contains(f)

@@ -12,13 +12,13 @@ use addr2line::gimli;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, UnitOffset};
 use object::{Object, ObjectSection};
 
-use crate::protos::{Proto, Ty};
+use crate::protos::{Loaded, Ty};
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// Prototypes of the functions defined in the file at `path` that `wanted` accepts (by
 /// symbol name: the linkage name when there is one). Empty without debug info.
-pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Proto> {
+pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
     let Ok(file) = crate::elf::MappedFile::open(path) else {
         return Vec::new();
     };
@@ -62,7 +62,7 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Proto> {
     let Ok(dwarf) = dwarf else {
         return Vec::new();
     };
-    let mut out: HashMap<String, Proto> = HashMap::new();
+    let mut out: HashMap<String, Loaded> = HashMap::new();
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
         let Ok(unit) = dwarf.unit(header) else {
@@ -70,8 +70,8 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Proto> {
         };
         let _ = unit_prototypes(&dwarf, &unit, wanted, &mut out);
     }
-    let mut v: Vec<Proto> = out.into_values().collect();
-    v.sort_by_key(|p| p.name);
+    let mut v: Vec<Loaded> = out.into_values().collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }
 
@@ -79,7 +79,7 @@ fn unit_prototypes(
     dwarf: &gimli::Dwarf<R<'_>>,
     unit: &gimli::Unit<R<'_>>,
     wanted: &dyn Fn(&str) -> bool,
-    out: &mut HashMap<String, Proto>,
+    out: &mut HashMap<String, Loaded>,
 ) -> Result<(), gimli::Error> {
     let mut tree = unit.entries_tree(None)?;
     // Subprograms may sit in namespaces, modules and classes.
@@ -143,7 +143,7 @@ fn subprogram(
     unit: &gimli::Unit<R<'_>>,
     offset: UnitOffset,
     name: &str,
-) -> Result<Option<Proto>, gimli::Error> {
+) -> Result<Option<Loaded>, gimli::Error> {
     let entry = unit.entry(offset)?;
     let ret = match entry.attr_value(gimli::DW_AT_type) {
         None => Ty::Void,
@@ -175,9 +175,9 @@ fn subprogram(
     if args.len() > 6 {
         return Ok(None);
     }
-    Ok(Some(Proto {
-        name: Box::leak(name.to_string().into_boxed_str()),
-        args: Box::leak(args.into_boxed_slice()),
+    Ok(Some(Loaded {
+        name: name.to_string(),
+        args,
         ret,
     }))
 }
