@@ -315,6 +315,9 @@ fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
         .map(|c| c.split('(').next().unwrap().to_string())
         .collect();
     assert_eq!(names, ["write"]);
+    let info = rltrace().arg("info").arg(&rec).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("filter:    -e write -e nosuch"), "{info}");
     let report = replay_clean(&rec, &["--leaks"]);
     let src = repo().join("tests/fixtures/c/imports.c");
     let at = format!("imports.c:{}", marker_line(&src, "IMPORTS: puts"));
@@ -379,6 +382,9 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
             calls.contains(&"puts(\"after\") = <void>".to_string()),
             "{engine}: {calls:#?}"
         );
+        let info = rltrace().arg("info").arg(&rec).output().unwrap();
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(info.contains("prototypes: 2 loaded"), "{info}");
     }
 }
 

@@ -60,6 +60,17 @@ pub fn write_info(
     if let Some(first) = s.first_ts {
         writeln!(out, "span:      {:.3} s", (s.last_ts - first) as f64 / 1e9)?;
     }
+    if let Some(f) = meta.get("trace-filter") {
+        let chains: Vec<&str> = f.lines().collect();
+        writeln!(out, "filter:    -e {}", chains.join(" -e "))?;
+    }
+    if let Some(p) = meta.get("prototypes") {
+        writeln!(
+            out,
+            "prototypes: {} loaded (-F, or the program's DWARF)",
+            p.lines().count()
+        )?;
+    }
     if complete {
         writeln!(out, "complete:  yes")?;
     } else {
