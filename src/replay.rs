@@ -343,7 +343,7 @@ pub fn replay(
     }
     // Calls recorded under `-e` chains that did not select them (the allocator family is
     // recorded regardless, for the leak report) are shown only with --all.
-    let mut shown_calls = reader.meta().get("trace-filter").and_then(|f| {
+    let shown_calls = reader.meta().get("trace-filter").and_then(|f| {
         crate::select::Selection::parse_calls(&f.split('\n').collect::<Vec<_>>()).ok()
     });
     let mut table = crate::analyze::calltable::CallTable::default();
@@ -361,12 +361,14 @@ pub fn replay(
             continue;
         }
         let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
-        let filtered = match (&step, shown_calls.as_mut()) {
-            (Some(Step::Began { enter, .. }), Some(f)) => {
-                !f.selects(cx.defs.name(enter.func), main_name(&cx, enter.thread), true)
-            }
-            (Some(Step::Ended { enter, .. }), Some(f)) => {
-                !f.selects(cx.defs.name(enter.func), main_name(&cx, enter.thread), true)
+        let entry: Option<&crate::format::Enter> = match &step {
+            Some(Step::Began { enter, .. }) => Some(*enter),
+            Some(Step::Ended { enter, .. }) => Some(enter),
+            None => None,
+        };
+        let filtered = match (entry, &shown_calls) {
+            (Some(e), Some(f)) => {
+                !f.would_select(cx.defs.name(e.func), main_name(&cx, e.thread), true)
             }
             _ => false,
         };

@@ -7,26 +7,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Replaces addresses (hex of 9+ digits) by `PTR`: they differ between runs.
-fn unaddress(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("0x") {
-        out.push_str(&rest[..i]);
-        let digits = rest[i + 2..]
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .unwrap_or(rest.len() - i - 2);
-        if digits >= 9 {
-            out.push_str("PTR");
-        } else {
-            out.push_str(&rest[i..i + 2 + digits]);
-        }
-        rest = &rest[i + 2 + digits..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// `name(args) = ret` of each call from `calls.c` to the functions in `names`, in order,
 /// with addresses replaced by `PTR`.
 fn calls_from_fixture(trace: &str, names: &[&str]) -> Vec<String> {

@@ -8,30 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// Replaces addresses (hex of `min` or more digits) by `PTR`: they differ between runs.
-fn unaddress(s: &str) -> String {
-    unaddress_from(s, 9)
-}
-
-fn unaddress_from(s: &str, min: usize) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("0x") {
-        out.push_str(&rest[..i]);
-        let digits = rest[i + 2..]
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .unwrap_or(rest.len() - i - 2);
-        if digits >= min {
-            out.push_str("PTR");
-        } else {
-            out.push_str(&rest[i..i + 2 + digits]);
-        }
-        rest = &rest[i + 2 + digits..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// `name(args) = ret` of each traced call, from a replay line (`[pid tid] call  where`).
 fn call_of(line: &str) -> Option<String> {
     let body = line.split_once("] ")?.1;
@@ -41,15 +17,43 @@ fn call_of(line: &str) -> Option<String> {
     Some(unaddress(body.split("  ").next()?))
 }
 
+/// What ltrace prints for `bin` with `args`, as `name(args) = ret` with addresses hidden.
+/// `_setjmp` is left out: rltrace does not trace it (it returns twice, so no trampoline
+/// may stand between it and its caller).
+fn ltrace_calls(bin: &Path, args: &[&str], out: &Path) -> Vec<String> {
+    let lt = std::process::Command::new("ltrace")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(bin)
+        .output()
+        .unwrap();
+    assert!(lt.status.success(), "{lt:?}");
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("+++") && !l.contains("_setjmp"))
+        .map(|l| {
+            // `imp->write(1, ...)` when ltrace names the caller module (with -e).
+            let l = l.split_once("->").map_or(l, |(_, c)| c);
+            let (call, ret) = l.rsplit_once(" = ").unwrap();
+            unaddress(&format!("{} = {}", call.trim_end(), ret.trim()))
+        })
+        .collect()
+}
+
 fn build(name: &str, flags: &[&str]) -> PathBuf {
     let mut all = vec!["-O1", "-g"];
     all.extend_from_slice(flags);
     build_c(name, "imports.c", &all)
 }
 
-fn record_default(bin: &Path, rec: &Path, args: &[&str]) -> String {
+/// Runs `rltrace record OPTS -o REC -- BIN ARGS`, which must succeed.
+fn record_opts(opts: &[&str], rec: &Path, bin: &Path, args: &[&str]) -> std::process::Output {
     let o = rltrace()
-        .args(["record", "-o"])
+        .arg("record")
+        .args(opts)
+        .arg("-o")
         .arg(rec)
         .arg("--")
         .arg(bin)
@@ -57,9 +61,23 @@ fn record_default(bin: &Path, rec: &Path, args: &[&str]) -> String {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Records with the default options, which must choose the agent; returns stderr.
+fn record_default(bin: &Path, rec: &Path, args: &[&str]) -> String {
+    let o = record_opts(&[], rec, bin, args);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(stderr.contains("engine: agent"), "{stderr}");
     stderr
+}
+
+/// The names of the traced calls, in order.
+fn traced_names(rec: &Path) -> Vec<String> {
+    traced_calls(rec, &[])
+        .iter()
+        .map(|c| c.split('(').next().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn traced_calls(rec: &Path, args: &[&str]) -> Vec<String> {
@@ -74,25 +92,7 @@ fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
     require_tool("ltrace");
     let bin = build("imports_lazy", &["-Wl,-z,lazy"]);
     let dir = scratch("imports-ltrace");
-    let out = dir.join("ltrace.txt");
-    let lt = std::process::Command::new("ltrace")
-        .arg("-o")
-        .arg(&out)
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(lt.status.success(), "{lt:?}");
-    // ltrace: `name(args)    = ret`; `_setjmp` is not traced by rltrace (it returns
-    // twice: no trampoline may stand between it and its caller).
-    let ltrace: Vec<String> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("+++") && !l.starts_with("_setjmp"))
-        .map(|l| {
-            let (call, ret) = l.rsplit_once(" = ").unwrap();
-            unaddress(&format!("{} = {}", call.trim_end(), ret.trim()))
-        })
-        .collect();
+    let ltrace = ltrace_calls(&bin, &[], &dir.join("ltrace.txt"));
     let rec = dir.join("i.rlt");
     record_default(&bin, &rec, &[]);
     let ours = traced_calls(&rec, &[]);
@@ -210,18 +210,8 @@ fn calls_inside_library_calls_feed_the_leak_report_and_show_with_all() {
 fn no_imports_records_the_allocator_family_alone() {
     let bin = build("imports_noimp", &[]);
     let rec = scratch("imports-none").join("i.rlt");
-    let o = rltrace()
-        .args(["record", "-L", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let names: Vec<String> = traced_calls(&rec, &[])
-        .iter()
-        .map(|c| c.split('(').next().unwrap().to_string())
-        .collect();
+    record_opts(&["-L"], &rec, &bin, &[]);
+    let names = traced_names(&rec);
     // strdup's malloc, the program's own, and puts's (stdout's buffer): none is inside
     // a traced call now.
     assert_eq!(
@@ -236,34 +226,9 @@ fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
     let bin = build("imports_e", &["-Wl,-z,lazy"]);
     let dir = scratch("imports-e");
     for chain in ["write+str*", "@MAIN-puts-printf-malloc-free-realloc-fflush"] {
-        let out = dir.join("ltrace.txt");
-        let lt = std::process::Command::new("ltrace")
-            .args(["-e", chain, "-o"])
-            .arg(&out)
-            .arg(&bin)
-            .output()
-            .unwrap();
-        assert!(lt.status.success(), "{lt:?}");
-        let ltrace: Vec<String> = std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with("+++") && !l.contains("_setjmp"))
-            .map(|l| {
-                // `imp->write(1, ...)` when ltrace names the caller module.
-                let l = l.split_once("->").map_or(l, |(_, c)| c);
-                let (call, ret) = l.rsplit_once(" = ").unwrap();
-                unaddress(&format!("{} = {}", call.trim_end(), ret.trim()))
-            })
-            .collect();
+        let ltrace = ltrace_calls(&bin, &["-e", chain], &dir.join("ltrace.txt"));
         let rec = dir.join("e.rlt");
-        let o = rltrace()
-            .args(["record", "-e", chain, "-o"])
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        record_opts(&["-e", chain], &rec, &bin, &[]);
         let ours = traced_calls(&rec, &[]);
         assert!(!ours.is_empty(), "{chain}");
         assert_eq!(ours, ltrace, "-e {chain}");
@@ -279,42 +244,20 @@ fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
         ("/^str[a-z]+$/", &["strdup", "strlen", "strcmp"][..]),
     ] {
         let rec = dir.join("c.rlt");
-        let o = rltrace()
-            .args(["record", "-e", chain, "-o"])
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let names: Vec<String> = traced_calls(&rec, &[])
-            .iter()
-            .map(|c| c.split('(').next().unwrap().to_string())
-            .collect();
-        assert_eq!(names, want, "-e {chain}");
+        record_opts(&["-e", chain], &rec, &bin, &[]);
+        assert_eq!(traced_names(&rec), want, "-e {chain}");
     }
     // The allocator family is recorded whatever -e says: the leak report still finds the
     // buffer puts allocated, though neither puts nor malloc is in the trace.
     let rec = dir.join("w.rlt");
-    let o = rltrace()
-        .args(["record", "-e", "write", "-e", "nosuch", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let o = record_opts(&["-e", "write", "-e", "nosuch"], &rec, &bin, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("warning: -e rule \"nosuch\" matched no call"),
         "{err}"
     );
     assert!(!err.contains("\"write\""), "{err}");
-    let names: Vec<String> = traced_calls(&rec, &[])
-        .iter()
-        .map(|c| c.split('(').next().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["write"]);
+    assert_eq!(traced_names(&rec), ["write"]);
     let info = rltrace().arg("info").arg(&rec).output().unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("filter:    -e write -e nosuch"), "{info}");
@@ -353,18 +296,9 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
     .unwrap();
     for (engine, extra) in [("agent", &[][..]), ("ptrace", &["-x", "lfind+puts"][..])] {
         let rec = dir.join(format!("{engine}.rlt"));
-        let o = rltrace()
-            .args(["record", "-F"])
-            .arg(&conf)
-            .args(extra)
-            .arg("-o")
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .arg("escape")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut opts = vec!["-F", conf.to_str().unwrap()];
+        opts.extend_from_slice(extra);
+        let o = record_opts(&opts, &rec, &bin, &["escape"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             err.contains("1 declarations skipped (first at line 4: floating-point"),
@@ -421,17 +355,10 @@ fn functions_called_through_the_programs_own_pointers_are_traced_once() {
 fn a_coroutine_on_a_small_stack_next_to_an_unmapped_page_runs_correctly() {
     let bin = build_c("coroutine", "coroutine.c", &["-O1", "-g"]);
     let rec = scratch("imports-coroutine").join("c.rlt");
-    let o = rltrace()
-        .args(["record", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
     // Neither the trampoline's copy of stack arguments nor the unwinder may read past the
-    // coroutine's stack, nor may the unwinder overflow it; printf's stack arguments reach
-    // printf intact.
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // coroutine's stack, nor may the unwinder overflow it (the run succeeds); printf's
+    // stack arguments reach printf intact.
+    let o = record_opts(&[], &rec, &bin, &[]);
     // (printf is buffered into a pipe until the fflush; write is not.)
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),

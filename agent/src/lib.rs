@@ -415,10 +415,6 @@ fn read_own(addr: u64, out: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
-/// Most bytes of a `printf` format captured (beyond `-s`: its conversions say how to
-/// show the arguments).
-const FORMAT_LIMIT: usize = 512;
-
 /// Appends the strings and buffers the prototype says the arguments point to, and the
 /// strings a `printf` format's `%s` conversions take.
 fn put_data(
@@ -427,7 +423,6 @@ fn put_data(
     proto: Option<&wire::protos::Proto>,
     args: &[u64; 6],
 ) {
-    use wire::protos::Ty;
     let at = rec.len();
     rec.push(0);
     let Some(proto) = proto else {
@@ -437,37 +432,15 @@ fn put_data(
     let mut count = 0u8;
     let mut strings = 0u8;
     for i in 0..proto.nargs().min(wire::MAX_DATA_ARGS) {
-        let addr = args[i];
-        let ty = proto.args.get(i).copied();
-        let is_vararg_str = strings & (1 << i) != 0;
-        if addr == 0 || (ty.is_none() && !is_vararg_str) {
+        let Some(c) = wire::protos::Capture::plan(proto, i, args, limit, strings) else {
             continue;
-        }
-        let (want, is_str) = match ty {
-            _ if is_vararg_str => (limit + 1, true),
-            Some(Ty::Str) => (limit + 1, true),
-            Some(Ty::Format) => (limit.max(FORMAT_LIMIT) + 1, true),
-            Some(Ty::Buf(n)) => match args.get(n as usize) {
-                Some(&len) => (len.min(limit as u64 + 1) as usize, false),
-                None => continue,
-            },
-            _ => continue,
         };
-        let limit = if is_str { want - 1 } else { limit };
-        let want = want.min(buf.len());
-        let got = read_own(addr, &mut buf[..want]);
-        if got == 0 && want > 0 {
-            continue; // unreadable: shown as a pointer
-        }
-        let (len, truncated) = if is_str {
-            match buf[..got].iter().position(|&b| b == 0) {
-                Some(end) => (end, false),
-                None => (got.min(limit), true),
-            }
-        } else {
-            (got.min(limit), got > limit || got < want)
+        let want = c.want.min(buf.len());
+        let got = read_own(c.addr, &mut buf[..want]);
+        let Some((len, truncated)) = c.keep(&buf[..got]) else {
+            continue;
         };
-        if ty == Some(Ty::Format) {
+        if c.format {
             strings = wire::protos::string_varargs(&buf[..len], i);
         }
         rec.push(i as u8);

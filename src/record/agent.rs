@@ -894,7 +894,7 @@ impl<W: io::Write> Recorder<'_, W> {
             Ordered::Exit(tid, e) => {
                 let pid = self.images[id].pid;
                 let ts = self.clock.to_ns(e.ts);
-                self.sink.exit(pid, tid, e.ret, ts)?;
+                self.sink.exit(pid, tid, e.ret, None, Some(ts))?;
                 Ok(())
             }
             Ordered::Modules(m) => self.modules(id, m),

@@ -78,38 +78,25 @@ pub struct Sink<W: Write> {
 impl<W: Write> Sink<W> {
     /// Starts a recording with the given metadata and function table.
     pub fn new(out: W, meta: &Meta, funcs: &[TracedFn]) -> Result<Self, FormatError> {
-        let mut writer = Writer::new(out, meta)?;
-        for (i, f) in funcs.iter().enumerate() {
-            writer.push(&Record::Function(FunctionDef {
-                id: i as u32,
-                name: f.name.to_string(),
-                class: f.class,
-                returns: f.returns,
-            }))?;
-        }
         let now = Instant::now();
-        Ok(Sink {
-            writer,
+        let mut sink = Sink {
+            writer: Writer::new(out, meta)?,
             stacks: HashMap::new(),
             threads: HashMap::default(),
             next_module: 0,
-            next_function: funcs.len() as u32,
+            next_function: 0,
             start: now,
             seal_at: now,
-        })
+        };
+        for f in funcs {
+            sink.function(f)?;
+        }
+        Ok(sink)
     }
 
     /// Defines one more traced function (found while recording); returns its id.
     pub fn function(&mut self, f: &TracedFn) -> Result<u32, FormatError> {
-        let id = self.next_function;
-        self.writer.push(&Record::Function(FunctionDef {
-            id,
-            name: f.name.to_string(),
-            class: f.class,
-            returns: f.returns,
-        }))?;
-        self.next_function += 1;
-        Ok(id)
+        self.function_named(f.name, f.class, f.returns)
     }
 
     /// Defines a function by name (the agent's traced imports); returns its id.
@@ -159,14 +146,15 @@ impl<W: Write> Sink<W> {
         pid: u32,
         tid: u32,
         ret: Option<u64>,
-        ts: u64,
+        out: Option<u64>,
+        ts: Option<u64>,
     ) -> Result<(), FormatError> {
         let thread = self.thread(pid, tid)?;
         self.writer.push(&Record::Exit(Exit {
             thread,
             ret,
-            out: None,
-            ts: Some(ts),
+            out,
+            ts,
         }))
     }
 
@@ -215,16 +203,8 @@ impl<W: Write> Sink<W> {
                 frames,
                 data,
             } => {
-                let thread = self.thread(pid, tid)?;
                 let stack = self.stack(frames)?;
-                self.writer.push(&Record::Enter(Enter {
-                    thread,
-                    ts,
-                    func,
-                    args,
-                    stack,
-                    data,
-                }))
+                self.enter(pid, tid, func, args, stack, ts, data)
             }
             Event::Signal {
                 pid,
@@ -252,15 +232,7 @@ impl<W: Write> Sink<W> {
                 ret,
                 out,
                 ts,
-            } => {
-                let thread = self.thread(pid, tid)?;
-                self.writer.push(&Record::Exit(Exit {
-                    thread,
-                    ret,
-                    out,
-                    ts,
-                }))
-            }
+            } => self.exit(pid, tid, ret, out, ts),
         }
     }
 
@@ -281,24 +253,11 @@ impl<W: Write> Sink<W> {
         out: Option<u64>,
         ts_out: u64,
     ) -> Result<(), FormatError> {
-        let thread = self.thread(pid, tid)?;
-        self.writer.push(&Record::Enter(Enter {
-            thread,
-            ts: ts_in,
-            func,
-            args,
-            stack,
-            data: Vec::new(),
-        }))?;
+        self.enter(pid, tid, func, args, stack, ts_in, Vec::new())?;
         if ret.is_none() && out.is_none() {
             return Ok(());
         }
-        self.writer.push(&Record::Exit(Exit {
-            thread,
-            ret,
-            out,
-            ts: Some(ts_out),
-        }))
+        self.exit(pid, tid, ret, out, Some(ts_out))
     }
 
     /// Records a newly mapped module and returns its id.

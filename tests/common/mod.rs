@@ -381,3 +381,29 @@ pub fn build_id_hex(bin: &Path) -> String {
         .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
         .expect("the file has a build-id")
 }
+
+/// Replaces addresses (hex of 9+ digits) by `PTR`: they differ between runs.
+pub fn unaddress(s: &str) -> String {
+    unaddress_from(s, 9)
+}
+
+/// Replaces hex numbers of `min` or more digits by `PTR` (a non-PIE program's heap and
+/// code have short addresses).
+pub fn unaddress_from(s: &str, min: usize) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 2..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len() - i - 2);
+        if digits >= min {
+            out.push_str("PTR");
+        } else {
+            out.push_str(&rest[i..i + 2 + digits]);
+        }
+        rest = &rest[i + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -64,6 +64,56 @@ pub mod func {
     pub const PVALLOC: u8 = 9;
 }
 
+/// Functions neither engine puts anything between and their caller: they return twice on
+/// a shared stack, save or replace their caller's stack, or start the program. Globs for
+/// [`glob`].
+pub const NEVER_HOOKED: &[&str] = &[
+    "*setjmp",
+    "*vfork",
+    "*getcontext",
+    "*setcontext",
+    "*swapcontext",
+    "*makecontext",
+    "__libc_start_*",
+    "_dl_*",
+    "__tls_get_addr",
+];
+
+/// Shell-style glob with `*` (any run of characters) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    // The character at byte offset `i`, and its length.
+    fn at(s: &str, i: usize) -> Option<(char, usize)> {
+        s.get(i..)?.chars().next().map(|c| (c, c.len_utf8()))
+    }
+    // Iterative matcher with one backtrack point for the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while let Some((tc, tl)) = at(text, ti) {
+        match at(pattern, pi) {
+            Some((pc, pl)) if pc == '?' || pc == tc => {
+                pi += pl;
+                ti += tl;
+            }
+            Some(('*', _)) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    let next = st + at(text, st).map_or(1, |c| c.1);
+                    pi = sp + 1;
+                    ti = next;
+                    star = Some((sp, next));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(pi..)
+        .is_some_and(|rest| rest.chars().all(|c| c == '*'))
+}
+
 /// Message: module list snapshot (`seq u64, count u32, modules`).
 pub const MSG_MODULES: u8 = 1;
 /// Message: records of one thread (`tid u32, records`).
@@ -79,7 +129,8 @@ pub const MSG_KILLED: u8 = 5;
 /// once, before any record that uses the numbers.
 pub const MSG_IMPORTS: u8 = 6;
 
-/// Import flag: the function returns a value (its prototype is not `void`).
+/// Import flag: each call gets an exit record (the agent sets it for every import, `void`
+/// ones too, so that calls made inside them nest).
 pub const IMPORT_RETURNS: u8 = 1;
 /// Longest import name sent.
 pub const MAX_NAME: usize = 1024;
@@ -308,6 +359,17 @@ mod tests {
         for (i, name) in named {
             assert_eq!(FUNCTIONS[i as usize], name);
         }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*setjmp", "__sigsetjmp"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(glob("?rite", "write"));
+        assert!(glob("é?", "éà"));
+        assert!(glob("*", ""));
+        assert!(!glob("exit", "_exit"));
     }
 
     #[test]

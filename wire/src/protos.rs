@@ -405,6 +405,72 @@ pub fn string_varargs(fmt: &[u8], at: usize) -> u8 {
     set
 }
 
+/// Most bytes of a `printf` format captured, whatever `-s` says: its conversions say
+/// how to show the arguments.
+pub const FORMAT_LIMIT: usize = 512;
+
+/// What to read for one argument at a call's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// Where the string or buffer is.
+    pub addr: u64,
+    /// Bytes to read at most (a string one more than it keeps, to tell whether it ends).
+    pub want: usize,
+    /// A NUL-terminated string (else a buffer of known length).
+    pub is_str: bool,
+    /// Bytes kept at most.
+    pub limit: usize,
+    /// The `printf` format: its `%s` conversions name more strings to capture.
+    pub format: bool,
+}
+
+impl Capture {
+    /// What argument `i` of a call to `proto` points to and should be captured, with
+    /// `limit` bytes kept (`-s`) and `strings` the `%s` arguments of its format so far
+    /// (see [`string_varargs`]); `None` if nothing.
+    pub fn plan(proto: &Proto, i: usize, args: &[u64], limit: usize, strings: u8) -> Option<Self> {
+        let addr = *args.get(i)?;
+        if addr == 0 {
+            return None;
+        }
+        let ty = proto.args.get(i).copied();
+        let (want, is_str) = match ty {
+            _ if strings & (1 << i) != 0 => (limit + 1, true),
+            Some(Str) => (limit + 1, true),
+            Some(Format) => (limit.max(FORMAT_LIMIT) + 1, true),
+            Some(Buf(n)) => (
+                (*args.get(n as usize)?).min(limit as u64 + 1) as usize,
+                false,
+            ),
+            _ => return None,
+        };
+        Some(Capture {
+            addr,
+            want,
+            is_str,
+            limit: if is_str { want - 1 } else { limit },
+            format: ty == Some(Format),
+        })
+    }
+
+    /// Of the bytes `read` (a short read stops at an unmapped page), how many to keep
+    /// and whether the value was cut; `None` if nothing was readable (shown as a pointer).
+    pub fn keep(&self, read: &[u8]) -> Option<(usize, bool)> {
+        if read.is_empty() && self.want > 0 {
+            return None;
+        }
+        let got = read.len();
+        Some(if self.is_str {
+            match read.iter().position(|&b| b == 0) {
+                Some(end) => (end, false),
+                None => (got.min(self.limit), true),
+            }
+        } else {
+            (got.min(self.limit), got > self.limit || got < self.want)
+        })
+    }
+}
+
 /// The prototype of `name`, if the table has one.
 pub fn lookup(name: &str) -> Option<&'static Proto> {
     PROTOS
@@ -452,6 +518,34 @@ mod tests {
         // A format ending inside a conversion.
         let (_, n) = convs("%l");
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn captures_are_planned_and_cut_by_type() {
+        let write = lookup("write").unwrap();
+        // write(1, buf, 100) with -s 32: read 33 bytes of the buffer, keep 32, cut.
+        let c = Capture::plan(write, 1, &[1, 0x1000, 100], 32, 0).unwrap();
+        assert_eq!(
+            (c.want, c.is_str, c.limit, c.format),
+            (33, false, 32, false)
+        );
+        assert_eq!(c.keep(&[7; 33]), Some((32, true)));
+        // A short read of a buffer is cut too; nothing readable is no capture.
+        assert_eq!(c.keep(&[7; 10]), Some((10, true)));
+        assert_eq!(c.keep(&[]), None);
+        // Integers and null pointers are not captured.
+        assert_eq!(Capture::plan(write, 0, &[1, 0x1000, 100], 32, 0), None);
+        assert_eq!(Capture::plan(write, 1, &[1, 0, 100], 32, 0), None);
+        let puts = lookup("puts").unwrap();
+        let s = Capture::plan(puts, 0, &[0x1000], 4, 0).unwrap();
+        assert_eq!(s.keep(b"ab\0cd"), Some((2, false)));
+        assert_eq!(s.keep(b"abcde"), Some((4, true)));
+        // A format is read whole (up to FORMAT_LIMIT), and its %s arguments as strings.
+        let printf = lookup("printf").unwrap();
+        let f = Capture::plan(printf, 0, &[0x1000, 0x2000], 4, 0).unwrap();
+        assert!(f.format && f.want == FORMAT_LIMIT + 1);
+        assert_eq!(Capture::plan(printf, 1, &[0x1000, 0x2000], 4, 0), None);
+        assert!(Capture::plan(printf, 1, &[0x1000, 0x2000], 4, 0b10).is_some_and(|c| c.is_str));
     }
 
     #[test]

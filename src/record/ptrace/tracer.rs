@@ -137,21 +137,14 @@ const MAX_POLLED: usize = 400;
 /// Functions never hooked, even when selected: redirecting their return address or
 /// running them from a breakpoint breaks them (they save or replace the caller's stack,
 /// return twice, or are entered without a return address on the stack).
+/// Beyond [`rltrace_wire::NEVER_HOOKED`]: functions whose return address a stub may not
+/// replace (they unwind or jump past it) or that are entered without one.
 const UNHOOKABLE: &[&str] = &[
-    "*setjmp",
     "*longjmp*",
-    "*vfork",
     "clone",
     "clone3",
     "__clone*",
-    "*getcontext",
-    "*setcontext",
-    "*swapcontext",
-    "*makecontext",
-    "__libc_start_*",
     "_start",
-    "_dl_*",
-    "__tls_get_addr",
     "__restore_rt",
     "_Unwind_*",
     "__cxa_throw",
@@ -805,7 +798,11 @@ impl<'s, W: Write> Tracer<'s, W> {
                     .or_insert_with(|| (m.start, m.end, m.path.clone()));
                 continue;
             }
-            let why = if UNHOOKABLE.iter().any(|p| glob(p, &name)) {
+            let why = if rltrace_wire::NEVER_HOOKED
+                .iter()
+                .chain(UNHOOKABLE)
+                .any(|p| glob(p, &name))
+            {
                 Some("it manipulates its caller's stack or return address")
             } else {
                 None
@@ -1674,7 +1671,7 @@ impl<'s, W: Write> Tracer<'s, W> {
 /// Reads the strings and buffers that a call's prototype says its arguments point to, at
 /// most `limit` bytes each (strings are read one more byte, to tell whether they end).
 fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData> {
-    use crate::protos::Ty;
+    use rltrace_wire::protos::{string_varargs, Capture};
     let Some(proto) = crate::protos::lookup(name) else {
         return Vec::new();
     };
@@ -1683,51 +1680,20 @@ fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData
     // `%s` arguments of a printf format, once it is read.
     let mut strings = 0u8;
     for i in 0..proto.nargs() {
-        let Some(&addr) = args.get(i) else { break };
-        let ty = proto.args.get(i).copied();
-        let is_vararg_str = strings & (1 << i) != 0;
-        if addr == 0 || (ty.is_none() && !is_vararg_str) {
+        let Some(c) = Capture::plan(proto, i, args, limit, strings) else {
             continue;
-        }
-        let (want, is_str) = match ty {
-            _ if is_vararg_str => (limit + 1, true),
-            Some(Ty::Str) => (limit + 1, true),
-            // The whole format (up to 512 bytes): its conversions say how to show the rest.
-            Some(Ty::Format) => (limit.max(512) + 1, true),
-            Some(Ty::Buf(n)) => match args.get(n as usize) {
-                Some(&len) => (len.min(limit as u64 + 1) as usize, false),
-                None => continue,
-            },
-            _ => continue,
         };
-        let limit = if is_str { want - 1 } else { limit };
         let mut ranges = Vec::new();
-        push_stack_pages(&mut ranges, addr, want);
-        let mut buf = vec![0u8; want];
+        push_stack_pages(&mut ranges, c.addr, c.want);
+        let mut buf = vec![0u8; c.want];
         // A partial read (the string ends near an unmapped page) keeps what was read.
         let got = mem::readv(tid, &ranges, &mut buf).unwrap_or(0);
-        if got == 0 && want > 0 {
-            continue; // unreadable: shown as a pointer
-        }
-        buf.truncate(got);
-        let truncated = if is_str {
-            match buf.iter().position(|&b| b == 0) {
-                Some(end) => {
-                    buf.truncate(end);
-                    false
-                }
-                None => {
-                    buf.truncate(limit);
-                    true
-                }
-            }
-        } else {
-            let t = buf.len() > limit;
-            buf.truncate(limit);
-            t || (got < want)
+        let Some((len, truncated)) = c.keep(&buf[..got]) else {
+            continue;
         };
-        if ty == Some(Ty::Format) {
-            strings = rltrace_wire::protos::string_varargs(&buf, i);
+        buf.truncate(len);
+        if c.format {
+            strings = string_varargs(&buf, i);
         }
         out.push(ArgData {
             arg: i as u8,
