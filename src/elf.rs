@@ -268,6 +268,76 @@ impl ElfInfo {
         out
     }
 
+    /// The functions this file imports, with the GOT slot each is called through (
+    /// `JUMP_SLOT` and `GLOB_DAT` relocations against undefined function symbols):
+    /// `(symbol name, stated slot address)`. A name can have two slots (a lazily bound
+    /// call and a function pointer).
+    pub fn imported_functions(&self) -> Vec<(String, u64)> {
+        use object::{ObjectSymbolTable, RelocationFlags, RelocationTarget};
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let (Some(relocs), Some(dynsyms)) =
+            (parsed.dynamic_relocations(), parsed.dynamic_symbol_table())
+        else {
+            return Vec::new();
+        };
+        let endian = parsed.endian();
+        let mut out = Vec::new();
+        for (offset, rel) in relocs {
+            let RelocationFlags::Elf { r_type } = rel.flags() else {
+                continue;
+            };
+            if r_type != elf::R_X86_64_JUMP_SLOT && r_type != elf::R_X86_64_GLOB_DAT {
+                continue;
+            }
+            let RelocationTarget::Symbol(idx) = rel.target() else {
+                continue;
+            };
+            let Ok(sym) = dynsyms.symbol_by_index(idx) else {
+                continue;
+            };
+            let raw = sym.elf_symbol();
+            let ty = raw.st_type();
+            if raw.st_shndx(endian) != elf::SHN_UNDEF
+                || (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
+            {
+                continue;
+            }
+            if let Ok(name) = sym.name() {
+                if !name.is_empty() {
+                    out.push((name.to_string(), offset));
+                }
+            }
+        }
+        out
+    }
+
+    /// The PLT entries of this file that jump through a GOT slot (`.plt`, and `.plt.sec`
+    /// of IBT builds): `(stated slot address, stated entry address)`. Under lazy binding
+    /// an entry is where the program's calls to an import can be seen before the loader
+    /// has resolved its slot.
+    pub fn plt_entries(&self) -> Vec<(u64, u64)> {
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for name in [".plt", ".plt.sec"] {
+            let Some(sec) = parsed.section_by_name(name) else {
+                continue;
+            };
+            let Ok(code) = sec.data() else { continue };
+            let base = sec.address();
+            for (i, entry) in code.chunks_exact(16).enumerate() {
+                let at = base + 16 * i as u64;
+                if let Some(slot) = plt_slot(entry, at) {
+                    out.push((slot, at));
+                }
+            }
+        }
+        out
+    }
+
     /// True if the file carries DWARF line or debug info.
     pub fn has_dwarf(&self) -> bool {
         let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
@@ -347,6 +417,27 @@ impl ElfInfo {
     }
 }
 
+/// The GOT slot a 16-byte PLT entry at `at` jumps through: `jmp *slot(%rip)`, possibly
+/// with a `bnd` prefix and after an `endbr64`.
+fn plt_slot(entry: &[u8], at: u64) -> Option<u64> {
+    let start = if entry.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
+        4
+    } else {
+        0
+    };
+    let ins = entry.get(start..)?;
+    let (len, disp) = match ins {
+        [0xff, 0x25, d @ ..] => (6, d),
+        [0xf2, 0xff, 0x25, d @ ..] => (7, d),
+        _ => return None,
+    };
+    let disp = i32::from_le_bytes(disp.get(..4)?.try_into().ok()?);
+    Some(
+        at.wrapping_add((start + len) as u64)
+            .wrapping_add(disp as i64 as u64),
+    )
+}
+
 /// Formats a build-id as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -374,6 +465,53 @@ pub fn is_dynamic(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plt_entries_name_the_slot_they_jump_through() {
+        // .plt (lazy): jmp *0x2fe2(%rip); push $0; jmp PLT0.
+        let plt = [
+            0xff, 0x25, 0xe2, 0x2f, 0, 0, 0x68, 0, 0, 0, 0, 0xe9, 0xe0, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(plt_slot(&plt, 0x1030), Some(0x1036 + 0x2fe2));
+        // .plt.sec (IBT): endbr64; bnd jmp *0x2fbd(%rip); nop.
+        let sec = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0xf2, 0xff, 0x25, 0xbd, 0x2f, 0, 0, 0x0f, 0x1f, 0x44, 0, 0,
+        ];
+        assert_eq!(plt_slot(&sec, 0x1050), Some(0x1050 + 11 + 0x2fbd));
+        // A negative displacement, and the lazy stub of an IBT .plt (no jump through a slot).
+        let back = [
+            0xff, 0x25, 0xf0, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(plt_slot(&back, 0x2000), Some(0x2006 - 0x10));
+        let stub = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0x68, 0, 0, 0, 0, 0xf2, 0xe9, 0xe1, 0xff, 0xff, 0xff, 0x90,
+        ];
+        assert_eq!(plt_slot(&stub, 0x1020), None);
+    }
+
+    #[test]
+    fn an_executables_plt_entries_jump_through_its_imports_slots() {
+        // This test binary: every PLT entry jumps through a slot the loader fills with a
+        // symbol's address, and the imported functions are among those.
+        let exe = ElfInfo::open(&std::env::current_exe().unwrap()).unwrap();
+        let slots: std::collections::HashSet<u64> =
+            exe.got_slots().into_iter().map(|(_, s)| s).collect();
+        let entries = exe.plt_entries();
+        assert!(!entries.is_empty());
+        assert!(
+            entries.iter().all(|(s, _)| slots.contains(s)),
+            "{entries:x?}"
+        );
+        let imported = exe.imported_functions();
+        assert!(imported.iter().all(|(_, s)| slots.contains(s)));
+        // malloc has a PLT entry (and maybe a second slot, for its address).
+        assert!(
+            imported
+                .iter()
+                .any(|(n, m)| n == "malloc" && entries.iter().any(|(s, _)| s == m)),
+            "{entries:x?}"
+        );
+    }
 
     #[test]
     fn libc_defines_the_allocator() {

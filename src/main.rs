@@ -67,7 +67,7 @@ enum Cmd {
         /// Trace only the program's calls into libraries that this chain selects (ltrace's
         /// -e: `write+send+str*`, `-puts`, `/^mem/`, `sym@MAIN`); repeatable, a call any
         /// chain selects is traced. The allocator family is recorded regardless, for the
-        /// leak report. Agent engine.
+        /// leak report.
         #[arg(short = 'e', value_name = "FILTER")]
         calls: Vec<String>,
         /// Load prototypes from an ltrace.conf(5) file (`int puts(string);`); they take
@@ -349,16 +349,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             );
+            for rule in &out.unmatched_calls {
+                eprintln!(
+                    "rltrace: warning: -e rule {rule:?} matched no call the program makes into \
+                     a library"
+                );
+            }
             for rule in &out.unmatched {
-                match out.engine.0 {
-                    record::Engine::Agent => eprintln!(
-                        "rltrace: warning: -e rule {rule:?} matched no call the program makes \
-                         into a library"
-                    ),
-                    _ => eprintln!(
-                        "rltrace: warning: -x rule {rule:?} matched no function in any module"
-                    ),
-                }
+                eprintln!("rltrace: warning: -x rule {rule:?} matched no function in any module");
             }
             if pack {
                 let opts = PackOptions {

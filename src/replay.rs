@@ -109,6 +109,8 @@ struct Context {
     sym: Symbolizer,
     sources: render::SourceCache,
     exe_of: HashMap<u32, String>,
+    /// Path of each module, by id.
+    module_paths: HashMap<u32, String>,
     /// Processes recorded from an attach (`-p`): their leak reports cover a window.
     attached: std::collections::HashSet<u32>,
     notes: Vec<String>,
@@ -121,7 +123,10 @@ impl Context {
     fn learn(&mut self, rec: &Record) {
         self.defs.learn(rec);
         match rec {
-            Record::Module(m) => self.sym.add_module(m.clone()),
+            Record::Module(m) => {
+                self.module_paths.insert(m.id, m.path.clone());
+                self.sym.add_module(m.clone());
+            }
             Record::ProcessStart(p) => {
                 self.exe_of.insert(p.pid, p.path.clone());
                 if p.cause == crate::format::StartCause::Attach {
@@ -309,6 +314,26 @@ fn main_name(cx: &Context, thread: u32) -> &str {
         .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
 }
 
+/// False for a call of an imported function (hooked where every caller reaches it) whose
+/// return address lies outside its process's main executable: a call made inside a
+/// library. True when that cannot be told (no stack).
+fn called_from_main(cx: &Context, e: &crate::format::Enter) -> bool {
+    if !cx.defs.functions.get(&e.func).is_some_and(|f| f.imported) {
+        return true;
+    }
+    let Some(first) = e
+        .stack
+        .and_then(|s| cx.defs.stacks.get(&s)?.first().copied())
+    else {
+        return true;
+    };
+    let pid = cx.defs.thread(e.thread).0;
+    match (first.module, cx.exe_of.get(&pid)) {
+        (Some(m), Some(exe)) => cx.module_paths.get(&m) == Some(exe),
+        _ => false,
+    }
+}
+
 /// Replays `path` to `out`.
 pub fn replay(
     path: &Path,
@@ -326,6 +351,7 @@ pub fn replay(
         sym: Symbolizer::new(opts.symbolize.clone()),
         sources: render::SourceCache::default(),
         exe_of: HashMap::new(),
+        module_paths: HashMap::new(),
         attached: Default::default(),
         notes: Vec::new(),
         crashes: HashMap::new(),
@@ -372,7 +398,8 @@ pub fn replay(
             }
             _ => false,
         };
-        let nested = nested || filtered;
+        let inside_library = entry.is_some_and(|e| !called_from_main(&cx, e));
+        let nested = nested || filtered || inside_library;
         let selected = opts
             .pid
             .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));

@@ -1,6 +1,7 @@
-//! The default recording under the agent: every call the main executable makes into a
-//! shared library, found through its imports, as ltrace shows them, on binaries ltrace
-//! cannot see.
+//! The default recording: every call the main executable makes into a shared library,
+//! found through its imports, as ltrace shows them, on binaries ltrace cannot see; under
+//! the agent (GOT slots redirected) and under ptrace (defining functions' entries, or PLT
+//! entries while the loader has not bound them) alike.
 
 mod common;
 
@@ -72,6 +73,14 @@ fn record_default(bin: &Path, rec: &Path, args: &[&str]) -> String {
     stderr
 }
 
+/// Records with `--engine ENGINE`; returns stderr.
+fn record_engine(engine: &str, bin: &Path, rec: &Path, args: &[&str]) -> String {
+    let o = record_opts(&["--engine", engine], rec, bin, args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(stderr.contains(&format!("engine: {engine}")), "{stderr}");
+    stderr
+}
+
 /// The names of the traced calls, in order.
 fn traced_names(rec: &Path) -> Vec<String> {
     traced_calls(rec, &[])
@@ -97,6 +106,9 @@ fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
     record_default(&bin, &rec, &[]);
     let ours = traced_calls(&rec, &[]);
     assert_eq!(ours, ltrace);
+    // The ptrace engine hooks the PLT entries of the slots the loader has not bound yet.
+    record_engine("ptrace", &bin, &rec, &[]);
+    assert_eq!(traced_calls(&rec, &[]), ltrace, "ptrace engine");
     // The calls are those of the fixture's marked lines, so the comparison is not empty.
     assert_eq!(ours.len(), 12, "{ours:#?}");
     assert_eq!(ours[0], "strdup(\"imported\") = PTR");
@@ -111,19 +123,23 @@ fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
 }
 
 #[test]
-fn the_trace_is_the_same_whatever_the_binding_and_plt() {
+fn the_trace_is_the_same_whatever_the_binding_plt_and_engine() {
     let dir = scratch("imports-binding");
     let mut traces = Vec::new();
-    for (name, flags) in [
+    for ((name, flags), engine) in [
         ("imports_lazy", &["-Wl,-z,lazy"][..]),
         ("imports_now", &["-Wl,-z,now"][..]),
         ("imports_noplt", &["-fno-plt"][..]),
         ("imports_ibt", &["-fcf-protection", "-Wl,-z,ibt,-z,now"][..]),
         ("imports_nopie", &["-no-pie"][..]),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|b| [(b, "agent"), (b, "ptrace")])
+    {
         let bin = build(name, flags);
-        let rec = dir.join(format!("{name}.rlt"));
-        record_default(&bin, &rec, &["escape"]);
+        let rec = dir.join(format!("{name}-{engine}.rlt"));
+        record_engine(engine, &bin, &rec, &["escape"]);
+        let name = format!("{name} ({engine})");
         let src = repo().join("tests/fixtures/c/imports.c");
         let line = format!("imports.c:{}", marker_line(&src, "IMPORTS: strlen"));
         let trace = replay_clean(&rec, &[]);
@@ -140,6 +156,7 @@ fn the_trace_is_the_same_whatever_the_binding_and_plt() {
             .collect();
         traces.push((name, calls));
     }
+    assert_eq!(traces.len(), 10);
     assert_eq!(traces[0].1.len(), 13, "{:#?}", traces[0].1);
     for (name, t) in &traces[1..] {
         assert_eq!(t, &traces[0].1, "{name} against {}", traces[0].0);
@@ -265,20 +282,37 @@ fn e_selects_calls_as_ltrace_does_and_warns_about_rules_that_match_nothing() {
     let src = repo().join("tests/fixtures/c/imports.c");
     let at = format!("imports.c:{}", marker_line(&src, "IMPORTS: puts"));
     assert!(parse_leaks(&report).iter().any(|g| g.at == at), "{report}");
-    // Only the agent traces calls through the imports.
-    let o = rltrace()
-        .args(["record", "--engine", "ptrace", "-e", "write", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("select function entries with -x"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    // The ptrace engine hooks only the imports the chains select, and warns alike.
+    let o = record_opts(
+        &["--engine", "ptrace", "-e", "write+str*", "-e", "nosuch"],
+        &rec,
+        &bin,
+        &[],
     );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: -e rule \"nosuch\" matched no call"),
+        "{err}"
+    );
+    // The recording says so too, and replay passes it on.
+    let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+    let notes = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        notes.contains("-e rule \"nosuch\" matched no call the program makes"),
+        "{notes}"
+    );
+    let names = |args: &[&str]| -> Vec<String> {
+        replay(&rec, args)
+            .lines()
+            .filter_map(call_of)
+            .map(|c| c.split('(').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["strdup", "strlen", "strcmp", "write"]);
+    // Only the selected imports were hooked: no puts even among the library's calls.
+    let all = names(&["--all"]);
+    assert!(all.iter().any(|n| n == "malloc"), "{all:#?}");
+    assert!(!all.iter().any(|n| n == "puts"), "{all:#?}");
 }
 
 #[test]
@@ -375,4 +409,30 @@ fn a_coroutine_on_a_small_stack_next_to_an_unmapped_page_runs_correctly() {
         calls.contains(&"write(1, \"co\\n\", 3) = 3".to_string()),
         "{calls:#?}"
     );
+}
+
+#[test]
+fn ptrace_engine_tells_the_programs_calls_from_the_libraries_by_return_address() {
+    // Bound at startup: the ptrace engine hooks the defining functions' entries, which
+    // every caller reaches, and the return address tells whose call it is.
+    let bin = build("imports_callers", &["-Wl,-z,now"]);
+    let rec = scratch("imports-callers").join("i.rlt");
+    record_engine("ptrace", &bin, &rec, &[]);
+    let shown = traced_calls(&rec, &[]);
+    assert_eq!(shown.len(), 12, "{shown:#?}");
+    assert_eq!(shown[11], "puts(\"after\") = 6");
+    // stdout is a pipe here, so the C library writes "after" out at exit, from its own
+    // code and inside no traced call: a call made inside a library, shown with --all.
+    let all = traced_calls(&rec, &["--all"]);
+    assert_eq!(
+        all.last().map(String::as_str),
+        Some("write(1, \"after\\n\", 6) = 6"),
+        "{all:#?}"
+    );
+    assert!(!shown.iter().any(|c| c.starts_with("write(1, \"after")));
+    // strlen, called by the program and by strdup, puts and printf inside the library:
+    // the first only in the default view.
+    let strlens = |v: &[String]| v.iter().filter(|c| c.starts_with("strlen(")).count();
+    assert_eq!(strlens(&shown), 1, "{shown:#?}");
+    assert!(strlens(&all) >= 4, "{all:#?}");
 }

@@ -44,28 +44,9 @@ pub fn hooks() -> &'static [Hook] {
     unsafe { std::slice::from_raw_parts(p, HOOK_COUNT.load(Ordering::Acquire)) }
 }
 
-/// Imports never redirected, besides [`wire::NEVER_HOOKED`] (which return twice on a
-/// shared stack, replace their caller's stack, or start the program) and the allocator
-/// family the agent interposes: toolchain internals ltrace does not show either, and
-/// functions that act on behalf of the object their return address lies in (`dlopen` searches the
-/// caller's RUNPATH; `dlsym(RTLD_NEXT)` starts after the caller), which a trampoline in
-/// between would change.
-const SKIPPED: &[&str] = &[
-    "dlopen",
-    "dlmopen",
-    "dlsym",
-    "dlvsym",
-    "__cxa_finalize",
-    "__gmon_start__",
-    "_ITM_*",
-];
-
+/// Imports never redirected: [`wire::import_skipped`].
 fn skipped(name: &str) -> bool {
-    wire::FUNCTIONS.contains(&name)
-        || wire::NEVER_HOOKED
-            .iter()
-            .chain(SKIPPED)
-            .any(|p| wire::glob(p, name))
+    wire::import_skipped(name)
 }
 
 const DT_NULL: i64 = 0;

@@ -247,6 +247,7 @@ mod tests {
                 name: name.into(),
                 class,
                 returns,
+                imported: false,
             }));
         }
         d.learn(&Record::Thread(ThreadDef {

@@ -152,6 +152,10 @@ impl FnClass {
     }
 }
 
+/// Set in a function record's class byte for [`FunctionDef::imported`]; older readers
+/// see an unknown class, which reads as "other".
+pub const IMPORTED_BIT: u8 = 0x80;
+
 /// A mapped object file (executable, shared library) in one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleDef {
@@ -182,6 +186,10 @@ pub struct FunctionDef {
     pub class: FnClass,
     /// False for `void` functions: no exit record follows their enter record.
     pub returns: bool,
+    /// Traced because the main executable imports it, and hooked where every caller
+    /// reaches it: a call whose return address lies outside the main executable was made
+    /// inside a library (ltrace would not show it).
+    pub imported: bool,
 }
 
 /// A thread, numbered compactly for the event records.

@@ -392,12 +392,18 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 end: d.uvar()?,
             }),
             tag::MODULE_UNLOAD => Record::ModuleUnload(d.uvar32()?),
-            tag::FUNCTION => Record::Function(FunctionDef {
-                id: d.uvar32()?,
-                name: d.str(MAX_STRING)?,
-                class: FnClass::from_code(d.u8()?),
-                returns: d.u8()? != 0,
-            }),
+            tag::FUNCTION => {
+                let id = d.uvar32()?;
+                let name = d.str(MAX_STRING)?;
+                let class = d.u8()?;
+                Record::Function(FunctionDef {
+                    id,
+                    name,
+                    class: FnClass::from_code(class & !IMPORTED_BIT),
+                    returns: d.u8()? != 0,
+                    imported: class & IMPORTED_BIT != 0,
+                })
+            }
             tag::THREAD => Record::Thread(ThreadDef {
                 num: d.uvar32()?,
                 pid: d.uvar32()?,

@@ -23,6 +23,7 @@ fn sample_records() -> Vec<Record> {
             name: "malloc".into(),
             class: FnClass::Malloc,
             returns: true,
+            imported: false,
         }),
         Record::Thread(ThreadDef {
             num: 0,

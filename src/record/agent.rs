@@ -906,7 +906,9 @@ impl<W: io::Write> Recorder<'_, W> {
         if let Some(&f) = self.functions.get(&(name.clone(), returns)) {
             return Ok(f);
         }
-        let f = self.sink.function_named(&name, FnClass::Other, returns)?;
+        let f = self
+            .sink
+            .function_named(&name, FnClass::Other, returns, false)?;
         self.functions.insert((name, returns), f);
         Ok(f)
     }

@@ -78,6 +78,8 @@ pub struct RecordOutcome {
     pub dropped: u64,
     /// `-x` rules that selected no function.
     pub unmatched: Vec<String>,
+    /// `-e` rules that selected no call through the program's imports.
+    pub unmatched_calls: Vec<String>,
     /// The engine that recorded, and why it was chosen.
     pub engine: (Engine, String),
 }
@@ -97,9 +99,6 @@ pub enum RecordError {
     /// A `-e` chain does not parse.
     #[error(transparent)]
     Select(#[from] select::SelectError),
-    /// `-e` selects calls through the imports, which only the agent traces.
-    #[error("-e selects the program's calls through its imports, which only the agent engine traces, and the ptrace engine records this ({0}); select function entries with -x instead")]
-    CallsNeedAgent(String),
     /// The output file could not be created.
     #[error("cannot create {path}: {source}")]
     Create {
@@ -157,10 +156,6 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
         })
     });
     match (req.engine, refusal) {
-        (Engine::Ptrace, _) if !req.calls.is_empty() => Err(RecordError::CallsNeedAgent(
-            "asked for with --engine".into(),
-        )),
-        (Engine::Auto, Some(why)) if !req.calls.is_empty() => Err(RecordError::CallsNeedAgent(why)),
         (Engine::Ptrace, _) => Ok((None, "asked for with --engine".into())),
         (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
         (Engine::Agent, None) => Ok((library, "asked for with --engine".into())),
@@ -229,6 +224,20 @@ fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Loaded> {
     })
 }
 
+/// The `-e` chains, if any, also stored in the recording: replay shows the calls they
+/// select (allocator calls are recorded for the leak report whatever they say).
+fn call_filter(
+    meta: &mut Meta,
+    req: &RecordRequest,
+) -> Result<Option<select::Selection>, RecordError> {
+    if req.calls.is_empty() {
+        return Ok(None);
+    }
+    meta.pairs
+        .push(("trace-filter".to_string(), req.calls.join("\n")));
+    Ok(Some(select::Selection::parse_calls(&req.calls)?))
+}
+
 /// Stores the loaded prototypes, so that replay shows the arguments as they were captured.
 fn add_protos(meta: &mut Meta, req: &RecordRequest) {
     if !req.protos.is_empty() {
@@ -283,15 +292,7 @@ fn record_agent(
     })?;
     let mut meta = metadata("agent", cmd, 0, false);
     add_protos(&mut meta, req);
-    let calls = if req.calls.is_empty() {
-        None
-    } else {
-        // Replay shows the calls the chains select (allocator calls are recorded for the
-        // leak report whatever they say).
-        meta.pairs
-            .push(("trace-filter".to_string(), req.calls.join("\n")));
-        Some(select::Selection::parse_calls(&req.calls)?)
-    };
+    let calls = call_filter(&mut meta, req)?;
     let calls = calls.map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
     let mut sink = Sink::new(
         BufWriter::with_capacity(1 << 20, file),
@@ -308,7 +309,7 @@ fn record_agent(
         calls: calls.clone(),
     };
     let exit = agent::run(cmd, &mut sink, &opts);
-    let unmatched = calls
+    let unmatched_calls = calls
         .and_then(|c| c.lock().ok().map(|s| s.unmatched()))
         .unwrap_or_default();
     let (_, summary) = sink.finish().map_err(TraceError::from)?;
@@ -322,7 +323,8 @@ fn record_agent(
         exit,
         records: summary.records,
         dropped: summary.dropped,
-        unmatched,
+        unmatched: Vec::new(),
+        unmatched_calls,
         engine: (Engine::Agent, why),
     })
 }
@@ -357,6 +359,18 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
     };
     let mut meta = metadata("ptrace", &words, pid, !spawned);
     add_protos(&mut meta, req);
+    let mut calls = match call_filter(&mut meta, req) {
+        Ok(c) => c,
+        Err(e) => {
+            if spawned {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(e);
+        }
+    };
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
         .map_err(TraceError::from)?;
@@ -368,16 +382,27 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
     if let Some(sel) = select.as_mut() {
         tracer = tracer.with_selection(sel);
     }
+    if let Some(sel) = calls.as_mut() {
+        tracer = tracer.with_calls(sel);
+    }
     let exit = if spawned {
         tracer.run(pid)
     } else {
         tracer.run_attached(pid, req.duration.map(|d| Instant::now() + d))
     };
     let unmatched = select.map(|s| s.unmatched()).unwrap_or_default();
+    let unmatched_calls = calls.map(|s| s.unmatched()).unwrap_or_default();
+    // In the recording too, so whoever replays it knows the trace is not missing calls.
     for rule in &unmatched {
-        // In the recording too, so whoever replays it knows the trace is not missing calls.
         sink.note(pid, format!("filter rule {rule:?} matched no function"))
             .map_err(TraceError::from)?;
+    }
+    for rule in &unmatched_calls {
+        sink.note(
+            pid,
+            format!("-e rule {rule:?} matched no call the program makes into a library"),
+        )
+        .map_err(TraceError::from)?;
     }
     // Whatever happened, close the file properly so it replays.
     let (_, summary) = sink.finish().map_err(TraceError::from)?;
@@ -387,6 +412,7 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
         records: summary.records,
         dropped: summary.dropped,
         unmatched,
+        unmatched_calls,
         engine: (Engine::Ptrace, why),
     })
 }

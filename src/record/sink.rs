@@ -96,7 +96,7 @@ impl<W: Write> Sink<W> {
 
     /// Defines one more traced function (found while recording); returns its id.
     pub fn function(&mut self, f: &TracedFn) -> Result<u32, FormatError> {
-        self.function_named(f.name, f.class, f.returns)
+        self.function_named(f.name, f.class, f.returns, false)
     }
 
     /// Defines a function by name (the agent's traced imports); returns its id.
@@ -105,6 +105,7 @@ impl<W: Write> Sink<W> {
         name: &str,
         class: FnClass,
         returns: bool,
+        imported: bool,
     ) -> Result<u32, FormatError> {
         let id = self.next_function;
         self.writer.push(&Record::Function(FunctionDef {
@@ -112,6 +113,7 @@ impl<W: Write> Sink<W> {
             name: name.to_string(),
             class,
             returns,
+            imported,
         }))?;
         self.next_function += 1;
         Ok(id)

@@ -79,6 +79,31 @@ pub const NEVER_HOOKED: &[&str] = &[
     "__tls_get_addr",
 ];
 
+/// Imports neither engine traces by default, besides [`NEVER_HOOKED`] and the allocator
+/// family (recorded on its own): toolchain internals ltrace does not show either, and
+/// functions that act on behalf of the object their return address lies in (`dlopen`
+/// searches the caller's RUNPATH; `dlsym(RTLD_NEXT)` starts after the caller), which a
+/// trampoline or a replaced return address would change. Globs for [`glob`].
+pub const IMPORTS_SKIPPED: &[&str] = &[
+    "dlopen",
+    "dlmopen",
+    "dlsym",
+    "dlvsym",
+    "__cxa_finalize",
+    "__gmon_start__",
+    "_ITM_*",
+];
+
+/// True for an import neither engine traces by default: the allocator family (recorded
+/// anyway), [`NEVER_HOOKED`] and [`IMPORTS_SKIPPED`].
+pub fn import_skipped(name: &str) -> bool {
+    FUNCTIONS.contains(&name)
+        || NEVER_HOOKED
+            .iter()
+            .chain(IMPORTS_SKIPPED)
+            .any(|p| glob(p, name))
+}
+
 /// Shell-style glob with `*` (any run of characters) and `?` (one character).
 pub fn glob(pattern: &str, text: &str) -> bool {
     // The character at byte offset `i`, and its length.

@@ -28,6 +28,7 @@ use crate::record::select::{glob, Selection};
 use crate::record::sink::{Event, Sink};
 
 mod attach;
+mod imports;
 
 /// Errors that end a recording.
 #[derive(Debug, thiserror::Error)]
@@ -319,8 +320,17 @@ pub struct Tracer<'s, W: Write> {
     refused: HashSet<String>,
     /// Selected GNU IFUNCs: name -> defining module (start, end, path).
     ifuncs: HashMap<String, (u64, u64, String)>,
-    /// GOT slots of each process's main executable, until its entry is reached.
-    got_slots: HashMap<u32, Vec<(String, u64)>>,
+    /// GOT slots of each process's main executable, with the PLT entry jumping through
+    /// each, until its entry is reached.
+    got_slots: HashMap<u32, Vec<(String, u64, Option<u64>)>>,
+    /// `-e` chains: which of the main executable's imports are traced.
+    calls: Option<&'s mut Selection>,
+    /// Each process's imports traced by default, until its entry is reached.
+    imports: HashMap<u32, imports::Imports>,
+    /// Ids of the imports traced by default, by name.
+    import_ids: HashMap<String, u32>,
+    /// Processes whose image (started or exec'd here) has not reached its entry yet.
+    before_entry: HashSet<u32>,
     opts: TraceOptions,
     threads: HashMap<u32, Thread>,
     procs: HashMap<u32, Proc>,
@@ -372,6 +382,10 @@ impl<'s, W: Write> Tracer<'s, W> {
             refused: HashSet::new(),
             ifuncs: HashMap::new(),
             got_slots: HashMap::new(),
+            calls: None,
+            imports: HashMap::new(),
+            import_ids: HashMap::new(),
+            before_entry: HashSet::new(),
             opts,
             threads: HashMap::new(),
             procs: HashMap::new(),
@@ -404,6 +418,12 @@ impl<'s, W: Write> Tracer<'s, W> {
     /// Also traces the functions `sel` selects, in every module that defines them.
     pub fn with_selection(mut self, sel: &'s mut Selection) -> Self {
         self.select = Some(sel);
+        self
+    }
+
+    /// Traces only the imports the `-e` chains `sel` select (all of them without).
+    pub fn with_calls(mut self, sel: &'s mut Selection) -> Self {
+        self.calls = Some(sel);
         self
     }
 
@@ -672,6 +692,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         self.sink.process_start(pid, parent, cause, &path)?;
+        self.before_entry.insert(pid);
         self.procs.insert(
             pid,
             Proc {
@@ -725,27 +746,53 @@ impl<'s, W: Write> Tracer<'s, W> {
             if self.select.is_some() {
                 self.hook_selected(pid, tid, &mut space, &m, is_exe)?;
                 if is_exe {
-                    let slots: Vec<(String, u64)> = m
+                    let plt: HashMap<u64, u64> = m.elf.plt_entries().into_iter().collect();
+                    let slots: Vec<(String, u64, Option<u64>)> = m
                         .elf
                         .got_slots()
                         .into_iter()
-                        .map(|(n, off)| (n, m.bias + off))
+                        .map(|(n, off)| {
+                            let entry = plt.get(&off).map(|e| m.bias + e);
+                            (n, m.bias + off, entry)
+                        })
                         .collect();
                     if !slots.is_empty() {
                         self.got_slots.insert(pid, slots);
-                        match procfs::auxv_entry(pid) {
-                            // Attached (or entry already passed): resolve at setup instead.
-                            Some(entry) if !self.attached => {
-                                if let Err(e) = space.insert_bp(tid, entry, BpKind::Entry) {
-                                    self.sink.note(
-                                        pid,
-                                        format!("IFUNCs selected with -x are not traced: {e}"),
-                                    )?;
-                                }
-                            }
-                            _ => {}
+                    }
+                }
+            }
+            if is_exe && self.opts.imports {
+                let exe = std::path::Path::new(&m.path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let calls = &mut self.calls;
+                let imports = imports::Imports::of(&m, |name| {
+                    calls
+                        .as_deref_mut()
+                        .is_none_or(|s| s.selects(name, &exe, true))
+                });
+                if !imports.is_empty() {
+                    self.imports.insert(pid, imports);
+                }
+            }
+            let bind_at_entry =
+                self.got_slots.contains_key(&pid) || self.imports.contains_key(&pid);
+            if is_exe && bind_at_entry {
+                match procfs::auxv_entry(pid) {
+                    // Attached (entry long passed): resolved at setup instead.
+                    Some(entry) if self.before_entry.contains(&pid) => {
+                        if let Err(e) = space.insert_bp(tid, entry, BpKind::Entry) {
+                            self.sink.note(
+                                pid,
+                                format!(
+                                    "calls through the program's imports and IFUNCs selected \
+                                     with -x are not traced: {e}"
+                                ),
+                            )?;
                         }
                     }
+                    _ => {}
                 }
             }
             if let Some(a) = m.elf.symbol_address("_dl_debug_state") {
@@ -845,7 +892,8 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     /// At the program's entry (relocations done), hooks the implementations that the
     /// selected IFUNCs resolved to, read from the program's GOT slots for them. With lazy
-    /// binding a slot still points at the PLT: those are reported, not guessed.
+    /// binding a slot still points at the PLT: the program's PLT entry for it is hooked
+    /// instead, which sees the program's own calls only, and the recording says so.
     fn resolve_ifuncs(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
         let Some(slots) = self.got_slots.remove(&pid) else {
             return Ok(());
@@ -853,20 +901,39 @@ impl<'s, W: Write> Tracer<'s, W> {
         let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
             return Ok(());
         };
-        for (name, slot) in slots {
-            let Some((lo, hi, path)) = self.ifuncs.get(&name).cloned() else {
+        // Per name: a bound slot (the implementation, every caller), else a PLT entry.
+        let mut found: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for (name, slot, plt) in slots {
+            let Some((lo, hi, _)) = self.ifuncs.get(&name) else {
                 continue;
             };
-            let target = space_rc.borrow().read_u64(slot, "read a GOT slot");
-            let why = match target {
-                Ok(t) if (lo..hi).contains(&t) => {
+            let target = space_rc.borrow().read_u64(slot, "read a GOT slot").ok();
+            let e = found.entry(name).or_default();
+            if let Some(t) = target.filter(|t| (*lo..*hi).contains(t)) {
+                e.0 = Some(t);
+            }
+            e.1 = e.1.or(plt);
+        }
+        for (name, (bound, plt)) in found {
+            let path = self
+                .ifuncs
+                .get(&name)
+                .map(|i| i.2.clone())
+                .unwrap_or_default();
+            let (at, partial) = match (bound, plt) {
+                (Some(t), _) => (Some(t), false),
+                (None, Some(e)) => (Some(e), true),
+                (None, None) => (None, false),
+            };
+            let why = match at {
+                Some(at) => {
                     let id = self.selected_id(&name)?;
                     space_rc
                         .borrow_mut()
-                        .insert_bp(tid, t, BpKind::Call(id))
+                        .insert_bp(tid, at, BpKind::Call(id))
                         .err()
                 }
-                _ => Some(
+                None => Some(
                     "it is a GNU IFUNC and the program binds it lazily (LD_BIND_NOW=1 makes it \
                      traceable)"
                         .to_string(),
@@ -877,6 +944,15 @@ impl<'s, W: Write> Tracer<'s, W> {
                     self.sink
                         .note(pid, format!("{name} in {path} is not traced: {why}"))?;
                 }
+            } else if partial && self.refused.insert(name.clone()) {
+                self.sink.note(
+                    pid,
+                    format!(
+                        "{name} in {path}: only the program's own calls are traced: it is a GNU \
+                         IFUNC the program binds lazily, hooked at the program's PLT entry \
+                         (LD_BIND_NOW=1 traces every caller)"
+                    ),
+                )?;
             }
         }
         Ok(())
@@ -950,7 +1026,11 @@ impl<'s, W: Write> Tracer<'s, W> {
                 match bp.kind {
                     BpKind::Call(f) => self.on_call(tid, pid, regs, addr, f)?,
                     BpKind::DlDebugState => self.refresh_modules(pid, tid)?,
-                    BpKind::Entry => self.resolve_ifuncs(pid, tid)?,
+                    BpKind::Entry => {
+                        self.before_entry.remove(&pid);
+                        self.resolve_ifuncs(pid, tid)?;
+                        self.hook_imports(pid, tid)?;
+                    }
                 }
                 let mut r = regs;
                 r.rip = bp.tramp;

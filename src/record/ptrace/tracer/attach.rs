@@ -204,7 +204,8 @@ impl<W: Write> Tracer<'_, W> {
         }
         self.refresh_modules(pid, tid)?;
         // Long past its entry: the GOT already holds the IFUNCs' implementations.
-        self.resolve_ifuncs(pid, tid)
+        self.resolve_ifuncs(pid, tid)?;
+        Ok(self.hook_imports(pid, tid)?)
     }
 
     /// Lets every held thread run again, with the signals it is owed.
