@@ -64,6 +64,10 @@ enum Cmd {
         /// (ltrace's -L: no default @MAIN).
         #[arg(short = 'L', long, conflicts_with = "calls")]
         no_imports: bool,
+        /// Also record system calls (ltrace's -S), as `SYS_write(1, "hi\n", 3) = 3`, shown
+        /// whatever library call they are made in. Uses the ptrace engine.
+        #[arg(short = 'S')]
+        syscalls: bool,
         /// Trace only the program's calls into libraries that this chain selects (ltrace's
         /// -e: `write+send+str*`, `-puts`, `/^mem/`, `sym@MAIN`); repeatable, a call any
         /// chain selects is traced. The allocator family is recorded regardless, for the
@@ -267,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             libs,
             string_limit,
             no_imports,
+            syscalls,
             calls,
             configs,
             engine,
@@ -328,6 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
             req.trace.follow = !no_follow;
             req.trace.imports = !no_imports;
+            req.trace.syscalls = syscalls;
             req.protos = protos;
             req.trace.string_limit = string_limit.min(rltrace::format::MAX_ARG_DATA);
             let out = record::record(&req)?;

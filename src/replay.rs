@@ -318,7 +318,8 @@ fn main_name(cx: &Context, thread: u32) -> &str {
 /// return address lies outside its process's main executable: a call made inside a
 /// library. True when that cannot be told (no stack).
 fn called_from_main(cx: &Context, e: &crate::format::Enter) -> bool {
-    if !cx.defs.functions.get(&e.func).is_some_and(|f| f.imported) {
+    let origin = cx.defs.functions.get(&e.func).map(|f| f.origin);
+    if origin != Some(crate::format::Origin::Imported) {
         return true;
     }
     let Some(first) = e
@@ -399,7 +400,11 @@ pub fn replay(
             _ => false,
         };
         let inside_library = entry.is_some_and(|e| !called_from_main(&cx, e));
-        let nested = nested || filtered || inside_library;
+        // System calls (-S) show whatever call they are made in, as ltrace -S shows them.
+        let syscall = entry.is_some_and(|e| {
+            cx.defs.functions.get(&e.func).map(|f| f.origin) == Some(crate::format::Origin::Syscall)
+        });
+        let nested = !syscall && (nested || filtered || inside_library);
         let selected = opts
             .pid
             .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));

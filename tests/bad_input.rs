@@ -208,7 +208,7 @@ fn hostile_paths_in_a_recording_are_not_opened() {
             name: "malloc".into(),
             class: FnClass::Malloc,
             returns: true,
-            imported: false,
+            origin: Default::default(),
         }),
         Record::Thread(ThreadDef {
             num: 0,

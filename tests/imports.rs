@@ -436,3 +436,70 @@ fn ptrace_engine_tells_the_programs_calls_from_the_libraries_by_return_address()
     assert_eq!(strlens(&shown), 1, "{shown:#?}");
     assert!(strlens(&all) >= 4, "{all:#?}");
 }
+
+#[test]
+fn s_records_system_calls_as_strace_sees_them_inside_the_calls_that_make_them() {
+    require_tool("strace");
+    let bin = build("imports_sys", &["-Wl,-z,now"]);
+    let dir = scratch("imports-syscalls");
+    let rec = dir.join("s.rlt");
+    let o = record_opts(&["-S"], &rec, &bin, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("engine: ptrace (-S records system calls"),
+        "{err}"
+    );
+    let trace = replay_clean(&rec, &[]);
+    let ours: Vec<&str> = trace
+        .lines()
+        .filter_map(|l| l.split_once("] SYS_")?.1.split('(').next())
+        .collect();
+    // strace on the same program: the same system calls in the same order, but for the
+    // execve strace sees before the program exists (rltrace takes it at its exec stop).
+    let out = dir.join("strace.txt");
+    run_ok("strace", &["-o".as_ref(), out.as_os_str(), bin.as_os_str()]);
+    let theirs: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("+++"))
+        .filter_map(|l| Some(l.split_once('(')?.0.to_string()))
+        .collect();
+    assert_eq!(theirs.first().map(String::as_str), Some("execve"));
+    assert_eq!(ours, theirs[1..], "{trace}");
+    assert!(ours.len() > 20, "{ours:?}");
+    // Decoded like the C library's wrappers, nested in the library call that made them,
+    // attributed to the program's line, and exit_group never returns.
+    let src = repo().join("tests/fixtures/c/imports.c");
+    let line = format!("imports.c:{}", marker_line(&src, "IMPORTS: write"));
+    let lines: Vec<&str> = trace.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("] SYS_write(1, \"wrote\\n\", 6) = 6") && l.contains(&line))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(
+        lines[i - 1].contains("] write(1, \"wrote\\n\", 6 <unfinished ...>"),
+        "{trace}"
+    );
+    assert!(
+        lines[i + 1].contains("] <... write resumed> ) = 6"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("SYS_openat(-100, \"/etc/ld.so.cache\", 0x80000, 0x0) = 3"),
+        "{trace}"
+    );
+    let last = lines.iter().rev().find(|l| l.contains("] SYS_")).unwrap();
+    assert!(
+        last.contains("SYS_exit_group(0x0") && last.contains("= <no return ...>"),
+        "{last}"
+    );
+    // The agent cannot see system calls.
+    let o = rltrace()
+        .args(["record", "--engine", "agent", "-S", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -247,7 +247,7 @@ mod tests {
                 name: name.into(),
                 class,
                 returns,
-                imported: false,
+                origin: Default::default(),
             }));
         }
         d.learn(&Record::Thread(ThreadDef {

@@ -152,9 +152,49 @@ impl FnClass {
     }
 }
 
-/// Set in a function record's class byte for [`FunctionDef::imported`]; older readers
-/// see an unknown class, which reads as "other".
+/// Set in a function record's class byte for [`Origin::Imported`]; older readers see an
+/// unknown class, which reads as "other".
 pub const IMPORTED_BIT: u8 = 0x80;
+/// Set in a function record's class byte for [`Origin::Syscall`].
+pub const SYSCALL_BIT: u8 = 0x40;
+
+/// Why a function is traced, where that changes what replay shows of its calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Hooked for itself (the allocator family, `-x`, the agent's imports): every call
+    /// of it is the trace's business.
+    #[default]
+    Hooked,
+    /// Traced because the main executable imports it, and hooked where every caller
+    /// reaches it: a call whose return address lies outside the main executable was made
+    /// inside a library (ltrace would not show it).
+    Imported,
+    /// A system call (`-S`), named `SYS_<name>`: shown whatever call it is made in.
+    Syscall,
+}
+
+impl Origin {
+    /// The bits it sets in a function record's class byte.
+    pub fn bits(self) -> u8 {
+        match self {
+            Origin::Hooked => 0,
+            Origin::Imported => IMPORTED_BIT,
+            Origin::Syscall => SYSCALL_BIT,
+        }
+    }
+
+    /// The origin a class byte says, and the class code without its origin bits.
+    pub fn split(class: u8) -> (Origin, u8) {
+        let origin = if class & IMPORTED_BIT != 0 {
+            Origin::Imported
+        } else if class & SYSCALL_BIT != 0 {
+            Origin::Syscall
+        } else {
+            Origin::Hooked
+        };
+        (origin, class & !(IMPORTED_BIT | SYSCALL_BIT))
+    }
+}
 
 /// A mapped object file (executable, shared library) in one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,10 +226,8 @@ pub struct FunctionDef {
     pub class: FnClass,
     /// False for `void` functions: no exit record follows their enter record.
     pub returns: bool,
-    /// Traced because the main executable imports it, and hooked where every caller
-    /// reaches it: a call whose return address lies outside the main executable was made
-    /// inside a library (ltrace would not show it).
-    pub imported: bool,
+    /// Why it is traced.
+    pub origin: Origin,
 }
 
 /// A thread, numbered compactly for the event records.

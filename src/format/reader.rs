@@ -395,13 +395,13 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
             tag::FUNCTION => {
                 let id = d.uvar32()?;
                 let name = d.str(MAX_STRING)?;
-                let class = d.u8()?;
+                let (origin, class) = Origin::split(d.u8()?);
                 Record::Function(FunctionDef {
                     id,
                     name,
-                    class: FnClass::from_code(class & !IMPORTED_BIT),
+                    class: FnClass::from_code(class),
                     returns: d.u8()? != 0,
-                    imported: class & IMPORTED_BIT != 0,
+                    origin,
                 })
             }
             tag::THREAD => Record::Thread(ThreadDef {

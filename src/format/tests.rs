@@ -23,7 +23,7 @@ fn sample_records() -> Vec<Record> {
             name: "malloc".into(),
             class: FnClass::Malloc,
             returns: true,
-            imported: false,
+            origin: Default::default(),
         }),
         Record::Thread(ThreadDef {
             num: 0,

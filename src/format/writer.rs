@@ -233,7 +233,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             e.u8(tag::FUNCTION);
             e.uvar(f.id.into());
             e.str(&f.name);
-            e.u8(f.class.code() | if f.imported { IMPORTED_BIT } else { 0 });
+            e.u8(f.class.code() | f.origin.bits());
             e.u8(u8::from(f.returns));
         }
         Record::Thread(t) => {

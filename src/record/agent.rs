@@ -906,9 +906,12 @@ impl<W: io::Write> Recorder<'_, W> {
         if let Some(&f) = self.functions.get(&(name.clone(), returns)) {
             return Ok(f);
         }
-        let f = self
-            .sink
-            .function_named(&name, FnClass::Other, returns, false)?;
+        let f = self.sink.function_named(
+            &name,
+            FnClass::Other,
+            returns,
+            crate::format::Origin::Hooked,
+        )?;
         self.functions.insert((name, returns), f);
         Ok(f)
     }

@@ -137,6 +137,9 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
         Target::Command(_) if req.select.is_some() => {
             Some("-x/-l select functions the agent does not interpose".to_string())
         }
+        Target::Command(_) if req.trace.syscalls => {
+            Some("-S records system calls, which only ptrace sees".to_string())
+        }
         Target::Command(cmd) => match cmd.first().and_then(|c| find_program(Path::new(c))) {
             Some(p) if !crate::elf::is_dynamic(&p) => Some(format!(
                 "{} is statically linked: nothing can be preloaded into it",

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use crate::format::{
     ArgData, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
-    ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef, Writer,
+    Origin, ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef,
+    Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -96,7 +97,7 @@ impl<W: Write> Sink<W> {
 
     /// Defines one more traced function (found while recording); returns its id.
     pub fn function(&mut self, f: &TracedFn) -> Result<u32, FormatError> {
-        self.function_named(f.name, f.class, f.returns, false)
+        self.function_named(f.name, f.class, f.returns, Origin::Hooked)
     }
 
     /// Defines a function by name (the agent's traced imports); returns its id.
@@ -105,7 +106,7 @@ impl<W: Write> Sink<W> {
         name: &str,
         class: FnClass,
         returns: bool,
-        imported: bool,
+        origin: Origin,
     ) -> Result<u32, FormatError> {
         let id = self.next_function;
         self.writer.push(&Record::Function(FunctionDef {
@@ -113,7 +114,7 @@ impl<W: Write> Sink<W> {
             name: name.to_string(),
             class,
             returns,
-            imported,
+            origin,
         }))?;
         self.next_function += 1;
         Ok(id)

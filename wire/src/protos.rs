@@ -473,15 +473,97 @@ impl Capture {
 
 /// The prototype of `name`, if the table has one.
 pub fn lookup(name: &str) -> Option<&'static Proto> {
+    if let Some(call) = name.strip_prefix("SYS_") {
+        // A system call recorded with `-S`: decoded like its C library wrapper where the
+        // two take and return the same values (the kernel returns -errno, not -1).
+        return SYSCALLS_AS_LIBC
+            .binary_search(&call)
+            .ok()
+            .and_then(|_| lookup(call));
+    }
     PROTOS
         .binary_search_by(|p| p.name.cmp(name))
         .ok()
         .map(|i| &PROTOS[i])
 }
 
+/// System calls whose arguments and result mean what their C library wrapper's do (not
+/// `brk` or `getcwd`, whose kernel results differ). Sorted.
+const SYSCALLS_AS_LIBC: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "bind",
+    "chdir",
+    "close",
+    "connect",
+    "dup",
+    "dup2",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "eventfd",
+    "execve",
+    "fcntl",
+    "fstat",
+    "fsync",
+    "getpid",
+    "getppid",
+    "getrandom",
+    "gettid",
+    "getuid",
+    "ioctl",
+    "kill",
+    "listen",
+    "lseek",
+    "lstat",
+    "madvise",
+    "mkdir",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "nanosleep",
+    "open",
+    "openat",
+    "pipe",
+    "pipe2",
+    "poll",
+    "read",
+    "readlink",
+    "recvfrom",
+    "rename",
+    "rmdir",
+    "sched_yield",
+    "select",
+    "sendto",
+    "setsockopt",
+    "shutdown",
+    "socket",
+    "socketpair",
+    "stat",
+    "unlink",
+    "write",
+    "writev",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_calls_borrow_only_matching_wrapper_prototypes() {
+        assert!(SYSCALLS_AS_LIBC.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            SYSCALLS_AS_LIBC.iter().all(|c| lookup(c).is_some()),
+            "{SYSCALLS_AS_LIBC:?}"
+        );
+        assert!(core::ptr::eq(
+            lookup("SYS_write").unwrap(),
+            lookup("write").unwrap()
+        ));
+        assert!(lookup("SYS_brk").is_none());
+        assert!(lookup("SYS_getcwd").is_none());
+    }
 
     fn convs(fmt: &str) -> ([Option<Conv>; 8], usize) {
         let mut out = [None; 8];

@@ -126,3 +126,62 @@ pub fn get_regs(tid: u32) -> nix::Result<Regs> {
 pub fn set_regs(tid: u32, regs: Regs) -> nix::Result<()> {
     nix::sys::ptrace::setregs(nix::unistd::Pid::from_raw(tid as i32), regs)
 }
+
+/// Where a thread stopped by `PTRACE_SYSCALL` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallStop {
+    /// Entering system call `nr` with these arguments.
+    Entry {
+        /// System call number.
+        nr: u64,
+        /// Its six arguments.
+        args: [u64; 6],
+    },
+    /// Leaving the system call entered last, with this result (-errno on failure).
+    Exit {
+        /// The result.
+        rval: i64,
+    },
+    /// Something else (a seccomp stop, or no system call).
+    Other,
+}
+
+/// Asks the kernel where a thread in a syscall stop is (`PTRACE_GET_SYSCALL_INFO`, Linux
+/// 5.3), rather than counting entries and exits, which an exec or a restarted call upsets.
+pub fn syscall_info(tid: u32) -> Result<SyscallStop, nix::errno::Errno> {
+    // struct ptrace_syscall_info, read as bytes: op u8 at 0, then at 24 either the entry
+    // (nr u64, args [u64; 6]) or the exit (rval s64, is_error u8). The layout is kernel ABI.
+    let mut buf = [0u8; 88];
+    // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` (the buffer's length) bytes to
+    // `data`, which points at this exclusively borrowed buffer of that length.
+    let n = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GET_SYSCALL_INFO,
+            tid as libc::pid_t,
+            buf.len() as *mut libc::c_void,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if n < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&buf[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let got = usize::try_from(n).unwrap_or(0).min(buf.len());
+    Ok(match buf[0] {
+        libc::PTRACE_SYSCALL_INFO_ENTRY if got >= 80 => {
+            let mut args = [0u64; 6];
+            for (i, a) in args.iter_mut().enumerate() {
+                *a = word(32 + 8 * i);
+            }
+            SyscallStop::Entry { nr: word(24), args }
+        }
+        libc::PTRACE_SYSCALL_INFO_EXIT if got >= 33 => SyscallStop::Exit {
+            rval: word(24) as i64,
+        },
+        _ => SyscallStop::Other,
+    })
+}

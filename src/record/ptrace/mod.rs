@@ -4,4 +4,5 @@
 pub mod codegen;
 pub mod mem;
 pub mod space;
+pub mod syscalls;
 pub mod tracer;

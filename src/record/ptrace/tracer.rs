@@ -29,6 +29,7 @@ use crate::record::sink::{Event, Sink};
 
 mod attach;
 mod imports;
+mod syscalls;
 
 /// Errors that end a recording.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,10 @@ pub struct TraceOptions {
     pub follow: bool,
     /// Most bytes captured per string or buffer argument (ltrace's `-s`).
     pub string_limit: usize,
-    /// Trace every call the main executable makes into shared libraries (the agent
-    /// engine; the ptrace engine traces what `-x`/`-l` select).
+    /// Trace every call the main executable makes into shared libraries.
     pub imports: bool,
+    /// Trace system calls (`-S`).
+    pub syscalls: bool,
 }
 
 impl Default for TraceOptions {
@@ -98,6 +100,7 @@ impl Default for TraceOptions {
             follow: true,
             string_limit: 32,
             imports: true,
+            syscalls: false,
         }
     }
 }
@@ -117,6 +120,8 @@ struct Pending {
 struct Thread {
     pid: u32,
     pending: Vec<Pending>,
+    /// Inside a system call whose entry was recorded (`-S`).
+    in_syscall: bool,
     /// Stack bytes to copy at the next stop.
     stack_read: usize,
 }
@@ -126,6 +131,7 @@ impl Thread {
         Thread {
             pid,
             pending,
+            in_syscall: false,
             stack_read: 0,
         }
     }
@@ -331,6 +337,8 @@ pub struct Tracer<'s, W: Write> {
     import_ids: HashMap<String, u32>,
     /// Processes whose image (started or exec'd here) has not reached its entry yet.
     before_entry: HashSet<u32>,
+    /// Function ids of the system calls seen (`-S`), by number.
+    syscall_ids: HashMap<u64, u32>,
     opts: TraceOptions,
     threads: HashMap<u32, Thread>,
     procs: HashMap<u32, Proc>,
@@ -386,6 +394,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             imports: HashMap::new(),
             import_ids: HashMap::new(),
             before_entry: HashSet::new(),
+            syscall_ids: HashMap::new(),
             opts,
             threads: HashMap::new(),
             procs: HashMap::new(),
@@ -482,7 +491,8 @@ impl<'s, W: Write> Tracer<'s, W> {
             | PtOptions::PTRACE_O_TRACEVFORK
             | PtOptions::PTRACE_O_TRACEEXEC
             | PtOptions::PTRACE_O_TRACEEXIT
-            | PtOptions::PTRACE_O_EXITKILL;
+            | PtOptions::PTRACE_O_EXITKILL
+            | self.syscall_option();
         ptrace::detach(p, Signal::SIGSTOP).map_err(pt("detach to re-seize"))?;
         let wait = |flags| loop {
             match waitpid(p, Some(flags)) {
@@ -566,6 +576,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         let (tid, handled) = match status {
             WaitStatus::Stopped(p, sig) => (p, self.on_stop(p.as_raw() as u32, sig)),
             WaitStatus::PtraceEvent(p, sig, ev) => (p, self.on_event(p.as_raw() as u32, sig, ev)),
+            WaitStatus::PtraceSyscall(p) => (p, self.on_syscall(p.as_raw() as u32)),
             WaitStatus::Exited(p, code) => {
                 (p, self.on_gone(p.as_raw() as u32, ExitHow::Code(code)))
             }
@@ -638,6 +649,24 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
     }
 
+    /// Lets a stopped thread run: to its next system call too with `-S`.
+    fn restart(&self, p: Pid, sig: Option<Signal>) -> nix::Result<()> {
+        if self.opts.syscalls {
+            ptrace::syscall(p, sig)
+        } else {
+            ptrace::cont(p, sig)
+        }
+    }
+
+    /// `PTRACE_O_TRACESYSGOOD` with `-S`, so that system call stops tell themselves apart.
+    fn syscall_option(&self) -> PtOptions {
+        if self.opts.syscalls {
+            PtOptions::PTRACE_O_TRACESYSGOOD
+        } else {
+            PtOptions::empty()
+        }
+    }
+
     fn resume(&mut self, tid: u32, sig: Option<Signal>) -> Result<(), TraceError> {
         let mut sig = sig;
         if self.stopping {
@@ -668,7 +697,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
             }
         }
-        match ptrace::cont(Pid::from_raw(tid as i32), sig) {
+        match self.restart(Pid::from_raw(tid as i32), sig) {
             // The thread may have been killed (exit_group from another thread) meanwhile.
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(pt(format!("continue thread {tid}"))(e)),
@@ -1135,7 +1164,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 // kernel takes job-control traps before queued signals). Held here, it would
                 // get that SIGTRAP after the detach, with no breakpoint left to explain it:
                 // let it report the breakpoint first.
-                match ptrace::cont(p, None) {
+                match self.restart(p, None) {
                     Ok(()) | Err(Errno::ESRCH) => Ok(()),
                     Err(e) => Err(pt(format!("continue thread {tid}"))(e)),
                 }

@@ -82,7 +82,8 @@ impl<W: Write> Tracer<'_, W> {
             | PtOptions::PTRACE_O_TRACEFORK
             | PtOptions::PTRACE_O_TRACEVFORK
             | PtOptions::PTRACE_O_TRACEEXEC
-            | PtOptions::PTRACE_O_TRACEEXIT;
+            | PtOptions::PTRACE_O_TRACEEXIT
+            | self.syscall_option();
         let mut seized: Vec<u32> = Vec::new();
         let mut seen: HashSet<u32> = HashSet::new();
         loop {

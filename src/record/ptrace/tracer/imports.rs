@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use super::{Tracer, UNHOOKABLE};
-use crate::format::{FnClass, FormatError};
+use crate::format::{FnClass, FormatError, Origin};
 use crate::record::funcs::{self, TracedFn};
 use crate::record::ptrace::space::{BpKind, NewModule};
 use crate::record::select::glob;
@@ -114,7 +114,9 @@ impl<W: Write> Tracer<'_, W> {
             nargs,
             returns,
         };
-        let id = self.sink.function_named(f.name, f.class, f.returns, true)?;
+        let id = self
+            .sink
+            .function_named(f.name, f.class, f.returns, Origin::Imported)?;
         debug_assert_eq!(id as usize, self.funcs.len());
         self.funcs.push(f);
         self.import_ids.insert(name.to_string(), id);

@@ -1,0 +1,174 @@
+//! System calls (`record -S`): each thread runs with `PTRACE_SYSCALL`, and each entry and
+//! exit stop becomes an Enter and Exit record of a function named `SYS_<name>`, ordered
+//! with the calls by the same sequence counter the return stubs take.
+
+use std::io::Write;
+
+use nix::errno::Errno;
+
+use super::{capture_args, pt, TraceError, Tracer};
+use crate::format::{FnClass, Origin};
+use crate::record::funcs;
+use crate::record::ptrace::mem::{self, SyscallStop};
+use crate::record::ptrace::syscalls;
+use crate::record::sink::Event;
+
+/// `exit` and `exit_group`: recorded as never returning.
+const NEVER_RETURN: [u64; 2] = [60, 231];
+
+impl<W: Write> Tracer<'_, W> {
+    /// Records the system call entry or exit thread `tid` stopped at, and lets it go on.
+    pub(super) fn on_syscall(&mut self, tid: u32) -> Result<(), TraceError> {
+        let Some(pid) = self.threads.get(&tid).map(|t| t.pid) else {
+            return self.resume(tid, None);
+        };
+        match mem::syscall_info(tid) {
+            Ok(SyscallStop::Entry { nr, args }) => self.syscall_entry(tid, pid, nr, args)?,
+            Ok(SyscallStop::Exit { rval }) => self.syscall_exit(tid, pid, rval)?,
+            Ok(SyscallStop::Other) => {}
+            Err(Errno::ESRCH) => return Ok(()),
+            Err(e) => return Err(pt(format!("system call of thread {tid}"))(e)),
+        }
+        self.release(pid)?;
+        self.resume(tid, None)
+    }
+
+    fn syscall_entry(
+        &mut self,
+        tid: u32,
+        pid: u32,
+        nr: u64,
+        all: [u64; 6],
+    ) -> Result<(), TraceError> {
+        let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
+            return Ok(());
+        };
+        let regs = match mem::get_regs(tid) {
+            Ok(r) => r,
+            Err(Errno::ESRCH) => return Ok(()),
+            Err(e) => return Err(pt(format!("registers of thread {tid}"))(e)),
+        };
+        let func = self.syscall_id(nr)?;
+        let space = space_rc.borrow();
+        let Some(seq_addr) = space.seq_addr() else {
+            return Ok(());
+        };
+        let read_len = self
+            .threads
+            .get(&tid)
+            .map_or(0, |t| t.stack_read)
+            .max(self.opts.stack_bytes);
+        let (got, header, seq) =
+            self.read_polled(tid, seq_addr, &space, &[], Some((regs.rsp, read_len)));
+        drop(space);
+        // The stack from the instruction after `syscall`, in the C library's wrapper (or
+        // wherever the program made it): its caller is the line that asked for it.
+        self.ras.clear();
+        let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
+        let mut space = space_rc.borrow_mut();
+        space.unwind(
+            regs.rip,
+            regs.rsp,
+            regs.rbp,
+            self.opts.max_depth.saturating_sub(1),
+            stack,
+            &mut self.ras,
+        );
+        let frames = std::iter::once(regs.rip)
+            .chain(self.ras.iter().copied())
+            .map(|a| space.frame(a))
+            .collect();
+        drop(space);
+        let f = &self.funcs[func as usize];
+        let args = all[..usize::from(f.nargs).min(6)].to_vec();
+        let data = capture_args(tid, f.name, &args, self.opts.string_limit);
+        let ts = self.sink.now();
+        let Some(proc_) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        proc_.last_seq = proc_.last_seq.max(seq.unwrap_or(0));
+        let at = proc_.last_seq;
+        proc_.buffer(
+            at,
+            0,
+            Event::Enter {
+                pid,
+                tid,
+                ts,
+                func,
+                args,
+                frames,
+                data,
+            },
+        );
+        if NEVER_RETURN.contains(&nr) {
+            // exit and exit_group end the thread or process inside the kernel.
+            proc_.buffer(
+                at,
+                0,
+                Event::Exit {
+                    pid,
+                    tid,
+                    ret: None,
+                    out: None,
+                    ts: None,
+                },
+            );
+        } else if let Some(t) = self.threads.get_mut(&tid) {
+            t.in_syscall = true;
+        }
+        Ok(())
+    }
+
+    fn syscall_exit(&mut self, tid: u32, pid: u32, rval: i64) -> Result<(), TraceError> {
+        // An exit without a recorded entry: the thread was inside the call when rltrace
+        // attached, or the entry belonged to the image an exec replaced.
+        let Some(t) = self.threads.get_mut(&tid).filter(|t| t.in_syscall) else {
+            return Ok(());
+        };
+        t.in_syscall = false;
+        let ts = self.sink.now();
+        let Some(proc_) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        let at = proc_.last_seq;
+        proc_.buffer(
+            at,
+            0,
+            Event::Exit {
+                pid,
+                tid,
+                ret: Some(rval as u64),
+                out: None,
+                ts: Some(ts),
+            },
+        );
+        Ok(())
+    }
+
+    /// The function id of system call `nr` (`SYS_write`, or `SYS_<nr>` for a number this
+    /// table does not know), defining it on first use.
+    fn syscall_id(&mut self, nr: u64) -> Result<u32, TraceError> {
+        if let Some(&id) = self.syscall_ids.get(&nr) {
+            return Ok(id);
+        }
+        let name = match syscalls::name(nr) {
+            Some(n) => format!("SYS_{n}"),
+            None => format!("SYS_{nr}"),
+        };
+        let (nargs, _) = funcs::signature(&name);
+        let f = funcs::TracedFn {
+            // One leaked string per distinct system call, for the whole run.
+            name: Box::leak(name.into_boxed_str()),
+            class: FnClass::Other,
+            nargs,
+            returns: true,
+        };
+        let id = self
+            .sink
+            .function_named(f.name, f.class, true, Origin::Syscall)?;
+        self.funcs.push(f);
+        self.syscall_ids.insert(nr, id);
+        Ok(id)
+    }
+}
