@@ -25,6 +25,20 @@ fn sample_records() -> Vec<Record> {
             returns: true,
             origin: Default::default(),
         }),
+        Record::Function(FunctionDef {
+            id: 1,
+            name: "strlen".into(),
+            class: FnClass::Other,
+            returns: true,
+            origin: Origin::Imported,
+        }),
+        Record::Function(FunctionDef {
+            id: 2,
+            name: "SYS_exit_group".into(),
+            class: FnClass::Other,
+            returns: true,
+            origin: Origin::Syscall,
+        }),
         Record::Thread(ThreadDef {
             num: 0,
             pid: 42,
