@@ -237,35 +237,7 @@ impl ElfInfo {
     /// The GOT slots this file's dynamic relocations fill with the address of a named
     /// function (`JUMP_SLOT` and `GLOB_DAT`): `(symbol name, stated slot address)`.
     pub fn got_slots(&self) -> Vec<(String, u64)> {
-        use object::{ObjectSymbolTable, RelocationFlags, RelocationTarget};
-        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
-            return Vec::new();
-        };
-        let (Some(relocs), Some(dynsyms)) =
-            (parsed.dynamic_relocations(), parsed.dynamic_symbol_table())
-        else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (offset, rel) in relocs {
-            let RelocationFlags::Elf { r_type } = rel.flags() else {
-                continue;
-            };
-            if r_type != elf::R_X86_64_JUMP_SLOT && r_type != elf::R_X86_64_GLOB_DAT {
-                continue;
-            }
-            let RelocationTarget::Symbol(idx) = rel.target() else {
-                continue;
-            };
-            if let Some(name) = dynsyms
-                .symbol_by_index(idx)
-                .ok()
-                .and_then(|s| s.name().ok().map(str::to_string))
-            {
-                out.push((name, offset));
-            }
-        }
-        out
+        self.slots_where(|_, _| true)
     }
 
     /// The functions this file imports, with the GOT slot each is called through (
@@ -273,6 +245,18 @@ impl ElfInfo {
     /// `(symbol name, stated slot address)`. A name can have two slots (a lazily bound
     /// call and a function pointer).
     pub fn imported_functions(&self) -> Vec<(String, u64)> {
+        self.slots_where(|sym, endian| {
+            let ty = sym.st_type();
+            sym.st_shndx(endian) == elf::SHN_UNDEF
+                && (ty == elf::STT_FUNC || ty == elf::STT_GNU_IFUNC)
+        })
+    }
+
+    /// `JUMP_SLOT` and `GLOB_DAT` slots whose named symbol `keep` accepts.
+    fn slots_where(
+        &self,
+        keep: impl Fn(&elf::Sym64<Endianness>, Endianness) -> bool,
+    ) -> Vec<(String, u64)> {
         use object::{ObjectSymbolTable, RelocationFlags, RelocationTarget};
         let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
             return Vec::new();
@@ -297,11 +281,7 @@ impl ElfInfo {
             let Ok(sym) = dynsyms.symbol_by_index(idx) else {
                 continue;
             };
-            let raw = sym.elf_symbol();
-            let ty = raw.st_type();
-            if raw.st_shndx(endian) != elf::SHN_UNDEF
-                || (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
-            {
+            if !keep(sym.elf_symbol(), endian) {
                 continue;
             }
             if let Ok(name) = sym.name() {

@@ -825,6 +825,28 @@ impl Space {
     }
 }
 
+impl Space {
+    /// The stack of a thread stopped at instruction `pc` (not at a function's entry: a
+    /// fault, a system call), that instruction first: at most `max` frames. `ras` is
+    /// scratch space.
+    pub fn frames_at(
+        &mut self,
+        pc: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        stack: &[u8],
+        ras: &mut Vec<u64>,
+    ) -> Vec<Frame> {
+        ras.clear();
+        self.unwind(pc, sp, bp, max.saturating_sub(1), stack, ras);
+        std::iter::once(pc)
+            .chain(ras.iter().copied())
+            .map(|a| self.frame(a))
+            .collect()
+    }
+}
+
 /// How an unwind went.
 #[derive(Clone, Copy, Debug)]
 pub struct Unwound {

@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use super::codegen::slot;
 use super::mem::{self, Regs};
 use super::space::{BpKind, Space, SpaceError};
-use crate::format::{ArgData, ExitHow, FnClass, FormatError, StartCause};
+use crate::format::{ArgData, ExitHow, FnClass, FormatError, Origin, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
 use crate::record::funcs::{self, TracedFn};
 use crate::record::procfs;
@@ -904,6 +904,13 @@ impl<'s, W: Write> Tracer<'s, W> {
         if let Some(&id) = self.selected_ids.get(name) {
             return Ok(id);
         }
+        let id = self.define(name, Origin::Hooked)?;
+        self.selected_ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Defines a function found while recording, with its prototype's signature; its id.
+    fn define(&mut self, name: &str, origin: Origin) -> Result<u32, FormatError> {
         let (nargs, returns) = funcs::signature(name);
         let f = TracedFn {
             // One leaked string per distinct traced name, for the whole run.
@@ -912,10 +919,11 @@ impl<'s, W: Write> Tracer<'s, W> {
             nargs,
             returns,
         };
-        let id = self.sink.function(&f)?;
+        let id = self
+            .sink
+            .function_named(f.name, f.class, f.returns, origin)?;
         debug_assert_eq!(id as usize, self.funcs.len());
         self.funcs.push(f);
-        self.selected_ids.insert(name.to_string(), id);
         Ok(id)
     }
 
@@ -1116,8 +1124,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         let (got, header, seq) = self.read_polled(tid, seq_addr, &space, &[], stack_read);
         let seq = seq.unwrap_or(0);
         let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
-        self.ras.clear();
-        space.unwind(
+        let frames = space.frames_at(
             regs.rip,
             regs.rsp,
             regs.rbp,
@@ -1125,10 +1132,6 @@ impl<'s, W: Write> Tracer<'s, W> {
             stack,
             &mut self.ras,
         );
-        let frames = std::iter::once(regs.rip)
-            .chain(self.ras.iter().copied())
-            .map(|a| space.frame(a))
-            .collect();
         drop(space);
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.last_seq = proc_.last_seq.max(seq);

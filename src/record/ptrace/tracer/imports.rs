@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use super::{Tracer, UNHOOKABLE};
-use crate::format::{FnClass, FormatError, Origin};
-use crate::record::funcs::{self, TracedFn};
+use crate::format::{FormatError, Origin};
 use crate::record::ptrace::space::{BpKind, NewModule};
 use crate::record::select::glob;
 
@@ -106,19 +105,7 @@ impl<W: Write> Tracer<'_, W> {
         if let Some(&id) = self.import_ids.get(name) {
             return Ok(id);
         }
-        let (nargs, returns) = funcs::signature(name);
-        let f = TracedFn {
-            // One leaked string per distinct traced name, for the whole run.
-            name: Box::leak(name.to_string().into_boxed_str()),
-            class: FnClass::Other,
-            nargs,
-            returns,
-        };
-        let id = self
-            .sink
-            .function_named(f.name, f.class, f.returns, Origin::Imported)?;
-        debug_assert_eq!(id as usize, self.funcs.len());
-        self.funcs.push(f);
+        let id = self.define(name, Origin::Imported)?;
         self.import_ids.insert(name.to_string(), id);
         Ok(id)
     }

@@ -7,8 +7,7 @@ use std::io::Write;
 use nix::errno::Errno;
 
 use super::{capture_args, pt, TraceError, Tracer};
-use crate::format::{FnClass, Origin};
-use crate::record::funcs;
+use crate::format::Origin;
 use crate::record::ptrace::mem::{self, SyscallStop};
 use crate::record::ptrace::syscalls;
 use crate::record::sink::Event;
@@ -63,22 +62,15 @@ impl<W: Write> Tracer<'_, W> {
         drop(space);
         // The stack from the instruction after `syscall`, in the C library's wrapper (or
         // wherever the program made it): its caller is the line that asked for it.
-        self.ras.clear();
         let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
-        let mut space = space_rc.borrow_mut();
-        space.unwind(
+        let frames = space_rc.borrow_mut().frames_at(
             regs.rip,
             regs.rsp,
             regs.rbp,
-            self.opts.max_depth.saturating_sub(1),
+            self.opts.max_depth,
             stack,
             &mut self.ras,
         );
-        let frames = std::iter::once(regs.rip)
-            .chain(self.ras.iter().copied())
-            .map(|a| space.frame(a))
-            .collect();
-        drop(space);
         let f = &self.funcs[func as usize];
         let args = all[..usize::from(f.nargs).min(6)].to_vec();
         let data = capture_args(tid, f.name, &args, self.opts.string_limit);
@@ -156,18 +148,7 @@ impl<W: Write> Tracer<'_, W> {
             Some(n) => format!("SYS_{n}"),
             None => format!("SYS_{nr}"),
         };
-        let (nargs, _) = funcs::signature(&name);
-        let f = funcs::TracedFn {
-            // One leaked string per distinct system call, for the whole run.
-            name: Box::leak(name.into_boxed_str()),
-            class: FnClass::Other,
-            nargs,
-            returns: true,
-        };
-        let id = self
-            .sink
-            .function_named(f.name, f.class, true, Origin::Syscall)?;
-        self.funcs.push(f);
+        let id = self.define(&name, Origin::Syscall)?;
         self.syscall_ids.insert(nr, id);
         Ok(id)
     }
