@@ -140,6 +140,7 @@ impl Context {
                 self.crashes.insert(self.defs.thread(x.thread).0, x.clone());
             }
             Record::Packed(p) => self.sym.add_packed(p.clone()),
+            Record::Prototypes(text) => crate::protos::install(&crate::protos::from_text(text)),
             Record::Source(l) => self.sources.add_packed(l.clone()),
             _ => {}
         }

@@ -503,3 +503,100 @@ fn s_records_system_calls_as_strace_sees_them_inside_the_calls_that_make_them() 
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
+
+#[test]
+fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
+    let dir = scratch("imports-callee");
+    // The library in a directory of its own: the program finds it through its RUNPATH,
+    // and the test removes it before replaying.
+    let lib_dir = dir.join("lib");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    let mut built = Vec::new();
+    for (variant, debug) in [("dwarf", true), ("bare", false)] {
+        let mut flags = vec!["-O1", "-shared", "-fPIC"];
+        if debug {
+            flags.push("-g");
+        }
+        let lib = build_c(&format!("libgreet_{variant}.so"), "greet.c", &flags);
+        let at = lib_dir.join(format!("libgreet_{variant}.so"));
+        std::fs::copy(&lib, &at).unwrap();
+        let rpath = format!("-Wl,-rpath,{}", lib_dir.display());
+        let bin = build_c(
+            &format!("callee_{variant}"),
+            "callee.c",
+            &[
+                "-O1",
+                "-g",
+                "-Wl,--no-as-needed",
+                at.to_str().unwrap(),
+                &rpath,
+            ],
+        );
+        built.push((variant, bin, at));
+    }
+    let src = repo().join("tests/fixtures/c/callee.c");
+    let at = |m: &str| format!("callee.c:{}:", marker_line(&src, m));
+    for engine in ["agent", "ptrace"] {
+        for (variant, bin, _) in &built {
+            let rec = dir.join(format!("{variant}-{engine}.rlt"));
+            record_engine(engine, bin, &rec, &[]);
+            let trace = replay_clean(&rec, &[]);
+            let line = |f: &str| {
+                trace
+                    .lines()
+                    .find(|l| l.contains(&format!("] {f}(")))
+                    .unwrap_or_else(|| panic!("{engine} {variant}: no {f}:\n{trace}"))
+                    .to_string()
+            };
+            let (greet, scale) = (line("greet"), line("scale"));
+            assert!(greet.contains(&at("CALLEE: greet")), "{greet}");
+            assert!(scale.contains(&at("CALLEE: scale")), "{scale}");
+            if *variant == "dwarf" {
+                // `int greet(const char *who, int times)`, `unsigned long scale(unsigned
+                // long v, char unit)`: a string, decimals and a character.
+                assert!(
+                    greet.contains("] greet(\"world\", 3) = 15  "),
+                    "{engine}: {greet}"
+                );
+                assert!(
+                    scale.contains("] scale(4, 'k') = 4096  "),
+                    "{engine}: {scale}"
+                );
+                let info = rltrace().arg("info").arg(&rec).output().unwrap();
+                let info = String::from_utf8_lossy(&info.stdout);
+                assert!(
+                    info.contains("prototypes: 2 from the DWARF of the libraries"),
+                    "{info}"
+                );
+            } else {
+                // No debug info: six registers in hex (the last four whatever the caller
+                // left there), never a guess.
+                let call = unaddress(
+                    greet
+                        .split_once("] ")
+                        .unwrap()
+                        .1
+                        .split("  ")
+                        .next()
+                        .unwrap(),
+                );
+                assert!(
+                    call.starts_with("greet(PTR, 0x3, ")
+                        && call.ends_with(") = 0xf")
+                        && call.matches(", ").count() == 5,
+                    "{engine}: {greet}"
+                );
+            }
+        }
+    }
+    // The prototypes travel in the recording: it replays the same without the library.
+    let (_, _, lib) = &built[0];
+    let before = replay_clean(&dir.join("dwarf-ptrace.rlt"), &[]);
+    std::fs::remove_file(lib).unwrap();
+    let after = replay(&dir.join("dwarf-ptrace.rlt"), &[]);
+    assert!(after.contains("greet(\"world\", 3) = 15"), "{after}");
+    assert_eq!(
+        before.lines().filter(|l| l.contains("greet(")).count(),
+        after.lines().filter(|l| l.contains("greet(")).count()
+    );
+}

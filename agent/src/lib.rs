@@ -899,6 +899,10 @@ extern "C" fn init() {
     if !conn::connect(wire::CAUSE_IMAGE, parent, exe()) {
         return;
     }
+    // Modules first: the recorder looks for prototypes of the imports in the libraries'
+    // debug info before it answers the import list.
+    let mods = modules::rescan(exe()).unwrap_or_default();
+    conn::send_modules(&mods);
     let found = if env(wire::ENV_IMPORTS) != Some(b"0") {
         imports::find()
     } else {
@@ -911,8 +915,6 @@ extern "C" fn init() {
     if let Some(found) = found {
         imports::install(found, chosen);
     }
-    let mods = modules::rescan(exe()).unwrap_or_default();
-    conn::send_modules(&mods);
     conn::start_writer();
     signals::install();
     ENABLED.store(true, Ordering::Release);

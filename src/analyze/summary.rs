@@ -46,6 +46,8 @@ pub struct Summary {
     pub packed_addresses: u64,
     /// Packed source lines.
     pub packed_lines: u64,
+    /// Prototypes found in libraries' DWARF while recording.
+    pub callee_prototypes: u64,
     /// The recorder's notes.
     pub notes: Vec<String>,
 }
@@ -127,6 +129,7 @@ impl SummaryBuilder {
             }
             Record::Packed(_) => s.packed_addresses += 1,
             Record::Source(_) => s.packed_lines += 1,
+            Record::Prototypes(t) => s.callee_prototypes += t.lines().count() as u64,
             Record::Note(n) => s.notes.push(format!("pid {}: {}", n.pid, n.text)),
             Record::ModuleUnload(_) | Record::Exit(_) => {}
         }

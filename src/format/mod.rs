@@ -24,6 +24,8 @@ pub const CHUNK_HEADER_LEN: usize = 16;
 pub const MAX_CHUNK_LEN: u32 = 64 << 20;
 /// Largest string (path, name, note) a reader accepts.
 pub const MAX_STRING: usize = 64 << 10;
+/// Largest prototypes chunk text readers accept.
+pub const MAX_PROTOTYPES: usize = 1 << 20;
 /// Largest number of frames in one stack.
 pub const MAX_FRAMES: usize = 1024;
 /// Largest number of arguments in one call record.
@@ -42,6 +44,8 @@ pub const CHUNK_SYMBOLS: u8 = 4;
 /// Chunk type (optional): source lines stored by `rltrace pack --sources`.
 pub const CHUNK_SOURCES: u8 = 5;
 /// Chunk flag: payload is zstd-compressed.
+/// Chunk type: prototypes found while recording (optional).
+pub const CHUNK_PROTOTYPES: u8 = 6;
 pub const CHUNK_FLAG_ZSTD: u8 = 1;
 /// Chunk flag: readers that do not know the chunk type may skip it.
 pub const CHUNK_FLAG_OPTIONAL: u8 = 0x80;
@@ -394,6 +398,10 @@ pub enum Record {
     Packed(PackedAddress),
     /// One source line, stored by `rltrace pack --sources`.
     Source(SourceLine),
+    /// Prototypes found while recording (from the DWARF of the library a traced import
+    /// is defined in), one per line as in the `prototypes` metadata; they apply to the
+    /// calls after them.
+    Prototypes(String),
 }
 
 /// A fatal signal delivered to a thread (a crash), recorded before the process dies.

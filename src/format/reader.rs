@@ -207,6 +207,12 @@ impl<R: Read> Reader<R> {
                             .push_back(Record::Source(SourceLine { file, line, text }));
                     }
                 }
+                CHUNK_PROTOTYPES => {
+                    let data = decompress(&chunk)?;
+                    let mut d = Decoder::new(&data, chunk.offset);
+                    self.pending
+                        .push_back(Record::Prototypes(d.str(MAX_PROTOTYPES)?));
+                }
                 CHUNK_META => {
                     return Err(FormatError::BadChunk {
                         offset: chunk.offset,

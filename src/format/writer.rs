@@ -65,6 +65,19 @@ impl<W: Write> Writer<W> {
             // These live in their own chunks, written by `write_packed`.
             return Ok(());
         }
+        if let Record::Prototypes(text) = rec {
+            // Their own (optional) chunk, after the records before them.
+            self.seal()?;
+            let mut enc = Encoder::default();
+            enc.str(text);
+            write_chunk_flags(
+                &mut self.out,
+                CHUNK_PROTOTYPES,
+                CHUNK_FLAG_OPTIONAL,
+                &enc.buf,
+            )?;
+            return Ok(());
+        }
         encode_record(&mut self.enc, &mut self.last_ts, rec);
         self.summary.records += 1;
         if self.enc.buf.len() >= CHUNK_TARGET {
@@ -343,7 +356,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             e.uvar(x.addr);
             e.uvar(x.stack.map_or(0, |s| u64::from(s) + 1));
         }
-        Record::Packed(_) | Record::Source(_) => {}
+        Record::Packed(_) | Record::Source(_) | Record::Prototypes(_) => {}
     }
 }
 

@@ -105,6 +105,8 @@ enum Msg {
     },
     Modules(u64, Vec<AgentModule>),
     Imports(Vec<(String, bool)>),
+    /// Prototypes the recorder found in the libraries' DWARF for an image's imports.
+    Protos(Vec<crate::protos::Loaded>),
     Batch(u32, Vec<Rec>),
     Exit(ExitHow),
     End,
@@ -365,6 +367,9 @@ fn read_conn(
             exe: String::from_utf8_lossy(&exe).into_owned(),
         },
     )?;
+    let exe_path = String::from_utf8_lossy(&exe).into_owned();
+    // The image's libraries in load order (path, build-id), as its module lists say.
+    let mut libraries: Vec<(String, Vec<u8>)> = Vec::new();
     let mut payload = Vec::new();
     loop {
         let mut h = [0u8; 5];
@@ -383,7 +388,19 @@ fn read_conn(
         let at = offset + 5;
         let msg = decode(h[0], &payload).map_err(|(what, o)| bad(what, at + o as u64))?;
         offset = at + len as u64;
+        if let Msg::Modules(_, mods) = &msg {
+            libraries.extend(
+                mods.iter()
+                    .filter(|m| m.path != exe_path && !m.path.ends_with(AGENT_FILE))
+                    .map(|m| (m.path.clone(), m.build_id.clone())),
+            );
+        }
         if let Msg::Imports(names) = &msg {
+            let found = callee_prototypes(names, &libraries);
+            if !found.is_empty() {
+                crate::protos::install(&found);
+                send(tx, id, Msg::Protos(found))?;
+            }
             // The agent waits for the answer before redirecting any call.
             let reply = import_choice(names, &exe_name, calls);
             r.get_mut()
@@ -392,6 +409,29 @@ fn read_conn(
         }
         send(tx, id, msg)?;
     }
+}
+
+/// Prototypes, from the DWARF of the libraries (in load order: the first defining a name
+/// gives it), of the imports that have none.
+fn callee_prototypes(
+    names: &[(String, bool)],
+    libraries: &[(String, Vec<u8>)],
+) -> Vec<crate::protos::Loaded> {
+    let mut wanted: Vec<&str> = names
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| crate::protos::lookup(n).is_none())
+        .collect();
+    let mut found = Vec::new();
+    for (path, build_id) in libraries {
+        if wanted.is_empty() {
+            break;
+        }
+        let got = crate::symbolize::types::for_library(path, build_id, &wanted);
+        wanted.retain(|w| !got.iter().any(|g| g.name == *w));
+        found.extend(got);
+    }
+    found
 }
 
 /// The answer to an image's import list: `count u32`, then one bit per import (set: trace
@@ -748,6 +788,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 self.start_image(id, earlier, pid, parent, cause, &exe)?;
             }
             Msg::Modules(seq, mods) => self.enqueue(id, seq, Ordered::Modules(mods))?,
+            Msg::Protos(found) => self.sink.prototypes(&found)?,
             Msg::Imports(names) => {
                 let mut ids = Vec::with_capacity(names.len());
                 for (name, returns) in names {

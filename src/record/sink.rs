@@ -120,6 +120,19 @@ impl<W: Write> Sink<W> {
         Ok(id)
     }
 
+    /// Stores prototypes found while recording, for the calls that follow (replay reads
+    /// them from the recording).
+    pub fn prototypes(&mut self, protos: &[crate::protos::Loaded]) -> Result<(), FormatError> {
+        // Lines of at most a few hundred bytes; pieces stay under the readers' limit.
+        for piece in protos.chunks(200) {
+            let text = crate::protos::to_text(piece);
+            if !text.is_empty() && text.len() <= crate::format::MAX_PROTOTYPES {
+                self.writer.push(&Record::Prototypes(text))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a call's entry whose stack is already interned.
     #[allow(clippy::too_many_arguments)]
     pub fn enter(

@@ -71,6 +71,13 @@ pub fn write_info(
             p.lines().count()
         )?;
     }
+    if s.callee_prototypes > 0 {
+        writeln!(
+            out,
+            "prototypes: {} from the DWARF of the libraries the program calls into",
+            s.callee_prototypes
+        )?;
+    }
     if complete {
         writeln!(out, "complete:  yes")?;
     } else {

@@ -336,53 +336,7 @@ impl Symbolizer {
     /// `/usr/lib/debug/.build-id/`, and debuginfod. A file whose build-id differs from the
     /// recorded one is never used.
     fn find_debug_file(&mut self, m: &ModuleDef, binary: Option<&ElfInfo>) -> Option<PathBuf> {
-        if let Some(b) = binary {
-            if b.has_dwarf() {
-                return Some(PathBuf::from(&m.path));
-            }
-        }
-        let matches = |p: &Path| -> bool {
-            match ElfInfo::open(p) {
-                Ok(i) => (m.build_id.is_empty() || i.build_id == m.build_id) && i.has_dwarf(),
-                Err(_) => false,
-            }
-        };
-        let id = (m.build_id.len() >= 2).then(|| hex(&m.build_id));
-        let by_id = |root: &Path| -> Option<PathBuf> {
-            let id = id.as_ref()?;
-            Some(
-                root.join(".build-id")
-                    .join(&id[..2])
-                    .join(format!("{}.debug", &id[2..])),
-            )
-        };
-        let link = binary.and_then(ElfInfo::debuglink).map(|(name, _crc)| name);
-        let bin_dir = Path::new(&m.path)
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        for d in &self.opts.debug_dirs {
-            candidates.extend(by_id(d));
-            if let Some(name) = &link {
-                candidates.push(
-                    d.join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
-                        .join(name),
-                );
-                candidates.push(d.join(name));
-            }
-        }
-        if let Some(name) = &link {
-            candidates.push(bin_dir.join(name));
-            candidates.push(bin_dir.join(".debug").join(name));
-            candidates.push(
-                Path::new("/usr/lib/debug")
-                    .join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
-                    .join(name),
-            );
-        }
-        candidates.extend(by_id(Path::new("/usr/lib/debug")));
-        if let Some(p) = candidates.into_iter().find(|p| matches(p)) {
+        if let Some(p) = local_debug_file(&m.path, &m.build_id, binary, &self.opts.debug_dirs) {
             return Some(p);
         }
         let client = self
@@ -390,4 +344,64 @@ impl Symbolizer {
             .get_or_insert_with(debuginfod::Debuginfod::from_env);
         client.as_mut()?.debuginfo(&m.build_id, &mut self.warnings)
     }
+}
+
+/// DWARF for the module at `path` with `build_id` found on this machine, without asking
+/// debuginfod: the binary itself (`binary`, its parsed form, if readable), then in
+/// `debug_dirs` (by build-id, then by debuglink name), `.gnu_debuglink` next to the binary,
+/// and the system's `/usr/lib/debug/.build-id/`. A file whose build-id differs is never
+/// used.
+pub fn local_debug_file(
+    path: &str,
+    build_id: &[u8],
+    binary: Option<&ElfInfo>,
+    debug_dirs: &[PathBuf],
+) -> Option<PathBuf> {
+    if let Some(b) = binary {
+        if b.has_dwarf() {
+            return Some(PathBuf::from(path));
+        }
+    }
+    let matches = |p: &Path| -> bool {
+        match ElfInfo::open(p) {
+            Ok(i) => (build_id.is_empty() || i.build_id == build_id) && i.has_dwarf(),
+            Err(_) => false,
+        }
+    };
+    let id = (build_id.len() >= 2).then(|| hex(build_id));
+    let by_id = |root: &Path| -> Option<PathBuf> {
+        let id = id.as_ref()?;
+        Some(
+            root.join(".build-id")
+                .join(&id[..2])
+                .join(format!("{}.debug", &id[2..])),
+        )
+    };
+    let link = binary.and_then(ElfInfo::debuglink).map(|(name, _crc)| name);
+    let bin_dir = Path::new(path)
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for d in debug_dirs {
+        candidates.extend(by_id(d));
+        if let Some(name) = &link {
+            candidates.push(
+                d.join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
+                    .join(name),
+            );
+            candidates.push(d.join(name));
+        }
+    }
+    if let Some(name) = &link {
+        candidates.push(bin_dir.join(name));
+        candidates.push(bin_dir.join(".debug").join(name));
+        candidates.push(
+            Path::new("/usr/lib/debug")
+                .join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
+                .join(name),
+        );
+    }
+    candidates.extend(by_id(Path::new("/usr/lib/debug")));
+    candidates.into_iter().find(|p| matches(p))
 }

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use addr2line::gimli;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, UnitOffset};
@@ -73,6 +74,86 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
     let mut v: Vec<Loaded> = out.into_values().collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
+}
+
+/// Prototypes, from the DWARF found for the library at `path` on this machine, of those of
+/// `names` that it defines: what a program importing them will reach there. A name the
+/// DWARF does not know gets the prototype of an alias at the same address (glibc defines
+/// `lfind` as an alias of `__lfind`). Each library's DWARF is read once per run.
+pub fn for_library(path: &str, build_id: &[u8], names: &[&str]) -> Vec<Loaded> {
+    /// Libraries read so far: (path, build-id, what their DWARF says).
+    type Cache = Vec<(String, Vec<u8>, Arc<Library>)>;
+    static CACHE: Mutex<Cache> = Mutex::new(Vec::new());
+    let lib = {
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.iter().find(|(p, b, _)| p == path && b == build_id) {
+            Some((_, _, lib)) => lib.clone(),
+            None => {
+                let lib = Arc::new(Library::read(path, build_id));
+                cache.push((path.to_string(), build_id.to_vec(), lib.clone()));
+                lib
+            }
+        }
+    };
+    names
+        .iter()
+        .filter_map(|&n| {
+            let found = lib
+                .protos
+                .get(n)
+                .or_else(|| lib.protos.get(lib.alias.get(n)?))?;
+            Some(Loaded {
+                name: n.to_string(),
+                ..found.clone()
+            })
+        })
+        .collect()
+}
+
+/// What a library's DWARF says of its functions.
+#[derive(Default)]
+struct Library {
+    /// By DWARF name.
+    protos: HashMap<String, Loaded>,
+    /// Symbol name -> a name at the same address that has a prototype.
+    alias: HashMap<String, String>,
+}
+
+impl Library {
+    fn read(path: &str, build_id: &[u8]) -> Library {
+        let Ok(binary) = crate::elf::ElfInfo::open(Path::new(path)) else {
+            return Library::default();
+        };
+        if !build_id.is_empty() && binary.build_id != build_id {
+            return Library::default();
+        }
+        let Some(debug) = super::local_debug_file(path, &binary.build_id, Some(&binary), &[])
+        else {
+            return Library::default();
+        };
+        let protos: HashMap<String, Loaded> = prototypes(&debug, &|_| true)
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        // Aliases come from the debug file's symbol table too (glibc's DWARF names its
+        // functions by their hidden `__GI_` labels, local symbols only it keeps).
+        let mut syms = binary.function_symbols(false);
+        if let Ok(d) = crate::elf::ElfInfo::open(&debug) {
+            syms.extend(d.function_symbols(true));
+        }
+        let mut named_at: HashMap<u64, &str> = HashMap::new();
+        for (name, addr, _) in &syms {
+            if protos.contains_key(name) {
+                named_at.entry(*addr).or_insert(name);
+            }
+        }
+        let alias = syms
+            .iter()
+            .filter(|(name, _, _)| !protos.contains_key(name))
+            .filter_map(|(name, addr, _)| Some((name.clone(), named_at.get(addr)?.to_string())))
+            .collect();
+        Library { protos, alias }
+    }
 }
 
 fn unit_prototypes(

@@ -761,6 +761,9 @@ impl<'s, W: Write> Tracer<'s, W> {
             space.register_module(id, &m);
             let is_exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .is_ok_and(|p| p.as_os_str() == m.path.as_str());
+            if !is_exe {
+                self.callee_prototypes(pid, &m)?;
+            }
             let mut defs = m.elf.defined_functions(&self.names, is_exe);
             // Aliases share an address; the first name in the table names the hook.
             defs.sort_by_key(|&(i, addr)| (addr, i));

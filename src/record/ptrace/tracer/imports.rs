@@ -100,6 +100,30 @@ impl<W: Write> Tracer<'_, W> {
         Ok(())
     }
 
+    /// Prototypes, from library `m`'s DWARF, of process `pid`'s imports that `m` defines
+    /// and that have none yet: used to capture their arguments and stored in the
+    /// recording for replay. The first library defining a name, in load order, gives it.
+    pub(super) fn callee_prototypes(&mut self, pid: u32, m: &NewModule) -> Result<(), FormatError> {
+        let Some(imports) = self.imports.get(&pid) else {
+            return Ok(());
+        };
+        let names: Vec<&str> = imports
+            .slots
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .filter(|n| crate::protos::lookup(n).is_none())
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let found = crate::symbolize::types::for_library(&m.path, &m.elf.build_id, &names);
+        if found.is_empty() {
+            return Ok(());
+        }
+        crate::protos::install(&found);
+        self.sink.prototypes(&found)
+    }
+
     /// The function id of an import traced by default, defining it on first use.
     fn import_id(&mut self, name: &str) -> Result<u32, FormatError> {
         if let Some(&id) = self.import_ids.get(name) {
