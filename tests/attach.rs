@@ -275,7 +275,14 @@ fn detaching_from_busy_threads_mid_call_is_harmless() {
     let dir = scratch("attach-mt");
     for cycle in 0..20 {
         let rec = dir.join(format!("mt{cycle}.rlt"));
-        let mut r = start_attach(pid, &rec, &["--duration", "0.2"]);
+        // Every other cycle with -S: threads then also stop at system calls, where the
+        // detach must not borrow their registers.
+        let extra: &[&str] = if cycle % 2 == 1 {
+            &["--duration", "0.2", "-S"]
+        } else {
+            &["--duration", "0.2"]
+        };
+        let mut r = start_attach(pid, &rec, extra);
         let err = wait_attached(&mut r);
         let (code, rest) = finish(r, err);
         assert_eq!(code, 0, "cycle {cycle}: {rest}");
@@ -327,4 +334,35 @@ fn attach_errors_are_clear() {
     assert_eq!(code, 0, "{rest}");
     ask_many(&addr, 0, 10);
     stop_server(server, &addr);
+}
+
+#[test]
+fn attach_with_s_records_system_calls_and_leaves_the_process_as_it_was() {
+    let mut prog = Command::new(forever_c())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(prog.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = prog.id();
+    let before = footprint(pid);
+    let rec = scratch("attach-s").join("s.rlt");
+    let mut r = start_attach(pid, &rec, &["--duration", "0.3", "-S"]);
+    let err = wait_attached(&mut r);
+    let (code, rest) = finish(r, err);
+    assert_eq!(code, 0, "{rest}");
+    assert_eq!(footprint(pid), before, "the attach left something behind");
+    // replay_clean: no warning (the clean-up ran, nothing was cut short).
+    let trace = replay_clean(&rec, &[]);
+    // nanosleep(1 ms) in a loop: the C library's call and the kernel's, inside it.
+    let sleeps = trace
+        .lines()
+        .filter(|l| l.contains("] SYS_clock_nanosleep("))
+        .count();
+    assert!(sleeps > 10, "{trace}");
+    let _ = prog.kill();
+    let _ = prog.wait();
 }

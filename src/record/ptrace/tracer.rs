@@ -372,6 +372,7 @@ pub struct Tracer<'s, W: Write> {
     /// What the stop being handled was, for `held`.
     cur_clean: bool,
     cur_group_stop: bool,
+    cur_syscall: bool,
     progress: Option<fn(&Progress)>,
     /// Converts the stubs' time stamp counter values to recording time.
     clock: TscClock,
@@ -419,6 +420,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             held: HashMap::new(),
             cur_clean: false,
             cur_group_stop: false,
+            cur_syscall: false,
             progress: None,
             clock,
         }
@@ -569,6 +571,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             status,
             WaitStatus::Stopped(..) | WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP)
         );
+        self.cur_syscall = matches!(status, WaitStatus::PtraceSyscall(_));
         self.cur_group_stop = matches!(
             status,
             WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP) if sig != Signal::SIGTRAP
@@ -669,6 +672,15 @@ impl<'s, W: Write> Tracer<'s, W> {
 
     fn resume(&mut self, tid: u32, sig: Option<Signal>) -> Result<(), TraceError> {
         let mut sig = sig;
+        if self.stopping && self.cur_syscall {
+            // A system call stop (-S) is no place to borrow registers for the injected
+            // clean-up: let the thread run to the interrupt, a stop that is.
+            let p = Pid::from_raw(tid as i32);
+            return match ptrace::cont(p, sig).and_then(|()| ptrace::interrupt(p)) {
+                Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                Err(e) => Err(pt(format!("continue thread {tid} to its interrupt"))(e)),
+            };
+        }
         if self.stopping {
             let mut sigs: Vec<Signal> = sig.into_iter().collect();
             if let Some(p) = self.threads.get(&tid).and_then(|t| self.procs.get(&t.pid)) {
