@@ -600,3 +600,45 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
         after.lines().filter(|l| l.contains("greet(")).count()
     );
 }
+
+#[test]
+fn allocator_calls_made_by_a_library_outside_any_call_show_only_with_all_or_l() {
+    let dir = scratch("imports-libctor");
+    let lib = build_c(
+        "libgreet_ctor.so",
+        "greet.c",
+        &["-O1", "-g", "-shared", "-fPIC"],
+    );
+    let rpath = format!("-Wl,-rpath,{}", lib.parent().unwrap().display());
+    let bin = build_c(
+        "callee_ctor",
+        "callee.c",
+        &[
+            "-O1",
+            "-g",
+            "-Wl,--no-as-needed",
+            lib.to_str().unwrap(),
+            &rpath,
+        ],
+    );
+    let greet_src = repo().join("tests/fixtures/c/greet.c");
+    let ctor_line = format!("greet.c:{}:", marker_line(&greet_src, "GREET: constructor"));
+    // The ptrace engine hooks the allocator before any library's constructor runs.
+    let rec = dir.join("p.rlt");
+    record_engine("ptrace", &bin, &rec, &[]);
+    let made_in_ctor = |trace: &str| {
+        trace
+            .lines()
+            .filter(|l| l.contains(&ctor_line) && l.contains("] malloc(7)"))
+            .count()
+    };
+    let shown = replay_clean(&rec, &[]);
+    assert_eq!(made_in_ctor(&shown), 0, "{shown}");
+    assert!(shown.contains("] greet(\"world\", 3) = 15"), "{shown}");
+    let all = replay_clean(&rec, &["--all"]);
+    assert_eq!(made_in_ctor(&all), 1, "{all}");
+    // With -L the allocator family is the whole trace: every caller's calls show.
+    let rec = dir.join("l.rlt");
+    record_opts(&["--engine", "ptrace", "-L"], &rec, &bin, &[]);
+    assert_eq!(made_in_ctor(&replay_clean(&rec, &[])), 1);
+}

@@ -16,7 +16,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::format::{ExitHow, Meta};
+use crate::format::{ExitHow, Meta, Origin};
 pub use ptrace::tracer::Progress;
 use ptrace::tracer::{TraceError, TraceOptions, Tracer};
 use sink::Sink;
@@ -241,6 +241,19 @@ fn call_filter(
     Ok(Some(select::Selection::parse_calls(&req.calls)?))
 }
 
+/// How replay shows allocator calls. In the default trace of the program's calls they are
+/// among them: one made by a library, outside any traced call (a constructor's, the C
+/// library's at exit), is hidden unless `--all`, as ltrace would not show it. With `-L`
+/// (the allocator family alone) or `-x`/`-l` (ltrace's `-x malloc` shows every caller),
+/// every allocator call is the trace's business.
+fn allocator_origin(req: &RecordRequest) -> Origin {
+    if req.trace.imports && req.select.is_none() {
+        Origin::Imported
+    } else {
+        Origin::Hooked
+    }
+}
+
 /// Stores the loaded prototypes, so that replay shows the arguments as they were captured.
 fn add_protos(meta: &mut Meta, req: &RecordRequest) {
     if !req.protos.is_empty() {
@@ -301,6 +314,7 @@ fn record_agent(
         BufWriter::with_capacity(1 << 20, file),
         &meta,
         funcs::ALLOCATOR_FAMILY,
+        allocator_origin(req),
     )
     .map_err(TraceError::from)?;
     let opts = agent::AgentOptions {
@@ -375,8 +389,13 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
         }
     };
     let funcs = funcs::ALLOCATOR_FAMILY;
-    let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), &meta, funcs)
-        .map_err(TraceError::from)?;
+    let mut sink = Sink::new(
+        BufWriter::with_capacity(1 << 20, file),
+        &meta,
+        funcs,
+        allocator_origin(req),
+    )
+    .map_err(TraceError::from)?;
     let mut select = req.select.clone();
     let mut tracer = Tracer::new(&mut sink, funcs, req.trace.clone());
     if let Some(f) = req.progress {

@@ -77,8 +77,14 @@ pub struct Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
-    /// Starts a recording with the given metadata and function table.
-    pub fn new(out: W, meta: &Meta, funcs: &[TracedFn]) -> Result<Self, FormatError> {
+    /// Starts a recording with the given metadata and function table (whose calls replay
+    /// treats as `origin` says).
+    pub fn new(
+        out: W,
+        meta: &Meta,
+        funcs: &[TracedFn],
+        origin: Origin,
+    ) -> Result<Self, FormatError> {
         let now = Instant::now();
         let mut sink = Sink {
             writer: Writer::new(out, meta)?,
@@ -90,7 +96,7 @@ impl<W: Write> Sink<W> {
             seal_at: now,
         };
         for f in funcs {
-            sink.function(f)?;
+            sink.function_named(f.name, f.class, f.returns, origin)?;
         }
         Ok(sink)
     }
