@@ -293,6 +293,27 @@ impl ElfInfo {
         out
     }
 
+    /// The slots this file's `R_X86_64_IRELATIVE` relocations fill with what a GNU IFUNC
+    /// resolver returns: `(stated slot address, stated resolver address)`. A library calls
+    /// its own IFUNCs (glibc's `strlen` inside `puts`) through these.
+    pub fn irelative_slots(&self) -> Vec<(u64, u64)> {
+        use object::RelocationFlags;
+        let Ok(parsed) = ElfFile64::<Endianness>::parse(self.file.bytes()) else {
+            return Vec::new();
+        };
+        let Some(relocs) = parsed.dynamic_relocations() else {
+            return Vec::new();
+        };
+        relocs
+            .filter_map(|(offset, rel)| match rel.flags() {
+                RelocationFlags::Elf { r_type } if r_type == elf::R_X86_64_IRELATIVE => {
+                    Some((offset, rel.addend() as u64))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The PLT entries of this file that jump through a GOT slot (`.plt`, and `.plt.sec`
     /// of IBT builds): `(stated slot address, stated entry address)`. Under lazy binding
     /// an entry is where the program's calls to an import can be seen before the loader
@@ -445,6 +466,33 @@ pub fn is_dynamic(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_c_librarys_irelative_slots_name_its_ifunc_resolvers() {
+        let maps = crate::record::procfs::read_maps(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .find(|m| m.path.contains("libc.so"))
+            .expect("test binary links libc");
+        let info = ElfInfo::open(Path::new(&libc.path)).unwrap();
+        let resolvers: std::collections::HashSet<u64> = info
+            .function_symbols(false)
+            .into_iter()
+            .filter(|s| s.2)
+            .map(|s| s.1)
+            .collect();
+        let slots = info.irelative_slots();
+        // Most are exported IFUNCs' resolvers (some, internal ones without a symbol).
+        let exported = slots.iter().filter(|(_, r)| resolvers.contains(r)).count();
+        assert!(exported * 2 > slots.len(), "{slots:x?}");
+        let strlen = info
+            .function_symbols(false)
+            .into_iter()
+            .find(|s| s.0 == "strlen")
+            .unwrap();
+        assert!(strlen.2, "strlen is an IFUNC");
+        assert!(slots.iter().any(|(_, r)| *r == strlen.1));
+    }
 
     #[test]
     fn plt_entries_name_the_slot_they_jump_through() {

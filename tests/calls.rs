@@ -58,23 +58,13 @@ fn x_traces_functions_in_every_binary_flavour_with_exact_calls() {
         let bin = build_c(name, "calls.c", flags);
         let rec = dir.join(format!("{name}.rlt"));
         record_x(&bin, &rec, "write+strdup+strlen+puts+frob@MAIN");
-        // strlen is a GNU IFUNC: found through the program's GOT once it is bound, which
-        // lazy binding does only at the first call; until then, at the program's PLT
-        // entry, which sees the program's own calls only.
-        let lazy = *name == "calls_lazy";
+        // strlen is a GNU IFUNC: its implementation is found through the program's GOT
+        // once it is bound, and under lazy binding through the C library's own slot for
+        // it (the one its internal calls use).
         let r = rltrace().arg("replay").arg(&rec).output().unwrap();
         assert!(r.status.success());
         let notes = String::from_utf8_lossy(&r.stderr);
-        if lazy {
-            assert!(
-                notes.contains("strlen in ")
-                    && notes.contains("only the program's own calls are traced")
-                    && notes.contains("binds lazily"),
-                "{notes}"
-            );
-        } else {
-            assert!(notes.is_empty(), "{name}: {notes}");
-        }
+        assert!(notes.is_empty(), "{name}: {notes}");
         let trace = String::from_utf8(r.stdout).unwrap();
         let seq = calls_from_fixture(
             &trace,
@@ -439,4 +429,48 @@ fn l_traces_a_library_loaded_later_and_replay_options_i_n_o() {
         .unwrap();
     assert!(r.status.success() && r.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), trace);
+}
+
+#[test]
+fn ifuncs_only_the_programs_plt_leads_to_are_traced_there_and_said_so() {
+    let dir = scratch("calls-ifuncs");
+    let src = repo().join("tests/fixtures/c/ifuncs.c");
+    for (name, flags, lazy) in [
+        ("ifuncs_lazy", &["-O1", "-g", "-Wl,-z,lazy"][..], true),
+        ("ifuncs_now", &["-O1", "-g", "-Wl,-z,now"][..], false),
+    ] {
+        let bin = build_c(name, "ifuncs.c", flags);
+        let rec = dir.join(format!("{name}.rlt"));
+        record_x(&bin, &rec, "strstr+gettimeofday");
+        let r = rltrace().arg("replay").arg(&rec).output().unwrap();
+        assert!(r.status.success());
+        let trace = String::from_utf8_lossy(&r.stdout);
+        let notes = String::from_utf8_lossy(&r.stderr);
+        for (f, marker) in [
+            ("strstr(", "IFUNCS: strstr"),
+            ("gettimeofday(", "IFUNCS: gettimeofday"),
+        ] {
+            let at = format!("ifuncs.c:{}:", marker_line(&src, marker));
+            assert_eq!(
+                trace
+                    .lines()
+                    .filter(|l| l.contains(&format!("] {f}")) && l.contains(&at))
+                    .count(),
+                1,
+                "{name}: {trace}"
+            );
+        }
+        // Lazily bound, strstr is hooked at the program's PLT entry, which the recording
+        // says; bound, at its implementation. (gettimeofday's implementation is the
+        // vDSO's, outside the C library: the PLT entry either way.)
+        let partial = |f: &str| {
+            notes
+                .lines()
+                .filter(|l| l.contains(&format!("{f} in ")))
+                .filter(|l| l.contains("only the program's own calls are traced"))
+                .count()
+        };
+        assert_eq!(partial("strstr"), usize::from(lazy), "{name}: {notes}");
+        assert_eq!(partial("gettimeofday"), 1, "{name}: {notes}");
+    }
 }

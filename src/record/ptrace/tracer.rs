@@ -105,6 +105,18 @@ impl Default for TraceOptions {
     }
 }
 
+/// A selected GNU IFUNC in one process's module: its symbol is the resolver, and the
+/// implementation is whatever a bound GOT slot naming it holds.
+struct Ifunc {
+    /// The defining module's mapped range.
+    lo: u64,
+    hi: u64,
+    path: String,
+    /// The module's own `IRELATIVE` slots whose resolver is this one: bound when the
+    /// module was relocated, they lead to the implementation its own calls reach.
+    irelative: Vec<u64>,
+}
+
 /// A call whose return the tracer has not collected yet.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -325,7 +337,7 @@ pub struct Tracer<'s, W: Write> {
     /// Selected names already reported as not traceable.
     refused: HashSet<String>,
     /// Selected GNU IFUNCs: name -> defining module (start, end, path).
-    ifuncs: HashMap<String, (u64, u64, String)>,
+    ifuncs: HashMap<(u32, String), Ifunc>,
     /// GOT slots of each process's main executable, with the PLT entry jumping through
     /// each, until its entry is reached.
     got_slots: HashMap<u32, Vec<(String, u64, Option<u64>)>>,
@@ -877,16 +889,27 @@ impl<'s, W: Write> Tracer<'s, W> {
         syms.sort_by(|a, b| {
             (a.1, a.0.starts_with('_'), &a.0).cmp(&(b.1, b.0.starts_with('_'), &b.0))
         });
+        let mut irelative: Option<Vec<(u64, u64)>> = None;
         for (name, svma, ifunc) in syms {
             if self.names.contains(&name.as_str()) {
                 continue; // the allocator family is hooked already
             }
             if ifunc {
                 // Its symbol is the resolver; the implementation chosen at run time is
-                // found in the program's GOT once relocations are done (at its entry).
+                // found in a bound GOT slot once relocations are done (at the entry).
+                let irel = irelative.get_or_insert_with(|| m.elf.irelative_slots());
                 self.ifuncs
-                    .entry(name.clone())
-                    .or_insert_with(|| (m.start, m.end, m.path.clone()));
+                    .entry((pid, name.clone()))
+                    .or_insert_with(|| Ifunc {
+                        lo: m.start,
+                        hi: m.end,
+                        path: m.path.clone(),
+                        irelative: irel
+                            .iter()
+                            .filter(|(_, resolver)| *resolver == svma)
+                            .map(|(slot, _)| m.bias + slot)
+                            .collect(),
+                    });
                 continue;
             }
             let why = if rltrace_wire::NEVER_HOOKED
@@ -942,35 +965,48 @@ impl<'s, W: Write> Tracer<'s, W> {
         Ok(id)
     }
 
-    /// At the program's entry (relocations done), hooks the implementations that the
-    /// selected IFUNCs resolved to, read from the program's GOT slots for them. With lazy
-    /// binding a slot still points at the PLT: the program's PLT entry for it is hooked
-    /// instead, which sees the program's own calls only, and the recording says so.
+    /// At the program's entry (relocations done), hooks the implementations the selected
+    /// IFUNCs resolved to: read from the program's GOT slots for them, else from their
+    /// library's own `IRELATIVE` slots (which its internal calls go through). With lazy
+    /// binding and neither, the program's PLT entry for it is hooked instead, which sees
+    /// the program's own calls only, and the recording says so.
     fn resolve_ifuncs(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
-        let Some(slots) = self.got_slots.remove(&pid) else {
-            return Ok(());
-        };
+        let exe_slots = self.got_slots.remove(&pid).unwrap_or_default();
         let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
             return Ok(());
         };
+        let read = |slot: u64| space_rc.borrow().read_u64(slot, "read a GOT slot").ok();
         // Per name: a bound slot (the implementation, every caller), else a PLT entry.
         let mut found: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
-        for (name, slot, plt) in slots {
-            let Some((lo, hi, _)) = self.ifuncs.get(&name) else {
+        for (name, slot, plt) in exe_slots {
+            let Some(f) = self.ifuncs.get(&(pid, name.clone())) else {
                 continue;
             };
-            let target = space_rc.borrow().read_u64(slot, "read a GOT slot").ok();
+            let (lo, hi) = (f.lo, f.hi);
             let e = found.entry(name).or_default();
-            if let Some(t) = target.filter(|t| (*lo..*hi).contains(t)) {
+            if let Some(t) = read(slot).filter(|t| (lo..hi).contains(t)) {
                 e.0 = Some(t);
             }
             e.1 = e.1.or(plt);
         }
+        for ((p, name), f) in &self.ifuncs {
+            if *p != pid {
+                continue;
+            }
+            let e = found.entry(name.clone()).or_default();
+            if e.0.is_none() {
+                e.0 = f
+                    .irelative
+                    .iter()
+                    .filter_map(|&s| read(s))
+                    .find(|t| (f.lo..f.hi).contains(t));
+            }
+        }
         for (name, (bound, plt)) in found {
             let path = self
                 .ifuncs
-                .get(&name)
-                .map(|i| i.2.clone())
+                .get(&(pid, name.clone()))
+                .map(|i| i.path.clone())
                 .unwrap_or_default();
             let (at, partial) = match (bound, plt) {
                 (Some(t), _) => (Some(t), false),
@@ -986,8 +1022,8 @@ impl<'s, W: Write> Tracer<'s, W> {
                         .err()
                 }
                 None => Some(
-                    "it is a GNU IFUNC and the program binds it lazily (LD_BIND_NOW=1 makes it \
-                     traceable)"
+                    "it is a GNU IFUNC that neither the program's GOT nor its library's own \
+                     relocations lead to (with lazy binding, LD_BIND_NOW=1 may)"
                         .to_string(),
                 ),
             };
@@ -1000,9 +1036,10 @@ impl<'s, W: Write> Tracer<'s, W> {
                 self.sink.note(
                     pid,
                     format!(
-                        "{name} in {path}: only the program's own calls are traced: it is a GNU \
-                         IFUNC the program binds lazily, hooked at the program's PLT entry \
-                         (LD_BIND_NOW=1 traces every caller)"
+                        "{name} in {path}: only the program's own calls are traced, at its PLT \
+                         entry: it is a GNU IFUNC, and no bound GOT slot leads to an \
+                         implementation in that library (lazy binding, or one outside it, \
+                         such as the vDSO's; LD_BIND_NOW=1 may help)"
                     ),
                 )?;
             }
@@ -1010,21 +1047,22 @@ impl<'s, W: Write> Tracer<'s, W> {
         Ok(())
     }
 
-    /// Notes the selected IFUNCs that no program's GOT led to.
+    /// Notes the selected IFUNCs that no GOT slot led to.
     pub(super) fn note_unresolved_ifuncs(&mut self) -> Result<(), TraceError> {
         let mut names: Vec<(String, String)> = self
             .ifuncs
             .iter()
-            .filter(|(n, _)| !self.selected_ids.contains_key(*n) && !self.refused.contains(*n))
-            .map(|(n, (_, _, path))| (n.clone(), path.clone()))
+            .filter(|((_, n), _)| !self.selected_ids.contains_key(n) && !self.refused.contains(n))
+            .map(|((_, n), f)| (n.clone(), f.path.clone()))
             .collect();
         names.sort();
+        names.dedup();
         for (name, path) in names {
             self.sink.note(
                 self.root,
                 format!(
-                    "{name} in {path} is not traced: it is a GNU IFUNC, and only calls the \
-                     program makes through its GOT can be followed to the implementation"
+                    "{name} in {path} is not traced: it is a GNU IFUNC, and only a bound GOT \
+                     slot (the program's, or its library's own) leads to the implementation"
                 ),
             )?;
         }
