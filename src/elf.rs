@@ -467,14 +467,20 @@ pub fn is_dynamic(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_c_librarys_irelative_slots_name_its_ifunc_resolvers() {
+    /// The C library this test binary runs with: its first mapping, and the file.
+    fn this_libc() -> (crate::record::procfs::Mapping, ElfInfo) {
         let maps = crate::record::procfs::read_maps(std::process::id()).unwrap();
         let libc = maps
-            .iter()
+            .into_iter()
             .find(|m| m.path.contains("libc.so"))
             .expect("test binary links libc");
         let info = ElfInfo::open(Path::new(&libc.path)).unwrap();
+        (libc, info)
+    }
+
+    #[test]
+    fn the_c_librarys_irelative_slots_name_its_ifunc_resolvers() {
+        let (_, info) = this_libc();
         let resolvers: std::collections::HashSet<u64> = info
             .function_symbols(false)
             .into_iter()
@@ -543,12 +549,7 @@ mod tests {
 
     #[test]
     fn libc_defines_the_allocator() {
-        let maps = crate::record::procfs::read_maps(std::process::id()).unwrap();
-        let libc = maps
-            .iter()
-            .find(|m| m.path.contains("libc.so"))
-            .expect("test binary links libc");
-        let info = ElfInfo::open(Path::new(&libc.path)).unwrap();
+        let (libc, info) = this_libc();
         assert_eq!(info.build_id.len(), 20);
         let found = info.defined_functions(&["malloc", "free", "no_such_function"], false);
         assert!(found.iter().any(|(i, _)| *i == 0));

@@ -254,15 +254,10 @@ fn killed_recorder_leaves_the_process_running_and_a_new_attach_recovers() {
     stop_server(server, &addr);
 }
 
-fn mt_forever() -> &'static Path {
-    static P: OnceLock<std::path::PathBuf> = OnceLock::new();
-    P.get_or_init(|| build_c("mt_forever", "mt_forever.c", &["-O1", "-g", "-pthread"]))
-}
-
-#[test]
-fn detaching_from_busy_threads_mid_call_is_harmless() {
-    let mut prog = Command::new(mt_forever())
-        .stdin(Stdio::piped())
+/// Starts a fixture that says "ready" once running; returns it and its stdout after that.
+fn start_ready(bin: &Path, stdin: Stdio) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut prog = Command::new(bin)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -270,6 +265,17 @@ fn detaching_from_busy_threads_mid_call_is_harmless() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
+    (prog, out)
+}
+
+fn mt_forever() -> &'static Path {
+    static P: OnceLock<std::path::PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_c("mt_forever", "mt_forever.c", &["-O1", "-g", "-pthread"]))
+}
+
+#[test]
+fn detaching_from_busy_threads_mid_call_is_harmless() {
+    let (mut prog, mut out) = start_ready(mt_forever(), Stdio::piped());
     let pid = prog.id();
     let before = footprint(pid);
     let dir = scratch("attach-mt");
@@ -338,15 +344,7 @@ fn attach_errors_are_clear() {
 
 #[test]
 fn attach_with_s_records_system_calls_and_leaves_the_process_as_it_was() {
-    let mut prog = Command::new(forever_c())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(prog.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let (mut prog, _out) = start_ready(forever_c(), Stdio::null());
     let pid = prog.id();
     let before = footprint(pid);
     let rec = scratch("attach-s").join("s.rlt");

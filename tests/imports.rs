@@ -642,3 +642,32 @@ fn allocator_calls_made_by_a_library_outside_any_call_show_only_with_all_or_l() 
     record_opts(&["--engine", "ptrace", "-L"], &rec, &bin, &[]);
     assert_eq!(made_in_ctor(&replay_clean(&rec, &[])), 1);
 }
+
+#[test]
+fn s_names_an_i386_system_call_by_its_own_numbering() {
+    let bin = build_c("int80", "int80.c", &["-O1", "-g"]);
+    let rec = scratch("imports-int80").join("s.rlt");
+    let o = record_opts(&["-S"], &rec, &bin, &[]);
+    let pid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let trace = replay_clean(&rec, &[]);
+    let src = repo().join("tests/fixtures/c/int80.c");
+    let at = format!("int80.c:{}", marker_line(&src, "INT80: getpid"));
+    // i386's 20 is getpid (x86-64's 20 is writev): named by number, returning the pid.
+    let line = trace
+        .lines()
+        .find(|l| l.contains("] SYS_i386_20("))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(line.contains(&at), "{line}");
+    let ret = line
+        .split(" = ")
+        .nth(1)
+        .unwrap()
+        .split("  ")
+        .next()
+        .unwrap();
+    assert_eq!(
+        u64::from_str_radix(ret.trim_start_matches("0x"), 16).ok(),
+        pid.parse().ok()
+    );
+    assert!(!trace.contains("SYS_writev"), "{trace}");
+}

@@ -134,6 +134,8 @@ pub enum SyscallStop {
     Entry {
         /// System call number.
         nr: u64,
+        /// Made with the x86-64 convention (not `int 0x80`, whose numbers are i386's).
+        native: bool,
         /// Its six arguments.
         args: [u64; 6],
     },
@@ -146,11 +148,15 @@ pub enum SyscallStop {
     Other,
 }
 
+/// `AUDIT_ARCH_X86_64`: the `arch` of a system call made with the x86-64 convention.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
 /// Asks the kernel where a thread in a syscall stop is (`PTRACE_GET_SYSCALL_INFO`, Linux
 /// 5.3), rather than counting entries and exits, which an exec or a restarted call upsets.
 pub fn syscall_info(tid: u32) -> Result<SyscallStop, nix::errno::Errno> {
-    // struct ptrace_syscall_info, read as bytes: op u8 at 0, then at 24 either the entry
-    // (nr u64, args [u64; 6]) or the exit (rval s64, is_error u8). The layout is kernel ABI.
+    // struct ptrace_syscall_info, read as bytes: op u8 at 0, arch u32 at 4, then at 24
+    // either the entry (nr u64, args [u64; 6]) or the exit (rval s64, is_error u8). The
+    // layout is kernel ABI.
     let mut buf = [0u8; 88];
     // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` (the buffer's length) bytes to
     // `data`, which points at this exclusively borrowed buffer of that length.
@@ -177,7 +183,12 @@ pub fn syscall_info(tid: u32) -> Result<SyscallStop, nix::errno::Errno> {
             for (i, a) in args.iter_mut().enumerate() {
                 *a = word(32 + 8 * i);
             }
-            SyscallStop::Entry { nr: word(24), args }
+            let arch = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            SyscallStop::Entry {
+                nr: word(24),
+                native: arch == AUDIT_ARCH_X86_64,
+                args,
+            }
         }
         libc::PTRACE_SYSCALL_INFO_EXIT if got >= 33 => SyscallStop::Exit {
             rval: word(24) as i64,

@@ -349,8 +349,8 @@ pub struct Tracer<'s, W: Write> {
     import_ids: HashMap<String, u32>,
     /// Processes whose image (started or exec'd here) has not reached its entry yet.
     before_entry: HashSet<u32>,
-    /// Function ids of the system calls seen (`-S`), by number.
-    syscall_ids: HashMap<u64, u32>,
+    /// Function ids of the system calls seen (`-S`), by number and convention.
+    syscall_ids: HashMap<(u64, bool), u32>,
     opts: TraceOptions,
     threads: HashMap<u32, Thread>,
     procs: HashMap<u32, Proc>,

@@ -22,7 +22,9 @@ impl<W: Write> Tracer<'_, W> {
             return self.resume(tid, None);
         };
         match mem::syscall_info(tid) {
-            Ok(SyscallStop::Entry { nr, args }) => self.syscall_entry(tid, pid, nr, args)?,
+            Ok(SyscallStop::Entry { nr, native, args }) => {
+                self.syscall_entry(tid, pid, nr, native, args)?
+            }
             Ok(SyscallStop::Exit { rval }) => self.syscall_exit(tid, pid, rval)?,
             Ok(SyscallStop::Other) => {}
             Err(Errno::ESRCH) => return Ok(()),
@@ -37,6 +39,7 @@ impl<W: Write> Tracer<'_, W> {
         tid: u32,
         pid: u32,
         nr: u64,
+        native: bool,
         all: [u64; 6],
     ) -> Result<(), TraceError> {
         let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
@@ -47,7 +50,7 @@ impl<W: Write> Tracer<'_, W> {
             Err(Errno::ESRCH) => return Ok(()),
             Err(e) => return Err(pt(format!("registers of thread {tid}"))(e)),
         };
-        let func = self.syscall_id(nr)?;
+        let func = self.syscall_id(nr, native)?;
         let space = space_rc.borrow();
         let Some(seq_addr) = space.seq_addr() else {
             return Ok(());
@@ -93,7 +96,7 @@ impl<W: Write> Tracer<'_, W> {
                 data,
             },
         );
-        if NEVER_RETURN.contains(&nr) {
+        if native && NEVER_RETURN.contains(&nr) {
             // exit and exit_group end the thread or process inside the kernel.
             proc_.buffer(
                 at,
@@ -138,18 +141,21 @@ impl<W: Write> Tracer<'_, W> {
         Ok(())
     }
 
-    /// The function id of system call `nr` (`SYS_write`, or `SYS_<nr>` for a number this
-    /// table does not know), defining it on first use.
-    fn syscall_id(&mut self, nr: u64) -> Result<u32, TraceError> {
-        if let Some(&id) = self.syscall_ids.get(&nr) {
+    /// The function id of system call `nr` (`SYS_write`, `SYS_<nr>` for a number this
+    /// table does not know, `SYS_i386_<nr>` for one made with `int 0x80`), defining it on
+    /// first use.
+    fn syscall_id(&mut self, nr: u64, native: bool) -> Result<u32, TraceError> {
+        let key = (nr, native);
+        if let Some(&id) = self.syscall_ids.get(&key) {
             return Ok(id);
         }
-        let name = match syscalls::name(nr) {
-            Some(n) => format!("SYS_{n}"),
-            None => format!("SYS_{nr}"),
+        let name = match (native, syscalls::name(nr)) {
+            (true, Some(n)) => format!("SYS_{n}"),
+            (true, None) => format!("SYS_{nr}"),
+            (false, _) => format!("SYS_i386_{nr}"),
         };
         let id = self.define(&name, Origin::Syscall)?;
-        self.syscall_ids.insert(nr, id);
+        self.syscall_ids.insert(key, id);
         Ok(id)
     }
 }
