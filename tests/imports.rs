@@ -568,9 +568,21 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
                     info.contains("prototypes: 2 from the DWARF of the libraries"),
                     "{info}"
                 );
+                let json = replay_clean(&rec, &["--format", "json"]);
+                let greet_json = json
+                    .lines()
+                    .find(|l| l.contains("\"function\":\"greet\""))
+                    .unwrap();
+                assert!(greet_json.contains("\"prototype\":true"), "{greet_json}");
             } else {
                 // No debug info: six registers in hex (the last four whatever the caller
-                // left there), never a guess.
+                // left there), never a guess, and the JSON output says so.
+                let json = replay_clean(&rec, &["--format", "json"]);
+                let greet_json = json
+                    .lines()
+                    .find(|l| l.contains("\"function\":\"greet\""))
+                    .unwrap();
+                assert!(greet_json.contains("\"prototype\":false"), "{greet_json}");
                 let call = unaddress(
                     greet
                         .split_once("] ")

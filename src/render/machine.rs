@@ -48,7 +48,17 @@ pub fn call_json(
 ) -> Value {
     let (pid, tid) = defs.thread(enter.thread);
     let frames = defs.frames_of(enter.stack);
-    let void = defs.functions.get(&enter.func).is_some_and(|f| !f.returns);
+    let def = defs.functions.get(&enter.func);
+    let void = def.is_some_and(|f| !f.returns);
+    // Whether `args` are the function's arguments by a prototype, or the six integer
+    // registers of a function rltrace knows no prototype of.
+    let prototype = defs.class(enter.func) != FnClass::Other
+        || crate::protos::lookup(defs.name(enter.func)).is_some();
+    let origin = match def.map(|f| f.origin) {
+        Some(crate::format::Origin::Imported) => "imported",
+        Some(crate::format::Origin::Syscall) => "syscall",
+        _ => "hooked",
+    };
     let mut v = json!({
         "type": "call",
         "pid": pid,
@@ -56,6 +66,8 @@ pub fn call_json(
         "ts_ns": enter.ts,
         "function": defs.name(enter.func),
         "args": enter.args,
+        "prototype": prototype,
+        "origin": origin,
         "void": void,
         "returned": void || exit.is_some_and(|x| x.ret.is_some()),
         "return": exit.and_then(|x| x.ret),
