@@ -1151,6 +1151,29 @@ impl<'s, W: Write> Tracer<'s, W> {
         self.resume(tid, Some(sig))
     }
 
+    /// The stack of thread `tid`, stopped at `regs.rip` (an instruction, not a function's
+    /// entry), from `len` bytes of it, and the sequence counter, read together.
+    fn stack_at_stop(
+        &mut self,
+        tid: u32,
+        space: &mut Space,
+        seq_addr: u64,
+        regs: &Regs,
+        len: usize,
+    ) -> (Vec<crate::format::Frame>, Option<u64>) {
+        let (got, header, seq) = self.read_polled(tid, seq_addr, space, &[], Some((regs.rsp, len)));
+        let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
+        let frames = space.frames_at(
+            regs.rip,
+            regs.rsp,
+            regs.rbp,
+            self.opts.max_depth,
+            stack,
+            &mut self.ras,
+        );
+        (frames, seq)
+    }
+
     /// Records a fatal signal with the stack of the thread it struck, unwound from the
     /// faulting instruction, before the signal is delivered and the process dies.
     fn on_crash(&mut self, tid: u32, pid: u32, sig: Signal) -> Result<(), TraceError> {
@@ -1173,18 +1196,9 @@ impl<'s, W: Write> Tracer<'s, W> {
         let Some(seq_addr) = space.seq_addr() else {
             return Ok(());
         };
-        let stack_read = Some((regs.rsp, self.opts.max_stack_bytes));
-        let (got, header, seq) = self.read_polled(tid, seq_addr, &space, &[], stack_read);
+        let len = self.opts.max_stack_bytes;
+        let (frames, seq) = self.stack_at_stop(tid, &mut space, seq_addr, &regs, len);
         let seq = seq.unwrap_or(0);
-        let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
-        let frames = space.frames_at(
-            regs.rip,
-            regs.rsp,
-            regs.rbp,
-            self.opts.max_depth,
-            stack,
-            &mut self.ras,
-        );
         drop(space);
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.last_seq = proc_.last_seq.max(seq);

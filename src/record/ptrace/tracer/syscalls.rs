@@ -51,29 +51,19 @@ impl<W: Write> Tracer<'_, W> {
             Err(e) => return Err(pt(format!("registers of thread {tid}"))(e)),
         };
         let func = self.syscall_id(nr, native)?;
-        let space = space_rc.borrow();
+        let mut space = space_rc.borrow_mut();
         let Some(seq_addr) = space.seq_addr() else {
             return Ok(());
         };
-        let read_len = self
+        let len = self
             .threads
             .get(&tid)
             .map_or(0, |t| t.stack_read)
             .max(self.opts.stack_bytes);
-        let (got, header, seq) =
-            self.read_polled(tid, seq_addr, &space, &[], Some((regs.rsp, read_len)));
-        drop(space);
         // The stack from the instruction after `syscall`, in the C library's wrapper (or
         // wherever the program made it): its caller is the line that asked for it.
-        let stack = self.buf.get(header..got.max(header)).unwrap_or(&[]);
-        let frames = space_rc.borrow_mut().frames_at(
-            regs.rip,
-            regs.rsp,
-            regs.rbp,
-            self.opts.max_depth,
-            stack,
-            &mut self.ras,
-        );
+        let (frames, seq) = self.stack_at_stop(tid, &mut space, seq_addr, &regs, len);
+        drop(space);
         let f = &self.funcs[func as usize];
         let args = all[..usize::from(f.nargs).min(6)].to_vec();
         let data = capture_args(tid, f.name, &args, self.opts.string_limit);
