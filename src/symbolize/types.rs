@@ -20,6 +20,17 @@ type R<'a> = EndianSlice<'a, RunTimeEndian>;
 /// Prototypes of the functions defined in the file at `path` that `wanted` accepts (by
 /// symbol name: the linkage name when there is one). Empty without debug info.
 pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
+    prototypes_in(path, wanted, None)
+}
+
+/// [`prototypes`], reading with `within` only the compilation units `.debug_aranges`
+/// says cover one of those addresses (all units when the file has no such table), so
+/// that a large library's DWARF is not parsed whole for a few functions.
+fn prototypes_in(
+    path: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+    within: Option<&[u64]>,
+) -> Vec<Loaded> {
     let Ok(file) = crate::elf::MappedFile::open(path) else {
         return Vec::new();
     };
@@ -43,6 +54,7 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
         gimli::SectionId::DebugAddr,
         gimli::SectionId::DebugRngLists,
         gimli::SectionId::DebugRanges,
+        gimli::SectionId::DebugAranges,
     ] {
         if let Some(data) = obj
             .section_by_name(id.name())
@@ -64,12 +76,28 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
         return Vec::new();
     };
     let mut out: HashMap<String, Loaded> = HashMap::new();
-    let mut units = dwarf.units();
-    while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else {
-            continue;
-        };
-        let _ = unit_prototypes(&dwarf, &unit, wanted, &mut out);
+    let covering = within.and_then(|addrs| units_covering(&dwarf, addrs));
+    match covering {
+        Some(offsets) => {
+            for off in offsets {
+                let Ok(header) = dwarf.debug_info.header_from_offset(off) else {
+                    continue;
+                };
+                let Ok(unit) = dwarf.unit(header) else {
+                    continue;
+                };
+                let _ = unit_prototypes(&dwarf, &unit, wanted, &mut out);
+            }
+        }
+        None => {
+            let mut units = dwarf.units();
+            while let Ok(Some(header)) = units.next() {
+                let Ok(unit) = dwarf.unit(header) else {
+                    continue;
+                };
+                let _ = unit_prototypes(&dwarf, &unit, wanted, &mut out);
+            }
+        }
     }
     let mut v: Vec<Loaded> = out.into_values().collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -79,48 +107,43 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
 /// Prototypes, from the DWARF found for the library at `path` on this machine, of those of
 /// `names` that it defines: what a program importing them will reach there. A name the
 /// DWARF does not know gets the prototype of an alias at the same address (glibc defines
-/// `lfind` as an alias of `__lfind`). Each library's DWARF is read once per run.
+/// `lfind` as an alias of `__lfind`, and its DWARF names `__GI_setlocale`). Only the
+/// compilation units holding those functions are read, and each answer is kept for the
+/// rest of the run.
 pub fn for_library(path: &str, build_id: &[u8], names: &[&str]) -> Vec<Loaded> {
-    /// Libraries read so far: (path, build-id, what their DWARF says).
-    type Cache = Vec<(String, Vec<u8>, Arc<Library>)>;
+    /// Libraries looked at so far: (path, build-id, what is known of them).
+    type Cache = Vec<(String, Vec<u8>, Arc<Mutex<Library>>)>;
     static CACHE: Mutex<Cache> = Mutex::new(Vec::new());
     let lib = {
         let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
         match cache.iter().find(|(p, b, _)| p == path && b == build_id) {
             Some((_, _, lib)) => lib.clone(),
             None => {
-                let lib = Arc::new(Library::read(path, build_id));
+                let lib = Arc::new(Mutex::new(Library::open(path, build_id)));
                 cache.push((path.to_string(), build_id.to_vec(), lib.clone()));
                 lib
             }
         }
     };
-    names
-        .iter()
-        .filter_map(|&n| {
-            let found = lib
-                .protos
-                .get(n)
-                .or_else(|| lib.protos.get(lib.alias.get(n)?))?;
-            Some(Loaded {
-                name: n.to_string(),
-                ..found.clone()
-            })
-        })
-        .collect()
+    let mut lib = lib.lock().unwrap_or_else(|p| p.into_inner());
+    lib.lookup(names)
 }
 
-/// What a library's DWARF says of its functions.
+/// What is known of one library's functions, filled in as they are asked for.
 #[derive(Default)]
 struct Library {
-    /// By DWARF name.
-    protos: HashMap<String, Loaded>,
-    /// Symbol name -> a name at the same address that has a prototype.
-    alias: HashMap<String, String>,
+    /// The file holding its DWARF, if any.
+    debug: Option<std::path::PathBuf>,
+    /// Address of each function the library exports.
+    addr_of: HashMap<String, u64>,
+    /// Every function symbol name at an address.
+    names_at: HashMap<u64, Vec<String>>,
+    /// Answers so far, by name (`None`: no usable prototype).
+    known: HashMap<String, Option<Loaded>>,
 }
 
 impl Library {
-    fn read(path: &str, build_id: &[u8]) -> Library {
+    fn open(path: &str, build_id: &[u8]) -> Library {
         let Ok(binary) = crate::elf::ElfInfo::open(Path::new(path)) else {
             return Library::default();
         };
@@ -131,29 +154,94 @@ impl Library {
         else {
             return Library::default();
         };
-        let protos: HashMap<String, Loaded> = prototypes(&debug, &|_| true)
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect();
-        // Aliases come from the debug file's symbol table too (glibc's DWARF names its
-        // functions by their hidden `__GI_` labels, local symbols only it keeps).
-        let mut syms = binary.function_symbols(false);
+        let mut lib = Library {
+            debug: Some(debug.clone()),
+            ..Library::default()
+        };
+        // What the library defines for others: its exported functions. Aliases come from
+        // the debug file's symbol table too (glibc's DWARF names its functions by their
+        // hidden `__GI_` labels, local symbols only it keeps).
+        let exported = binary.function_symbols(false);
+        for (name, addr, _) in &exported {
+            lib.addr_of.entry(name.clone()).or_insert(*addr);
+        }
+        let mut syms = exported;
         if let Ok(d) = crate::elf::ElfInfo::open(&debug) {
             syms.extend(d.function_symbols(true));
         }
-        let mut named_at: HashMap<u64, &str> = HashMap::new();
-        for (name, addr, _) in &syms {
-            if protos.contains_key(name) {
-                named_at.entry(*addr).or_insert(name);
+        for (name, addr, _) in syms {
+            let at = lib.names_at.entry(addr).or_default();
+            if !at.contains(&name) {
+                at.push(name);
             }
         }
-        let alias = syms
-            .iter()
-            .filter(|(name, _, _)| !protos.contains_key(name))
-            .filter_map(|(name, addr, _)| Some((name.clone(), named_at.get(addr)?.to_string())))
-            .collect();
-        Library { protos, alias }
+        lib
     }
+
+    /// The prototypes of those of `names` this library defines and describes.
+    fn lookup(&mut self, names: &[&str]) -> Vec<Loaded> {
+        let Some(debug) = self.debug.clone() else {
+            return Vec::new();
+        };
+        let new: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.known.contains_key(*n) && self.addr_of.contains_key(*n))
+            .collect();
+        if !new.is_empty() {
+            let addrs: Vec<u64> = new.iter().map(|n| self.addr_of[*n]).collect();
+            let aliases: std::collections::HashSet<&str> = addrs
+                .iter()
+                .flat_map(|a| self.names_at.get(a).into_iter().flatten())
+                .map(String::as_str)
+                .collect();
+            let found: HashMap<String, Loaded> =
+                prototypes_in(&debug, &|n: &str| aliases.contains(n), Some(&addrs))
+                    .into_iter()
+                    .map(|p| (p.name.clone(), p))
+                    .collect();
+            for (n, a) in new.iter().zip(&addrs) {
+                let proto = found.get(*n).or_else(|| {
+                    self.names_at
+                        .get(a)?
+                        .iter()
+                        .find_map(|alias| found.get(alias))
+                });
+                let proto = proto.map(|p| Loaded {
+                    name: n.to_string(),
+                    ..p.clone()
+                });
+                self.known.insert(n.to_string(), proto);
+            }
+        }
+        names
+            .iter()
+            .filter_map(|n| self.known.get(*n)?.clone())
+            .collect()
+    }
+}
+
+/// The units whose `.debug_aranges` ranges hold one of `addrs`; `None` without such a
+/// table (or one that does not parse).
+fn units_covering(
+    dwarf: &gimli::Dwarf<R<'_>>,
+    addrs: &[u64],
+) -> Option<Vec<gimli::DebugInfoOffset<usize>>> {
+    let mut headers = dwarf.debug_aranges.headers();
+    let mut any = false;
+    let mut out = Vec::new();
+    while let Ok(Some(h)) = headers.next() {
+        any = true;
+        let mut entries = h.entries();
+        while let Ok(Some(e)) = entries.next() {
+            let r = e.range();
+            if addrs.iter().any(|a| (r.begin..r.end).contains(a)) {
+                out.push(h.debug_info_offset());
+                break;
+            }
+        }
+    }
+    any.then_some(out)
 }
 
 fn unit_prototypes(
