@@ -364,3 +364,40 @@ fn attach_with_s_records_system_calls_and_leaves_the_process_as_it_was() {
     let _ = prog.kill();
     let _ = prog.wait();
 }
+
+#[test]
+fn attached_the_programs_calls_are_traced_when_e_asks_for_them() {
+    let (mut prog, _out) = start_ready(forever_c(), Stdio::null());
+    let pid = prog.id();
+    let dir = scratch("attach-e");
+    let names = |extra: &[&str], rec: &Path| -> std::collections::BTreeSet<String> {
+        let mut args = vec!["--duration", "0.3"];
+        args.extend_from_slice(extra);
+        let mut r = start_attach(pid, rec, &args);
+        let err = wait_attached(&mut r);
+        let (code, rest) = finish(r, err);
+        assert_eq!(code, 0, "{rest}");
+        replay_clean(rec, &[])
+            .lines()
+            .filter_map(|l| Some(l.split_once("] ")?.1.split('(').next()?.to_string()))
+            .filter(|n| !n.starts_with("+++"))
+            .collect()
+    };
+    // By default an attach records the allocator family (and -x): the leak hunt.
+    let plain = names(&[], &dir.join("plain.rlt"));
+    assert_eq!(
+        plain,
+        ["free", "malloc"].iter().map(|s| s.to_string()).collect(),
+        "{plain:?}"
+    );
+    // -e adds the program's calls through its imports, as it selects them.
+    let with_e = names(&["-e", "nanosleep"], &dir.join("e.rlt"));
+    assert!(with_e.contains("nanosleep"), "{with_e:?}");
+    let all = names(&["-e", "@MAIN"], &dir.join("main.rlt"));
+    assert!(
+        all.contains("nanosleep") && all.contains("malloc"),
+        "{all:?}"
+    );
+    let _ = prog.kill();
+    let _ = prog.wait();
+}

@@ -190,8 +190,17 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     let mut protos = dwarf_protos(req);
     protos.extend(req.protos.iter().cloned());
     crate::protos::install(&protos);
+    let mut trace = req.trace.clone();
+    if matches!(req.target, Target::Pid(_)) && req.calls.is_empty() {
+        // Attached to a running (often production) process, every traced call costs a
+        // stop, and a recorder killed while a thread sits in one leaves that thread past
+        // its `int3` (the kernel does not deliver it the SIGTRAP again): the program's
+        // calls through its imports are traced only when `-e` asks for them.
+        trace.imports = false;
+    }
     let req = &RecordRequest {
         protos,
+        trace,
         ..req.clone()
     };
     match (choose_engine(req)?, &req.target) {

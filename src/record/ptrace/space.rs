@@ -421,16 +421,24 @@ impl Space {
         self.mem
             .write(tramp, &code)
             .map_err(|e| format!("cannot write trampoline at {tramp:#x}: {e}"))?;
-        self.mem
-            .write(addr, &[0xcc])
-            .map_err(|e| format!("cannot write breakpoint at {addr:#x}: {e}"))?;
         let bp = Breakpoint {
             kind,
             tramp,
             orig: orig[0],
         };
+        // The trap table learns of the breakpoint before the code does: a recorder killed
+        // in between must not leave an `int3` the SIGTRAP handler cannot explain.
         self.bps.insert(addr, bp);
-        self.append_trap_entry(addr, &bp).map_err(|e| e.to_string())
+        if let Err(e) = self.append_trap_entry(addr, &bp) {
+            self.bps.remove(&addr);
+            return Err(e.to_string());
+        }
+        if let Err(e) = self.mem.write(addr, &[0xcc]) {
+            self.bps.remove(&addr);
+            let _ = self.sync_trap_table();
+            return Err(format!("cannot write breakpoint at {addr:#x}: {e}"));
+        }
+        Ok(())
     }
 
     /// Puts back every byte a breakpoint replaced, so that the process can run untraced.

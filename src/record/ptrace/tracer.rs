@@ -1113,15 +1113,9 @@ impl<'s, W: Write> Tracer<'s, W> {
                 .get(&pid)
                 .and_then(|p| p.space.borrow().bps.get(&addr).copied());
             if let Some(bp) = bp {
-                match bp.kind {
-                    BpKind::Call(f) => self.on_call(tid, pid, regs, addr, f)?,
-                    BpKind::DlDebugState => self.refresh_modules(pid, tid)?,
-                    BpKind::Entry => {
-                        self.before_entry.remove(&pid);
-                        self.resolve_ifuncs(pid, tid)?;
-                        self.hook_imports(pid, tid)?;
-                    }
-                }
+                // Redirect first: a recorder killed while it handles this stop leaves the
+                // thread to run on, and the kernel does not deliver it the SIGTRAP again,
+                // so it must not be left just past the `int3`, mid-instruction.
                 let mut r = regs;
                 r.rip = bp.tramp;
                 match mem::set_regs(tid, r) {
@@ -1129,6 +1123,15 @@ impl<'s, W: Write> Tracer<'s, W> {
                     Err(Errno::ESRCH) => return Ok(()),
                     Err(e) => {
                         return Err(pt(format!("redirect thread {tid} to its trampoline"))(e))
+                    }
+                }
+                match bp.kind {
+                    BpKind::Call(f) => self.on_call(tid, pid, regs, addr, f)?,
+                    BpKind::DlDebugState => self.refresh_modules(pid, tid)?,
+                    BpKind::Entry => {
+                        self.before_entry.remove(&pid);
+                        self.resolve_ifuncs(pid, tid)?;
+                        self.hook_imports(pid, tid)?;
                     }
                 }
                 return self.resume(tid, None);
