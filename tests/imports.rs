@@ -99,7 +99,7 @@ fn traced_calls(rec: &Path, args: &[&str]) -> Vec<String> {
 #[test]
 fn default_trace_equals_ltraces_on_a_lazily_bound_binary() {
     require_tool("ltrace");
-    let bin = build("imports_lazy", &["-Wl,-z,lazy"]);
+    let bin = build("imports_lazy_lt", &["-Wl,-z,lazy"]);
     let dir = scratch("imports-ltrace");
     let ltrace = ltrace_calls(&bin, &[], &dir.join("ltrace.txt"));
     let rec = dir.join("i.rlt");

@@ -191,7 +191,7 @@ fn a_program_that_refuses_injection_runs_unrecorded_with_a_note() {
 
 #[test]
 fn posix_spawned_children_are_recorded_as_their_own_processes() {
-    let spawn = build_c("spawn", "spawn.c", &["-O1", "-g"]);
+    let spawn = spawn_c();
     let dir = scratch("posix-spawn");
     let rec = dir.join("p.rlt");
     let o = record(&rec, &spawn, &[leaks_c().to_str().unwrap()]);
@@ -439,7 +439,7 @@ fn no_follow_records_only_the_command() {
     assert!(!replay(&rec, &["--leaks"]).contains("leaks.c:"));
 
     // A posix_spawn child shares its parent's memory until it execs: released then.
-    let spawn = build_c("spawn", "spawn.c", &["-O1", "-g"]);
+    let spawn = spawn_c();
     let rec = dir.join("spawn.rlt");
     let o = rltrace()
         .args(["record", "--no-follow", "-o"])
@@ -540,4 +540,11 @@ fn job_control_stops_and_continues_the_program_as_without_rltrace() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
     assert!(replay_clean(&rec, &[]).contains("+++ killed by SIGTERM +++"));
+}
+
+/// The posix_spawn fixture, built once: two tests use it, and rebuilding it while the
+/// other records it leaves that recording naming a deleted file.
+fn spawn_c() -> &'static std::path::Path {
+    static P: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    P.get_or_init(|| build_c("spawn", "spawn.c", &["-O1", "-g"]))
 }
