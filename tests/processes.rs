@@ -194,7 +194,7 @@ fn posix_spawned_children_are_recorded_as_their_own_processes() {
     let spawn = spawn_c();
     let dir = scratch("posix-spawn");
     let rec = dir.join("p.rlt");
-    let o = record(&rec, &spawn, &[leaks_c().to_str().unwrap()]);
+    let o = record(&rec, spawn, &[leaks_c().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
     let report = replay(&rec, &["--leaks"]);
@@ -445,7 +445,7 @@ fn no_follow_records_only_the_command() {
         .args(["record", "--no-follow", "-o"])
         .arg(&rec)
         .arg("--")
-        .arg(&spawn)
+        .arg(spawn)
         .arg(&leaks)
         .output()
         .unwrap();
