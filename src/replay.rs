@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::analyze::leaks::{LeakAnalysis, LeakReport};
 use crate::analyze::{CallPairer, Defs, Step};
-use crate::format::{open_file, FormatError, OpenError, Record};
+use crate::format::{open_file, FormatError, OpenError, Origin, Record};
 use crate::render::machine::{
     call_json, leak_json, leak_summary_json, process_exit_json, signal_json, write_json, write_svg,
     Folded,
@@ -109,8 +109,6 @@ struct Context {
     sym: Symbolizer,
     sources: render::SourceCache,
     exe_of: HashMap<u32, String>,
-    /// Path of each module, by id.
-    module_paths: HashMap<u32, String>,
     /// Processes recorded from an attach (`-p`): their leak reports cover a window.
     attached: std::collections::HashSet<u32>,
     notes: Vec<String>,
@@ -123,10 +121,7 @@ impl Context {
     fn learn(&mut self, rec: &Record) {
         self.defs.learn(rec);
         match rec {
-            Record::Module(m) => {
-                self.module_paths.insert(m.id, m.path.clone());
-                self.sym.add_module(m.clone());
-            }
+            Record::Module(m) => self.sym.add_module(m.clone()),
             Record::ProcessStart(p) => {
                 self.exe_of.insert(p.pid, p.path.clone());
                 if p.cause == crate::format::StartCause::Attach {
@@ -315,14 +310,10 @@ fn main_name(cx: &Context, thread: u32) -> &str {
         .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
 }
 
-/// False for a call of an imported function (hooked where every caller reaches it) whose
+/// False for a call (of an imported function, hooked where every caller reaches it) whose
 /// return address lies outside its process's main executable: a call made inside a
 /// library. True when that cannot be told (no stack).
 fn called_from_main(cx: &Context, e: &crate::format::Enter) -> bool {
-    let origin = cx.defs.functions.get(&e.func).map(|f| f.origin);
-    if origin != Some(crate::format::Origin::Imported) {
-        return true;
-    }
     let Some(first) = e
         .stack
         .and_then(|s| cx.defs.stacks.get(&s)?.first().copied())
@@ -331,7 +322,7 @@ fn called_from_main(cx: &Context, e: &crate::format::Enter) -> bool {
     };
     let pid = cx.defs.thread(e.thread).0;
     match (first.module, cx.exe_of.get(&pid)) {
-        (Some(m), Some(exe)) => cx.module_paths.get(&m) == Some(exe),
+        (Some(m), Some(exe)) => cx.sym.module(m).is_some_and(|m| &m.path == exe),
         _ => false,
     }
 }
@@ -353,7 +344,6 @@ pub fn replay(
         sym: Symbolizer::new(opts.symbolize.clone()),
         sources: render::SourceCache::default(),
         exe_of: HashMap::new(),
-        module_paths: HashMap::new(),
         attached: Default::default(),
         notes: Vec::new(),
         crashes: HashMap::new(),
@@ -400,16 +390,17 @@ pub fn replay(
             }
             _ => false,
         };
-        let inside_library = entry.is_some_and(|e| !called_from_main(&cx, e));
-        // System calls (-S) show whatever call they are made in, as ltrace -S shows them.
-        let syscall = entry.is_some_and(|e| {
-            cx.defs.functions.get(&e.func).map(|f| f.origin) == Some(crate::format::Origin::Syscall)
-        });
-        let nested = !syscall && (nested || filtered || inside_library);
+        let origin = entry.and_then(|e| Some((e, cx.defs.functions.get(&e.func)?.origin)));
+        let hidden = match origin {
+            // System calls (-S) show whatever call they are made in, as ltrace -S shows them.
+            Some((_, Origin::Syscall)) => false,
+            Some((e, Origin::Imported)) => nested || filtered || !called_from_main(&cx, e),
+            _ => nested || filtered,
+        };
         let selected = opts
             .pid
             .is_none_or(|want| record_pid(&rec, &cx.defs) == Some(want));
-        if selected && (opts.all || !nested) {
+        if selected && (opts.all || !hidden) {
             if opts.summary {
                 if let Some(s) = &step {
                     table.step(s, &cx.defs);

@@ -236,17 +236,11 @@ fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Loaded> {
     })
 }
 
-/// The `-e` chains, if any, also stored in the recording: replay shows the calls they
-/// select (allocator calls are recorded for the leak report whatever they say).
-fn call_filter(
-    meta: &mut Meta,
-    req: &RecordRequest,
-) -> Result<Option<select::Selection>, RecordError> {
+/// The `-e` chains, if any.
+fn call_selection(req: &RecordRequest) -> Result<Option<select::Selection>, RecordError> {
     if req.calls.is_empty() {
         return Ok(None);
     }
-    meta.pairs
-        .push(("trace-filter".to_string(), req.calls.join("\n")));
     Ok(Some(select::Selection::parse_calls(&req.calls)?))
 }
 
@@ -263,8 +257,14 @@ fn allocator_origin(req: &RecordRequest) -> Origin {
     }
 }
 
-/// Stores the loaded prototypes, so that replay shows the arguments as they were captured.
-fn add_protos(meta: &mut Meta, req: &RecordRequest) {
+/// Stores what replay needs of the request: the loaded prototypes, so that it shows the
+/// arguments as they were captured, and the `-e` chains, so that it shows the calls they
+/// select (allocator calls are recorded for the leak report whatever they say).
+fn add_request_meta(meta: &mut Meta, req: &RecordRequest) {
+    if !req.calls.is_empty() {
+        meta.pairs
+            .push(("trace-filter".to_string(), req.calls.join("\n")));
+    }
     if !req.protos.is_empty() {
         meta.pairs.push((
             "prototypes".to_string(),
@@ -305,6 +305,8 @@ fn record_agent(
     library: PathBuf,
     why: String,
 ) -> Result<RecordOutcome, RecordError> {
+    // Before anything is created: a chain that does not parse stops here.
+    let calls = call_selection(req)?;
     let first = cmd.first().cloned().unwrap_or_default();
     // The pid is not known before the start; the default name uses the recorder's.
     let path = req
@@ -316,8 +318,7 @@ fn record_agent(
         source,
     })?;
     let mut meta = metadata("agent", cmd, 0, false);
-    add_protos(&mut meta, req);
-    let calls = call_filter(&mut meta, req)?;
+    add_request_meta(&mut meta, req);
     let calls = calls.map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
     let mut sink = Sink::new(
         BufWriter::with_capacity(1 << 20, file),
@@ -356,6 +357,8 @@ fn record_agent(
 }
 
 fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, RecordError> {
+    // Before the command starts: a chain that does not parse stops here.
+    let mut calls = call_selection(req)?;
     let (pid, words, spawned) = match &req.target {
         Target::Command(command) => (ptrace::tracer::spawn(command)?, command.clone(), true),
         Target::Pid(pid) => {
@@ -384,19 +387,7 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
         }
     };
     let mut meta = metadata("ptrace", &words, pid, !spawned);
-    add_protos(&mut meta, req);
-    let mut calls = match call_filter(&mut meta, req) {
-        Ok(c) => c,
-        Err(e) => {
-            if spawned {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            return Err(e);
-        }
-    };
+    add_request_meta(&mut meta, req);
     let funcs = funcs::ALLOCATOR_FAMILY;
     let mut sink = Sink::new(
         BufWriter::with_capacity(1 << 20, file),

@@ -65,6 +65,20 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The return of thread `tid`'s innermost open call that never came (its thread or
+    /// image ended, or its frame was unwound past).
+    pub fn never_returned(pid: u32, tid: u32) -> Event {
+        Event::Exit {
+            pid,
+            tid,
+            ret: None,
+            out: None,
+            ts: None,
+        }
+    }
+}
+
 /// Interns definitions and writes records.
 pub struct Sink<W: Write> {
     writer: Writer<W>,
@@ -102,11 +116,6 @@ impl<W: Write> Sink<W> {
     }
 
     /// Defines one more traced function (found while recording); returns its id.
-    pub fn function(&mut self, f: &TracedFn) -> Result<u32, FormatError> {
-        self.function_named(f.name, f.class, f.returns, Origin::Hooked)
-    }
-
-    /// Defines a function by name (the agent's traced imports); returns its id.
     pub fn function_named(
         &mut self,
         name: &str,
@@ -129,12 +138,21 @@ impl<W: Write> Sink<W> {
     /// Stores prototypes found while recording, for the calls that follow (replay reads
     /// them from the recording).
     pub fn prototypes(&mut self, protos: &[crate::protos::Loaded]) -> Result<(), FormatError> {
-        // Lines of at most a few hundred bytes; pieces stay under the readers' limit.
-        for piece in protos.chunks(200) {
-            let text = crate::protos::to_text(piece);
-            if !text.is_empty() && text.len() <= crate::format::MAX_PROTOTYPES {
-                self.writer.push(&Record::Prototypes(text))?;
+        // As many lines per chunk as the readers' limit allows (a line longer than the
+        // limit, a name of a megabyte, cannot be stored).
+        let mut text = String::new();
+        for p in protos {
+            let line = crate::protos::to_text(std::slice::from_ref(p));
+            if text.len() + line.len() > crate::format::MAX_PROTOTYPES && !text.is_empty() {
+                self.writer
+                    .push(&Record::Prototypes(std::mem::take(&mut text)))?;
             }
+            if line.len() <= crate::format::MAX_PROTOTYPES {
+                text.push_str(&line);
+            }
+        }
+        if !text.is_empty() {
+            self.writer.push(&Record::Prototypes(text))?;
         }
         Ok(())
     }
@@ -358,5 +376,40 @@ impl<W: Write> Sink<W> {
     /// Finishes the file.
     pub fn finish(self) -> Result<(W, Summary), FormatError> {
         self.writer.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protos::{Loaded, Ty};
+
+    #[test]
+    fn prototypes_are_split_into_chunks_readers_accept_and_none_is_lost() {
+        let mut sink = Sink::new(Vec::new(), &Meta::default(), &[], Origin::Hooked).unwrap();
+        // 300 lines of about 10 KiB: three chunks under the 1 MiB limit.
+        let protos: Vec<Loaded> = (0..300)
+            .map(|i| Loaded {
+                name: format!("f{i}_{}", "x".repeat(10_000)),
+                args: vec![Ty::Str],
+                ret: Ty::Int,
+            })
+            .collect();
+        sink.prototypes(&protos).unwrap();
+        let (bytes, _) = sink.finish().unwrap();
+        let mut r = crate::format::Reader::new(&bytes[..]).unwrap();
+        let mut chunks = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            if let Record::Prototypes(t) = rec {
+                assert!(t.len() <= crate::format::MAX_PROTOTYPES);
+                chunks.push(t);
+            }
+        }
+        assert_eq!(chunks.len(), 3);
+        let back: Vec<Loaded> = chunks
+            .iter()
+            .flat_map(|t| crate::protos::from_text(t))
+            .collect();
+        assert_eq!(back, protos);
     }
 }

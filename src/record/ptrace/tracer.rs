@@ -338,12 +338,9 @@ pub struct Tracer<'s, W: Write> {
     refused: HashSet<String>,
     /// Selected GNU IFUNCs: name -> defining module (start, end, path).
     ifuncs: HashMap<(u32, String), Ifunc>,
-    /// GOT slots of each process's main executable, with the PLT entry jumping through
-    /// each, until its entry is reached.
-    got_slots: HashMap<u32, Vec<(String, u64, Option<u64>)>>,
     /// `-e` chains: which of the main executable's imports are traced.
     calls: Option<&'s mut Selection>,
-    /// Each process's imports traced by default, until its entry is reached.
+    /// Each process's imported functions, until its entry is reached.
     imports: HashMap<u32, imports::Imports>,
     /// Ids of the imports traced by default, by name.
     import_ids: HashMap<String, u32>,
@@ -402,7 +399,6 @@ impl<'s, W: Write> Tracer<'s, W> {
             selected_ids: HashMap::new(),
             refused: HashSet::new(),
             ifuncs: HashMap::new(),
-            got_slots: HashMap::new(),
             calls: None,
             imports: HashMap::new(),
             import_ids: HashMap::new(),
@@ -801,30 +797,16 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
             if self.select.is_some() {
                 self.hook_selected(pid, tid, &mut space, &m, is_exe)?;
-                if is_exe {
-                    let plt: HashMap<u64, u64> = m.elf.plt_entries().into_iter().collect();
-                    let slots: Vec<(String, u64, Option<u64>)> = m
-                        .elf
-                        .got_slots()
-                        .into_iter()
-                        .map(|(n, off)| {
-                            let entry = plt.get(&off).map(|e| m.bias + e);
-                            (n, m.bias + off, entry)
-                        })
-                        .collect();
-                    if !slots.is_empty() {
-                        self.got_slots.insert(pid, slots);
-                    }
-                }
             }
-            if is_exe && self.opts.imports {
+            // The imports are traced by default, and lead `-x` to the IFUNCs it selects.
+            if is_exe && (self.opts.imports || self.select.is_some()) {
                 let exe = std::path::Path::new(&m.path)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let calls = &mut self.calls;
+                let (all, calls) = (self.opts.imports, &mut self.calls);
                 let imports = imports::Imports::of(&m, |name| {
-                    calls
+                    all && calls
                         .as_deref_mut()
                         .is_none_or(|s| s.selects(name, &exe, true))
                 });
@@ -832,9 +814,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                     self.imports.insert(pid, imports);
                 }
             }
-            let bind_at_entry =
-                self.got_slots.contains_key(&pid) || self.imports.contains_key(&pid);
-            if is_exe && bind_at_entry {
+            if is_exe && self.imports.contains_key(&pid) {
                 match procfs::auxv_entry(pid) {
                     // Attached (entry long passed): resolved at setup instead.
                     Some(entry) if self.before_entry.contains(&pid) => {
@@ -971,25 +951,20 @@ impl<'s, W: Write> Tracer<'s, W> {
     /// binding and neither, the program's PLT entry for it is hooked instead, which sees
     /// the program's own calls only, and the recording says so.
     fn resolve_ifuncs(&mut self, pid: u32, tid: u32) -> Result<(), TraceError> {
-        let exe_slots = self.got_slots.remove(&pid).unwrap_or_default();
         let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
             return Ok(());
         };
         let read = |slot: u64| space_rc.borrow().read_u64(slot, "read a GOT slot").ok();
-        // Per name: a bound slot (the implementation, every caller), else a PLT entry.
-        let mut found: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
-        for (name, slot, plt) in exe_slots {
-            let Some(f) = self.ifuncs.get(&(pid, name.clone())) else {
-                continue;
-            };
-            let (lo, hi) = (f.lo, f.hi);
-            let e = found.entry(name).or_default();
-            if let Some(t) = read(slot).filter(|t| (lo..hi).contains(t)) {
-                e.0 = Some(t);
-            }
-            e.1 = e.1.or(plt);
-        }
-        for ((p, name), f) in &self.ifuncs {
+        let ifuncs = &self.ifuncs;
+        let exe_slots = self.imports.get(&pid).map(|i| &i.slots[..]).unwrap_or(&[]);
+        // The program's slots for the selected IFUNCs, bound into their library.
+        let ifunc_of = |s: &imports::Slot| ifuncs.get(&(pid, s.name.clone()));
+        let mut found =
+            imports::hook_points(exe_slots.iter().filter(|s| ifunc_of(s).is_some()), |s| {
+                let f = ifunc_of(s)?;
+                read(s.at).filter(|t| (f.lo..f.hi).contains(t))
+            });
+        for ((p, name), f) in ifuncs {
             if *p != pid {
                 continue;
             }
@@ -1152,6 +1127,14 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
         }
         self.resume(tid, Some(sig))
+    }
+
+    /// Stack bytes to copy at thread `tid`'s stop: as deep as its last unwind needed.
+    fn stack_read_len(&self, tid: u32) -> usize {
+        self.threads
+            .get(&tid)
+            .map_or(0, |t| t.stack_read)
+            .max(self.opts.stack_bytes)
     }
 
     /// The stack of thread `tid`, stopped at `regs.rip` (an instruction, not a function's
@@ -1414,17 +1397,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 th.pending.clear();
                 let p = self.procs.get_mut(&pid).expect("checked above");
                 for _ in 0..n {
-                    p.buffer(
-                        p.last_seq,
-                        0,
-                        Event::Exit {
-                            pid,
-                            tid: *t,
-                            ret: None,
-                            out: None,
-                            ts: None,
-                        },
-                    );
+                    p.buffer(p.last_seq, 0, Event::never_returned(pid, *t));
                 }
             }
         }
@@ -1454,17 +1427,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         if !th.pending.is_empty() {
             if let Some(p) = self.procs.get_mut(&pid) {
                 for _ in &th.pending {
-                    p.buffer(
-                        p.last_seq,
-                        0,
-                        Event::Exit {
-                            pid,
-                            tid,
-                            ret: None,
-                            out: None,
-                            ts: None,
-                        },
-                    );
+                    p.buffer(p.last_seq, 0, Event::never_returned(pid, tid));
                 }
             }
         }
@@ -1607,11 +1570,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
         }
         let polled_calls: Vec<Pending> = polled.iter().map(|p| p.1).collect();
-        let read_len = self
-            .threads
-            .get(&tid)
-            .map_or(0, |t| t.stack_read)
-            .max(self.opts.stack_bytes);
+        let read_len = self.stack_read_len(tid);
         let (got, header, seq_read) = self.read_polled(
             tid,
             seq_addr,
@@ -1659,17 +1618,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                         || (p.entry_rsp == regs.rsp && ra_raw != Some(space.stub_addr(p.slot))))
                 {
                     // Its frame is gone (longjmp, exception): it will never return.
-                    proc_.buffer(
-                        seq_now,
-                        0,
-                        Event::Exit {
-                            pid,
-                            tid: t,
-                            ret: None,
-                            out: None,
-                            ts: None,
-                        },
-                    );
+                    proc_.buffer(seq_now, 0, Event::never_returned(pid, t));
                     space.free_slot(p.slot);
                 } else {
                     keep.push(p);
@@ -1776,17 +1725,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                 }
                 None => {
                     // No way to see the return: say so rather than invent a value.
-                    proc_.buffer(
-                        seq_now,
-                        0,
-                        Event::Exit {
-                            pid,
-                            tid,
-                            ret: None,
-                            out: None,
-                            ts: None,
-                        },
-                    );
+                    proc_.buffer(seq_now, 0, Event::never_returned(pid, tid));
                     self.sink.dropped(1);
                 }
             }

@@ -409,17 +409,7 @@ impl<W: Write> Tracer<'_, W> {
                 ),
                 None => {
                     all &= space.unhook_return(pc.entry_rsp, pc.slot).unwrap_or(false);
-                    proc_.buffer(
-                        proc_.last_seq,
-                        0,
-                        super::Event::Exit {
-                            pid,
-                            tid,
-                            ret: None,
-                            out: None,
-                            ts: None,
-                        },
-                    );
+                    proc_.buffer(proc_.last_seq, 0, super::Event::never_returned(pid, tid));
                 }
             }
             space.free_slot(pc.slot);

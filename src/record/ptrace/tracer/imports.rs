@@ -9,7 +9,7 @@
 //! - a slot still unbound (lazy binding) has the program's PLT entry for it hooked
 //!   instead, as ltrace does: only the program's calls go through it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use super::{Tracer, UNHOOKABLE};
@@ -17,28 +17,41 @@ use crate::format::{FormatError, Origin};
 use crate::record::ptrace::space::{BpKind, NewModule};
 use crate::record::select::glob;
 
-/// The main executable's imports of one process, read when its module appears and hooked
-/// once its GOT is bound.
+/// The main executable's imported functions in one process, read when its module
+/// appears, resolved once its GOT is bound: the default trace hooks those it traces, and
+/// `-x` finds the IFUNCs it selects through them.
 pub(super) struct Imports {
     /// The executable's mapped range: a slot pointing inside it is not bound yet.
-    exe: (u64, u64),
-    /// `(name, runtime slot address, runtime PLT entry jumping through it)`.
-    slots: Vec<(String, u64, Option<u64>)>,
+    pub(super) exe: (u64, u64),
+    /// Every `JUMP_SLOT`/`GLOB_DAT` slot of an imported function.
+    pub(super) slots: Vec<Slot>,
+}
+
+/// One GOT slot of an imported function.
+pub(super) struct Slot {
+    pub(super) name: String,
+    /// Runtime address of the slot.
+    pub(super) at: u64,
+    /// Runtime address of the PLT entry jumping through it, if any.
+    pub(super) plt: Option<u64>,
+    /// Traced by default (neither skipped nor left out by `-e`, and imports are traced).
+    pub(super) traced: bool,
 }
 
 impl Imports {
-    /// The imports of executable module `m` that the engine traces by default, and that
-    /// `keep` (the `-e` chains) selects.
-    pub(super) fn of(m: &NewModule, mut keep: impl FnMut(&str) -> bool) -> Imports {
+    /// The imports of executable module `m`; `traced` says which the default trace
+    /// hooks (the `-e` chains; false for all with `-L`).
+    pub(super) fn of(m: &NewModule, mut traced: impl FnMut(&str) -> bool) -> Imports {
         let plt: HashMap<u64, u64> = m.elf.plt_entries().into_iter().collect();
         let slots = m
             .elf
             .imported_functions()
             .into_iter()
-            .filter(|(name, _)| traceable(name) && keep(name))
-            .map(|(name, slot)| {
-                let entry = plt.get(&slot).map(|e| m.bias.wrapping_add(*e));
-                (name, m.bias.wrapping_add(slot), entry)
+            .map(|(name, slot)| Slot {
+                traced: traceable(&name) && traced(&name),
+                plt: plt.get(&slot).map(|e| m.bias.wrapping_add(*e)),
+                at: m.bias.wrapping_add(slot),
+                name,
             })
             .collect();
         Imports {
@@ -47,10 +60,28 @@ impl Imports {
         }
     }
 
-    /// True if there is nothing to hook.
+    /// True if there is nothing to hook or resolve.
     pub(super) fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
+}
+
+/// Where calls of each name in `slots` are hooked: `(bound, plt)`, the target a slot is
+/// bound to if `bound` accepts it (every caller reaches it), and the program's PLT entry
+/// (its own calls only). A bound slot of a name also catches the calls through an unbound
+/// one once the loader has resolved it, so it wins.
+pub(super) fn hook_points<'a>(
+    slots: impl Iterator<Item = &'a Slot>,
+    mut bound: impl FnMut(&Slot) -> Option<u64>,
+) -> BTreeMap<String, (Option<u64>, Option<u64>)> {
+    let mut found: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+    for s in slots {
+        let b = bound(s);
+        let e = found.entry(s.name.clone()).or_default();
+        e.0 = e.0.or(b);
+        e.1 = e.1.or(s.plt);
+    }
+    found
 }
 
 /// False for imports the engine leaves alone: the allocator family (hooked on its own),
@@ -60,7 +91,8 @@ fn traceable(name: &str) -> bool {
 }
 
 impl<W: Write> Tracer<'_, W> {
-    /// Hooks process `pid`'s imports where its GOT leads (see the module documentation).
+    /// Hooks process `pid`'s traced imports where its GOT leads (see the module
+    /// documentation).
     pub(super) fn hook_imports(&mut self, pid: u32, tid: u32) -> Result<(), FormatError> {
         let Some(imports) = self.imports.remove(&pid) else {
             return Ok(());
@@ -69,24 +101,12 @@ impl<W: Write> Tracer<'_, W> {
             return Ok(());
         };
         let (lo, hi) = imports.exe;
-        // Per name, the bound target wins: it also catches the calls through an unbound
-        // slot of the same name once the loader has resolved it.
-        let mut wanted: Vec<(String, u64)> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        for (name, slot, plt) in imports.slots {
-            let target = space_rc.borrow().read_u64(slot, "read a GOT slot").ok();
-            let bound = target.filter(|&t| t != 0 && !(lo..hi).contains(&t));
+        let points = hook_points(imports.slots.iter().filter(|s| s.traced), |s| {
+            let target = space_rc.borrow().read_u64(s.at, "read a GOT slot").ok();
+            target.filter(|&t| t != 0 && !(lo..hi).contains(&t))
+        });
+        for (name, (bound, plt)) in points {
             let Some(at) = bound.or(plt) else { continue };
-            match by_name.get(&name) {
-                Some(&i) if bound.is_some() => wanted[i].1 = at,
-                Some(_) => {}
-                None => {
-                    by_name.insert(name.clone(), wanted.len());
-                    wanted.push((name, at));
-                }
-            }
-        }
-        for (name, at) in wanted {
             if self.selected_ids.contains_key(&name) {
                 continue; // selected with -x: hooked at its definition already
             }
@@ -110,7 +130,8 @@ impl<W: Write> Tracer<'_, W> {
         let names: Vec<&str> = imports
             .slots
             .iter()
-            .map(|(n, _, _)| n.as_str())
+            .filter(|s| s.traced)
+            .map(|s| s.name.as_str())
             .filter(|n| crate::protos::lookup(n).is_none())
             .collect();
         if names.is_empty() {

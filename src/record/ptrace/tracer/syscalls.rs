@@ -55,11 +55,7 @@ impl<W: Write> Tracer<'_, W> {
         let Some(seq_addr) = space.seq_addr() else {
             return Ok(());
         };
-        let len = self
-            .threads
-            .get(&tid)
-            .map_or(0, |t| t.stack_read)
-            .max(self.opts.stack_bytes);
+        let len = self.stack_read_len(tid);
         // The stack from the instruction after `syscall`, in the C library's wrapper (or
         // wherever the program made it): its caller is the line that asked for it.
         let (frames, seq) = self.stack_at_stop(tid, &mut space, seq_addr, &regs, len);
@@ -88,17 +84,7 @@ impl<W: Write> Tracer<'_, W> {
         );
         if native && NEVER_RETURN.contains(&nr) {
             // exit and exit_group end the thread or process inside the kernel.
-            proc_.buffer(
-                at,
-                0,
-                Event::Exit {
-                    pid,
-                    tid,
-                    ret: None,
-                    out: None,
-                    ts: None,
-                },
-            );
+            proc_.buffer(at, 0, Event::never_returned(pid, tid));
         } else if let Some(t) = self.threads.get_mut(&tid) {
             t.in_syscall = true;
         }
