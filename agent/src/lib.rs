@@ -15,6 +15,7 @@ mod modules;
 mod real;
 mod ring;
 mod signals;
+mod stackcache;
 mod stacks;
 mod sync;
 
@@ -100,6 +101,10 @@ struct ThreadState {
     ring: &'static ring::Ring,
     stack_top: u64,
     cache: CacheX86_64,
+    /// Unwinds found before, reused while the stack words they read are unchanged.
+    unwinds: stackcache::StackCache,
+    /// The stack words the last unwind read.
+    log: stackcache::ReadLog,
     stacks: HashMap<Box<[u64]>, u32, BuildHasherDefault<wire::FastHasher>>,
     frames: Vec<u64>,
     rec: Vec<u8>,
@@ -191,6 +196,8 @@ fn state() -> Option<&'static mut ThreadState> {
         ring,
         stack_top: stack_top(tid),
         cache: CacheX86_64::new(),
+        unwinds: stackcache::StackCache::default(),
+        log: stackcache::ReadLog::default(),
         stacks: HashMap::default(),
         frames: vec![0; MAX_DEPTH.load(Ordering::Relaxed).clamp(1, wire::MAX_FRAMES)],
         rec: Vec::with_capacity(256),
@@ -254,21 +261,41 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     if !main_stack && sp - start < MIN_UNWIND_ROOM {
         return wire::NO_STACK;
     }
+    let key = stackcache::Key {
+        pc,
+        sp,
+        bp,
+        end,
+        generation: modules::generation(),
+    };
+    if let stackcache::Found::Hit(id) = st.unwinds.lookup(&key) {
+        return id;
+    }
     let stack = sp..end;
-    let (mut n, known) = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames);
+    let frames_out = &mut st.frames;
+    let (mut n, mut known) =
+        modules::capture(pc, sp, bp, &stack, &mut st.cache, frames_out, &mut st.log);
     // `dlopen` is not interposed (glibc resolves a relative name against the RUNPATH of
     // the object that called it, which a wrapper would replace with the agent's), so a
     // module loaded since the last scan shows up as a stack that ends in unknown code:
     // rescan if the loader's count of loads moved, and unwind again.
     if !known && modules::loads_changed() {
         rescan_and_send();
-        n = modules::capture(pc, sp, bp, &stack, &mut st.cache, &mut st.frames).0;
+        (n, known) = modules::capture(pc, sp, bp, &stack, &mut st.cache, frames_out, &mut st.log);
     }
     if n == 0 {
         return wire::NO_STACK;
     }
+    // A stack ending in unknown code is not reused: the next call checks for new modules.
+    let key = stackcache::Key {
+        generation: st.log.generation,
+        ..key
+    };
     let frames = &st.frames[..n];
     if let Some(&id) = st.stacks.get(frames) {
+        if known {
+            st.unwinds.store(&key, &st.log, id);
+        }
         return id;
     }
     // Numbered process-wide: a thread whose state was retired (its TLS destructors run
@@ -279,6 +306,9 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
         return wire::NO_STACK;
     }
     st.stacks.insert(frames.into(), id);
+    if known {
+        st.unwinds.store(&key, &st.log, id);
+    }
     st.rec.clear();
     st.rec.push(wire::REC_STACK);
     st.rec.extend_from_slice(&id.to_le_bytes());
@@ -312,7 +342,7 @@ fn begin(seq_at_entry: bool) -> Option<Open> {
         settle(st, registers().1);
     }
     let stack = capture_stack(st);
-    let seq = seq_at_entry.then(|| conn::SEQ.fetch_add(1, Ordering::AcqRel));
+    let seq = seq_at_entry.then(|| conn::SEQ.0.next());
     Some(Open {
         st,
         stack,
@@ -325,9 +355,7 @@ fn begin(seq_at_entry: bool) -> Option<Open> {
 #[inline(always)]
 fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     let ts_out = now();
-    let seq = o
-        .seq
-        .unwrap_or_else(|| conn::SEQ.fetch_add(1, Ordering::AcqRel));
+    let seq = o.seq.unwrap_or_else(|| conn::SEQ.0.next());
     let mut c = wire::Call {
         seq,
         func,
@@ -373,7 +401,7 @@ fn settle(st: &mut ThreadState, sp: u64) {
 }
 
 fn push_exit(st: &mut ThreadState, ret: Option<u64>) {
-    let seq = conn::SEQ.fetch_add(1, Ordering::AcqRel);
+    let seq = conn::SEQ.0.next();
     let mut buf = [0u8; 1 + 8 + 8 + 1 + 8];
     let mut w = wire::Put {
         buf: &mut buf,
@@ -488,7 +516,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     // Open calls at or below this frame were left without returning.
     settle(st, frame + 1);
     let stack = capture_stack(st);
-    let seq = conn::SEQ.fetch_add(1, Ordering::AcqRel);
+    let seq = conn::SEQ.0.next();
     let args = r.args();
     let nargs = hook.proto.map_or(6, |p| p.nargs().min(6));
     st.rec.clear();
@@ -964,10 +992,11 @@ extern "C" fn fork_child() {
         // the calls it is inside (fork itself) were entered in the parent's stream.
         unsafe {
             (*me).stacks.clear();
+            (*me).unwinds.clear();
             (*me).open.clear();
         }
     }
-    conn::SEQ.store(0, Ordering::Release);
+    conn::SEQ.0.reset();
     // SAFETY: getpid has no preconditions.
     OWN_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     if was_enabled {

@@ -8,6 +8,7 @@ use std::ops::{Deref, Range};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
+use crate::stackcache::ReadLog;
 use crate::sync::RwSpin;
 
 /// A byte range of a loaded module, valid while the module stays mapped.
@@ -125,9 +126,18 @@ pub fn rescan(exe: &[u8]) -> Option<Vec<ModuleInfo>> {
             }
         }
         st.modules = new.clone();
+        GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     LOCK.write_unlock();
     changed.then_some(new)
+}
+
+/// Bumped whenever the module list changes: cached unwinds of an older list are stale.
+static GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The module list's generation (see [`crate::stackcache`]).
+pub fn generation() -> u32 {
+    GENERATION.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// The loader's count of objects ever added, at the last scan.
@@ -305,7 +315,8 @@ fn note_build_id(addr: u64, len: u64) -> Vec<u8> {
 
 /// Unwinds from the given registers of the calling thread, whose stack is `stack`, and
 /// writes up to `out.len()` return addresses outside the agent; returns how many, and
-/// whether the last one (or `pc`, if none) lies in a known module.
+/// whether the last one (or `pc`, if none) lies in a known module. Every stack word read
+/// goes into `log`.
 pub fn capture(
     pc: u64,
     sp: u64,
@@ -313,11 +324,21 @@ pub fn capture(
     stack: &Range<u64>,
     cache: &mut CacheX86_64,
     out: &mut [u64],
+    log: &mut ReadLog,
 ) -> (usize, bool) {
+    log.clear();
+    let log_reads = &mut log.reads;
+    let log_overflow = &mut log.overflow;
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr.is_multiple_of(8) && addr >= stack.start && addr.saturating_add(8) <= stack.end {
             // SAFETY: the address is 8-aligned and inside this thread's own mapped stack.
-            Ok(unsafe { (addr as *const u64).read() })
+            let v = unsafe { (addr as *const u64).read() };
+            if log_reads.len() < crate::stackcache::MAX_READS {
+                log_reads.push((addr, v));
+            } else {
+                *log_overflow = true;
+            }
+            Ok(v)
         } else {
             Err(())
         }
@@ -350,6 +371,8 @@ pub fn capture(
         }
         None => (0, true),
     };
+    // Read under the lock: the list this unwind used.
+    log.generation = generation();
     LOCK.read_unlock();
     n
 }

@@ -77,3 +77,13 @@ pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
     unsafe { libc::sched_yield() };
 }
+
+/// Sleeps about 50 microseconds: long enough to give the CPU to whoever drains.
+pub fn sleep_briefly() {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000,
+    };
+    // SAFETY: nanosleep reads `ts`; a null remainder is allowed.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}

@@ -1,0 +1,258 @@
+//! Skips the unwind when a hook runs again on the same stack. An unwind is a function of
+//! the registers it starts from (the hook's `pc`, `sp`, `bp`), the module list, and the
+//! stack words it reads; if a later call starts from the same registers and those words
+//! still hold the same values, it would find the same frames. So each entry keeps the
+//! words the unwinder read and the stack id it found, and a hit costs one comparison per
+//! word read (about two per frame) instead of the CFI lookups, the unwind and the hash
+//! of the frames.
+//!
+//! `bp` and the words where functions saved it are the exception: in code without frame
+//! pointers `bp` is an ordinary register (a loop counter) that changes between calls from
+//! the same place, and the hook's prologue saves it on the stack, where the unwinder
+//! reads it back, while no frame's rule uses it. So a value (the `bp` register, or a
+//! word read) that differed between two calls whose unwinds read the same addresses and
+//! found the same stack is dropped from the entry's checks. A value that mattered would
+//! have moved the addresses read after it (a frame pointer locates its frame) or changed
+//! the frames. (A frame-pointer rule can also end an unwind by comparing `bp` with `sp`
+//! without reading through it; two different values that both end it there, and a third
+//! that would not, is the one case this cannot tell apart: the stack found is then the
+//! truncated one found before.)
+
+/// Entries per thread (direct-mapped by `sp` and `pc`).
+const ENTRIES: usize = 64;
+/// Most words an entry checks; deeper unwinds are not cached.
+pub const MAX_READS: usize = 256;
+
+/// The stack words one unwind read, in order.
+#[derive(Default)]
+pub struct ReadLog {
+    /// (address, value) of every successful read.
+    pub reads: Vec<(u64, u64)>,
+    /// More reads than an entry can hold were made.
+    pub overflow: bool,
+    /// The module list's generation the unwind used.
+    pub generation: u32,
+}
+
+impl ReadLog {
+    /// Forgets the previous unwind's reads.
+    pub fn clear(&mut self) {
+        self.reads.clear();
+        self.overflow = false;
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    pc: u64,
+    sp: u64,
+    end: u64,
+    bp: u64,
+    bp_free: bool,
+    generation: u32,
+    id: u32,
+    /// The words read: address, value, and whether the value is checked.
+    reads: Vec<(u64, u64, bool)>,
+}
+
+/// Where the unwind would start: the hook's registers, the end of the stack mapping it
+/// reads within, and the module list's generation.
+#[derive(Clone, Copy)]
+pub struct Key {
+    /// The hook's instruction pointer.
+    pub pc: u64,
+    /// Its stack pointer.
+    pub sp: u64,
+    /// Its frame pointer register.
+    pub bp: u64,
+    /// End of the stack mapping (reads are bounded by `sp..end`).
+    pub end: u64,
+    /// The module list's generation ([`crate::modules::generation`]).
+    pub generation: u32,
+}
+
+/// One thread's cache.
+#[derive(Default)]
+pub struct StackCache {
+    entries: Vec<Entry>,
+}
+
+/// What a lookup found.
+pub enum Found {
+    /// The stack id of an identical unwind.
+    Hit(u32),
+    /// Unwind; then call [`StackCache::store`].
+    Miss,
+}
+
+fn slot(k: &Key) -> usize {
+    // sp is 16-aligned at calls; pc separates hooks at the same depth.
+    let h = (k.sp >> 4) ^ (k.sp >> 11) ^ k.pc.rotate_left(7);
+    (h as usize) % ENTRIES
+}
+
+impl StackCache {
+    /// The stack id of an earlier unwind from `k` whose words are unchanged.
+    #[inline(always)]
+    pub fn lookup(&self, k: &Key) -> Found {
+        let Some(e) = self.entries.get(slot(k)) else {
+            return Found::Miss;
+        };
+        if e.reads.is_empty()
+            || e.pc != k.pc
+            || e.sp != k.sp
+            || e.end != k.end
+            || e.generation != k.generation
+            || (!e.bp_free && e.bp != k.bp)
+        {
+            return Found::Miss;
+        }
+        if !words_unchanged(&e.reads, k) {
+            return Found::Miss;
+        }
+        Found::Hit(e.id)
+    }
+
+    /// Remembers the unwind from `k` that read `log` and found stack `id`.
+    pub fn store(&mut self, k: &Key, log: &ReadLog, id: u32) {
+        if log.overflow || log.reads.is_empty() {
+            return;
+        }
+        if self.entries.is_empty() {
+            self.entries.resize_with(ENTRIES, Entry::default);
+        }
+        let e = &mut self.entries[slot(k)];
+        let same_walk = !e.reads.is_empty()
+            && e.pc == k.pc
+            && e.sp == k.sp
+            && e.end == k.end
+            && e.generation == k.generation
+            && e.id == id
+            && e.reads.len() == log.reads.len()
+            && e.reads.iter().zip(&log.reads).all(|(a, b)| a.0 == b.0);
+        if same_walk {
+            // The same addresses read and the same frames found: the values that differ
+            // played no part.
+            if e.bp != k.bp {
+                e.bp_free = true;
+            }
+            for (a, b) in e.reads.iter_mut().zip(&log.reads) {
+                if a.1 != b.1 {
+                    a.2 = false;
+                }
+            }
+            return;
+        }
+        e.pc = k.pc;
+        e.sp = k.sp;
+        e.end = k.end;
+        e.bp = k.bp;
+        e.bp_free = false;
+        e.generation = k.generation;
+        e.id = id;
+        e.reads.clear();
+        e.reads.extend(log.reads.iter().map(|&(a, v)| (a, v, true)));
+    }
+
+    /// Forgets every entry (a forked child numbers its stacks anew).
+    pub fn clear(&mut self) {
+        for e in &mut self.entries {
+            e.reads.clear();
+        }
+    }
+}
+
+#[inline(always)]
+fn words_unchanged(reads: &[(u64, u64, bool)], k: &Key) -> bool {
+    reads.iter().all(|&(a, v, checked)| {
+        // The unwinder read these inside `sp..end` of this same mapping; check again
+        // rather than trust the entry.
+        a >= k.sp
+            && a.saturating_add(8) <= k.end
+            && a.is_multiple_of(8)
+            && (!checked || {
+                // SAFETY: 8-aligned, inside the stack mapping the hook runs on (bounds above).
+                unsafe { (a as *const u64).read_volatile() == v }
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stack: &[u64], bp: u64) -> Key {
+        let sp = stack.as_ptr() as u64;
+        Key {
+            pc: 0x1000,
+            sp,
+            bp,
+            end: sp + 8 * stack.len() as u64,
+            generation: 1,
+        }
+    }
+
+    fn log_of(stack: &[u64]) -> ReadLog {
+        let mut log = ReadLog::default();
+        for (i, v) in stack.iter().enumerate() {
+            log.reads.push((stack.as_ptr() as u64 + 8 * i as u64, *v));
+        }
+        log
+    }
+
+    #[test]
+    fn a_changed_word_or_start_misses() {
+        let mut stack = vec![11u64, 22, 33, 44];
+        let mut c = StackCache::default();
+        let k = key(&stack, 7);
+        assert!(matches!(c.lookup(&k), Found::Miss));
+        c.store(&k, &log_of(&stack), 5);
+        assert!(matches!(c.lookup(&k), Found::Hit(5)));
+        // Another module list.
+        assert!(matches!(c.lookup(&Key { generation: 2, ..k }), Found::Miss));
+        // Another bp, not yet known to be irrelevant.
+        assert!(matches!(c.lookup(&key(&stack, 8)), Found::Miss));
+        // A return address on the stack changed.
+        stack[2] = 34;
+        assert!(matches!(c.lookup(&key(&stack, 7)), Found::Miss));
+    }
+
+    #[test]
+    fn bp_is_dropped_from_the_key_only_after_it_made_no_difference() {
+        let stack = vec![1u64, 2, 3];
+        let mut c = StackCache::default();
+        c.store(&key(&stack, 7), &log_of(&stack), 9);
+        // Same words, same stack with another bp: bp is free from now on.
+        c.store(&key(&stack, 8), &log_of(&stack), 9);
+        assert!(matches!(c.lookup(&key(&stack, 1234)), Found::Hit(9)));
+        // A different stack with another bp replaces the entry, bp-bound again.
+        c.store(&key(&stack, 5), &log_of(&stack), 10);
+        assert!(matches!(c.lookup(&key(&stack, 5)), Found::Hit(10)));
+        assert!(matches!(c.lookup(&key(&stack, 6)), Found::Miss));
+    }
+
+    #[test]
+    fn a_saved_register_that_made_no_difference_is_not_checked() {
+        let mut stack = vec![100u64, 7, 300];
+        let mut c = StackCache::default();
+        c.store(&key(&stack, 1), &log_of(&stack), 4);
+        // Word 1 (a saved register) differs, the walk and the stack do not.
+        stack[1] = 8;
+        c.store(&key(&stack, 1), &log_of(&stack), 4);
+        stack[1] = 9;
+        assert!(matches!(c.lookup(&key(&stack, 1)), Found::Hit(4)));
+        // The return addresses are still checked.
+        stack[2] = 301;
+        assert!(matches!(c.lookup(&key(&stack, 1)), Found::Miss));
+    }
+
+    #[test]
+    fn overflowing_unwinds_are_not_cached() {
+        let stack = vec![1u64; 4];
+        let mut log = log_of(&stack);
+        log.overflow = true;
+        let mut c = StackCache::default();
+        c.store(&key(&stack, 0), &log, 1);
+        assert!(matches!(c.lookup(&key(&stack, 0)), Found::Miss));
+    }
+}
