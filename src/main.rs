@@ -37,6 +37,12 @@ enum Cmd {
         /// Most frames kept per stack.
         #[arg(long, default_value_t = 64)]
         max_depth: usize,
+        /// Resolution of the stored times, in nanoseconds (1 to 1000000000): the default,
+        /// 1000, is what ltrace's -tt, -r and -T show; 1 keeps every nanosecond, at about
+        /// a byte and a half per call.
+        #[arg(long, value_name = "NS", default_value_t = rltrace::record::DEFAULT_TIME_UNIT,
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+        time_resolution: u64,
         /// Do not follow child processes (forks, vforks, clones that are not threads); the
         /// command's own execs are still followed.
         #[arg(long)]
@@ -262,6 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Record {
             output,
             max_depth,
+            time_resolution,
             no_follow,
             pack,
             sources,
@@ -331,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             req.trace.max_depth = max_depth.clamp(1, rltrace::format::MAX_FRAMES);
+            req.trace.time_unit = time_resolution;
             req.trace.follow = !no_follow;
             req.trace.imports = !no_imports;
             req.trace.syscalls = syscalls;

@@ -63,6 +63,20 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Continues decoding `data` at `pos` (a chunk read one record at a time).
+    pub fn resume(data: &'a [u8], chunk_offset: u64, pos: usize) -> Self {
+        Decoder {
+            data,
+            pos,
+            chunk_offset,
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
     /// True once every byte has been consumed.
     pub fn is_empty(&self) -> bool {
         self.pos >= self.data.len()

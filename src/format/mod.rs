@@ -7,7 +7,7 @@ pub mod reader;
 pub mod writer;
 
 pub use reader::{open_file, OpenError, Reader};
-pub use writer::Writer;
+pub use writer::{CallRecord, Writer};
 
 /// First eight bytes of every recording.
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
@@ -15,7 +15,11 @@ pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// signal record, version 3 the attach start cause, version 4 the enter record with
 /// argument data and the timed exit record, version 5 the unknown exit status; older
 /// files read unchanged).
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
+/// Metadata key: nanoseconds per stored time unit (version 6; 1 when absent).
+pub const META_TIME_UNIT: &str = "time-unit-ns";
+/// The largest time unit a recording may state (one second).
+pub const MAX_TIME_UNIT: u64 = 1_000_000_000;
 /// Size of the file header: magic, version, reserved, feature bits.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Size of a chunk header.

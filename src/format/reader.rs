@@ -49,6 +49,10 @@ pub struct Reader<R: Read> {
     offset: u64,
     meta: Meta,
     pending: VecDeque<Record>,
+    /// The records chunk being read, one record at a time.
+    records: Option<Records>,
+    /// Nanoseconds per stored time unit.
+    unit: u64,
     finished: bool,
     summary: Option<Summary>,
     warnings: Vec<String>,
@@ -112,6 +116,8 @@ impl<R: Read> Reader<R> {
             offset: FILE_HEADER_LEN as u64,
             meta: Meta::default(),
             pending: VecDeque::new(),
+            records: None,
+            unit: 1,
             finished: false,
             summary: None,
             warnings: Vec::new(),
@@ -139,7 +145,14 @@ impl<R: Read> Reader<R> {
             let v = d.str(MAX_STRING)?;
             reader.meta.pairs.push((k, v));
         }
+        reader.unit = super::writer::time_unit(&reader.meta)?;
         Ok(reader)
+    }
+
+    /// Records decoded but not yet returned (the Exit half of a Call).
+    #[cfg(test)]
+    pub(crate) fn pending_len_for_test(&self) -> usize {
+        self.pending.len()
     }
 
     /// The recording's metadata.
@@ -163,6 +176,19 @@ impl<R: Read> Reader<R> {
             if let Some(r) = self.pending.pop_front() {
                 return Ok(Some(r));
             }
+            if let Some(cur) = &mut self.records {
+                if cur.pos < cur.data.len() {
+                    let mut d = Decoder::resume(&cur.data, cur.offset, cur.pos);
+                    let rec = decode_record(&mut d, &mut cur.last_ts, self.unit, &mut self.pending);
+                    cur.pos = d.pos();
+                    if rec.is_err() {
+                        // Nothing after a record that does not decode can be trusted.
+                        cur.pos = cur.data.len();
+                    }
+                    return rec.map(Some);
+                }
+                self.records = None;
+            }
             if self.finished {
                 return Ok(None);
             }
@@ -179,8 +205,12 @@ impl<R: Read> Reader<R> {
             };
             match chunk.kind {
                 CHUNK_RECORDS => {
-                    let data = decompress(&chunk)?;
-                    decode_records(&data, chunk.offset, &mut self.pending)?;
+                    self.records = Some(Records {
+                        data: decompress(&chunk)?,
+                        offset: chunk.offset,
+                        pos: 0,
+                        last_ts: 0,
+                    });
                 }
                 CHUNK_END => {
                     let data = decompress(&chunk)?;
@@ -382,10 +412,26 @@ fn decode_symbols(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
     Ok(())
 }
 
-fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Result<(), FormatError> {
-    let mut d = Decoder::new(data, offset);
-    let mut last_ts: u64 = 0;
-    while !d.is_empty() {
+/// A records chunk being read one record at a time, so that a chunk never takes more
+/// memory than its payload however small its records are.
+struct Records {
+    data: Vec<u8>,
+    offset: u64,
+    pos: usize,
+    /// The chunk's running timestamp, in stored units.
+    last_ts: u64,
+}
+
+/// Decodes the record at `d`. A Call record (an entry and its return) gives its Enter and
+/// queues its Exit in `then`.
+fn decode_record(
+    d: &mut Decoder,
+    last_ts: &mut u64,
+    unit: u64,
+    then: &mut VecDeque<Record>,
+) -> Result<Record, FormatError> {
+    let ns = |units: u64| units.saturating_mul(unit);
+    {
         let t = d.u8()?;
         let rec = match t {
             tag::MODULE => Record::Module(ModuleDef {
@@ -433,10 +479,10 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 }
                 Record::Stack(StackDef { id, frames })
             }
-            tag::ENTER | tag::ENTER_DATA => {
+            tag::ENTER | tag::ENTER_DATA | tag::CALL => {
                 let thread = d.uvar32()?;
                 let ts = last_ts.wrapping_add(d.svar()? as u64);
-                last_ts = ts;
+                *last_ts = ts;
                 let func = d.uvar32()?;
                 let n = d.uvar()?;
                 if n > MAX_ARGS as u64 {
@@ -469,9 +515,20 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                         });
                     }
                 }
+                if t == tag::CALL {
+                    let (ret, out) = exit_values(d)?;
+                    let back = last_ts.wrapping_add(d.svar()? as u64);
+                    *last_ts = back;
+                    then.push_back(Record::Exit(Exit {
+                        thread,
+                        ret,
+                        out,
+                        ts: Some(ns(back)),
+                    }));
+                }
                 Record::Enter(Enter {
                     thread,
-                    ts,
+                    ts: ns(ts),
                     func,
                     args,
                     stack,
@@ -482,25 +539,12 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
                 let thread = d.uvar32()?;
                 let ts = if t == tag::EXIT_AT {
                     let ts = last_ts.wrapping_add(d.svar()? as u64);
-                    last_ts = ts;
-                    Some(ts)
+                    *last_ts = ts;
+                    Some(ns(ts))
                 } else {
                     None
                 };
-                let flags = d.u8()?;
-                if flags & !3 != 0 {
-                    return Err(d.error(format!("unknown exit flags {flags:#x}")));
-                }
-                let ret = if flags & 1 != 0 {
-                    Some(d.uvar()?)
-                } else {
-                    None
-                };
-                let out = if flags & 2 != 0 {
-                    Some(d.uvar()?)
-                } else {
-                    None
-                };
+                let (ret, out) = exit_values(d)?;
                 Record::Exit(Exit {
                     thread,
                     ret,
@@ -511,7 +555,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
             tag::PROCESS_START => Record::ProcessStart(ProcessStart {
                 pid: d.uvar32()?,
                 parent: d.uvar32()?,
-                ts: d.uvar()?,
+                ts: ns(d.uvar()?),
                 cause: match d.u8()? {
                     0 => StartCause::Spawn,
                     1 => StartCause::Fork,
@@ -524,7 +568,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
             }),
             tag::PROCESS_EXIT => {
                 let pid = d.uvar32()?;
-                let ts = d.uvar()?;
+                let ts = ns(d.uvar()?);
                 let how = match d.u8()? {
                     0 => ExitHow::Code(d.svar()? as i32),
                     1 => ExitHow::Signal(d.svar()? as i32),
@@ -540,7 +584,7 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
             }),
             tag::SIGNAL => {
                 let thread = d.uvar32()?;
-                let ts = d.uvar()?;
+                let ts = ns(d.uvar()?);
                 let signo = d.svar()? as i32;
                 let code = d.svar()? as i32;
                 let addr = d.uvar()?;
@@ -556,7 +600,25 @@ fn decode_records(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
             }
             other => return Err(d.error(format!("unknown record tag {other}"))),
         };
-        out.push_back(rec);
+        Ok(rec)
     }
-    Ok(())
+}
+
+/// An exit's flags and the return and out values they announce.
+fn exit_values(d: &mut Decoder) -> Result<(Option<u64>, Option<u64>), FormatError> {
+    let flags = d.u8()?;
+    if flags & !3 != 0 {
+        return Err(d.error(format!("unknown exit flags {flags:#x}")));
+    }
+    let ret = if flags & 1 != 0 {
+        Some(d.uvar()?)
+    } else {
+        None
+    };
+    let out = if flags & 2 != 0 {
+        Some(d.uvar()?)
+    } else {
+        None
+    };
+    Ok((ret, out))
 }

@@ -229,3 +229,141 @@ fn version_one_files_still_read() {
     assert_eq!(got, recs);
     assert!(warnings.is_empty());
 }
+
+fn meta_with_unit(unit: &str) -> Meta {
+    Meta {
+        pairs: vec![(META_TIME_UNIT.into(), unit.into())],
+    }
+}
+
+#[test]
+fn a_call_record_reads_as_its_entry_and_return() {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    w.call(&CallRecord {
+        thread: 3,
+        func: 1,
+        args: &[48],
+        stack: Some(7),
+        ts_in: 1_000,
+        ts_out: 1_250,
+        ret: Some(0x5555_0000_1000),
+        out: None,
+    })
+    .unwrap();
+    let bytes = w.finish().unwrap().0;
+    let (got, warnings) = read_all(&bytes).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        got,
+        vec![
+            Record::Enter(Enter {
+                thread: 3,
+                ts: 1_000,
+                func: 1,
+                args: vec![48],
+                stack: Some(7),
+                data: Vec::new(),
+            }),
+            Record::Exit(Exit {
+                thread: 3,
+                ret: Some(0x5555_0000_1000),
+                out: None,
+                ts: Some(1_250),
+            }),
+        ]
+    );
+}
+
+#[test]
+fn times_are_stored_in_the_recordings_unit_and_rounded_on_the_clock() {
+    let mut w = Writer::new(Vec::new(), &meta_with_unit("1000")).unwrap();
+    // 0.4 us each: the first call's ends fall in one microsecond, the second's in two.
+    for (i, ts) in [10_100u64, 10_700].into_iter().enumerate() {
+        w.call(&CallRecord {
+            thread: 0,
+            func: 0,
+            args: &[i as u64],
+            stack: None,
+            ts_in: ts,
+            ts_out: ts + 400,
+            ret: Some(1),
+            out: None,
+        })
+        .unwrap();
+    }
+    w.push(&Record::ProcessExit(ProcessExit {
+        pid: 1,
+        ts: 123_456,
+        how: ExitHow::Code(0),
+    }))
+    .unwrap();
+    let bytes = w.finish().unwrap().0;
+    let (got, _) = read_all(&bytes).unwrap();
+    let times: Vec<u64> = got
+        .iter()
+        .filter_map(|r| match r {
+            Record::Enter(e) => Some(e.ts),
+            Record::Exit(x) => x.ts,
+            Record::ProcessExit(p) => Some(p.ts),
+            _ => None,
+        })
+        .collect();
+    // Durations of 0 and 1 us for two calls of 0.4 us: over many calls the mean is right.
+    assert_eq!(times, [10_000, 10_000, 10_000, 11_000, 123_000]);
+}
+
+#[test]
+fn a_time_unit_out_of_range_is_an_error_naming_it() {
+    for bad in ["0", "-3", "1.5", "2000000000", "us"] {
+        let meta = meta_with_unit(bad);
+        let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+        w.push(&Record::Note(Note {
+            pid: 1,
+            text: "x".into(),
+        }))
+        .unwrap();
+        // Same records, a metadata chunk that states the bad unit.
+        let good = w.finish().unwrap().0;
+        let mut enc = codec::Encoder::default();
+        enc.uvar(meta.pairs.len() as u64);
+        for (k, v) in &meta.pairs {
+            enc.str(k);
+            enc.str(v);
+        }
+        assert!(Writer::new(Vec::new(), &meta).is_err(), "writer took {bad}");
+        let mut file = good[..FILE_HEADER_LEN].to_vec();
+        writer::write_chunk_for_test(&mut file, CHUNK_META, &enc.buf);
+        let err = Reader::new(file.as_slice()).err().unwrap().to_string();
+        assert!(err.contains(META_TIME_UNIT), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_chunk_of_small_records_is_read_one_record_at_a_time() {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    let n = 50_000u64;
+    for i in 0..n {
+        w.call(&CallRecord {
+            thread: 0,
+            func: 0,
+            args: &[16],
+            stack: None,
+            ts_in: i,
+            ts_out: i,
+            ret: Some(i),
+            out: None,
+        })
+        .unwrap();
+    }
+    let bytes = w.finish().unwrap().0;
+    let mut r = Reader::new(bytes.as_slice()).unwrap();
+    let mut count = 0u64;
+    while let Some(rec) = r.next_record().unwrap() {
+        // Never more than the one Exit of the Call just read waits in the queue.
+        assert!(r.pending_len_for_test() <= 1);
+        if matches!(rec, Record::Exit(_)) {
+            count += 1;
+        }
+    }
+    assert_eq!(count, n);
+}

@@ -20,25 +20,52 @@ pub(crate) mod tag {
     pub const SIGNAL: u8 = 11;
     pub const ENTER_DATA: u8 = 12;
     pub const EXIT_AT: u8 = 13;
+    pub const CALL: u8 = 14;
 }
 
 /// Raw payload size at which a records chunk is sealed.
 const CHUNK_TARGET: usize = 1 << 20;
 /// zstd level: fast enough for the recorder's hot loop, far smaller than lz4.
-const ZSTD_LEVEL: i32 = 3;
+const ZSTD_LEVEL: i32 = 1;
+
+/// A finished call, entry and return written as one record (tag 14): what the agent
+/// engine reports for an allocator call.
+pub struct CallRecord<'a> {
+    /// Thread number.
+    pub thread: u32,
+    /// Function id.
+    pub func: u32,
+    /// Integer arguments.
+    pub args: &'a [u64],
+    /// Stack id.
+    pub stack: Option<u32>,
+    /// Entry time, nanoseconds since the recording started.
+    pub ts_in: u64,
+    /// Return time, nanoseconds since the recording started.
+    pub ts_out: u64,
+    /// Return value.
+    pub ret: Option<u64>,
+    /// Out-pointer value read at return.
+    pub out: Option<u64>,
+}
 
 /// Writes a recording. Every sealed chunk is complete on disk, so a recorder killed
 /// mid-way leaves a file that reads up to the last sealed chunk.
 pub struct Writer<W: Write> {
     out: W,
     enc: Encoder,
+    /// The running timestamp of the chunk, in `unit`s.
     last_ts: u64,
+    /// Nanoseconds per stored time unit (the `time-unit-ns` metadata).
+    unit: u64,
     summary: Summary,
 }
 
 impl<W: Write> Writer<W> {
-    /// Writes the file header and the metadata chunk.
+    /// Writes the file header and the metadata chunk. Times are stored in units of the
+    /// metadata's `time-unit-ns` (1 when absent).
     pub fn new(mut out: W, meta: &Meta) -> Result<Self, FormatError> {
+        let unit = time_unit(meta)?;
         let mut header = [0u8; FILE_HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
         header[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -55,8 +82,41 @@ impl<W: Write> Writer<W> {
             out,
             enc: Encoder::default(),
             last_ts: 0,
+            unit,
             summary: Summary::default(),
         })
+    }
+
+    /// Appends a finished call as one record; seals the chunk when it is large enough.
+    pub fn call(&mut self, c: &CallRecord) -> Result<(), FormatError> {
+        let e = &mut self.enc;
+        let ts_in = c.ts_in / self.unit;
+        // Both ends quantised on the absolute clock: durations average out right.
+        let ts_out = c.ts_out / self.unit;
+        e.u8(tag::CALL);
+        e.uvar(c.thread.into());
+        e.svar(ts_in.wrapping_sub(self.last_ts) as i64);
+        e.uvar(c.func.into());
+        e.uvar(c.args.len() as u64);
+        for &a in c.args {
+            e.uvar(a);
+        }
+        e.uvar(c.stack.map_or(0, |s| u64::from(s) + 1));
+        let flags = u8::from(c.ret.is_some()) | (u8::from(c.out.is_some()) << 1);
+        e.u8(flags);
+        if let Some(r) = c.ret {
+            e.uvar(r);
+        }
+        if let Some(o) = c.out {
+            e.uvar(o);
+        }
+        e.svar(ts_out.wrapping_sub(ts_in) as i64);
+        self.last_ts = ts_out;
+        self.summary.records += 1;
+        if self.enc.buf.len() >= CHUNK_TARGET {
+            self.seal()?;
+        }
+        Ok(())
     }
 
     /// Appends one record; seals the chunk when it is large enough.
@@ -78,7 +138,7 @@ impl<W: Write> Writer<W> {
             )?;
             return Ok(());
         }
-        encode_record(&mut self.enc, &mut self.last_ts, rec);
+        encode_record(&mut self.enc, &mut self.last_ts, self.unit, rec);
         self.summary.records += 1;
         if self.enc.buf.len() >= CHUNK_TARGET {
             self.seal()?;
@@ -226,7 +286,24 @@ fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
     e.buf.extend_from_slice(&body.buf);
 }
 
-fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
+/// The `time-unit-ns` of a recording's metadata: 1 when absent.
+pub(crate) fn time_unit(meta: &Meta) -> Result<u64, FormatError> {
+    match meta.get(META_TIME_UNIT) {
+        None => Ok(1),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|u| (1..=MAX_TIME_UNIT).contains(u))
+            .ok_or_else(|| FormatError::BadChunk {
+                offset: FILE_HEADER_LEN as u64,
+                what: format!(
+                    "metadata {META_TIME_UNIT} is {v:?}, not a whole number of nanoseconds from 1 to {MAX_TIME_UNIT}"
+                ),
+            }),
+    }
+}
+
+fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
     match rec {
         Record::Module(m) => {
             e.u8(tag::MODULE);
@@ -274,8 +351,9 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
                 tag::ENTER_DATA
             });
             e.uvar(en.thread.into());
-            e.svar(en.ts.wrapping_sub(*last_ts) as i64);
-            *last_ts = en.ts;
+            let ts = en.ts / unit;
+            e.svar(ts.wrapping_sub(*last_ts) as i64);
+            *last_ts = ts;
             e.uvar(en.func.into());
             e.uvar(en.args.len() as u64);
             for &a in &en.args {
@@ -299,6 +377,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             });
             e.uvar(x.thread.into());
             if let Some(ts) = x.ts {
+                let ts = ts / unit;
                 e.svar(ts.wrapping_sub(*last_ts) as i64);
                 *last_ts = ts;
             }
@@ -315,7 +394,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
             e.u8(tag::PROCESS_START);
             e.uvar(p.pid.into());
             e.uvar(p.parent.into());
-            e.uvar(p.ts);
+            e.uvar(p.ts / unit);
             e.u8(match p.cause {
                 StartCause::Spawn => 0,
                 StartCause::Fork => 1,
@@ -328,7 +407,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
         Record::ProcessExit(p) => {
             e.u8(tag::PROCESS_EXIT);
             e.uvar(p.pid.into());
-            e.uvar(p.ts);
+            e.uvar(p.ts / unit);
             match p.how {
                 ExitHow::Code(c) => {
                     e.u8(0);
@@ -350,7 +429,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
         Record::Signal(x) => {
             e.u8(tag::SIGNAL);
             e.uvar(x.thread.into());
-            e.uvar(x.ts);
+            e.uvar(x.ts / unit);
             e.svar(x.signo.into());
             e.svar(x.code.into());
             e.uvar(x.addr);
@@ -358,6 +437,12 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, rec: &Record) {
         }
         Record::Packed(_) | Record::Source(_) | Record::Prototypes(_) => {}
     }
+}
+
+/// Writes one chunk (for tests that build files by hand).
+#[cfg(test)]
+pub(crate) fn write_chunk_for_test(out: &mut Vec<u8>, kind: u8, raw: &[u8]) {
+    write_chunk(out, kind, raw).unwrap();
 }
 
 #[cfg(test)]

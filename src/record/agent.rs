@@ -965,7 +965,7 @@ impl<W: io::Write> Recorder<'_, W> {
             pid,
             tid,
             c.func as u32,
-            c.args[..n].to_vec(),
+            &c.args[..n],
             stack,
             self.clock.to_ns(c.ts_in),
             (c.flags & wire::CALL_RET != 0).then_some(c.ret),

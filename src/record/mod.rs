@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::format::{ExitHow, Meta, Origin};
-pub use ptrace::tracer::Progress;
+pub use ptrace::tracer::{Progress, DEFAULT_TIME_UNIT};
 use ptrace::tracer::{TraceError, TraceOptions, Tracer};
 use sink::Sink;
 
@@ -261,6 +261,10 @@ fn allocator_origin(req: &RecordRequest) -> Origin {
 /// arguments as they were captured, and the `-e` chains, so that it shows the calls they
 /// select (allocator calls are recorded for the leak report whatever they say).
 fn add_request_meta(meta: &mut Meta, req: &RecordRequest) {
+    meta.pairs.push((
+        crate::format::META_TIME_UNIT.to_string(),
+        req.trace.time_unit.to_string(),
+    ));
     if !req.calls.is_empty() {
         meta.pairs
             .push(("trace-filter".to_string(), req.calls.join("\n")));

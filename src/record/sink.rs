@@ -7,9 +7,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::format::{
-    ArgData, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
-    Origin, ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef,
-    Writer,
+    ArgData, CallRecord, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta,
+    ModuleDef, Note, Origin, ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause,
+    Summary, ThreadDef, Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -286,18 +286,27 @@ impl<W: Write> Sink<W> {
         pid: u32,
         tid: u32,
         func: u32,
-        args: Vec<u64>,
+        args: &[u64],
         stack: Option<u32>,
         ts_in: u64,
         ret: Option<u64>,
         out: Option<u64>,
         ts_out: u64,
     ) -> Result<(), FormatError> {
-        self.enter(pid, tid, func, args, stack, ts_in, Vec::new())?;
         if ret.is_none() && out.is_none() {
-            return Ok(());
+            return self.enter(pid, tid, func, args.to_vec(), stack, ts_in, Vec::new());
         }
-        self.exit(pid, tid, ret, out, Some(ts_out))
+        let thread = self.thread(pid, tid)?;
+        self.writer.call(&CallRecord {
+            thread,
+            func,
+            args,
+            stack,
+            ts_in,
+            ts_out,
+            ret,
+            out,
+        })
     }
 
     /// Records a newly mapped module and returns its id.

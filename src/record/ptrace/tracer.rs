@@ -71,6 +71,12 @@ fn pt(what: impl Into<String>) -> impl FnOnce(nix::Error) -> TraceError {
     move |source| TraceError::Ptrace { what, source }
 }
 
+/// Stored time resolution: microseconds, what ltrace's `-tt`, `-r` and `-T` show. Finer
+/// times are mostly noise in a recording's size (each nanosecond timestamp costs about
+/// a byte and a half after compression), and both ends of a call are rounded on the
+/// absolute clock, so durations summed over many calls (`-c`) stay right.
+pub const DEFAULT_TIME_UNIT: u64 = 1000;
+
 /// Knobs of the ptrace engine.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
@@ -89,6 +95,8 @@ pub struct TraceOptions {
     pub imports: bool,
     /// Trace system calls (`-S`).
     pub syscalls: bool,
+    /// Nanoseconds per stored time unit (`record --time-resolution`).
+    pub time_unit: u64,
 }
 
 impl Default for TraceOptions {
@@ -101,6 +109,7 @@ impl Default for TraceOptions {
             string_limit: 32,
             imports: true,
             syscalls: false,
+            time_unit: DEFAULT_TIME_UNIT,
         }
     }
 }
