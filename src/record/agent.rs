@@ -171,6 +171,9 @@ struct Image {
     waiting: VecDeque<Option<Ordered>>,
     next_seq: u64,
     stacks: HashMap<(u32, u32), Stack, BuildHasherDefault<wire::FastHasher>>,
+    /// The stack resolved last (thread, agent's id, recording's id): calls in a loop
+    /// repeat it.
+    last_stack: Option<(u32, u32, Option<u32>)>,
     exit: Option<ExitHow>,
     ended: bool,
     lost: u64,
@@ -800,9 +803,9 @@ impl<W: io::Write> Recorder<'_, W> {
                 for r in recs {
                     match r {
                         Rec::Stack(sid, raw) => {
-                            self.image(id)
-                                .stacks
-                                .insert((tid, sid), Stack { raw, id: None });
+                            let img = self.image(id);
+                            img.stacks.insert((tid, sid), Stack { raw, id: None });
+                            img.last_stack = None;
                         }
                         Rec::Call(c) => self.enqueue(id, c.seq, Ordered::Call(tid, c))?,
                         Rec::Enter(seq, e) => self.enqueue(id, seq, Ordered::Enter(tid, e))?,
@@ -866,6 +869,11 @@ impl<W: io::Write> Recorder<'_, W> {
             // Behind the released prefix: only a confused stream does this.
             return self.write_item(id, item);
         };
+        if at == 0 && img.waiting.is_empty() {
+            // Its turn already (most calls, when one thread runs at a time): no window.
+            img.next_seq += 1;
+            return self.write_item(id, item);
+        }
         if at as usize >= MAX_WAITING {
             // A number this far ahead means an earlier one will never come (its thread
             // stopped between numbering and writing): give up on the oldest gaps.
@@ -978,6 +986,11 @@ impl<W: io::Write> Recorder<'_, W> {
     /// The recording's id of a stack the agent defined for thread `tid`.
     fn resolve_stack(&mut self, id: usize, tid: u32, sid: u32) -> Result<Option<u32>, AgentError> {
         let img = &mut self.images[id];
+        if let Some((t, s, known)) = img.last_stack {
+            if (t, s) == (tid, sid) {
+                return Ok(known);
+            }
+        }
         let stack = match img.stacks.get_mut(&(tid, sid)) {
             Some(Stack { id: Some(s), .. }) => *s,
             Some(st) => {
@@ -1001,6 +1014,7 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             None => None,
         };
+        self.images[id].last_stack = Some((tid, sid, stack));
         Ok(stack)
     }
 
@@ -1034,6 +1048,7 @@ impl<W: io::Write> Recorder<'_, W> {
         for st in self.images[id].stacks.values_mut() {
             st.id = None;
         }
+        self.images[id].last_stack = None;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ pub mod protos;
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Environment variable naming the recorder's socket.
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
@@ -217,29 +217,41 @@ pub struct Call {
     pub stack: u32,
 }
 
-/// Encoded size of a call with `nargs` arguments, kind byte included.
+/// Most bytes a call with `nargs` arguments takes, kind byte included.
 pub const fn call_len(nargs: usize) -> usize {
-    1 + 8 + 1 + 1 + 1 + 8 * nargs + 8 + 8 + 8 + 8 + 4
+    1 + 10 + 3 + 10 * nargs + 10 + 10 + 8 + 10 + 5
 }
 
 /// Writes `c` (kind byte included) at the start of `out`, which must hold
-/// [`call_len`]`(c.nargs)` bytes; returns the length written.
+/// [`call_len`]`(c.nargs)` bytes; returns the length written. Compact, since every call
+/// passes through the ring, the socket and the recorder's decoder (protocol version 3):
+/// `seq uvar, func u8, flags u8, nargs u8, nargs × uvar, [ret uvar], [out uvar],
+/// ts_in u64, ts_out - ts_in uvar, stack + 1 uvar` (0: no stack); `ret` and `out` only
+/// when their flag is set.
 pub fn put_call(out: &mut [u8], c: &Call) -> usize {
     let mut w = Put { buf: out, at: 0 };
     w.u8(REC_CALL);
-    w.u64(c.seq);
+    w.uvar(c.seq);
     w.u8(c.func);
     w.u8(c.flags);
     let n = (c.nargs as usize).min(MAX_ARGS);
     w.u8(n as u8);
     for a in &c.args[..n] {
-        w.u64(*a);
+        w.uvar(*a);
     }
-    w.u64(c.ret);
-    w.u64(c.out);
+    if c.flags & CALL_RET != 0 {
+        w.uvar(c.ret);
+    }
+    if c.flags & CALL_OUT != 0 {
+        w.uvar(c.out);
+    }
     w.u64(c.ts_in);
-    w.u64(c.ts_out);
-    w.u32(c.stack);
+    w.uvar(c.ts_out.wrapping_sub(c.ts_in));
+    w.uvar(if c.stack == NO_STACK {
+        0
+    } else {
+        u64::from(c.stack) + 1
+    });
     w.at
 }
 
@@ -274,6 +286,19 @@ impl Put<'_> {
     /// Appends a u64.
     pub fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
+    }
+    /// Appends an unsigned LEB128 varint (at most 10 bytes).
+    #[inline]
+    pub fn uvar(&mut self, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.u8(b);
+                return;
+            }
+            self.u8(b | 0x80);
+        }
     }
 }
 
@@ -334,9 +359,28 @@ impl<'a> Get<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    /// Takes a call record whose kind byte was already read.
+    /// Takes an unsigned LEB128 varint; one longer than 10 bytes or past 64 bits is
+    /// refused at its first byte.
+    #[inline]
+    pub fn uvar(&mut self) -> Result<u64, Truncated> {
+        let at = self.at;
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let low = u64::from(b & 0x7f);
+            if i == 9 && low > 1 {
+                return Err(Truncated { at });
+            }
+            v |= low << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Truncated { at })
+    }
+    /// Takes a call record whose kind byte was already read (see [`put_call`]).
     pub fn call(&mut self) -> Result<Call, Truncated> {
-        let seq = self.u64()?;
+        let seq = self.uvar()?;
         let func = self.u8()?;
         let flags = self.u8()?;
         let at = self.at;
@@ -346,19 +390,39 @@ impl<'a> Get<'a> {
         }
         let mut args = [0u64; MAX_ARGS];
         for a in args.iter_mut().take(nargs as usize) {
-            *a = self.u64()?;
+            *a = self.uvar()?;
         }
+        let ret = if flags & CALL_RET != 0 {
+            self.uvar()?
+        } else {
+            0
+        };
+        let out = if flags & CALL_OUT != 0 {
+            self.uvar()?
+        } else {
+            0
+        };
+        let ts_in = self.u64()?;
+        let ts_out = ts_in.wrapping_add(self.uvar()?);
+        let at = self.at;
+        let stack = match self.uvar()? {
+            0 => NO_STACK,
+            s => u32::try_from(s - 1)
+                .ok()
+                .filter(|&s| s != NO_STACK)
+                .ok_or(Truncated { at })?,
+        };
         Ok(Call {
             seq,
             func,
             flags,
             nargs,
             args,
-            ret: self.u64()?,
-            out: self.u64()?,
-            ts_in: self.u64()?,
-            ts_out: self.u64()?,
-            stack: self.u32()?,
+            ret,
+            out,
+            ts_in,
+            ts_out,
+            stack,
         })
     }
 }
@@ -398,8 +462,8 @@ mod tests {
     }
 
     #[test]
-    fn call_round_trips_at_its_stated_length() {
-        let c = Call {
+    fn calls_round_trip_within_their_stated_length() {
+        let base = Call {
             seq: 7,
             func: 3,
             flags: CALL_RET,
@@ -411,15 +475,45 @@ mod tests {
             ts_out: 150,
             stack: 4,
         };
-        let mut buf = [0u8; 128];
-        let n = put_call(&mut buf, &c);
-        assert_eq!(n, call_len(2));
-        let mut g = Get::new(&buf[..n]);
-        assert_eq!(g.u8(), Ok(REC_CALL));
-        assert_eq!(g.call(), Ok(c));
-        assert!(g.is_empty());
-        let mut short = Get::new(&buf[1..n - 1]);
-        assert!(short.call().is_err());
+        // Extremes: every field at its largest, no stack, a clock that wrapped.
+        let extreme = Call {
+            seq: u64::MAX,
+            func: 255,
+            flags: CALL_RET | CALL_OUT,
+            nargs: MAX_ARGS as u8,
+            args: [u64::MAX; MAX_ARGS],
+            ret: u64::MAX,
+            out: u64::MAX,
+            ts_in: u64::MAX,
+            ts_out: 3,
+            stack: NO_STACK,
+        };
+        // Without its flag a return value is not sent (it means nothing).
+        let bare = Call {
+            flags: 0,
+            ret: 0,
+            stack: NO_STACK - 1,
+            ..base
+        };
+        for c in [base, extreme, bare] {
+            let mut buf = [0u8; 256];
+            let n = put_call(&mut buf, &c);
+            assert!(n <= call_len(c.nargs as usize), "{n} bytes");
+            let mut g = Get::new(&buf[..n]);
+            assert_eq!(g.u8(), Ok(REC_CALL));
+            assert_eq!(g.call(), Ok(c));
+            assert!(g.is_empty());
+            let mut short = Get::new(&buf[1..n - 1]);
+            assert!(short.call().is_err());
+        }
+    }
+
+    #[test]
+    fn overlong_varints_are_refused() {
+        let mut g = Get::new(&[0xff; 11]);
+        assert_eq!(g.uvar(), Err(Truncated { at: 0 }));
+        let mut g = Get::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        assert_eq!(g.uvar(), Err(Truncated { at: 0 }));
     }
 }
 
