@@ -354,14 +354,20 @@ fn begin(seq_at_entry: bool) -> Option<Open> {
 /// Finishes recording a call.
 #[inline(always)]
 fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
-    let ts_out = now();
+    // A call without a return value is recorded at its entry alone: its return time would
+    // be dropped (and reading the counter is a fifth of free's hook).
+    let ts_out = if ret.is_none() && out.is_none() {
+        o.ts_in
+    } else {
+        now()
+    };
     let seq = o.seq.unwrap_or_else(|| conn::SEQ.0.next());
     let mut c = wire::Call {
         seq,
         func,
         flags: 0,
-        nargs: args.len().min(wire::MAX_ARGS) as u8,
-        args: [0; wire::MAX_ARGS],
+        nargs: args.len().min(wire::CALL_ARGS) as u8,
+        args: [0; wire::CALL_ARGS],
         ret: ret.unwrap_or(0),
         out: out.unwrap_or(0),
         ts_in: o.ts_in,
@@ -375,7 +381,7 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     if out.is_some() {
         c.flags |= wire::CALL_OUT;
     }
-    let mut buf = [0u8; wire::call_len(wire::MAX_ARGS)];
+    let mut buf = [0u8; wire::call_len(wire::CALL_ARGS)];
     let n = wire::put_call(&mut buf, &c);
     o.st.ring.push(&buf[..n], &conn::try_drain);
     GUARD.with(|g| g.set(false));

@@ -87,13 +87,15 @@ impl<W: Write> Writer<W> {
         })
     }
 
-    /// Appends a finished call as one record; seals the chunk when it is large enough.
+    /// Appends a finished call as one record (an Enter alone when it has neither a return
+    /// nor an out value: a `void` function); seals the chunk when it is large enough.
     pub fn call(&mut self, c: &CallRecord) -> Result<(), FormatError> {
+        let bare = c.ret.is_none() && c.out.is_none();
         let e = &mut self.enc;
         let ts_in = c.ts_in / self.unit;
         // Both ends quantised on the absolute clock: durations average out right.
         let ts_out = c.ts_out / self.unit;
-        e.u8(tag::CALL);
+        e.u8(if bare { tag::ENTER } else { tag::CALL });
         e.uvar(c.thread.into());
         e.svar(ts_in.wrapping_sub(self.last_ts) as i64);
         e.uvar(c.func.into());
@@ -102,6 +104,10 @@ impl<W: Write> Writer<W> {
             e.uvar(a);
         }
         e.uvar(c.stack.map_or(0, |s| u64::from(s) + 1));
+        if bare {
+            self.last_ts = ts_in;
+            return self.counted();
+        }
         let flags = u8::from(c.ret.is_some()) | (u8::from(c.out.is_some()) << 1);
         e.u8(flags);
         if let Some(r) = c.ret {
@@ -112,6 +118,11 @@ impl<W: Write> Writer<W> {
         }
         e.svar(ts_out.wrapping_sub(ts_in) as i64);
         self.last_ts = ts_out;
+        self.counted()
+    }
+
+    /// Counts the record just encoded; seals the chunk when it is large enough.
+    fn counted(&mut self) -> Result<(), FormatError> {
         self.summary.records += 1;
         if self.enc.buf.len() >= CHUNK_TARGET {
             self.seal()?;

@@ -5,7 +5,7 @@
 //! The agent's stream is untrusted: a program can write anything to its own socket. A
 //! malformed stream ends that connection with a note; it never panics the recorder.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::hash::BuildHasherDefault;
 use std::io::{self, BufReader, Read, Write};
@@ -26,6 +26,7 @@ use crate::record::select::Selection;
 
 use crate::format::{ArgData, ExitHow, FnClass, FormatError, Frame, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
+use crate::record::merge::Merge;
 use crate::record::procfs;
 use crate::record::sink::Sink;
 
@@ -33,10 +34,6 @@ use crate::record::sink::Sink;
 pub const AGENT_FILE: &str = "librltrace_agent.so";
 /// Environment variable that overrides where the agent library is.
 pub const AGENT_ENV: &str = "RLTRACE_AGENT";
-
-/// How far past the oldest missing number calls may wait before the recorder gives up on
-/// the gap.
-const MAX_WAITING: usize = 1 << 20;
 
 /// Errors of the agent engine.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +104,7 @@ enum Msg {
     Imports(Vec<(String, bool)>),
     /// Prototypes the recorder found in the libraries' DWARF for an image's imports.
     Protos(Vec<crate::protos::Loaded>),
-    Batch(u32, Vec<Rec>),
+    Batch(u32, Batch),
     Exit(ExitHow),
     End,
     Closed(Option<String>),
@@ -122,11 +119,11 @@ struct AgentModule {
     path: String,
 }
 
-enum Rec {
-    Stack(u32, Vec<u64>),
-    Call(wire::Call),
-    Enter(u64, ImportEnter),
-    Exit(u64, ImportExit),
+/// One thread's batch: the stacks it defines, and its numbered records in its order.
+#[derive(Default)]
+struct Batch {
+    stacks: Vec<(u32, Vec<u64>)>,
+    items: Vec<(u64, Ordered)>,
 }
 
 /// Entry into an imported function, as the agent reported it.
@@ -146,15 +143,62 @@ struct ImportExit {
 
 /// Items released in the agent's order.
 enum Ordered {
-    Call(u32, wire::Call),
-    Enter(u32, ImportEnter),
-    Exit(u32, ImportExit),
+    Call(wire::Call),
+    Enter(ImportEnter),
+    Exit(ImportExit),
     Modules(Vec<AgentModule>),
 }
 
 struct Stack {
     raw: Vec<u64>,
     id: Option<Option<u32>>,
+}
+
+/// Stack ids below this are looked up by index: the agent numbers its stacks from 0 for
+/// the whole process, so they are dense. Larger ones (or a confused stream) use the map.
+const DENSE_STACKS: u32 = 1 << 16;
+
+/// An image's stacks by (thread, agent's stack id).
+#[derive(Default)]
+struct Stacks {
+    dense: Vec<Option<(u32, Stack)>>,
+    sparse: HashMap<(u32, u32), Stack, BuildHasherDefault<wire::FastHasher>>,
+}
+
+impl Stacks {
+    fn insert(&mut self, tid: u32, sid: u32, st: Stack) {
+        if sid < DENSE_STACKS {
+            let i = sid as usize;
+            if self.dense.len() <= i {
+                self.dense.resize_with(i + 1, || None);
+            }
+            // A second definition under the same id for another thread: keep both.
+            match self.dense[i].take() {
+                Some((t, old)) if t != tid => {
+                    self.sparse.insert((t, sid), old);
+                }
+                _ => {}
+            }
+            self.dense[i] = Some((tid, st));
+        } else {
+            self.sparse.insert((tid, sid), st);
+        }
+    }
+
+    fn get_mut(&mut self, tid: u32, sid: u32) -> Option<&mut Stack> {
+        match self.dense.get_mut(sid as usize) {
+            Some(Some((t, st))) if *t == tid => Some(st),
+            _ => self.sparse.get_mut(&(tid, sid)),
+        }
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Stack> {
+        self.dense
+            .iter_mut()
+            .flatten()
+            .map(|(_, s)| s)
+            .chain(self.sparse.values_mut())
+    }
 }
 
 /// One connected process image.
@@ -166,11 +210,9 @@ struct Image {
     backlog: Vec<Msg>,
     blocked_by: Option<usize>,
     modules: BTreeMap<u64, (u32, AgentModule)>,
-    /// Items by sequence number, starting at `next_seq`: each thread's records arrive
-    /// in order, so the spread (and this window) stays about a few ring sizes.
-    waiting: VecDeque<Option<Ordered>>,
-    next_seq: u64,
-    stacks: HashMap<(u32, u32), Stack, BuildHasherDefault<wire::FastHasher>>,
+    /// Records waiting for their turn in the agent's call order.
+    order: Merge<Ordered>,
+    stacks: Stacks,
     /// The stack resolved last (thread, agent's id, recording's id): calls in a loop
     /// repeat it.
     last_stack: Option<(u32, u32, Option<u32>)>,
@@ -521,7 +563,7 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
         }
         wire::MSG_BATCH => {
             let tid = g.u32().map_err(t("short batch"))?;
-            let mut recs = Vec::new();
+            let mut recs = Batch::default();
             while !g.is_empty() {
                 let at = g.offset();
                 match g.u8().map_err(t("short record"))? {
@@ -535,9 +577,12 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                         for _ in 0..n {
                             frames.push(g.u64().map_err(t("short stack"))?);
                         }
-                        recs.push(Rec::Stack(id, frames));
+                        recs.stacks.push((id, frames));
                     }
-                    wire::REC_CALL => recs.push(Rec::Call(g.call().map_err(t("short call"))?)),
+                    wire::REC_CALL => {
+                        let c = g.call().map_err(t("short call"))?;
+                        recs.items.push((c.seq, Ordered::Call(c)));
+                    }
                     wire::REC_ENTER => {
                         let short = t("short import entry");
                         let seq = g.u64().map_err(short)?;
@@ -572,15 +617,15 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                                 bytes,
                             });
                         }
-                        recs.push(Rec::Enter(
+                        recs.items.push((
                             seq,
-                            ImportEnter {
+                            Ordered::Enter(ImportEnter {
                                 import,
                                 ts,
                                 stack,
                                 args,
                                 data,
-                            },
+                            }),
                         ));
                     }
                     wire::REC_EXIT => {
@@ -589,12 +634,12 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                         let ts = g.u64().map_err(short)?;
                         let flags = g.u8().map_err(short)?;
                         let ret = g.u64().map_err(short)?;
-                        recs.push(Rec::Exit(
+                        recs.items.push((
                             seq,
-                            ImportExit {
+                            Ordered::Exit(ImportExit {
                                 ts,
                                 ret: (flags & wire::CALL_RET != 0).then_some(ret),
-                            },
+                            }),
                         ));
                     }
                     _ => return Err(("unknown record kind", at)),
@@ -790,7 +835,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.start_image(id, earlier, pid, parent, cause, &exe)?;
             }
-            Msg::Modules(seq, mods) => self.enqueue(id, seq, Ordered::Modules(mods))?,
+            Msg::Modules(seq, mods) => self.enqueue(id, 0, vec![(seq, Ordered::Modules(mods))])?,
             Msg::Protos(found) => self.sink.prototypes(&found)?,
             Msg::Imports(names) => {
                 let mut ids = Vec::with_capacity(names.len());
@@ -799,19 +844,13 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.image(id).imports = ids;
             }
-            Msg::Batch(tid, recs) => {
-                for r in recs {
-                    match r {
-                        Rec::Stack(sid, raw) => {
-                            let img = self.image(id);
-                            img.stacks.insert((tid, sid), Stack { raw, id: None });
-                            img.last_stack = None;
-                        }
-                        Rec::Call(c) => self.enqueue(id, c.seq, Ordered::Call(tid, c))?,
-                        Rec::Enter(seq, e) => self.enqueue(id, seq, Ordered::Enter(tid, e))?,
-                        Rec::Exit(seq, e) => self.enqueue(id, seq, Ordered::Exit(tid, e))?,
-                    }
+            Msg::Batch(tid, batch) => {
+                let img = self.image(id);
+                for (sid, raw) in batch.stacks {
+                    img.stacks.insert(tid, sid, Stack { raw, id: None });
+                    img.last_stack = None;
                 }
+                self.enqueue(id, tid, batch.items)?;
             }
             Msg::Exit(s) => self.image(id).exit = Some(s),
             Msg::End => self.close(id, true, None)?,
@@ -860,43 +899,18 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(())
     }
 
-    fn enqueue(&mut self, id: usize, seq: u64, item: Ordered) -> Result<(), AgentError> {
+    /// Queues thread `tid`'s numbered records and writes whatever's turn has come.
+    fn enqueue(
+        &mut self,
+        id: usize,
+        tid: u32,
+        items: Vec<(u64, Ordered)>,
+    ) -> Result<(), AgentError> {
         let img = self.image(id);
         if !img.started {
             return Ok(());
         }
-        let Some(at) = seq.checked_sub(img.next_seq) else {
-            // Behind the released prefix: only a confused stream does this.
-            return self.write_item(id, item);
-        };
-        if at == 0 && img.waiting.is_empty() {
-            // Its turn already (most calls, when one thread runs at a time): no window.
-            img.next_seq += 1;
-            return self.write_item(id, item);
-        }
-        if at as usize >= MAX_WAITING {
-            // A number this far ahead means an earlier one will never come (its thread
-            // stopped between numbering and writing): give up on the oldest gaps.
-            let skip = at as usize + 1 - MAX_WAITING;
-            for _ in 0..skip {
-                let img = &mut self.images[id];
-                let slot = img.waiting.pop_front().flatten();
-                img.next_seq += 1;
-                match slot {
-                    Some(it) => self.write_item(id, it)?,
-                    None => self.images[id].lost += 1,
-                }
-            }
-        }
-        let img = &mut self.images[id];
-        let at = (seq - img.next_seq) as usize;
-        if img.waiting.len() <= at {
-            img.waiting.resize_with(at + 1, || None);
-        }
-        if let Some(old) = img.waiting[at].replace(item) {
-            // The same number twice: only a confused stream does this; keep both.
-            self.write_item(id, old)?;
-        }
+        img.order.push(tid, items);
         self.release(id, false)
     }
 
@@ -904,25 +918,16 @@ impl<W: io::Write> Recorder<'_, W> {
     /// stream ended: numbers never used belong to calls that were still running when the
     /// process ended, and have no record).
     fn release(&mut self, id: usize, all: bool) -> Result<(), AgentError> {
-        loop {
-            let img = &mut self.images[id];
-            match img.waiting.front() {
-                None => return Ok(()),
-                Some(None) if !all => return Ok(()),
-                _ => {}
-            }
-            let item = img.waiting.pop_front().flatten();
-            img.next_seq += 1;
-            if let Some(item) = item {
-                self.write_item(id, item)?;
-            }
+        while let Some((tid, item)) = self.images[id].order.pop(all) {
+            self.write_item(id, tid, item)?;
         }
+        Ok(())
     }
 
-    fn write_item(&mut self, id: usize, item: Ordered) -> Result<(), AgentError> {
+    fn write_item(&mut self, id: usize, tid: u32, item: Ordered) -> Result<(), AgentError> {
         match item {
-            Ordered::Call(tid, c) => self.write_call(id, tid, &c),
-            Ordered::Enter(tid, e) => {
+            Ordered::Call(c) => self.write_call(id, tid, &c),
+            Ordered::Enter(e) => {
                 let pid = self.images[id].pid;
                 let Some(&func) = self.images[id].imports.get(e.import as usize) else {
                     self.images[id].lost += 1;
@@ -940,7 +945,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 )?;
                 Ok(())
             }
-            Ordered::Exit(tid, e) => {
+            Ordered::Exit(e) => {
                 let pid = self.images[id].pid;
                 let ts = self.clock.to_ns(e.ts);
                 self.sink.exit(pid, tid, e.ret, None, Some(ts))?;
@@ -968,7 +973,7 @@ impl<W: io::Write> Recorder<'_, W> {
     fn write_call(&mut self, id: usize, tid: u32, c: &wire::Call) -> Result<(), AgentError> {
         let pid = self.images[id].pid;
         let stack = self.resolve_stack(id, tid, c.stack)?;
-        let n = (c.nargs as usize).min(wire::MAX_ARGS);
+        let n = (c.nargs as usize).min(wire::CALL_ARGS);
         self.sink.call(
             pid,
             tid,
@@ -991,7 +996,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 return Ok(known);
             }
         }
-        let stack = match img.stacks.get_mut(&(tid, sid)) {
+        let stack = match img.stacks.get_mut(tid, sid) {
             Some(Stack { id: Some(s), .. }) => *s,
             Some(st) => {
                 let frames: Vec<Frame> = st
@@ -1070,7 +1075,7 @@ impl<W: io::Write> Recorder<'_, W> {
         }
         let img = &mut self.images[id];
         img.ended = true;
-        let (pid, lost, started) = (img.pid, img.lost, img.started);
+        let (pid, lost, started) = (img.pid, img.lost + img.order.lost, img.started);
         if lost > 0 {
             self.sink.note(
                 pid,

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod clock;
 pub mod funcs;
+pub mod merge;
 pub mod procfs;
 pub mod ptrace;
 /// ltrace filter chains (`-x`, `-e`), shared with replay.

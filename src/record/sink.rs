@@ -302,9 +302,6 @@ impl<W: Write> Sink<W> {
         out: Option<u64>,
         ts_out: u64,
     ) -> Result<(), FormatError> {
-        if ret.is_none() && out.is_none() {
-            return self.enter(pid, tid, func, args.to_vec(), stack, ts_in, Vec::new());
-        }
         let thread = self.thread(pid, tid)?;
         self.writer.call(&CallRecord {
             thread,

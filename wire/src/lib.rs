@@ -189,8 +189,11 @@ pub const NO_STACK: u32 = u32::MAX;
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest number of frames in a stack record.
 pub const MAX_FRAMES: usize = 1024;
-/// Largest number of arguments in a call record.
+/// Largest number of arguments in an import entry record.
 pub const MAX_ARGS: usize = 6;
+/// Largest number of arguments in a call record: the allocator family takes at most three
+/// (`reallocarray`, `posix_memalign`), and a smaller record is cheaper to queue.
+pub const CALL_ARGS: usize = 3;
 
 /// A finished call as the agent reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +207,7 @@ pub struct Call {
     /// Number of meaningful entries in `args`.
     pub nargs: u8,
     /// Integer arguments.
-    pub args: [u64; MAX_ARGS],
+    pub args: [u64; CALL_ARGS],
     /// Return value.
     pub ret: u64,
     /// Out-pointer value.
@@ -234,7 +237,7 @@ pub fn put_call(out: &mut [u8], c: &Call) -> usize {
     w.uvar(c.seq);
     w.u8(c.func);
     w.u8(c.flags);
-    let n = (c.nargs as usize).min(MAX_ARGS);
+    let n = (c.nargs as usize).min(CALL_ARGS);
     w.u8(n as u8);
     for a in &c.args[..n] {
         w.uvar(*a);
@@ -385,10 +388,10 @@ impl<'a> Get<'a> {
         let flags = self.u8()?;
         let at = self.at;
         let nargs = self.u8()?;
-        if nargs as usize > MAX_ARGS {
+        if nargs as usize > CALL_ARGS {
             return Err(Truncated { at });
         }
-        let mut args = [0u64; MAX_ARGS];
+        let mut args = [0u64; CALL_ARGS];
         for a in args.iter_mut().take(nargs as usize) {
             *a = self.uvar()?;
         }
@@ -468,7 +471,7 @@ mod tests {
             func: 3,
             flags: CALL_RET,
             nargs: 2,
-            args: [0x10, 32, 0, 0, 0, 0],
+            args: [0x10, 32, 0],
             ret: 0x5555_0000,
             out: 0,
             ts_in: 100,
@@ -480,8 +483,8 @@ mod tests {
             seq: u64::MAX,
             func: 255,
             flags: CALL_RET | CALL_OUT,
-            nargs: MAX_ARGS as u8,
-            args: [u64::MAX; MAX_ARGS],
+            nargs: CALL_ARGS as u8,
+            args: [u64::MAX; CALL_ARGS],
             ret: u64::MAX,
             out: u64::MAX,
             ts_in: u64::MAX,

@@ -1,0 +1,171 @@
+//! Puts one process image's records back in call order. Every record the agent sends
+//! carries a number from a process-wide counter; each batch holds one thread's records in
+//! the order that thread numbered them, and batches of different threads interleave. The
+//! merge keeps each batch as it arrived (a run) and hands out the head with the smallest
+//! number once its turn has come: the number after the last one handed out. Records are
+//! moved once, out of their run, rather than through a window indexed by number.
+//!
+//! A number that never comes (a thread stopped between numbering a call and writing it)
+//! would hold everything back: once more than [`MAX_WAITING`] records wait, the merge
+//! gives up on the missing numbers before the smallest head and counts them as lost.
+//! At the end of a stream, the rest is handed out in order, gaps ignored (numbers taken
+//! by calls still running when the process ended).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Most records held back waiting for a missing number.
+pub const MAX_WAITING: usize = 1 << 20;
+
+/// One batch: a thread's records with their numbers, in the order it sent them.
+struct Run<T> {
+    tid: u32,
+    head: Option<(u64, T)>,
+    rest: std::vec::IntoIter<(u64, T)>,
+}
+
+/// The records of one stream waiting for their turn.
+pub struct Merge<T> {
+    runs: Vec<Option<Run<T>>>,
+    free: Vec<usize>,
+    /// (number of a run's head, run slot), smallest first.
+    heads: BinaryHeap<Reverse<(u64, usize)>>,
+    next: u64,
+    waiting: usize,
+    /// Numbers given up on (never received while later records waited).
+    pub lost: u64,
+}
+
+impl<T> Default for Merge<T> {
+    fn default() -> Self {
+        Merge {
+            runs: Vec::new(),
+            free: Vec::new(),
+            heads: BinaryHeap::new(),
+            next: 0,
+            waiting: 0,
+            lost: 0,
+        }
+    }
+}
+
+impl<T> Merge<T> {
+    /// Adds thread `tid`'s records, in the order it sent them.
+    pub fn push(&mut self, tid: u32, items: Vec<(u64, T)>) {
+        let mut rest = items.into_iter();
+        let Some(head) = rest.next() else {
+            return;
+        };
+        self.waiting += 1 + rest.len();
+        let slot = self.free.pop().unwrap_or(self.runs.len());
+        self.heads.push(Reverse((head.0, slot)));
+        let run = Run {
+            tid,
+            head: Some(head),
+            rest,
+        };
+        if slot == self.runs.len() {
+            self.runs.push(Some(run));
+        } else {
+            self.runs[slot] = Some(run);
+        }
+    }
+
+    /// The next record whose turn has come, with its thread; with `all` (the stream
+    /// ended), the next one in order whatever is missing before it.
+    pub fn pop(&mut self, all: bool) -> Option<(u32, T)> {
+        let &Reverse((seq, slot)) = self.heads.peek()?;
+        if seq > self.next {
+            if all {
+                self.next = seq;
+            } else if self.waiting > MAX_WAITING {
+                self.lost += seq - self.next;
+                self.next = seq;
+            } else {
+                return None;
+            }
+        }
+        self.heads.pop();
+        let run = self.runs.get_mut(slot)?.as_mut()?;
+        let tid = run.tid;
+        let (n, item) = run.head.take()?;
+        match run.rest.next() {
+            Some(h) => {
+                // A confused stream may go backwards: that record is simply behind.
+                self.heads.push(Reverse((h.0, slot)));
+                run.head = Some(h);
+            }
+            None => {
+                self.runs[slot] = None;
+                self.free.push(slot);
+            }
+        }
+        self.waiting -= 1;
+        // A number behind the ones handed out (only a confused stream sends one) goes
+        // out at once and moves nothing.
+        if n >= self.next {
+            self.next = n.saturating_add(1);
+        }
+        Some((tid, item))
+    }
+
+    /// Records waiting.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(m: &mut Merge<&'static str>, all: bool) -> Vec<(u32, &'static str)> {
+        std::iter::from_fn(|| m.pop(all)).collect()
+    }
+
+    #[test]
+    fn interleaved_threads_come_out_in_number_order() {
+        let mut m = Merge::default();
+        m.push(1, vec![(0, "a0"), (2, "a2"), (3, "a3")]);
+        // 1 is missing: nothing past 0 may go.
+        assert_eq!(drain(&mut m, false), [(1, "a0")]);
+        m.push(2, vec![(1, "b1"), (4, "b4")]);
+        assert_eq!(
+            drain(&mut m, false),
+            [(2, "b1"), (1, "a2"), (1, "a3"), (2, "b4")]
+        );
+        assert_eq!(m.waiting(), 0);
+        assert_eq!(m.lost, 0);
+    }
+
+    #[test]
+    fn the_end_of_a_stream_releases_past_gaps_without_counting_them() {
+        let mut m = Merge::default();
+        m.push(1, vec![(0, "x"), (5, "y")]);
+        assert_eq!(drain(&mut m, false), [(1, "x")]);
+        assert_eq!(drain(&mut m, true), [(1, "y")]);
+        assert_eq!(m.lost, 0);
+    }
+
+    #[test]
+    fn a_number_that_never_comes_is_given_up_once_too_much_waits() {
+        let mut m = Merge::default();
+        let items: Vec<(u64, &str)> = (1..=MAX_WAITING as u64 + 1).map(|n| (n, "r")).collect();
+        m.push(7, items);
+        let out = drain(&mut m, false);
+        // The first record past the limit moved the merge past the missing 0; the rest
+        // follow in order.
+        assert_eq!(out.len(), MAX_WAITING + 1);
+        assert_eq!(m.lost, 1);
+    }
+
+    #[test]
+    fn a_confused_stream_neither_loops_nor_loses_records() {
+        let mut m = Merge::default();
+        m.push(1, vec![(0, "a"), (3, "b"), (1, "c"), (1, "d")]);
+        m.push(2, vec![(2, "e")]);
+        let out = drain(&mut m, true);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0], (1, "a"));
+    }
+}
