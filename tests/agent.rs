@@ -295,3 +295,41 @@ fn a_program_that_closes_every_descriptor_is_still_recorded() {
     assert!(trace.contains("closefrom(3) = <void>"), "{trace}");
     assert!(trace.contains("+++ exited (status 0) +++"), "{trace}");
 }
+
+/// The agent reuses an unwind while the stack words it read are unchanged: two callers
+/// that reach the same allocating leaf with the same stack pointer, in turn, differ only
+/// in a return address further out, and each keeps its own blocks (a cache that checked
+/// too little gave all 1520 bytes to the first caller).
+#[test]
+fn callers_that_share_a_stack_pointer_keep_their_own_leaks() {
+    let bin = build_c("twocallers", "twocallers.c", &["-O1", "-g"]);
+    for engine in ENGINES {
+        let dir = scratch(&format!("twocallers-{engine}"));
+        let rec = dir.join("two.rlt");
+        let o = record_with(engine, &rec, &bin, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let folded = replay(&rec, &["--leaks", "--format", "folded"]);
+        let mut got: Vec<&str> = folded
+            .lines()
+            .map(|l| l.split_once(";main;").map_or(l, |(_, rest)| rest))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            ["via_a;leaf;malloc 720", "via_b;leaf;malloc 800"],
+            "{engine}:\n{folded}"
+        );
+        let report = replay(&rec, &["--leaks"]);
+        let groups: Vec<(u64, u64, String)> = parse_leaks(&report)
+            .into_iter()
+            .map(|g| (g.bytes, g.blocks, g.at))
+            .collect();
+        let src = repo().join("tests/fixtures/c/twocallers.c");
+        let leaf = format!("twocallers.c:{}", marker_line(&src, "TWO: leaf"));
+        assert_eq!(
+            groups,
+            [(800, 20, leaf.clone()), (720, 30, leaf)],
+            "{engine}:\n{report}"
+        );
+    }
+}
