@@ -216,3 +216,55 @@ fn growth_tells_a_growing_leak_from_a_cache_filled_once() {
         "{text}"
     );
 }
+
+/// Times are kept to the microsecond unless `--time-resolution` asks otherwise, for
+/// both engines; `info` says which, and the JSON times are multiples of the unit.
+#[test]
+fn times_are_kept_to_the_resolution_asked_for() {
+    for engine in ENGINES {
+        let dir = scratch(&format!("resolution-{engine}"));
+        for (flag, unit, name) in [
+            (None, 1000, "microsecond"),
+            (Some("1"), 1, "nanosecond"),
+            (Some("250000"), 250_000, "250 us"),
+        ] {
+            let rec = dir.join(format!("r{unit}.rlt"));
+            let mut args = vec!["--engine", engine];
+            if let Some(f) = flag {
+                args.extend(["--time-resolution", f]);
+            }
+            let o = rltrace()
+                .arg("record")
+                .args(&args)
+                .arg("-o")
+                .arg(&rec)
+                .arg("--")
+                .arg(leaks_c())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let info = rltrace().arg("info").arg(&rec).output().unwrap();
+            let info = String::from_utf8(info.stdout).unwrap();
+            assert!(
+                info.contains(&format!("times:     to the {name}\n")),
+                "{info}"
+            );
+            let calls = json_lines(&replay(&rec, &["--format", "json", "--all"]));
+            let ts: Vec<u64> = calls.iter().filter_map(|c| c["ts_ns"].as_u64()).collect();
+            assert!(ts.len() >= 10, "{engine}: {} calls", ts.len());
+            let aligned = ts.iter().filter(|&&t| t % unit == 0).count();
+            assert_eq!(aligned, ts.len(), "{engine} unit {unit}: {ts:?}");
+            if unit == 1 {
+                // Nanoseconds kept: not every time falls on a microsecond.
+                assert!(ts.iter().any(|t| t % 1000 != 0), "{engine}: {ts:?}");
+            }
+        }
+    }
+    let o = rltrace()
+        .args(["record", "--time-resolution", "0", "--"])
+        .arg(leaks_c())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--time-resolution"));
+}

@@ -60,6 +60,11 @@ pub fn write_info(
     if let Some(first) = s.first_ts {
         writeln!(out, "span:      {:.3} s", (s.last_ts - first) as f64 / 1e9)?;
     }
+    let unit = meta
+        .get(crate::format::META_TIME_UNIT)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(1);
+    writeln!(out, "times:     to the {}", resolution(unit))?;
     if let Some(f) = meta.get("trace-filter") {
         let chains: Vec<&str> = f.lines().collect();
         writeln!(out, "filter:    -e {}", chains.join(" -e "))?;
@@ -147,6 +152,19 @@ pub fn write_info(
         }
     }
     Ok(())
+}
+
+/// "microsecond", "10 ns", …: how finely a recording's times were kept.
+fn resolution(unit_ns: u64) -> String {
+    match unit_ns {
+        1 => "nanosecond".into(),
+        1_000 => "microsecond".into(),
+        1_000_000 => "millisecond".into(),
+        1_000_000_000 => "second".into(),
+        n if n % 1_000_000 == 0 => format!("{} ms", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{} us", n / 1_000),
+        n => format!("{n} ns"),
+    }
 }
 
 #[cfg(test)]
