@@ -108,14 +108,7 @@ impl<W: Write> Writer<W> {
             self.last_ts = ts_in;
             return self.counted();
         }
-        let flags = u8::from(c.ret.is_some()) | (u8::from(c.out.is_some()) << 1);
-        e.u8(flags);
-        if let Some(r) = c.ret {
-            e.uvar(r);
-        }
-        if let Some(o) = c.out {
-            e.uvar(o);
-        }
+        exit_values(e, c.ret, c.out);
         e.svar(ts_out.wrapping_sub(ts_in) as i64);
         self.last_ts = ts_out;
         self.counted()
@@ -297,6 +290,17 @@ fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
     e.buf.extend_from_slice(&body.buf);
 }
 
+/// An exit's flags, then the return and out values they announce.
+fn exit_values(e: &mut Encoder, ret: Option<u64>, out: Option<u64>) {
+    e.u8(u8::from(ret.is_some()) | (u8::from(out.is_some()) << 1));
+    if let Some(r) = ret {
+        e.uvar(r);
+    }
+    if let Some(o) = out {
+        e.uvar(o);
+    }
+}
+
 /// The `time-unit-ns` of a recording's metadata: 1 when absent.
 pub(crate) fn time_unit(meta: &Meta) -> Result<u64, FormatError> {
     match meta.get(META_TIME_UNIT) {
@@ -392,14 +396,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
                 e.svar(ts.wrapping_sub(*last_ts) as i64);
                 *last_ts = ts;
             }
-            let flags = u8::from(x.ret.is_some()) | (u8::from(x.out.is_some()) << 1);
-            e.u8(flags);
-            if let Some(r) = x.ret {
-                e.uvar(r);
-            }
-            if let Some(o) = x.out {
-                e.uvar(o);
-            }
+            exit_values(e, x.ret, x.out);
         }
         Record::ProcessStart(p) => {
             e.u8(tag::PROCESS_START);
