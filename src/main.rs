@@ -41,7 +41,7 @@ enum Cmd {
         /// 1000, is what ltrace's -tt, -r and -T show; 1 keeps every nanosecond, at about
         /// a byte and a half per call.
         #[arg(long, value_name = "NS", default_value_t = rltrace::record::DEFAULT_TIME_UNIT,
-              value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+              value_parser = clap::value_parser!(u64).range(1..=rltrace::format::MAX_TIME_UNIT))]
         time_resolution: u64,
         /// Do not follow child processes (forks, vforks, clones that are not threads); the
         /// command's own execs are still followed.

@@ -16,13 +16,11 @@ static FD: AtomicI32 = AtomicI32::new(-1);
 pub static SOCK: RwSpin = RwSpin::new();
 /// Serialises draining (the rings have one consumer at a time).
 pub static DRAIN: RwSpin = RwSpin::new();
-/// The process-wide call order: every call takes a number.
-pub struct Seq(AtomicU64);
-
-/// Alone in its cache line: every hook increments it, and a read-mostly flag next to it
-/// (`ENABLED` was) would miss in every other core's cache on every call.
+/// The process-wide call order: every call takes a number. Alone in its cache line:
+/// every hook increments it, and a read-mostly flag next to it (`ENABLED` was) would miss
+/// in every other core's cache on every call.
 #[repr(align(128))]
-pub struct Padded(pub Seq);
+pub struct Seq(AtomicU64);
 
 impl Seq {
     /// Takes the next number.
@@ -38,7 +36,7 @@ impl Seq {
 }
 
 /// Process-wide call order.
-pub static SEQ: Padded = Padded(Seq(AtomicU64::new(0)));
+pub static SEQ: Seq = Seq(AtomicU64::new(0));
 /// Set while a writer thread runs in this process.
 static WRITER: AtomicBool = AtomicBool::new(false);
 
@@ -236,7 +234,7 @@ pub fn read_choice(n: usize) -> Choice {
 
 /// Sends the module list, ordered among the calls by a sequence number.
 pub fn send_modules(mods: &[ModuleInfo]) {
-    let seq = SEQ.0.next();
+    let seq = SEQ.next();
     let mut m = Vec::with_capacity(16 + mods.len() * 128);
     m.extend_from_slice(&seq.to_le_bytes());
     m.extend_from_slice(&(mods.len() as u32).to_le_bytes());

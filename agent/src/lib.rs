@@ -261,43 +261,54 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     if !main_stack && sp - start < MIN_UNWIND_ROOM {
         return wire::NO_STACK;
     }
-    let key = stackcache::Key {
+    let mut key = stackcache::Key {
         pc,
         sp,
         bp,
         end,
         generation: modules::generation(),
     };
-    if let stackcache::Found::Hit(id) = st.unwinds.lookup(&key) {
+    if let Some(id) = st.unwinds.lookup(&key) {
         return id;
     }
     let stack = sp..end;
-    let frames_out = &mut st.frames;
-    let (mut n, mut known) =
-        modules::capture(pc, sp, bp, &stack, &mut st.cache, frames_out, &mut st.log);
+    let unwind = |st: &mut ThreadState| {
+        modules::capture(
+            pc,
+            sp,
+            bp,
+            &stack,
+            &mut st.cache,
+            &mut st.frames,
+            &mut st.log,
+        )
+    };
+    let (mut n, mut known) = unwind(st);
     // `dlopen` is not interposed (glibc resolves a relative name against the RUNPATH of
     // the object that called it, which a wrapper would replace with the agent's), so a
     // module loaded since the last scan shows up as a stack that ends in unknown code:
     // rescan if the loader's count of loads moved, and unwind again.
     if !known && modules::loads_changed() {
         rescan_and_send();
-        (n, known) = modules::capture(pc, sp, bp, &stack, &mut st.cache, frames_out, &mut st.log);
+        (n, known) = unwind(st);
     }
     if n == 0 {
         return wire::NO_STACK;
     }
-    // A stack ending in unknown code is not reused: the next call checks for new modules.
-    let key = stackcache::Key {
-        generation: st.log.generation,
-        ..key
+    let id = match st.stacks.get(&st.frames[..n]) {
+        Some(&id) => id,
+        None => define_stack(st, n),
     };
-    let frames = &st.frames[..n];
-    if let Some(&id) = st.stacks.get(frames) {
-        if known {
-            st.unwinds.store(&key, &st.log, id);
-        }
-        return id;
+    // A stack ending in unknown code is not reused: the next call checks for new modules.
+    if known && id != wire::NO_STACK {
+        key.generation = st.log.generation;
+        st.unwinds.store(&key, &st.log, id);
     }
+    id
+}
+
+/// Numbers the thread's first `n` frames as a new stack and sends its definition.
+fn define_stack(st: &mut ThreadState, n: usize) -> u32 {
     // Numbered process-wide: a thread whose state was retired (its TLS destructors run
     // after the agent's) gets a fresh map, and its new definitions travel in a new ring
     // that may be read before the old one; the same number twice would mix them up.
@@ -305,10 +316,8 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     if id == wire::NO_STACK {
         return wire::NO_STACK;
     }
+    let frames = &st.frames[..n];
     st.stacks.insert(frames.into(), id);
-    if known {
-        st.unwinds.store(&key, &st.log, id);
-    }
     st.rec.clear();
     st.rec.push(wire::REC_STACK);
     st.rec.extend_from_slice(&id.to_le_bytes());
@@ -342,7 +351,7 @@ fn begin(seq_at_entry: bool) -> Option<Open> {
         settle(st, registers().1);
     }
     let stack = capture_stack(st);
-    let seq = seq_at_entry.then(|| conn::SEQ.0.next());
+    let seq = seq_at_entry.then(|| conn::SEQ.next());
     Some(Open {
         st,
         stack,
@@ -361,7 +370,7 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     } else {
         now()
     };
-    let seq = o.seq.unwrap_or_else(|| conn::SEQ.0.next());
+    let seq = o.seq.unwrap_or_else(|| conn::SEQ.next());
     let mut c = wire::Call {
         seq,
         func,
@@ -407,7 +416,7 @@ fn settle(st: &mut ThreadState, sp: u64) {
 }
 
 fn push_exit(st: &mut ThreadState, ret: Option<u64>) {
-    let seq = conn::SEQ.0.next();
+    let seq = conn::SEQ.next();
     let mut buf = [0u8; 1 + 8 + 8 + 1 + 8];
     let mut w = wire::Put {
         buf: &mut buf,
@@ -522,7 +531,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     // Open calls at or below this frame were left without returning.
     settle(st, frame + 1);
     let stack = capture_stack(st);
-    let seq = conn::SEQ.0.next();
+    let seq = conn::SEQ.next();
     let args = r.args();
     let nargs = hook.proto.map_or(6, |p| p.nargs().min(6));
     st.rec.clear();
@@ -1002,7 +1011,7 @@ extern "C" fn fork_child() {
             (*me).open.clear();
         }
     }
-    conn::SEQ.0.reset();
+    conn::SEQ.reset();
     // SAFETY: getpid has no preconditions.
     OWN_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     if was_enabled {

@@ -327,17 +327,11 @@ pub fn capture(
     log: &mut ReadLog,
 ) -> (usize, bool) {
     log.clear();
-    let log_reads = &mut log.reads;
-    let log_overflow = &mut log.overflow;
     let mut read = |addr: u64| -> Result<u64, ()> {
         if addr.is_multiple_of(8) && addr >= stack.start && addr.saturating_add(8) <= stack.end {
             // SAFETY: the address is 8-aligned and inside this thread's own mapped stack.
             let v = unsafe { (addr as *const u64).read() };
-            if log_reads.len() < crate::stackcache::MAX_READS {
-                log_reads.push((addr, v));
-            } else {
-                *log_overflow = true;
-            }
+            log.push(addr, v);
             Ok(v)
         } else {
             Err(())

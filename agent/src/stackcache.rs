@@ -21,7 +21,7 @@
 /// Entries per thread (direct-mapped by `sp` and `pc`).
 const ENTRIES: usize = 64;
 /// Most words an entry checks; deeper unwinds are not cached.
-pub const MAX_READS: usize = 256;
+const MAX_READS: usize = 256;
 
 /// The stack words one unwind read, in order.
 #[derive(Default)]
@@ -40,24 +40,41 @@ impl ReadLog {
         self.reads.clear();
         self.overflow = false;
     }
+
+    /// Notes a successful read.
+    #[inline(always)]
+    pub fn push(&mut self, addr: u64, value: u64) {
+        if self.reads.len() < MAX_READS {
+            self.reads.push((addr, value));
+        } else {
+            self.overflow = true;
+        }
+    }
 }
 
 #[derive(Default)]
 struct Entry {
-    pc: u64,
-    sp: u64,
-    end: u64,
-    bp: u64,
+    key: Key,
+    /// `key.bp` made no difference to the unwind.
     bp_free: bool,
-    generation: u32,
     id: u32,
-    /// The words read: address, value, and whether the value is checked.
+    /// The words read: address, value, and whether the value is checked; empty in an
+    /// unused entry.
     reads: Vec<(u64, u64, bool)>,
+}
+
+impl Entry {
+    /// An unwind from `k` would start where this one did (`bp` aside).
+    fn starts_like(&self, k: &Key) -> bool {
+        let e = &self.key;
+        !self.reads.is_empty()
+            && (e.pc, e.sp, e.end, e.generation) == (k.pc, k.sp, k.end, k.generation)
+    }
 }
 
 /// Where the unwind would start: the hook's registers, the end of the stack mapping it
 /// reads within, and the module list's generation.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Key {
     /// The hook's instruction pointer.
     pub pc: u64,
@@ -77,14 +94,6 @@ pub struct StackCache {
     entries: Vec<Entry>,
 }
 
-/// What a lookup found.
-pub enum Found {
-    /// The stack id of an identical unwind.
-    Hit(u32),
-    /// Unwind; then call [`StackCache::store`].
-    Miss,
-}
-
 fn slot(k: &Key) -> usize {
     // sp is 16-aligned at calls; pc separates hooks at the same depth.
     let h = (k.sp >> 4) ^ (k.sp >> 11) ^ k.pc.rotate_left(7);
@@ -92,25 +101,14 @@ fn slot(k: &Key) -> usize {
 }
 
 impl StackCache {
-    /// The stack id of an earlier unwind from `k` whose words are unchanged.
+    /// The stack id of an earlier unwind from `k` whose words are unchanged; on `None`,
+    /// unwind and call [`StackCache::store`].
     #[inline(always)]
-    pub fn lookup(&self, k: &Key) -> Found {
-        let Some(e) = self.entries.get(slot(k)) else {
-            return Found::Miss;
-        };
-        if e.reads.is_empty()
-            || e.pc != k.pc
-            || e.sp != k.sp
-            || e.end != k.end
-            || e.generation != k.generation
-            || (!e.bp_free && e.bp != k.bp)
-        {
-            return Found::Miss;
-        }
-        if !words_unchanged(&e.reads, k) {
-            return Found::Miss;
-        }
-        Found::Hit(e.id)
+    pub fn lookup(&self, k: &Key) -> Option<u32> {
+        let e = self.entries.get(slot(k))?;
+        let found =
+            e.starts_like(k) && (e.bp_free || e.key.bp == k.bp) && words_unchanged(&e.reads, k);
+        found.then_some(e.id)
     }
 
     /// Remembers the unwind from `k` that read `log` and found stack `id`.
@@ -122,18 +120,14 @@ impl StackCache {
             self.entries.resize_with(ENTRIES, Entry::default);
         }
         let e = &mut self.entries[slot(k)];
-        let same_walk = !e.reads.is_empty()
-            && e.pc == k.pc
-            && e.sp == k.sp
-            && e.end == k.end
-            && e.generation == k.generation
+        let same_walk = e.starts_like(k)
             && e.id == id
             && e.reads.len() == log.reads.len()
             && e.reads.iter().zip(&log.reads).all(|(a, b)| a.0 == b.0);
         if same_walk {
             // The same addresses read and the same frames found: the values that differ
             // played no part.
-            if e.bp != k.bp {
+            if e.key.bp != k.bp {
                 e.bp_free = true;
             }
             for (a, b) in e.reads.iter_mut().zip(&log.reads) {
@@ -143,12 +137,8 @@ impl StackCache {
             }
             return;
         }
-        e.pc = k.pc;
-        e.sp = k.sp;
-        e.end = k.end;
-        e.bp = k.bp;
+        e.key = *k;
         e.bp_free = false;
-        e.generation = k.generation;
         e.id = id;
         e.reads.clear();
         e.reads.extend(log.reads.iter().map(|&(a, v)| (a, v, true)));
@@ -195,7 +185,7 @@ mod tests {
     fn log_of(stack: &[u64]) -> ReadLog {
         let mut log = ReadLog::default();
         for (i, v) in stack.iter().enumerate() {
-            log.reads.push((stack.as_ptr() as u64 + 8 * i as u64, *v));
+            log.push(stack.as_ptr() as u64 + 8 * i as u64, *v);
         }
         log
     }
@@ -205,16 +195,16 @@ mod tests {
         let mut stack = vec![11u64, 22, 33, 44];
         let mut c = StackCache::default();
         let k = key(&stack, 7);
-        assert!(matches!(c.lookup(&k), Found::Miss));
+        assert!(c.lookup(&k).is_none());
         c.store(&k, &log_of(&stack), 5);
-        assert!(matches!(c.lookup(&k), Found::Hit(5)));
+        assert_eq!(c.lookup(&k), Some(5));
         // Another module list.
-        assert!(matches!(c.lookup(&Key { generation: 2, ..k }), Found::Miss));
+        assert!(c.lookup(&Key { generation: 2, ..k }).is_none());
         // Another bp, not yet known to be irrelevant.
-        assert!(matches!(c.lookup(&key(&stack, 8)), Found::Miss));
+        assert!(c.lookup(&key(&stack, 8)).is_none());
         // A return address on the stack changed.
         stack[2] = 34;
-        assert!(matches!(c.lookup(&key(&stack, 7)), Found::Miss));
+        assert!(c.lookup(&key(&stack, 7)).is_none());
     }
 
     #[test]
@@ -224,11 +214,11 @@ mod tests {
         c.store(&key(&stack, 7), &log_of(&stack), 9);
         // Same words, same stack with another bp: bp is free from now on.
         c.store(&key(&stack, 8), &log_of(&stack), 9);
-        assert!(matches!(c.lookup(&key(&stack, 1234)), Found::Hit(9)));
+        assert_eq!(c.lookup(&key(&stack, 1234)), Some(9));
         // A different stack with another bp replaces the entry, bp-bound again.
         c.store(&key(&stack, 5), &log_of(&stack), 10);
-        assert!(matches!(c.lookup(&key(&stack, 5)), Found::Hit(10)));
-        assert!(matches!(c.lookup(&key(&stack, 6)), Found::Miss));
+        assert_eq!(c.lookup(&key(&stack, 5)), Some(10));
+        assert!(c.lookup(&key(&stack, 6)).is_none());
     }
 
     #[test]
@@ -240,10 +230,10 @@ mod tests {
         stack[1] = 8;
         c.store(&key(&stack, 1), &log_of(&stack), 4);
         stack[1] = 9;
-        assert!(matches!(c.lookup(&key(&stack, 1)), Found::Hit(4)));
+        assert_eq!(c.lookup(&key(&stack, 1)), Some(4));
         // The return addresses are still checked.
         stack[2] = 301;
-        assert!(matches!(c.lookup(&key(&stack, 1)), Found::Miss));
+        assert!(c.lookup(&key(&stack, 1)).is_none());
     }
 
     #[test]
@@ -253,6 +243,6 @@ mod tests {
         log.overflow = true;
         let mut c = StackCache::default();
         c.store(&key(&stack, 0), &log, 1);
-        assert!(matches!(c.lookup(&key(&stack, 0)), Found::Miss));
+        assert!(c.lookup(&key(&stack, 0)).is_none());
     }
 }

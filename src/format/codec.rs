@@ -16,16 +16,8 @@ impl Encoder {
     }
 
     /// Appends an unsigned LEB128 varint.
-    pub fn uvar(&mut self, mut v: u64) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.buf.push(byte);
-                return;
-            }
-            self.buf.push(byte | 0x80);
-        }
+    pub fn uvar(&mut self, v: u64) {
+        rltrace_wire::put_varint(v, |b| self.buf.push(b));
     }
 
     /// Appends a signed value as a zigzag varint.
@@ -101,21 +93,22 @@ impl<'a> Decoder<'a> {
         Ok(b)
     }
 
-    /// Reads an unsigned LEB128 varint of at most 10 bytes.
+    /// Reads an unsigned LEB128 varint of at most 10 bytes. An error names the byte where
+    /// decoding stopped.
     pub fn uvar(&mut self) -> Result<u64, FormatError> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let b = self.u8()?;
-            let low = u64::from(b & 0x7f);
-            if i == 9 && low > 1 {
-                return Err(self.error("varint overflows 64 bits"));
-            }
-            v |= low << (7 * i);
-            if b & 0x80 == 0 {
+        use rltrace_wire::VarintError;
+        let rest = self.data.get(self.pos..).unwrap_or_default();
+        let (what, n) = match rltrace_wire::get_varint(rest) {
+            Ok((v, n)) => {
+                self.pos += n;
                 return Ok(v);
             }
-        }
-        Err(self.error("varint longer than 10 bytes"))
+            Err(VarintError::Short(n)) => ("record runs past the end of its chunk", n),
+            Err(VarintError::Overflow(n)) => ("varint overflows 64 bits", n),
+            Err(VarintError::TooLong(n)) => ("varint longer than 10 bytes", n),
+        };
+        self.pos += n;
+        Err(self.error(what))
     }
 
     /// Reads a varint that must fit in `u32`.

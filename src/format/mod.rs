@@ -479,6 +479,23 @@ impl Meta {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Nanoseconds per stored time unit (`time-unit-ns`; 1 when absent, as in files
+    /// before version 6).
+    pub fn time_unit(&self) -> Result<u64, FormatError> {
+        let Some(v) = self.get(META_TIME_UNIT) else {
+            return Ok(1);
+        };
+        v.parse::<u64>()
+            .ok()
+            .filter(|u| (1..=MAX_TIME_UNIT).contains(u))
+            .ok_or_else(|| FormatError::BadChunk {
+                offset: FILE_HEADER_LEN as u64,
+                what: format!(
+                    "metadata {META_TIME_UNIT} is {v:?}, not a whole number of nanoseconds from 1 to {MAX_TIME_UNIT}"
+                ),
+            })
+    }
+
     /// Every value stored under `key`, in order.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.pairs

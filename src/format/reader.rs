@@ -145,7 +145,7 @@ impl<R: Read> Reader<R> {
             let v = d.str(MAX_STRING)?;
             reader.meta.pairs.push((k, v));
         }
-        reader.unit = super::writer::time_unit(&reader.meta)?;
+        reader.unit = reader.meta.time_unit()?;
         Ok(reader)
     }
 
@@ -431,177 +431,174 @@ fn decode_record(
     then: &mut VecDeque<Record>,
 ) -> Result<Record, FormatError> {
     let ns = |units: u64| units.saturating_mul(unit);
-    {
-        let t = d.u8()?;
-        let rec = match t {
-            tag::MODULE => Record::Module(ModuleDef {
-                id: d.uvar32()?,
-                pid: d.uvar32()?,
-                path: d.str(MAX_STRING)?,
-                build_id: d.bytes(256)?.to_vec(),
-                bias: d.uvar()?,
-                start: d.uvar()?,
-                end: d.uvar()?,
-            }),
-            tag::MODULE_UNLOAD => Record::ModuleUnload(d.uvar32()?),
-            tag::FUNCTION => {
-                let id = d.uvar32()?;
-                let name = d.str(MAX_STRING)?;
-                let (origin, class) = Origin::split(d.u8()?);
-                Record::Function(FunctionDef {
-                    id,
-                    name,
-                    class: FnClass::from_code(class),
-                    returns: d.u8()? != 0,
-                    origin,
-                })
+    let t = d.u8()?;
+    Ok(match t {
+        tag::MODULE => Record::Module(ModuleDef {
+            id: d.uvar32()?,
+            pid: d.uvar32()?,
+            path: d.str(MAX_STRING)?,
+            build_id: d.bytes(256)?.to_vec(),
+            bias: d.uvar()?,
+            start: d.uvar()?,
+            end: d.uvar()?,
+        }),
+        tag::MODULE_UNLOAD => Record::ModuleUnload(d.uvar32()?),
+        tag::FUNCTION => {
+            let id = d.uvar32()?;
+            let name = d.str(MAX_STRING)?;
+            let (origin, class) = Origin::split(d.u8()?);
+            Record::Function(FunctionDef {
+                id,
+                name,
+                class: FnClass::from_code(class),
+                returns: d.u8()? != 0,
+                origin,
+            })
+        }
+        tag::THREAD => Record::Thread(ThreadDef {
+            num: d.uvar32()?,
+            pid: d.uvar32()?,
+            tid: d.uvar32()?,
+        }),
+        tag::STACK => {
+            let id = d.uvar32()?;
+            let n = d.uvar()?;
+            if n > MAX_FRAMES as u64 {
+                return Err(d.error(format!(
+                    "stack of {n} frames exceeds the limit of {MAX_FRAMES}"
+                )));
             }
-            tag::THREAD => Record::Thread(ThreadDef {
-                num: d.uvar32()?,
-                pid: d.uvar32()?,
-                tid: d.uvar32()?,
-            }),
-            tag::STACK => {
-                let id = d.uvar32()?;
+            let mut frames = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let module = d.opt_id("module")?;
+                frames.push(Frame {
+                    module,
+                    addr: d.uvar()?,
+                });
+            }
+            Record::Stack(StackDef { id, frames })
+        }
+        tag::ENTER | tag::ENTER_DATA | tag::CALL => {
+            let thread = d.uvar32()?;
+            let ts = last_ts.wrapping_add(d.svar()? as u64);
+            *last_ts = ts;
+            let func = d.uvar32()?;
+            let n = d.uvar()?;
+            if n > MAX_ARGS as u64 {
+                return Err(d.error(format!(
+                    "call with {n} arguments exceeds the limit of {MAX_ARGS}"
+                )));
+            }
+            let mut args = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                args.push(d.uvar()?);
+            }
+            let stack = d.opt_id("stack")?;
+            let mut data = Vec::new();
+            if t == tag::ENTER_DATA {
                 let n = d.uvar()?;
-                if n > MAX_FRAMES as u64 {
-                    return Err(d.error(format!(
-                        "stack of {n} frames exceeds the limit of {MAX_FRAMES}"
-                    )));
+                if n == 0 || n > MAX_ARGS as u64 {
+                    return Err(d.error(format!("call with {n} argument captures")));
                 }
-                let mut frames = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    let module = d.opt_id("module")?;
-                    frames.push(Frame {
-                        module,
-                        addr: d.uvar()?,
+                    let arg = d.u8()?;
+                    let truncated = match d.u8()? {
+                        0 => false,
+                        1 => true,
+                        f => return Err(d.error(format!("bad argument capture flags {f}"))),
+                    };
+                    data.push(ArgData {
+                        arg,
+                        truncated,
+                        bytes: d.bytes(MAX_ARG_DATA)?.to_vec(),
                     });
                 }
-                Record::Stack(StackDef { id, frames })
             }
-            tag::ENTER | tag::ENTER_DATA | tag::CALL => {
-                let thread = d.uvar32()?;
-                let ts = last_ts.wrapping_add(d.svar()? as u64);
-                *last_ts = ts;
-                let func = d.uvar32()?;
-                let n = d.uvar()?;
-                if n > MAX_ARGS as u64 {
-                    return Err(d.error(format!(
-                        "call with {n} arguments exceeds the limit of {MAX_ARGS}"
-                    )));
-                }
-                let mut args = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    args.push(d.uvar()?);
-                }
-                let stack = d.opt_id("stack")?;
-                let mut data = Vec::new();
-                if t == tag::ENTER_DATA {
-                    let n = d.uvar()?;
-                    if n == 0 || n > MAX_ARGS as u64 {
-                        return Err(d.error(format!("call with {n} argument captures")));
-                    }
-                    for _ in 0..n {
-                        let arg = d.u8()?;
-                        let truncated = match d.u8()? {
-                            0 => false,
-                            1 => true,
-                            f => return Err(d.error(format!("bad argument capture flags {f}"))),
-                        };
-                        data.push(ArgData {
-                            arg,
-                            truncated,
-                            bytes: d.bytes(MAX_ARG_DATA)?.to_vec(),
-                        });
-                    }
-                }
-                if t == tag::CALL {
-                    let (ret, out) = exit_values(d)?;
-                    let back = last_ts.wrapping_add(d.svar()? as u64);
-                    *last_ts = back;
-                    then.push_back(Record::Exit(Exit {
-                        thread,
-                        ret,
-                        out,
-                        ts: Some(ns(back)),
-                    }));
-                }
-                Record::Enter(Enter {
-                    thread,
-                    ts: ns(ts),
-                    func,
-                    args,
-                    stack,
-                    data,
-                })
-            }
-            tag::EXIT | tag::EXIT_AT => {
-                let thread = d.uvar32()?;
-                let ts = if t == tag::EXIT_AT {
-                    let ts = last_ts.wrapping_add(d.svar()? as u64);
-                    *last_ts = ts;
-                    Some(ns(ts))
-                } else {
-                    None
-                };
+            if t == tag::CALL {
                 let (ret, out) = exit_values(d)?;
-                Record::Exit(Exit {
+                let back = last_ts.wrapping_add(d.svar()? as u64);
+                *last_ts = back;
+                then.push_back(Record::Exit(Exit {
                     thread,
                     ret,
                     out,
-                    ts,
-                })
+                    ts: Some(ns(back)),
+                }));
             }
-            tag::PROCESS_START => Record::ProcessStart(ProcessStart {
-                pid: d.uvar32()?,
-                parent: d.uvar32()?,
-                ts: ns(d.uvar()?),
-                cause: match d.u8()? {
-                    0 => StartCause::Spawn,
-                    1 => StartCause::Fork,
-                    2 => StartCause::Vfork,
-                    3 => StartCause::Exec,
-                    4 => StartCause::Attach,
-                    c => return Err(d.error(format!("unknown process start cause {c}"))),
-                },
-                path: d.str(MAX_STRING)?,
-            }),
-            tag::PROCESS_EXIT => {
-                let pid = d.uvar32()?;
-                let ts = ns(d.uvar()?);
-                let how = match d.u8()? {
-                    0 => ExitHow::Code(d.svar()? as i32),
-                    1 => ExitHow::Signal(d.svar()? as i32),
-                    2 => ExitHow::Running,
-                    3 => ExitHow::Unknown,
-                    c => return Err(d.error(format!("unknown process exit kind {c}"))),
-                };
-                Record::ProcessExit(ProcessExit { pid, ts, how })
-            }
-            tag::NOTE => Record::Note(Note {
-                pid: d.uvar32()?,
-                text: d.str(MAX_STRING)?,
-            }),
-            tag::SIGNAL => {
-                let thread = d.uvar32()?;
-                let ts = ns(d.uvar()?);
-                let signo = d.svar()? as i32;
-                let code = d.svar()? as i32;
-                let addr = d.uvar()?;
-                let stack = d.opt_id("stack")?;
-                Record::Signal(SignalRec {
-                    thread,
-                    ts,
-                    signo,
-                    code,
-                    addr,
-                    stack,
-                })
-            }
-            other => return Err(d.error(format!("unknown record tag {other}"))),
-        };
-        Ok(rec)
-    }
+            Record::Enter(Enter {
+                thread,
+                ts: ns(ts),
+                func,
+                args,
+                stack,
+                data,
+            })
+        }
+        tag::EXIT | tag::EXIT_AT => {
+            let thread = d.uvar32()?;
+            let ts = if t == tag::EXIT_AT {
+                let ts = last_ts.wrapping_add(d.svar()? as u64);
+                *last_ts = ts;
+                Some(ns(ts))
+            } else {
+                None
+            };
+            let (ret, out) = exit_values(d)?;
+            Record::Exit(Exit {
+                thread,
+                ret,
+                out,
+                ts,
+            })
+        }
+        tag::PROCESS_START => Record::ProcessStart(ProcessStart {
+            pid: d.uvar32()?,
+            parent: d.uvar32()?,
+            ts: ns(d.uvar()?),
+            cause: match d.u8()? {
+                0 => StartCause::Spawn,
+                1 => StartCause::Fork,
+                2 => StartCause::Vfork,
+                3 => StartCause::Exec,
+                4 => StartCause::Attach,
+                c => return Err(d.error(format!("unknown process start cause {c}"))),
+            },
+            path: d.str(MAX_STRING)?,
+        }),
+        tag::PROCESS_EXIT => {
+            let pid = d.uvar32()?;
+            let ts = ns(d.uvar()?);
+            let how = match d.u8()? {
+                0 => ExitHow::Code(d.svar()? as i32),
+                1 => ExitHow::Signal(d.svar()? as i32),
+                2 => ExitHow::Running,
+                3 => ExitHow::Unknown,
+                c => return Err(d.error(format!("unknown process exit kind {c}"))),
+            };
+            Record::ProcessExit(ProcessExit { pid, ts, how })
+        }
+        tag::NOTE => Record::Note(Note {
+            pid: d.uvar32()?,
+            text: d.str(MAX_STRING)?,
+        }),
+        tag::SIGNAL => {
+            let thread = d.uvar32()?;
+            let ts = ns(d.uvar()?);
+            let signo = d.svar()? as i32;
+            let code = d.svar()? as i32;
+            let addr = d.uvar()?;
+            let stack = d.opt_id("stack")?;
+            Record::Signal(SignalRec {
+                thread,
+                ts,
+                signo,
+                code,
+                addr,
+                stack,
+            })
+        }
+        other => return Err(d.error(format!("unknown record tag {other}"))),
+    })
 }
 
 /// An exit's flags and the return and out values they announce.

@@ -65,7 +65,7 @@ impl<W: Write> Writer<W> {
     /// Writes the file header and the metadata chunk. Times are stored in units of the
     /// metadata's `time-unit-ns` (1 when absent).
     pub fn new(mut out: W, meta: &Meta) -> Result<Self, FormatError> {
-        let unit = time_unit(meta)?;
+        let unit = meta.time_unit()?;
         let mut header = [0u8; FILE_HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
         header[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -91,26 +91,25 @@ impl<W: Write> Writer<W> {
     /// nor an out value: a `void` function); seals the chunk when it is large enough.
     pub fn call(&mut self, c: &CallRecord) -> Result<(), FormatError> {
         let bare = c.ret.is_none() && c.out.is_none();
-        let e = &mut self.enc;
-        let ts_in = c.ts_in / self.unit;
         // Both ends quantised on the absolute clock: durations average out right.
+        let ts_in = c.ts_in / self.unit;
         let ts_out = c.ts_out / self.unit;
+        let e = &mut self.enc;
         e.u8(if bare { tag::ENTER } else { tag::CALL });
-        e.uvar(c.thread.into());
-        e.svar(ts_in.wrapping_sub(self.last_ts) as i64);
-        e.uvar(c.func.into());
-        e.uvar(c.args.len() as u64);
-        for &a in c.args {
-            e.uvar(a);
+        enter_fields(
+            e,
+            &mut self.last_ts,
+            c.thread,
+            ts_in,
+            c.func,
+            c.args,
+            c.stack,
+        );
+        if !bare {
+            exit_values(e, c.ret, c.out);
+            e.svar(ts_out.wrapping_sub(ts_in) as i64);
+            self.last_ts = ts_out;
         }
-        e.uvar(c.stack.map_or(0, |s| u64::from(s) + 1));
-        if bare {
-            self.last_ts = ts_in;
-            return self.counted();
-        }
-        exit_values(e, c.ret, c.out);
-        e.svar(ts_out.wrapping_sub(ts_in) as i64);
-        self.last_ts = ts_out;
         self.counted()
     }
 
@@ -143,11 +142,7 @@ impl<W: Write> Writer<W> {
             return Ok(());
         }
         encode_record(&mut self.enc, &mut self.last_ts, self.unit, rec);
-        self.summary.records += 1;
-        if self.enc.buf.len() >= CHUNK_TARGET {
-            self.seal()?;
-        }
-        Ok(())
+        self.counted()
     }
 
     /// Counts calls the recorder saw but could not record.
@@ -290,6 +285,28 @@ fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
     e.buf.extend_from_slice(&body.buf);
 }
 
+/// An entry's fields after its tag, up to its stack; `ts` (in stored units) becomes the
+/// chunk's running timestamp.
+fn enter_fields(
+    e: &mut Encoder,
+    last_ts: &mut u64,
+    thread: u32,
+    ts: u64,
+    func: u32,
+    args: &[u64],
+    stack: Option<u32>,
+) {
+    e.uvar(thread.into());
+    e.svar(ts.wrapping_sub(*last_ts) as i64);
+    *last_ts = ts;
+    e.uvar(func.into());
+    e.uvar(args.len() as u64);
+    for &a in args {
+        e.uvar(a);
+    }
+    e.uvar(stack.map_or(0, |s| u64::from(s) + 1));
+}
+
 /// An exit's flags, then the return and out values they announce.
 fn exit_values(e: &mut Encoder, ret: Option<u64>, out: Option<u64>) {
     e.u8(u8::from(ret.is_some()) | (u8::from(out.is_some()) << 1));
@@ -298,23 +315,6 @@ fn exit_values(e: &mut Encoder, ret: Option<u64>, out: Option<u64>) {
     }
     if let Some(o) = out {
         e.uvar(o);
-    }
-}
-
-/// The `time-unit-ns` of a recording's metadata: 1 when absent.
-pub(crate) fn time_unit(meta: &Meta) -> Result<u64, FormatError> {
-    match meta.get(META_TIME_UNIT) {
-        None => Ok(1),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|u| (1..=MAX_TIME_UNIT).contains(u))
-            .ok_or_else(|| FormatError::BadChunk {
-                offset: FILE_HEADER_LEN as u64,
-                what: format!(
-                    "metadata {META_TIME_UNIT} is {v:?}, not a whole number of nanoseconds from 1 to {MAX_TIME_UNIT}"
-                ),
-            }),
     }
 }
 
@@ -365,16 +365,15 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             } else {
                 tag::ENTER_DATA
             });
-            e.uvar(en.thread.into());
-            let ts = en.ts / unit;
-            e.svar(ts.wrapping_sub(*last_ts) as i64);
-            *last_ts = ts;
-            e.uvar(en.func.into());
-            e.uvar(en.args.len() as u64);
-            for &a in &en.args {
-                e.uvar(a);
-            }
-            e.uvar(en.stack.map_or(0, |s| u64::from(s) + 1));
+            enter_fields(
+                e,
+                last_ts,
+                en.thread,
+                en.ts / unit,
+                en.func,
+                &en.args,
+                en.stack,
+            );
             if !en.data.is_empty() {
                 e.uvar(en.data.len() as u64);
                 for d in &en.data {

@@ -213,9 +213,6 @@ struct Image {
     /// Records waiting for their turn in the agent's call order.
     order: Merge<Ordered>,
     stacks: Stacks,
-    /// The stack resolved last (thread, agent's id, recording's id): calls in a loop
-    /// repeat it.
-    last_stack: Option<(u32, u32, Option<u32>)>,
     exit: Option<ExitHow>,
     ended: bool,
     lost: u64,
@@ -848,7 +845,6 @@ impl<W: io::Write> Recorder<'_, W> {
                 let img = self.image(id);
                 for (sid, raw) in batch.stacks {
                     img.stacks.insert(tid, sid, Stack { raw, id: None });
-                    img.last_stack = None;
                 }
                 self.enqueue(id, tid, batch.items)?;
             }
@@ -991,11 +987,6 @@ impl<W: io::Write> Recorder<'_, W> {
     /// The recording's id of a stack the agent defined for thread `tid`.
     fn resolve_stack(&mut self, id: usize, tid: u32, sid: u32) -> Result<Option<u32>, AgentError> {
         let img = &mut self.images[id];
-        if let Some((t, s, known)) = img.last_stack {
-            if (t, s) == (tid, sid) {
-                return Ok(known);
-            }
-        }
         let stack = match img.stacks.get_mut(tid, sid) {
             Some(Stack { id: Some(s), .. }) => *s,
             Some(st) => {
@@ -1019,7 +1010,6 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             None => None,
         };
-        self.images[id].last_stack = Some((tid, sid, stack));
         Ok(stack)
     }
 
@@ -1053,7 +1043,6 @@ impl<W: io::Write> Recorder<'_, W> {
         for st in self.images[id].stacks.values_mut() {
             st.id = None;
         }
-        self.images[id].last_stack = None;
         Ok(())
     }
 

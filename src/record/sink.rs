@@ -84,8 +84,8 @@ pub struct Sink<W: Write> {
     writer: Writer<W>,
     stacks: HashMap<Vec<Frame>, u32>,
     threads: HashMap<(u32, u32), u32, BuildHasherDefault<rltrace_wire::FastHasher>>,
-    /// The thread looked up last (pid, tid, number): consecutive calls share it.
-    last_thread: (u32, u32, u32),
+    /// The thread looked up last ((pid, tid), number): consecutive calls share it.
+    last_thread: Option<((u32, u32), u32)>,
     next_module: u32,
     next_function: u32,
     start: Instant,
@@ -106,7 +106,7 @@ impl<W: Write> Sink<W> {
             writer: Writer::new(out, meta)?,
             stacks: HashMap::new(),
             threads: HashMap::default(),
-            last_thread: (0, 0, u32::MAX),
+            last_thread: None,
             next_module: 0,
             next_function: 0,
             start: now,
@@ -207,17 +207,17 @@ impl<W: Write> Sink<W> {
     }
 
     fn thread(&mut self, pid: u32, tid: u32) -> Result<u32, FormatError> {
-        let (p, t, n) = self.last_thread;
-        if (p, t) == (pid, tid) && n != u32::MAX {
-            return Ok(n);
+        match self.last_thread {
+            Some((key, n)) if key == (pid, tid) => return Ok(n),
+            _ => {}
         }
         if let Some(&n) = self.threads.get(&(pid, tid)) {
-            self.last_thread = (pid, tid, n);
+            self.last_thread = Some(((pid, tid), n));
             return Ok(n);
         }
         let num = self.threads.len() as u32;
         self.threads.insert((pid, tid), num);
-        self.last_thread = (pid, tid, num);
+        self.last_thread = Some(((pid, tid), num));
         self.writer
             .push(&Record::Thread(ThreadDef { num, pid, tid }))?;
         Ok(num)

@@ -60,11 +60,10 @@ pub fn write_info(
     if let Some(first) = s.first_ts {
         writeln!(out, "span:      {:.3} s", (s.last_ts - first) as f64 / 1e9)?;
     }
-    let unit = meta
-        .get(crate::format::META_TIME_UNIT)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(1);
-    writeln!(out, "times:     to the {}", resolution(unit))?;
+    // The reader checked the unit before anything was read.
+    if let Ok(unit) = meta.time_unit() {
+        writeln!(out, "times:     to the {}", resolution(unit))?;
+    }
     if let Some(f) = meta.get("trace-filter") {
         let chains: Vec<&str> = f.lines().collect();
         writeln!(out, "filter:    -e {}", chains.join(" -e "))?;

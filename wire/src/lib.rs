@@ -258,6 +258,52 @@ pub fn put_call(out: &mut [u8], c: &Call) -> usize {
     w.at
 }
 
+/// Why an unsigned LEB128 varint does not decode, with the bytes looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VarintError {
+    /// The bytes ended first.
+    Short(usize),
+    /// The tenth byte holds more than the 64th bit.
+    Overflow(usize),
+    /// More than ten bytes.
+    TooLong(usize),
+}
+
+/// Writes `v` as an unsigned LEB128 varint (1 to 10 bytes), a byte at a time to `put`.
+/// The one encoding of varints, for the agent's wire and the recording format alike.
+#[inline(always)]
+pub fn put_varint(mut v: u64, mut put: impl FnMut(u8)) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            put(b);
+            return;
+        }
+        put(b | 0x80);
+    }
+}
+
+/// Reads an unsigned LEB128 varint at the start of `b`: its value and length.
+#[inline]
+pub fn get_varint(b: &[u8]) -> Result<(u64, usize), VarintError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let Some(&byte) = b.get(i) else {
+            return Err(VarintError::Short(i));
+        };
+        let low = u64::from(byte & 0x7f);
+        if i == 9 && low > 1 {
+            return Err(VarintError::Overflow(10));
+        }
+        v |= low << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((v, i + 1));
+        }
+    }
+    Err(VarintError::TooLong(10))
+}
+
 /// Bounded little-endian writer over a slice the caller sized.
 pub struct Put<'a> {
     /// Destination.
@@ -292,16 +338,8 @@ impl Put<'_> {
     }
     /// Appends an unsigned LEB128 varint (at most 10 bytes).
     #[inline]
-    pub fn uvar(&mut self, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.u8(b);
-                return;
-            }
-            self.u8(b | 0x80);
-        }
+    pub fn uvar(&mut self, v: u64) {
+        put_varint(v, |b| self.u8(b));
     }
 }
 
@@ -366,20 +404,10 @@ impl<'a> Get<'a> {
     /// refused at its first byte.
     #[inline]
     pub fn uvar(&mut self) -> Result<u64, Truncated> {
-        let at = self.at;
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8()?;
-            let low = u64::from(b & 0x7f);
-            if i == 9 && low > 1 {
-                return Err(Truncated { at });
-            }
-            v |= low << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(Truncated { at })
+        let rest = self.buf.get(self.at..).unwrap_or_default();
+        let (v, n) = get_varint(rest).map_err(|_| Truncated { at: self.at })?;
+        self.at += n;
+        Ok(v)
     }
     /// Takes a call record whose kind byte was already read (see [`put_call`]).
     pub fn call(&mut self) -> Result<Call, Truncated> {
