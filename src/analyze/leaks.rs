@@ -122,7 +122,7 @@ impl LeakAnalysis {
                     FnClass::Realloc => Some(arg(1)),
                     FnClass::ReallocArray => Some(arg(1).saturating_mul(arg(2))),
                     FnClass::AlignedAlloc => Some(arg(1)),
-                    FnClass::Pvalloc => Some(arg(0).div_ceil(PAGE).max(1) * PAGE),
+                    FnClass::Pvalloc => Some(arg(0).div_ceil(PAGE).max(1).saturating_mul(PAGE)),
                     FnClass::PosixMemalign => Some(arg(2)),
                     FnClass::Free | FnClass::Other => None,
                 };
@@ -241,6 +241,7 @@ mod tests {
             (1, "free", FnClass::Free, false),
             (2, "realloc", FnClass::Realloc, true),
             (3, "posix_memalign", FnClass::PosixMemalign, true),
+            (4, "pvalloc", FnClass::Pvalloc, true),
         ] {
             d.learn(&Record::Function(FunctionDef {
                 id,
@@ -317,6 +318,19 @@ mod tests {
             got,
             vec![(Some(5), 1, 100), (Some(4), 1, 64), (Some(1), 1, 32)]
         );
+    }
+
+    #[test]
+    fn sizes_from_a_hostile_recording_saturate() {
+        // pvalloc rounds up to whole pages: from u64::MAX that used to overflow (found by
+        // the fuzzer).
+        let r = run(vec![
+            call(4, &[u64::MAX], 1, Some(0x1000), None),
+            call(4, &[1], 1, Some(0x2000), None),
+        ]);
+        assert_eq!(r.groups[0].blocks, 2);
+        assert_eq!(r.groups[0].bytes, u64::MAX);
+        assert_eq!(r.groups[0].min_size, PAGE);
     }
 
     #[test]
