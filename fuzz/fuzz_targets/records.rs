@@ -1,5 +1,6 @@
 //! Record decoding and the analyses behind replay, reached directly: the input (after a
-//! first byte choosing records, packed symbols or packed sources) becomes the payload of a
+//! first byte choosing packed symbols, packed sources or a calls chunk; anything else is
+//! a records chunk, first byte included) becomes the payload of a
 //! well-formed, checksummed, uncompressed chunk (docs/FORMAT.md), so mutations are not all
 //! stopped by the checksum.
 #![no_main]
@@ -7,8 +8,8 @@
 use libfuzzer_sys::fuzz_target;
 use rltrace::analyze::leaks::analyze;
 use rltrace::format::{
-    Reader, CHUNK_FLAG_OPTIONAL, CHUNK_HEADER_LEN, CHUNK_META, CHUNK_RECORDS, CHUNK_SOURCES, CHUNK_SYMBOLS,
-    MAGIC, VERSION,
+    Reader, CHUNK_CALLS, CHUNK_FLAG_OPTIONAL, CHUNK_HEADER_LEN, CHUNK_META, CHUNK_RECORDS,
+    CHUNK_SOURCES, CHUNK_SYMBOLS, MAGIC, VERSION,
 };
 
 fn chunk(out: &mut Vec<u8>, kind: u8, flags: u8, payload: &[u8]) {
@@ -27,10 +28,11 @@ fuzz_target!(|data: &[u8]| {
     file.extend_from_slice(MAGIC);
     file.extend_from_slice(&VERSION.to_le_bytes());
     file.extend_from_slice(&[0; 6]);
-        chunk(&mut file, CHUNK_META, 0, &[0]);
+    chunk(&mut file, CHUNK_META, 0, &[0]);
     match data.split_first() {
         Some((0, rest)) => chunk(&mut file, CHUNK_SYMBOLS, CHUNK_FLAG_OPTIONAL, rest),
         Some((1, rest)) => chunk(&mut file, CHUNK_SOURCES, CHUNK_FLAG_OPTIONAL, rest),
+        Some((2, rest)) => chunk(&mut file, CHUNK_CALLS, 0, rest),
         _ => chunk(&mut file, CHUNK_RECORDS, 0, data),
     }
     let Ok(mut reader) = Reader::new(file.as_slice()) else { return };

@@ -3,6 +3,7 @@
 //! `docs/FORMAT.md` is the specification; this module is its implementation.
 
 pub mod codec;
+mod predict;
 pub mod reader;
 pub mod writer;
 
@@ -13,9 +14,10 @@ pub use writer::{CallRecord, Writer};
 pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
 /// signal record, version 3 the attach start cause, version 4 the enter record with
-/// argument data and the timed exit record, version 5 the unknown exit status; older
-/// files read unchanged).
-pub const VERSION: u16 = 6;
+/// argument data and the timed exit record, version 5 the unknown exit status, version 6
+/// the call record and the time unit, version 7 the thread-coded call record; older files
+/// read unchanged).
+pub const VERSION: u16 = 7;
 /// Metadata key: nanoseconds per stored time unit (version 6; 1 when absent).
 pub const META_TIME_UNIT: &str = "time-unit-ns";
 /// The largest time unit a recording may state (one second).
@@ -47,9 +49,11 @@ pub const CHUNK_END: u8 = 3;
 pub const CHUNK_SYMBOLS: u8 = 4;
 /// Chunk type (optional): source lines stored by `rltrace pack --sources`.
 pub const CHUNK_SOURCES: u8 = 5;
-/// Chunk flag: payload is zstd-compressed.
 /// Chunk type: prototypes found while recording (optional).
 pub const CHUNK_PROTOTYPES: u8 = 6;
+/// Chunk type: records with a time column (version 7; what the writer writes).
+pub const CHUNK_CALLS: u8 = 7;
+/// Chunk flag: payload is zstd-compressed.
 pub const CHUNK_FLAG_ZSTD: u8 = 1;
 /// Chunk flag: readers that do not know the chunk type may skip it.
 pub const CHUNK_FLAG_OPTIONAL: u8 = 0x80;

@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::io::Read;
 
 use super::codec::Decoder;
-use super::writer::tag;
+use super::predict::{get_times, Threads, MAX_THREADS_PER_CHUNK, SLOT_RET};
+use super::writer::{shape, tag};
 use super::*;
 
 /// Errors opening a recording file, naming the file.
@@ -177,15 +178,29 @@ impl<R: Read> Reader<R> {
                 return Ok(Some(r));
             }
             if let Some(cur) = &mut self.records {
-                if cur.pos < cur.data.len() {
-                    let mut d = Decoder::resume(&cur.data, cur.offset, cur.pos);
-                    let rec = decode_record(&mut d, &mut cur.last_ts, self.unit, &mut self.pending);
+                if cur.pos < cur.end {
+                    let mut d = Decoder::resume(&cur.data[..cur.end], cur.offset, cur.pos);
+                    let mut times = Decoder::resume(&cur.data, cur.offset, cur.times);
+                    let column = cur.columned.then_some(&mut times);
+                    let rec =
+                        decode_record(&mut d, column, &mut cur.state, self.unit, &mut self.pending);
                     cur.pos = d.pos();
+                    cur.times = times.pos();
                     if rec.is_err() {
                         // Nothing after a record that does not decode can be trusted.
-                        cur.pos = cur.data.len();
+                        cur.pos = cur.end;
+                        cur.times = cur.data.len();
                     }
                     return rec.map(Some);
+                }
+                if cur.times < cur.data.len() {
+                    let (offset, at) = (cur.offset, cur.times);
+                    self.records = None;
+                    return Err(FormatError::Corrupt {
+                        offset,
+                        within: at as u64,
+                        what: "time column holds more than the chunk's calls".into(),
+                    });
                 }
                 self.records = None;
             }
@@ -205,11 +220,40 @@ impl<R: Read> Reader<R> {
             };
             match chunk.kind {
                 CHUNK_RECORDS => {
+                    let data = decompress(&chunk)?;
                     self.records = Some(Records {
-                        data: decompress(&chunk)?,
+                        end: data.len(),
+                        times: data.len(),
+                        columned: false,
+                        data,
                         offset: chunk.offset,
                         pos: 0,
-                        last_ts: 0,
+                        state: ChunkState::default(),
+                    });
+                }
+                CHUNK_CALLS => {
+                    let data = decompress(&chunk)?;
+                    let mut d = Decoder::new(&data, chunk.offset);
+                    let len = d.uvar()?;
+                    let pos = d.pos();
+                    let end = usize::try_from(len)
+                        .ok()
+                        .and_then(|l| l.checked_add(pos))
+                        .filter(|&e| e <= data.len())
+                        .ok_or_else(|| {
+                            d.error(format!(
+                                "record section of {len} bytes overruns the chunk's {}",
+                                data.len()
+                            ))
+                        })?;
+                    self.records = Some(Records {
+                        end,
+                        times: end,
+                        columned: true,
+                        data,
+                        offset: chunk.offset,
+                        pos,
+                        state: ChunkState::default(),
                     });
                 }
                 CHUNK_END => {
@@ -417,22 +461,101 @@ fn decode_symbols(data: &[u8], offset: u64, out: &mut VecDeque<Record>) -> Resul
 struct Records {
     data: Vec<u8>,
     offset: u64,
+    /// Where the next record starts.
     pos: usize,
-    /// The chunk's running timestamp, in stored units.
-    last_ts: u64,
+    /// Where the records end (the time column, if any, follows).
+    end: usize,
+    /// Where the next time code starts.
+    times: usize,
+    /// A call chunk (type 7), whose thread-coded calls take their times from a column.
+    columned: bool,
+    state: ChunkState,
 }
 
-/// Decodes the record at `d`. A Call record (an entry and its return) gives its Enter and
+/// What a chunk's records are coded against, reset at every chunk.
+#[derive(Default)]
+struct ChunkState {
+    /// The chunk's running timestamp, in stored units.
+    last_ts: u64,
+    /// Per-thread prediction state of thread-coded calls.
+    threads: Threads,
+}
+
+/// Decodes the record at `d`, taking a thread-coded call's times from `times` (the time
+/// column of a call chunk). A call record (an entry and its return) gives its Enter and
 /// queues its Exit in `then`.
 fn decode_record(
     d: &mut Decoder,
-    last_ts: &mut u64,
+    times: Option<&mut Decoder>,
+    state: &mut ChunkState,
     unit: u64,
     then: &mut VecDeque<Record>,
 ) -> Result<Record, FormatError> {
     let ns = |units: u64| units.saturating_mul(unit);
+    let last_ts = &mut state.last_ts;
     let t = d.u8()?;
     Ok(match t {
+        tag::THREAD_CALL => {
+            let Some(times) = times else {
+                return Err(d.error("thread-coded call outside a call chunk"));
+            };
+            let thread = state.threads.get_thread(d)?;
+            if state.threads.is_full_for(thread) {
+                return Err(d.error(format!(
+                    "chunk codes calls of more than {MAX_THREADS_PER_CHUNK} threads"
+                )));
+            }
+            let t = state.threads.get(thread);
+            let (delta, duration) = get_times(times)?;
+            let ts = t.ts.wrapping_add(delta);
+            let back = ts.wrapping_add(duration);
+            t.ts = back;
+            let func = d.uvar32()?;
+            let form = d.u8()?;
+            let n = usize::from(form & shape::ARGS);
+            if n > MAX_ARGS {
+                return Err(d.error(format!(
+                    "call with {n} arguments exceeds the limit of {MAX_ARGS}"
+                )));
+            }
+            let exits = form & shape::EXIT != 0;
+            if !exits && (form & (shape::RET | shape::OUT) != 0 || duration != 0) {
+                return Err(d.error(format!(
+                    "call of shape {form:#x} without a return has a return value or duration"
+                )));
+            }
+            let mut args = Vec::with_capacity(n);
+            for i in 0..n {
+                args.push(t.get_value(d, func, i)?);
+            }
+            let stack = t.get_stack(d)?;
+            let ret = if form & shape::RET != 0 {
+                Some(t.get_value(d, func, SLOT_RET)?)
+            } else {
+                None
+            };
+            let out = if form & shape::OUT != 0 {
+                Some(t.get_value(d, func, SLOT_RET)?)
+            } else {
+                None
+            };
+            if exits {
+                then.push_back(Record::Exit(Exit {
+                    thread,
+                    ret,
+                    out,
+                    ts: Some(ns(back)),
+                }));
+            }
+            Record::Enter(Enter {
+                thread,
+                ts: ns(ts),
+                func,
+                args,
+                stack,
+                data: Vec::new(),
+            })
+        }
         tag::MODULE => Record::Module(ModuleDef {
             id: d.uvar32()?,
             pid: d.uvar32()?,

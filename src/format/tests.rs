@@ -361,3 +361,260 @@ fn a_chunk_of_small_records_is_read_one_record_at_a_time() {
     }
     assert_eq!(count, n);
 }
+
+/// Calls of many interleaved threads, with the patterns the prediction codes (pointers
+/// freed after their allocation, reused, small values that repeat and step) and the cases
+/// it must not lose (void calls, out values, no stack, huge values, times out of order).
+fn thread_coded_calls(threads: u32, n: u64) -> Vec<(CallRecord<'static>, Vec<u64>)> {
+    let mut out = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..n {
+        let thread = (rand() % u64::from(threads)) as u32;
+        let base = 0x7f00_0000_0000 + u64::from(thread) * 0x10_0000;
+        let ptr = base + (rand() % 6) * 0x40;
+        let (func, args, ret, out_value) = match rand() % 6 {
+            0 => (1, vec![16 + i % 64], Some(ptr), None),
+            1 => (5, vec![ptr], None, None),
+            2 => (6, vec![0x7ffc_0000_0010, 64, 4096], Some(0), Some(ptr)),
+            3 => (3, vec![ptr, rand() % 100_000], Some(ptr + 0x40), None),
+            4 => (9, vec![u64::MAX, 1 << 63, rand()], Some(u64::MAX - 1), None),
+            _ => (2, vec![], None, None),
+        };
+        let ts_in = i * 370 + rand() % 5_000;
+        let ts_out = if i % 97 == 0 {
+            ts_in - 5
+        } else {
+            ts_in + rand() % 3_000
+        };
+        let stack = match rand() % 4 {
+            0 => None,
+            1 => Some(u32::MAX),
+            _ => Some((rand() % 12) as u32),
+        };
+        let c = CallRecord {
+            thread,
+            func,
+            args: &[],
+            stack,
+            ts_in,
+            ts_out,
+            ret,
+            out: out_value,
+        };
+        out.push((c, args));
+    }
+    out
+}
+
+fn write_calls(calls: &[(CallRecord<'static>, Vec<u64>)]) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    for (i, (c, args)) in calls.iter().enumerate() {
+        w.call(&CallRecord { args, ..*c }).unwrap();
+        if i % 1000 == 999 {
+            // A record of another kind between calls, in the same chunk.
+            w.push(&Record::Note(Note {
+                pid: 1,
+                text: "between".into(),
+            }))
+            .unwrap();
+        }
+    }
+    w.finish().unwrap().0
+}
+
+fn expected_calls(calls: &[(CallRecord<'static>, Vec<u64>)]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for (i, (c, args)) in calls.iter().enumerate() {
+        out.push(Record::Enter(Enter {
+            thread: c.thread,
+            ts: c.ts_in,
+            func: c.func,
+            args: args.clone(),
+            stack: c.stack,
+            data: Vec::new(),
+        }));
+        if c.ret.is_some() || c.out.is_some() {
+            out.push(Record::Exit(Exit {
+                thread: c.thread,
+                ret: c.ret,
+                out: c.out,
+                ts: Some(c.ts_out),
+            }));
+        }
+        if i % 1000 == 999 {
+            out.push(Record::Note(Note {
+                pid: 1,
+                text: "between".into(),
+            }));
+        }
+    }
+    out
+}
+
+#[test]
+fn thread_coded_calls_round_trip() {
+    // 1500 threads: more than one chunk may code, so the writer seals early.
+    for (threads, n) in [(1, 2_000), (4, 60_000), (1_500, 6_000)] {
+        let calls = thread_coded_calls(threads, n);
+        let bytes = write_calls(&calls);
+        let (got, warnings) = read_all(&bytes).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(got, expected_calls(&calls), "{threads} threads");
+    }
+}
+
+#[test]
+fn repeated_calls_of_interleaved_threads_cost_less_than_plain_records() {
+    // Two threads each alternating malloc/free of their own blocks, interleaved at
+    // random: the repeats are there per thread, not in the file's order, so zstd alone
+    // does not see them.
+    let mut calls = Vec::new();
+    let mut done = [0u64; 2];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..200_000u64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let thread = (seed >> 40) as usize % 2;
+        let k = done[thread];
+        done[thread] += 1;
+        let block = 0x7f00_0000_0000 + thread as u64 * 0x1000 + (k / 2 % 3) * 0x40;
+        let allocates = k % 2 == 0;
+        let c = CallRecord {
+            thread: thread as u32,
+            func: u32::from(!allocates),
+            args: &[],
+            stack: Some(u32::from(!allocates)),
+            // Times as short as microseconds are for calls this fast.
+            ts_in: i,
+            ts_out: i + 1,
+            ret: allocates.then_some(block),
+            out: None,
+        };
+        let args = if allocates { vec![32] } else { vec![block] };
+        calls.push((c, args));
+    }
+    let bytes = write_calls(&calls);
+    let expected = expected_calls(&calls);
+    // The same records as separate entries and timed exits, coded without prediction.
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    for r in &expected {
+        w.push(r).unwrap();
+    }
+    let plain = w.finish().unwrap().0;
+    // Random interleaving costs both the same; the rest is what prediction saves.
+    assert!(
+        bytes.len() * 3 < plain.len() * 2,
+        "{} bytes thread-coded against {} plain",
+        bytes.len(),
+        plain.len()
+    );
+    assert_eq!(read_all(&bytes).unwrap().0, expected);
+}
+
+#[test]
+fn damaged_thread_coded_chunks_are_errors_or_harmless_never_panics() {
+    let bytes = write_calls(&thread_coded_calls(3, 300));
+    for cut in 0..bytes.len() {
+        let _ = read_all(&bytes[..cut]);
+    }
+    for i in FILE_HEADER_LEN..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x41;
+        let _ = read_all(&b);
+    }
+}
+
+/// A file whose one records chunk of `kind` holds `payload`.
+fn file_with_chunk(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let empty = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    let head = empty.finish().unwrap().0;
+    // Header and metadata chunk: everything before the end chunk, whose payload is two
+    // one-byte varints.
+    let mut file = head[..head.len() - CHUNK_HEADER_LEN - 2].to_vec();
+    writer::write_chunk_for_test(&mut file, kind, payload);
+    file
+}
+
+#[test]
+fn malformed_call_chunks_are_errors_naming_the_problem() {
+    let call = |e: &mut codec::Encoder| {
+        e.u8(writer::tag::THREAD_CALL);
+        e.uvar(8 + 3); // thread 3, not a recent one
+        e.uvar(1); // function
+        e.u8(writer::shape::EXIT | writer::shape::RET | 1);
+        e.uvar(4 * 48); // argument: 48 from 0, zigzag, then the small-value bit
+        e.uvar(8); // no stack
+        e.uvar(4 * 7); // return value 7
+    };
+    let chunk = |records: &codec::Encoder, len: u64, times: &[u8]| {
+        let mut p = codec::Encoder::default();
+        p.uvar(len);
+        p.buf.extend_from_slice(&records.buf);
+        p.buf.extend_from_slice(times);
+        p.buf
+    };
+    let mut one = codec::Encoder::default();
+    call(&mut one);
+    let n = one.buf.len() as u64;
+    // The well-formed chunk reads.
+    let good = file_with_chunk(CHUNK_CALLS, &chunk(&one, n, &[15 + 2]));
+    let (got, _) = read_all(&good).unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[1], Record::Exit(x) if x.ret == Some(7) && x.ts == Some(3)));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            file_with_chunk(CHUNK_RECORDS, &one.buf),
+            "thread-coded call outside a call chunk",
+        ),
+        (
+            file_with_chunk(CHUNK_CALLS, &chunk(&one, n + 1, &[])),
+            "overruns",
+        ),
+        (
+            file_with_chunk(CHUNK_CALLS, &chunk(&one, n, &[17, 0])),
+            "time column holds more",
+        ),
+        (file_with_chunk(CHUNK_CALLS, &chunk(&one, n, &[])), "offset"),
+    ];
+    for (file, what) in cases {
+        let err = read_all(&file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(what), "expected {what:?}, got {err:?}");
+    }
+    // A call without a return whose time code gives it a duration.
+    let mut void = codec::Encoder::default();
+    void.u8(writer::tag::THREAD_CALL);
+    void.uvar(8);
+    void.uvar(1);
+    void.u8(0);
+    void.uvar(8);
+    let n = void.buf.len() as u64;
+    let file = file_with_chunk(CHUNK_CALLS, &chunk(&void, n, &[1]));
+    let err = read_all(&file).err().unwrap().to_string();
+    assert!(err.contains("without a return"), "{err}");
+}
+
+#[test]
+fn version_six_call_records_still_read() {
+    // Recorded by the agent engine of format version 6 (Call records, tag 14).
+    let bytes = include_bytes!("../../fuzz/seeds/leaks-agent-v6.rlt");
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 6);
+    let (got, warnings) = read_all(bytes).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let enters = got.iter().filter(|r| matches!(r, Record::Enter(_))).count();
+    let outs = got
+        .iter()
+        .filter(|r| matches!(r, Record::Exit(Exit { out: Some(_), .. })))
+        .count();
+    // `rltrace info` of that file: 24 calls, one of them posix_memalign.
+    assert_eq!((enters, outs), (24, 1));
+}

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use super::codec::Encoder;
+use super::predict::{put_times, Threads, SLOT_RET};
 use super::*;
 
 /// Record tags inside a records chunk (see docs/FORMAT.md).
@@ -21,6 +22,15 @@ pub(crate) mod tag {
     pub const ENTER_DATA: u8 = 12;
     pub const EXIT_AT: u8 = 13;
     pub const CALL: u8 = 14;
+    pub const THREAD_CALL: u8 = 15;
+}
+
+/// Bits of a thread-coded call's shape byte above its argument count.
+pub(crate) mod shape {
+    pub const ARGS: u8 = 0x1f;
+    pub const EXIT: u8 = 0x20;
+    pub const RET: u8 = 0x40;
+    pub const OUT: u8 = 0x80;
 }
 
 /// Raw payload size at which a records chunk is sealed.
@@ -58,6 +68,10 @@ pub struct Writer<W: Write> {
     last_ts: u64,
     /// Nanoseconds per stored time unit (the `time-unit-ns` metadata).
     unit: u64,
+    /// What the chunk's thread-coded calls are predicted from.
+    threads: Threads,
+    /// The chunk's time column: the time codes of its thread-coded calls, in order.
+    times: Encoder,
     summary: Summary,
 }
 
@@ -83,32 +97,46 @@ impl<W: Write> Writer<W> {
             enc: Encoder::default(),
             last_ts: 0,
             unit,
+            threads: Threads::default(),
+            times: Encoder::default(),
             summary: Summary::default(),
         })
     }
 
-    /// Appends a finished call as one record (an Enter alone when it has neither a return
-    /// nor an out value: a `void` function); seals the chunk when it is large enough.
+    /// Appends a finished call as one thread-coded record (tag 15: coded against the
+    /// thread's previous calls in the chunk, its times in the chunk's time column); seals
+    /// the chunk when it is large enough.
     pub fn call(&mut self, c: &CallRecord) -> Result<(), FormatError> {
-        let bare = c.ret.is_none() && c.out.is_none();
+        if self.threads.is_full_for(c.thread) {
+            self.seal()?;
+        }
         // Both ends quantised on the absolute clock: durations average out right.
         let ts_in = c.ts_in / self.unit;
         let ts_out = c.ts_out / self.unit;
+        // Beyond the format's limit the reader would refuse the record anyway.
+        let args = &c.args[..c.args.len().min(MAX_ARGS)];
+        let exits = c.ret.is_some() || c.out.is_some();
         let e = &mut self.enc;
-        e.u8(if bare { tag::ENTER } else { tag::CALL });
-        enter_fields(
-            e,
-            &mut self.last_ts,
-            c.thread,
-            ts_in,
-            c.func,
-            c.args,
-            c.stack,
-        );
-        if !bare {
-            exit_values(e, c.ret, c.out);
-            e.svar(ts_out.wrapping_sub(ts_in) as i64);
-            self.last_ts = ts_out;
+        e.u8(tag::THREAD_CALL);
+        self.threads.put_thread(e, c.thread);
+        let t = self.threads.get(c.thread);
+        let duration = if exits { ts_out.wrapping_sub(ts_in) } else { 0 };
+        put_times(&mut self.times, ts_in.wrapping_sub(t.ts), duration);
+        t.ts = ts_in.wrapping_add(duration);
+        e.uvar(c.func.into());
+        e.u8(args.len() as u8
+            | if exits { shape::EXIT } else { 0 }
+            | if c.ret.is_some() { shape::RET } else { 0 }
+            | if c.out.is_some() { shape::OUT } else { 0 });
+        for (i, &a) in args.iter().enumerate() {
+            t.put_value(e, c.func, i, a);
+        }
+        t.put_stack(e, c.stack);
+        if let Some(r) = c.ret {
+            t.put_value(e, c.func, SLOT_RET, r);
+        }
+        if let Some(o) = c.out {
+            t.put_value(e, c.func, SLOT_RET, o);
         }
         self.counted()
     }
@@ -116,7 +144,7 @@ impl<W: Write> Writer<W> {
     /// Counts the record just encoded; seals the chunk when it is large enough.
     fn counted(&mut self) -> Result<(), FormatError> {
         self.summary.records += 1;
-        if self.enc.buf.len() >= CHUNK_TARGET {
+        if self.enc.buf.len() + self.times.buf.len() >= CHUNK_TARGET {
             self.seal()?;
         }
         Ok(())
@@ -155,10 +183,20 @@ impl<W: Write> Writer<W> {
         if self.enc.buf.is_empty() {
             return Ok(());
         }
-        write_chunk(&mut self.out, CHUNK_RECORDS, &self.enc.buf)?;
+        // The record section's length, the records, then the time column.
+        let mut payload = Encoder::default();
+        payload
+            .buf
+            .reserve(self.enc.buf.len() + self.times.buf.len() + 10);
+        payload.uvar(self.enc.buf.len() as u64);
+        payload.buf.extend_from_slice(&self.enc.buf);
+        payload.buf.extend_from_slice(&self.times.buf);
+        write_chunk(&mut self.out, CHUNK_CALLS, &payload.buf)?;
         self.out.flush()?;
         self.enc.buf.clear();
+        self.times.buf.clear();
         self.last_ts = 0;
+        self.threads.clear();
         Ok(())
     }
 

@@ -1,0 +1,361 @@
+//! Prediction state for thread-coded call records (tag 15, version 7).
+//!
+//! The calls of one thread repeat themselves: `free` takes the pointer the last `malloc`
+//! returned, `malloc` returns a block a recent `free` gave back, and a loop calls from the
+//! same few stacks. Calls of different threads interleave in the file, which hides those
+//! repeats from zstd. Each thread therefore keeps, per chunk, its own last time, its
+//! recently seen pointer-sized values and its recent stacks; a call is coded against them.
+//! Threads themselves are coded by recency, since two threads running at once alternate.
+//! Times go to a column of their own at the end of the chunk (see `put_times`), where
+//! they no longer break zstd's matches of otherwise identical records. Writer and reader
+//! share this state machine, so both sides update it identically.
+
+use std::collections::HashMap;
+
+use super::codec::{Decoder, Encoder};
+use super::FormatError;
+
+/// Values and stacks each thread remembers, most recent first.
+pub const RECENT: usize = 8;
+/// Values from this up are pointer-like: remembered, and coded as a hit or a delta.
+pub const POINTER_MIN: u64 = 1 << 32;
+/// Size of a thread's table of last small values.
+const SMALL_SLOTS: usize = 32;
+/// The value slot of a return value and of an out value.
+pub const SLOT_RET: usize = 3;
+/// Most threads one chunk may code (the writer seals the chunk before exceeding it).
+pub const MAX_THREADS_PER_CHUNK: usize = 1024;
+
+/// What one thread's calls in the current chunk are coded against.
+pub struct ThreadState {
+    /// The thread's last time in the chunk, in stored units (0 before its first call).
+    pub ts: u64,
+    values: [u64; RECENT],
+    /// The last small value seen per (function, value slot), hashed into a small table.
+    small: [u64; SMALL_SLOTS],
+    /// Stack id + 1; 0 is an empty slot.
+    stacks: [u64; RECENT],
+}
+
+impl Default for ThreadState {
+    fn default() -> Self {
+        ThreadState {
+            ts: 0,
+            values: [0; RECENT],
+            small: [0; SMALL_SLOTS],
+            stacks: [0; RECENT],
+        }
+    }
+}
+
+/// Where a function's value slot (argument index, or `SLOT_RET`) keeps its last small value.
+fn small_slot(func: u32, slot: usize) -> usize {
+    (func as usize % (SMALL_SLOTS / 4)) * 4 + slot.min(3)
+}
+
+impl ThreadState {
+    /// Codes a value of `func`'s value `slot` (argument index, or `SLOT_RET`): a hit in
+    /// the recent values, a pointer-like value as its distance from the most recent one,
+    /// or a small value as its distance from the slot's last small value (sizes repeat,
+    /// or step, from one call of a loop to the next).
+    pub fn put_value(&mut self, e: &mut Encoder, func: u32, slot: usize, v: u64) {
+        if v >= POINTER_MIN {
+            if let Some(k) = self.values.iter().position(|&x| x == v) {
+                e.uvar(2 * k as u64 + 1);
+            } else {
+                e.uvar(2 * RECENT as u64 + 1);
+                e.svar(v.wrapping_sub(self.values[0]) as i64);
+            }
+        } else {
+            let d = v.wrapping_sub(self.small[small_slot(func, slot)]) as i64;
+            // Both below 2^32: the zigzag distance fits 33 bits, the shifted code 34.
+            e.uvar((((d << 1) ^ (d >> 63)) as u64) << 1);
+        }
+        self.remember_value(func, slot, v);
+    }
+
+    /// Decodes a value coded by `put_value`.
+    pub fn get_value(
+        &mut self,
+        d: &mut Decoder,
+        func: u32,
+        slot: usize,
+    ) -> Result<u64, FormatError> {
+        let code = d.uvar()?;
+        let v = if code & 1 == 0 {
+            let z = code >> 1;
+            let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            self.small[small_slot(func, slot)].wrapping_add(delta as u64)
+        } else {
+            let k = (code >> 1) as usize;
+            match k.cmp(&RECENT) {
+                std::cmp::Ordering::Less => self.values[k],
+                std::cmp::Ordering::Equal => self.values[0].wrapping_add(d.svar()? as u64),
+                std::cmp::Ordering::Greater => {
+                    return Err(d.error(format!("bad value code {code}")))
+                }
+            }
+        };
+        self.remember_value(func, slot, v);
+        Ok(v)
+    }
+
+    fn remember_value(&mut self, func: u32, slot: usize, v: u64) {
+        if v < POINTER_MIN {
+            self.small[small_slot(func, slot)] = v;
+        } else {
+            let k = self
+                .values
+                .iter()
+                .position(|&x| x == v)
+                .unwrap_or(RECENT - 1);
+            self.values[..=k].rotate_right(1);
+            self.values[0] = v;
+        }
+    }
+
+    /// Codes a stack id: a hit in the recent stacks, none, or the id.
+    pub fn put_stack(&mut self, e: &mut Encoder, stack: Option<u32>) {
+        let Some(s) = stack else {
+            e.uvar(RECENT as u64);
+            return;
+        };
+        let slot = u64::from(s) + 1;
+        match self.stacks.iter().position(|&x| x == slot) {
+            Some(k) => e.uvar(k as u64),
+            None => e.uvar(RECENT as u64 + 1 + u64::from(s)),
+        }
+        self.remember_stack(slot);
+    }
+
+    /// Decodes a stack id coded by `put_stack`.
+    pub fn get_stack(&mut self, d: &mut Decoder) -> Result<Option<u32>, FormatError> {
+        let code = d.uvar()?;
+        let slot = if code < RECENT as u64 {
+            match self.stacks[code as usize] {
+                0 => return Err(d.error(format!("stack code {code} names no recent stack"))),
+                slot => slot,
+            }
+        } else if code == RECENT as u64 {
+            return Ok(None);
+        } else {
+            let id = code - RECENT as u64 - 1;
+            if id > u64::from(u32::MAX) {
+                return Err(d.error(format!("stack id {id} out of range")));
+            }
+            id + 1
+        };
+        self.remember_stack(slot);
+        // Every slot holds an id that fitted u32, plus one.
+        Ok(Some((slot - 1) as u32))
+    }
+
+    fn remember_stack(&mut self, slot: u64) {
+        let k = self
+            .stacks
+            .iter()
+            .position(|&x| x == slot)
+            .unwrap_or(RECENT - 1);
+        self.stacks[..=k].rotate_right(1);
+        self.stacks[0] = slot;
+    }
+}
+
+/// Largest start delta and duration a one-byte time code holds.
+const SHORT_DELTA: u64 = 16;
+const SHORT_DURATION: u64 = 14;
+/// The time code that announces a delta and a duration as two `svar`s.
+const LONG_TIMES: u8 = 255;
+
+/// Codes a call's start (its distance from the thread's last time) and duration: one
+/// byte when both are short, as they are for most calls at microsecond resolution.
+pub fn put_times(e: &mut Encoder, delta: u64, duration: u64) {
+    if delta <= SHORT_DELTA && duration <= SHORT_DURATION {
+        e.u8((delta * (SHORT_DURATION + 1) + duration) as u8);
+    } else {
+        e.u8(LONG_TIMES);
+        e.svar(delta as i64);
+        e.svar(duration as i64);
+    }
+}
+
+/// Decodes a time code written by `put_times`: (start delta, duration).
+pub fn get_times(d: &mut Decoder) -> Result<(u64, u64), FormatError> {
+    let c = d.u8()?;
+    if c == LONG_TIMES {
+        let delta = d.svar()? as u64;
+        Ok((delta, d.svar()? as u64))
+    } else {
+        let c = u64::from(c);
+        Ok((c / (SHORT_DURATION + 1), c % (SHORT_DURATION + 1)))
+    }
+}
+
+/// The prediction state of every thread seen in the current chunk.
+#[derive(Default)]
+pub struct Threads {
+    map: HashMap<u32, ThreadState>,
+    /// Thread numbers of the latest thread-coded calls, most recent first.
+    recent: [Option<u32>; RECENT],
+}
+
+impl Threads {
+    /// Forgets every thread: a new chunk starts from nothing.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.recent = [None; RECENT];
+    }
+
+    /// Codes a thread number: its place among the recent threads, or the number.
+    pub fn put_thread(&mut self, e: &mut Encoder, thread: u32) {
+        match self.recent.iter().position(|&t| t == Some(thread)) {
+            Some(k) => e.uvar(k as u64),
+            None => e.uvar(RECENT as u64 + u64::from(thread)),
+        }
+        self.remember_thread(thread);
+    }
+
+    /// Decodes a thread number coded by `put_thread`.
+    pub fn get_thread(&mut self, d: &mut Decoder) -> Result<u32, FormatError> {
+        let code = d.uvar()?;
+        let thread = if code < RECENT as u64 {
+            self.recent[code as usize]
+                .ok_or_else(|| d.error(format!("thread code {code} names no recent thread")))?
+        } else {
+            u32::try_from(code - RECENT as u64)
+                .map_err(|_| d.error(format!("thread number {code} out of range")))?
+        };
+        self.remember_thread(thread);
+        Ok(thread)
+    }
+
+    fn remember_thread(&mut self, thread: u32) {
+        let k = self
+            .recent
+            .iter()
+            .position(|&t| t == Some(thread))
+            .unwrap_or(RECENT - 1);
+        self.recent[..=k].rotate_right(1);
+        self.recent[0] = Some(thread);
+    }
+
+    /// True if coding a call of `thread` would exceed the per-chunk thread limit.
+    pub fn is_full_for(&self, thread: u32) -> bool {
+        self.map.len() >= MAX_THREADS_PER_CHUNK && !self.map.contains_key(&thread)
+    }
+
+    /// The state of `thread`, new if the chunk has not seen it (callers check
+    /// `is_full_for` first).
+    pub fn get(&mut self, thread: u32) -> &mut ThreadState {
+        self.map.entry(thread).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(values: &[u64], stacks: &[Option<u32>]) -> usize {
+        let mut w = ThreadState::default();
+        let mut e = Encoder::default();
+        for (i, &v) in values.iter().enumerate() {
+            w.put_value(&mut e, i as u32 % 3, i % 5, v);
+        }
+        for &s in stacks {
+            w.put_stack(&mut e, s);
+        }
+        let mut r = ThreadState::default();
+        let mut d = Decoder::new(&e.buf, 0);
+        for (i, &v) in values.iter().enumerate() {
+            assert_eq!(r.get_value(&mut d, i as u32 % 3, i % 5).unwrap(), v);
+        }
+        for &s in stacks {
+            assert_eq!(r.get_stack(&mut d).unwrap(), s);
+        }
+        assert!(d.is_empty());
+        e.buf.len()
+    }
+
+    #[test]
+    fn values_and_stacks_round_trip() {
+        let p = 0x5555_5555_a000u64;
+        let values = [
+            0,
+            1,
+            u32::MAX as u64,
+            POINTER_MIN,
+            p,
+            p,
+            p + 0x30,
+            p,
+            u64::MAX,
+            p + 0x30,
+            1 << 63,
+        ];
+        let stacks = [Some(0), Some(7), None, Some(7), Some(u32::MAX), Some(0)];
+        round_trip(&values, &stacks);
+        // More distinct values than remembered: the oldest falls out and is coded again.
+        let many: Vec<u64> = (0..3 * RECENT as u64).map(|i| p + 16 * i).collect();
+        let twice: Vec<u64> = many.iter().chain(many.iter()).copied().collect();
+        round_trip(&twice, &[]);
+    }
+
+    #[test]
+    fn repeats_cost_one_byte() {
+        let p = 0x7f00_1234_5670u64;
+        let first = round_trip(&[p], &[Some(300)]);
+        let again = round_trip(&[p, p, p], &[Some(300), Some(300), Some(300)]);
+        assert_eq!(again - first, 4);
+    }
+
+    #[test]
+    fn threads_and_times_round_trip() {
+        let threads = [3, 1, 3, 1, 0, u32::MAX, 9, 10, 11, 12, 13, 14, 15, 3, 3];
+        let times = [
+            (0, 0),
+            (16, 14),
+            (17, 0),
+            (0, 15),
+            (5, 3),
+            (u64::MAX, 1 << 40),
+        ];
+        let mut w = Threads::default();
+        let mut e = Encoder::default();
+        for &t in &threads {
+            w.put_thread(&mut e, t);
+        }
+        for &(a, b) in &times {
+            put_times(&mut e, a, b);
+        }
+        // Short times take one byte; a thread seen among the last eight, one byte.
+        let mut short = Encoder::default();
+        put_times(&mut short, 16, 14);
+        assert_eq!(short.buf.len(), 1);
+        let mut r = Threads::default();
+        let mut d = Decoder::new(&e.buf, 0);
+        for &t in &threads {
+            assert_eq!(r.get_thread(&mut d).unwrap(), t);
+        }
+        for &t in &times {
+            assert_eq!(get_times(&mut d).unwrap(), t);
+        }
+        assert!(d.is_empty());
+        // A recent-thread code before any thread was seen.
+        assert!(Threads::default()
+            .get_thread(&mut Decoder::new(&[0], 0))
+            .is_err());
+    }
+
+    #[test]
+    fn codes_that_name_nothing_are_errors() {
+        let mut r = ThreadState::default();
+        let bad = [2 * RECENT as u8 + 3];
+        assert!(r.get_value(&mut Decoder::new(&bad, 0), 0, 0).is_err());
+        // A recent-stack code before any stack was seen.
+        assert!(r.get_stack(&mut Decoder::new(&[0], 0)).is_err());
+        // A stack id beyond u32.
+        let mut e = Encoder::default();
+        e.uvar(RECENT as u64 + 2 + u64::from(u32::MAX));
+        assert!(r.get_stack(&mut Decoder::new(&e.buf, 0)).is_err());
+    }
+}
