@@ -194,60 +194,82 @@ pub fn get_times(d: &mut Decoder) -> Result<(u64, u64), FormatError> {
 /// The prediction state of every thread seen in the current chunk.
 #[derive(Default)]
 pub struct Threads {
-    map: HashMap<u32, ThreadState>,
-    /// Thread numbers of the latest thread-coded calls, most recent first.
-    recent: [Option<u32>; RECENT],
+    states: Vec<ThreadState>,
+    /// Where each thread's state is in `states`.
+    index: HashMap<u32, usize>,
+    /// The latest threads of thread-coded calls and their states, most recent first: the
+    /// common case finds its state here without hashing.
+    recent: [Option<(u32, usize)>; RECENT],
 }
 
 impl Threads {
     /// Forgets every thread: a new chunk starts from nothing.
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.states.clear();
+        self.index.clear();
         self.recent = [None; RECENT];
-    }
-
-    /// Codes a thread number: its place among the recent threads, or the number.
-    pub fn put_thread(&mut self, e: &mut Encoder, thread: u32) {
-        match self.recent.iter().position(|&t| t == Some(thread)) {
-            Some(k) => e.uvar(k as u64),
-            None => e.uvar(RECENT as u64 + u64::from(thread)),
-        }
-        self.remember_thread(thread);
-    }
-
-    /// Decodes a thread number coded by `put_thread`.
-    pub fn get_thread(&mut self, d: &mut Decoder) -> Result<u32, FormatError> {
-        let code = d.uvar()?;
-        let thread = if code < RECENT as u64 {
-            self.recent[code as usize]
-                .ok_or_else(|| d.error(format!("thread code {code} names no recent thread")))?
-        } else {
-            u32::try_from(code - RECENT as u64)
-                .map_err(|_| d.error(format!("thread number {code} out of range")))?
-        };
-        self.remember_thread(thread);
-        Ok(thread)
-    }
-
-    fn remember_thread(&mut self, thread: u32) {
-        let k = self
-            .recent
-            .iter()
-            .position(|&t| t == Some(thread))
-            .unwrap_or(RECENT - 1);
-        self.recent[..=k].rotate_right(1);
-        self.recent[0] = Some(thread);
     }
 
     /// True if coding a call of `thread` would exceed the per-chunk thread limit.
     pub fn is_full_for(&self, thread: u32) -> bool {
-        self.map.len() >= MAX_THREADS_PER_CHUNK && !self.map.contains_key(&thread)
+        self.index.len() >= MAX_THREADS_PER_CHUNK && !self.index.contains_key(&thread)
     }
 
-    /// The state of `thread`, new if the chunk has not seen it (callers check
-    /// `is_full_for` first).
-    pub fn get(&mut self, thread: u32) -> &mut ThreadState {
-        self.map.entry(thread).or_default()
+    /// Codes a thread number, its place among the recent threads or the number, and
+    /// returns its state (callers check `is_full_for` first).
+    pub fn put_thread(&mut self, e: &mut Encoder, thread: u32) -> &mut ThreadState {
+        let k = self
+            .recent
+            .iter()
+            .position(|t| t.map(|t| t.0) == Some(thread));
+        match k {
+            Some(k) => e.uvar(k as u64),
+            None => e.uvar(RECENT as u64 + u64::from(thread)),
+        }
+        self.remember(k, thread)
+    }
+
+    /// Decodes a thread number coded by `put_thread`; returns it and its state.
+    pub fn get_thread(&mut self, d: &mut Decoder) -> Result<(u32, &mut ThreadState), FormatError> {
+        let code = d.uvar()?;
+        let (k, thread) = if code < RECENT as u64 {
+            let (thread, _) = self.recent[code as usize]
+                .ok_or_else(|| d.error(format!("thread code {code} names no recent thread")))?;
+            (Some(code as usize), thread)
+        } else {
+            let thread = u32::try_from(code - RECENT as u64)
+                .map_err(|_| d.error(format!("thread number {code} out of range")))?;
+            let k = self
+                .recent
+                .iter()
+                .position(|t| t.map(|t| t.0) == Some(thread));
+            (k, thread)
+        };
+        if k.is_none() && self.is_full_for(thread) {
+            return Err(d.error(format!(
+                "chunk codes calls of more than {MAX_THREADS_PER_CHUNK} threads"
+            )));
+        }
+        Ok((thread, self.remember(k, thread)))
+    }
+
+    /// Moves `thread` (at `k` among the recent threads, if there) to the front; returns
+    /// its state, made if new.
+    fn remember(&mut self, k: Option<usize>, thread: u32) -> &mut ThreadState {
+        let (slot, at) = match k {
+            Some(k) => (k, self.recent[k].map_or(0, |t| t.1)),
+            None => {
+                let states = &mut self.states;
+                let at = *self.index.entry(thread).or_insert_with(|| {
+                    states.push(ThreadState::default());
+                    states.len() - 1
+                });
+                (RECENT - 1, at)
+            }
+        };
+        self.recent[..=slot].rotate_right(1);
+        self.recent[0] = Some((thread, at));
+        &mut self.states[at]
     }
 }
 
@@ -322,7 +344,7 @@ mod tests {
         let mut w = Threads::default();
         let mut e = Encoder::default();
         for &t in &threads {
-            w.put_thread(&mut e, t);
+            w.put_thread(&mut e, t).ts += u64::from(t);
         }
         for &(a, b) in &times {
             put_times(&mut e, a, b);
@@ -334,7 +356,15 @@ mod tests {
         let mut r = Threads::default();
         let mut d = Decoder::new(&e.buf, 0);
         for &t in &threads {
-            assert_eq!(r.get_thread(&mut d).unwrap(), t);
+            let (got, state) = r.get_thread(&mut d).unwrap();
+            assert_eq!(got, t);
+            // Each thread keeps its own state, however it was found.
+            state.ts += u64::from(t);
+        }
+        for &t in &threads {
+            let count = threads.iter().filter(|&&x| x == t).count() as u64;
+            assert_eq!(r.states[r.index[&t]].ts, count * u64::from(t));
+            assert_eq!(w.states[w.index[&t]].ts, count * u64::from(t));
         }
         for &t in &times {
             assert_eq!(get_times(&mut d).unwrap(), t);

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 
 use super::codec::Decoder;
-use super::predict::{get_times, Threads, MAX_THREADS_PER_CHUNK, SLOT_RET};
+use super::predict::{get_times, Threads, SLOT_RET};
 use super::writer::{shape, tag};
 use super::*;
 
@@ -499,13 +499,7 @@ fn decode_record(
             let Some(times) = times else {
                 return Err(d.error("thread-coded call outside a call chunk"));
             };
-            let thread = state.threads.get_thread(d)?;
-            if state.threads.is_full_for(thread) {
-                return Err(d.error(format!(
-                    "chunk codes calls of more than {MAX_THREADS_PER_CHUNK} threads"
-                )));
-            }
-            let t = state.threads.get(thread);
+            let (thread, t) = state.threads.get_thread(d)?;
             let (delta, duration) = get_times(times)?;
             let ts = t.ts.wrapping_add(delta);
             let back = ts.wrapping_add(duration);

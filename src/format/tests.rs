@@ -590,6 +590,19 @@ fn malformed_call_chunks_are_errors_naming_the_problem() {
             .unwrap_or_default();
         assert!(err.contains(what), "expected {what:?}, got {err:?}");
     }
+    // More threads than one chunk may code.
+    let mut many = codec::Encoder::default();
+    for t in 0..=1024u64 {
+        many.u8(writer::tag::THREAD_CALL);
+        many.uvar(8 + t);
+        many.uvar(1);
+        many.u8(0);
+        many.uvar(8);
+    }
+    let n = many.buf.len() as u64;
+    let file = file_with_chunk(CHUNK_CALLS, &chunk(&many, n, &[0; 1025]));
+    let err = read_all(&file).err().unwrap().to_string();
+    assert!(err.contains("more than 1024 threads"), "{err}");
     // A call without a return whose time code gives it a duration.
     let mut void = codec::Encoder::default();
     void.u8(writer::tag::THREAD_CALL);

@@ -118,8 +118,7 @@ impl<W: Write> Writer<W> {
         let exits = c.ret.is_some() || c.out.is_some();
         let e = &mut self.enc;
         e.u8(tag::THREAD_CALL);
-        self.threads.put_thread(e, c.thread);
-        let t = self.threads.get(c.thread);
+        let t = self.threads.put_thread(e, c.thread);
         let duration = if exits { ts_out.wrapping_sub(ts_in) } else { 0 };
         put_times(&mut self.times, ts_in.wrapping_sub(t.ts), duration);
         t.ts = ts_in.wrapping_add(duration);
