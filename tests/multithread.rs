@@ -1,4 +1,4 @@
-//! Four threads, 200,400 allocator calls: nothing lost, nothing duplicated, exact leaks;
+//! Four threads, 200,104 allocator calls: nothing lost, nothing duplicated, exact leaks;
 //! and a thread parked inside a traced call does not hold every later event in memory.
 
 mod common;
