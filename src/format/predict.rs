@@ -104,13 +104,8 @@ impl ThreadState {
         if v < POINTER_MIN {
             self.small[small_slot(func, slot)] = v;
         } else {
-            let k = self
-                .values
-                .iter()
-                .position(|&x| x == v)
-                .unwrap_or(RECENT - 1);
-            self.values[..=k].rotate_right(1);
-            self.values[0] = v;
+            let at = self.values.iter().position(|&x| x == v);
+            to_front(&mut self.values, at, v);
         }
     }
 
@@ -151,13 +146,8 @@ impl ThreadState {
     }
 
     fn remember_stack(&mut self, slot: u64) {
-        let k = self
-            .stacks
-            .iter()
-            .position(|&x| x == slot)
-            .unwrap_or(RECENT - 1);
-        self.stacks[..=k].rotate_right(1);
-        self.stacks[0] = slot;
+        let at = self.stacks.iter().position(|&x| x == slot);
+        to_front(&mut self.stacks, at, slot);
     }
 }
 
@@ -189,6 +179,14 @@ pub fn get_times(d: &mut Decoder) -> Result<(u64, u64), FormatError> {
         let c = u64::from(c);
         Ok((c / (SHORT_DURATION + 1), c % (SHORT_DURATION + 1)))
     }
+}
+
+/// Puts `v` first in a most-recent-first `list`: moved from `at`, its place if it is
+/// there, or pushing the last entry out.
+fn to_front<T: Copy>(list: &mut [T], at: Option<usize>, v: T) {
+    let k = at.unwrap_or(list.len() - 1);
+    list[..=k].rotate_right(1);
+    list[0] = v;
 }
 
 /// The prediction state of every thread seen in the current chunk.
@@ -256,19 +254,17 @@ impl Threads {
     /// Moves `thread` (at `k` among the recent threads, if there) to the front; returns
     /// its state, made if new.
     fn remember(&mut self, k: Option<usize>, thread: u32) -> &mut ThreadState {
-        let (slot, at) = match k {
-            Some(k) => (k, self.recent[k].map_or(0, |t| t.1)),
+        let at = match k.and_then(|k| self.recent[k]) {
+            Some((_, at)) => at,
             None => {
                 let states = &mut self.states;
-                let at = *self.index.entry(thread).or_insert_with(|| {
+                *self.index.entry(thread).or_insert_with(|| {
                     states.push(ThreadState::default());
                     states.len() - 1
-                });
-                (RECENT - 1, at)
+                })
             }
         };
-        self.recent[..=slot].rotate_right(1);
-        self.recent[0] = Some((thread, at));
+        to_front(&mut self.recent, k, Some((thread, at)));
         &mut self.states[at]
     }
 }

@@ -533,22 +533,15 @@ fn decode_record(
             } else {
                 None
             };
-            if exits {
-                then.push_back(Record::Exit(Exit {
-                    thread,
-                    ret,
-                    out,
-                    ts: Some(ns(back)),
-                }));
-            }
-            Record::Enter(Enter {
+            let enter = Enter {
                 thread,
                 ts: ns(ts),
                 func,
                 args,
                 stack,
                 data: Vec::new(),
-            })
+            };
+            entered(then, enter, exits.then(|| (ret, out, ns(back))))
         }
         tag::MODULE => Record::Module(ModuleDef {
             id: d.uvar32()?,
@@ -631,25 +624,23 @@ fn decode_record(
                     });
                 }
             }
-            if t == tag::CALL {
+            let exit = if t == tag::CALL {
                 let (ret, out) = exit_values(d)?;
                 let back = last_ts.wrapping_add(d.svar()? as u64);
                 *last_ts = back;
-                then.push_back(Record::Exit(Exit {
-                    thread,
-                    ret,
-                    out,
-                    ts: Some(ns(back)),
-                }));
-            }
-            Record::Enter(Enter {
+                Some((ret, out, ns(back)))
+            } else {
+                None
+            };
+            let enter = Enter {
                 thread,
                 ts: ns(ts),
                 func,
                 args,
                 stack,
                 data,
-            })
+            };
+            entered(then, enter, exit)
         }
         tag::EXIT | tag::EXIT_AT => {
             let thread = d.uvar32()?;
@@ -716,6 +707,23 @@ fn decode_record(
         }
         other => return Err(d.error(format!("unknown record tag {other}"))),
     })
+}
+
+/// A call's entry, its return (return value, out value, time) queued to follow it.
+fn entered(
+    then: &mut VecDeque<Record>,
+    enter: Enter,
+    exit: Option<(Option<u64>, Option<u64>, u64)>,
+) -> Record {
+    if let Some((ret, out, ts)) = exit {
+        then.push_back(Record::Exit(Exit {
+            thread: enter.thread,
+            ret,
+            out,
+            ts: Some(ts),
+        }));
+    }
+    Record::Enter(enter)
 }
 
 /// An exit's flags and the return and out values they announce.
