@@ -2,6 +2,16 @@
 
 use super::FormatError;
 
+/// Maps a signed value to an unsigned one, small magnitudes to small numbers.
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// Undoes [`zigzag`].
+pub fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
 /// Appends values to a chunk buffer.
 #[derive(Default)]
 pub struct Encoder {
@@ -22,7 +32,7 @@ impl Encoder {
 
     /// Appends a signed value as a zigzag varint.
     pub fn svar(&mut self, v: i64) {
-        self.uvar(((v << 1) ^ (v >> 63)) as u64);
+        self.uvar(zigzag(v));
     }
 
     /// Appends a length-prefixed byte string.
@@ -129,8 +139,7 @@ impl<'a> Decoder<'a> {
 
     /// Reads a zigzag varint.
     pub fn svar(&mut self) -> Result<i64, FormatError> {
-        let v = self.uvar()?;
-        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        Ok(unzigzag(self.uvar()?))
     }
 
     /// Reads a length-prefixed byte string of at most `max` bytes.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use super::codec::{Decoder, Encoder};
+use super::codec::{unzigzag, zigzag, Decoder, Encoder};
 use super::FormatError;
 
 /// Values and stacks each thread remembers, most recent first.
@@ -33,8 +33,7 @@ pub struct ThreadState {
     values: [u64; RECENT],
     /// The last small value seen per (function, value slot), hashed into a small table.
     small: [u64; SMALL_SLOTS],
-    /// Stack id + 1; 0 is an empty slot.
-    stacks: [u64; RECENT],
+    stacks: [Option<u32>; RECENT],
 }
 
 impl Default for ThreadState {
@@ -43,7 +42,7 @@ impl Default for ThreadState {
             ts: 0,
             values: [0; RECENT],
             small: [0; SMALL_SLOTS],
-            stacks: [0; RECENT],
+            stacks: [None; RECENT],
         }
     }
 }
@@ -69,7 +68,7 @@ impl ThreadState {
         } else {
             let d = v.wrapping_sub(self.small[small_slot(func, slot)]) as i64;
             // Both below 2^32: the zigzag distance fits 33 bits, the shifted code 34.
-            e.uvar((((d << 1) ^ (d >> 63)) as u64) << 1);
+            e.uvar(zigzag(d) << 1);
         }
         self.remember_value(func, slot, v);
     }
@@ -83,8 +82,7 @@ impl ThreadState {
     ) -> Result<u64, FormatError> {
         let code = d.uvar()?;
         let v = if code & 1 == 0 {
-            let z = code >> 1;
-            let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            let delta = unzigzag(code >> 1);
             self.small[small_slot(func, slot)].wrapping_add(delta as u64)
         } else {
             let k = (code >> 1) as usize;
@@ -115,39 +113,31 @@ impl ThreadState {
             e.uvar(RECENT as u64);
             return;
         };
-        let slot = u64::from(s) + 1;
-        match self.stacks.iter().position(|&x| x == slot) {
+        let at = self.stacks.iter().position(|&x| x == Some(s));
+        match at {
             Some(k) => e.uvar(k as u64),
             None => e.uvar(RECENT as u64 + 1 + u64::from(s)),
         }
-        self.remember_stack(slot);
+        to_front(&mut self.stacks, at, Some(s));
     }
 
     /// Decodes a stack id coded by `put_stack`.
     pub fn get_stack(&mut self, d: &mut Decoder) -> Result<Option<u32>, FormatError> {
         let code = d.uvar()?;
-        let slot = if code < RECENT as u64 {
-            match self.stacks[code as usize] {
-                0 => return Err(d.error(format!("stack code {code} names no recent stack"))),
-                slot => slot,
-            }
+        let (at, s) = if code < RECENT as u64 {
+            let s = self.stacks[code as usize]
+                .ok_or_else(|| d.error(format!("stack code {code} names no recent stack")))?;
+            (Some(code as usize), s)
         } else if code == RECENT as u64 {
             return Ok(None);
         } else {
             let id = code - RECENT as u64 - 1;
-            if id > u64::from(u32::MAX) {
-                return Err(d.error(format!("stack id {id} out of range")));
-            }
-            id + 1
+            let s =
+                u32::try_from(id).map_err(|_| d.error(format!("stack id {id} out of range")))?;
+            (self.stacks.iter().position(|&x| x == Some(s)), s)
         };
-        self.remember_stack(slot);
-        // Every slot holds an id that fitted u32, plus one.
-        Ok(Some((slot - 1) as u32))
-    }
-
-    fn remember_stack(&mut self, slot: u64) {
-        let at = self.stacks.iter().position(|&x| x == slot);
-        to_front(&mut self.stacks, at, slot);
+        to_front(&mut self.stacks, at, Some(s));
+        Ok(Some(s))
     }
 }
 
@@ -216,10 +206,7 @@ impl Threads {
     /// Codes a thread number, its place among the recent threads or the number, and
     /// returns its state (callers check `is_full_for` first).
     pub fn put_thread(&mut self, e: &mut Encoder, thread: u32) -> &mut ThreadState {
-        let k = self
-            .recent
-            .iter()
-            .position(|t| t.map(|t| t.0) == Some(thread));
+        let k = self.place(thread);
         match k {
             Some(k) => e.uvar(k as u64),
             None => e.uvar(RECENT as u64 + u64::from(thread)),
@@ -237,11 +224,7 @@ impl Threads {
         } else {
             let thread = u32::try_from(code - RECENT as u64)
                 .map_err(|_| d.error(format!("thread number {code} out of range")))?;
-            let k = self
-                .recent
-                .iter()
-                .position(|t| t.map(|t| t.0) == Some(thread));
-            (k, thread)
+            (self.place(thread), thread)
         };
         if k.is_none() && self.is_full_for(thread) {
             return Err(d.error(format!(
@@ -249,6 +232,13 @@ impl Threads {
             )));
         }
         Ok((thread, self.remember(k, thread)))
+    }
+
+    /// Where `thread` is among the recent threads.
+    fn place(&self, thread: u32) -> Option<usize> {
+        self.recent
+            .iter()
+            .position(|t| t.map(|t| t.0) == Some(thread))
     }
 
     /// Moves `thread` (at `k` among the recent threads, if there) to the front; returns

@@ -180,29 +180,35 @@ impl<R: Read> Reader<R> {
             if let Some(cur) = &mut self.records {
                 if cur.pos < cur.end {
                     let mut d = Decoder::resume(&cur.data[..cur.end], cur.offset, cur.pos);
-                    let mut times = Decoder::resume(&cur.data, cur.offset, cur.times);
-                    let column = cur.columned.then_some(&mut times);
-                    let rec =
-                        decode_record(&mut d, column, &mut cur.state, self.unit, &mut self.pending);
+                    let mut times = cur
+                        .times
+                        .map(|at| Decoder::resume(&cur.data, cur.offset, at));
+                    let rec = decode_record(
+                        &mut d,
+                        times.as_mut(),
+                        &mut cur.state,
+                        self.unit,
+                        &mut self.pending,
+                    );
                     cur.pos = d.pos();
-                    cur.times = times.pos();
+                    cur.times = times.map(|t| t.pos());
                     if rec.is_err() {
                         // Nothing after a record that does not decode can be trusted.
                         cur.pos = cur.end;
-                        cur.times = cur.data.len();
+                        cur.times = None;
                     }
                     return rec.map(Some);
                 }
-                if cur.times < cur.data.len() {
-                    let (offset, at) = (cur.offset, cur.times);
-                    self.records = None;
+                let left = cur.times.filter(|&at| at < cur.data.len());
+                let offset = cur.offset;
+                self.records = None;
+                if let Some(at) = left {
                     return Err(FormatError::Corrupt {
                         offset,
                         within: at as u64,
                         what: "time column holds more than the chunk's calls".into(),
                     });
                 }
-                self.records = None;
             }
             if self.finished {
                 return Ok(None);
@@ -219,40 +225,20 @@ impl<R: Read> Reader<R> {
                 return Ok(None);
             };
             match chunk.kind {
-                CHUNK_RECORDS => {
+                CHUNK_RECORDS | CHUNK_CALLS => {
                     let data = decompress(&chunk)?;
+                    let (pos, end, times) = if chunk.kind == CHUNK_CALLS {
+                        let (pos, end) = record_section(&data, chunk.offset)?;
+                        (pos, end, Some(end))
+                    } else {
+                        (0, data.len(), None)
+                    };
                     self.records = Some(Records {
-                        end: data.len(),
-                        times: data.len(),
-                        columned: false,
-                        data,
-                        offset: chunk.offset,
-                        pos: 0,
-                        state: ChunkState::default(),
-                    });
-                }
-                CHUNK_CALLS => {
-                    let data = decompress(&chunk)?;
-                    let mut d = Decoder::new(&data, chunk.offset);
-                    let len = d.uvar()?;
-                    let pos = d.pos();
-                    let end = usize::try_from(len)
-                        .ok()
-                        .and_then(|l| l.checked_add(pos))
-                        .filter(|&e| e <= data.len())
-                        .ok_or_else(|| {
-                            d.error(format!(
-                                "record section of {len} bytes overruns the chunk's {}",
-                                data.len()
-                            ))
-                        })?;
-                    self.records = Some(Records {
-                        end,
-                        times: end,
-                        columned: true,
                         data,
                         offset: chunk.offset,
                         pos,
+                        end,
+                        times,
                         state: ChunkState::default(),
                     });
                 }
@@ -465,11 +451,29 @@ struct Records {
     pos: usize,
     /// Where the records end (the time column, if any, follows).
     end: usize,
-    /// Where the next time code starts.
-    times: usize,
-    /// A call chunk (type 7), whose thread-coded calls take their times from a column.
-    columned: bool,
+    /// Where the next time code starts, in a calls chunk (type 7): its thread-coded calls
+    /// take their times from the column after the records.
+    times: Option<usize>,
     state: ChunkState,
+}
+
+/// Where a calls chunk's record section starts and ends: after its length, which must fit
+/// the payload.
+fn record_section(data: &[u8], offset: u64) -> Result<(usize, usize), FormatError> {
+    let mut d = Decoder::new(data, offset);
+    let len = d.uvar()?;
+    let pos = d.pos();
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(pos))
+        .filter(|&e| e <= data.len())
+        .ok_or_else(|| {
+            d.error(format!(
+                "record section of {len} bytes overruns the chunk's {}",
+                data.len()
+            ))
+        })?;
+    Ok((pos, end))
 }
 
 /// What a chunk's records are coded against, reset at every chunk.

@@ -38,8 +38,8 @@ const CHUNK_TARGET: usize = 1 << 20;
 /// zstd level: fast enough for the recorder's hot loop, far smaller than lz4.
 const ZSTD_LEVEL: i32 = 1;
 
-/// A finished call, entry and return written as one record (tag 14): what the agent
-/// engine reports for an allocator call.
+/// A finished call, entry and return written as one thread-coded record (tag 15): what
+/// the agent engine reports for an allocator call.
 pub struct CallRecord<'a> {
     /// Thread number.
     pub thread: u32,
@@ -322,39 +322,6 @@ fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
     e.buf.extend_from_slice(&body.buf);
 }
 
-/// An entry's fields after its tag, up to its stack; `ts` (in stored units) becomes the
-/// chunk's running timestamp.
-fn enter_fields(
-    e: &mut Encoder,
-    last_ts: &mut u64,
-    thread: u32,
-    ts: u64,
-    func: u32,
-    args: &[u64],
-    stack: Option<u32>,
-) {
-    e.uvar(thread.into());
-    e.svar(ts.wrapping_sub(*last_ts) as i64);
-    *last_ts = ts;
-    e.uvar(func.into());
-    e.uvar(args.len() as u64);
-    for &a in args {
-        e.uvar(a);
-    }
-    e.uvar(stack.map_or(0, |s| u64::from(s) + 1));
-}
-
-/// An exit's flags, then the return and out values they announce.
-fn exit_values(e: &mut Encoder, ret: Option<u64>, out: Option<u64>) {
-    e.u8(u8::from(ret.is_some()) | (u8::from(out.is_some()) << 1));
-    if let Some(r) = ret {
-        e.uvar(r);
-    }
-    if let Some(o) = out {
-        e.uvar(o);
-    }
-}
-
 fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
     match rec {
         Record::Module(m) => {
@@ -402,15 +369,16 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             } else {
                 tag::ENTER_DATA
             });
-            enter_fields(
-                e,
-                last_ts,
-                en.thread,
-                en.ts / unit,
-                en.func,
-                &en.args,
-                en.stack,
-            );
+            let ts = en.ts / unit;
+            e.uvar(en.thread.into());
+            e.svar(ts.wrapping_sub(*last_ts) as i64);
+            *last_ts = ts;
+            e.uvar(en.func.into());
+            e.uvar(en.args.len() as u64);
+            for &a in &en.args {
+                e.uvar(a);
+            }
+            e.uvar(en.stack.map_or(0, |s| u64::from(s) + 1));
             if !en.data.is_empty() {
                 e.uvar(en.data.len() as u64);
                 for d in &en.data {
@@ -432,7 +400,13 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
                 e.svar(ts.wrapping_sub(*last_ts) as i64);
                 *last_ts = ts;
             }
-            exit_values(e, x.ret, x.out);
+            e.u8(u8::from(x.ret.is_some()) | (u8::from(x.out.is_some()) << 1));
+            if let Some(r) = x.ret {
+                e.uvar(r);
+            }
+            if let Some(o) = x.out {
+                e.uvar(o);
+            }
         }
         Record::ProcessStart(p) => {
             e.u8(tag::PROCESS_START);
