@@ -85,17 +85,21 @@ impl<T> Merge<T> {
                 return None;
             }
         }
-        self.heads.pop();
         let run = self.runs.get_mut(slot)?.as_mut()?;
         let tid = run.tid;
         let (n, item) = run.head.take()?;
         match run.rest.next() {
             Some(h) => {
-                // A confused stream may go backwards: that record is simply behind.
-                self.heads.push(Reverse((h.0, slot)));
+                // The run's next head replaces it at the top: one sift instead of a pop
+                // and a push. A confused stream may go backwards: that record is simply
+                // behind.
+                if let Some(mut top) = self.heads.peek_mut() {
+                    *top = Reverse((h.0, slot));
+                }
                 run.head = Some(h);
             }
             None => {
+                self.heads.pop();
                 self.runs[slot] = None;
                 self.free.push(slot);
             }

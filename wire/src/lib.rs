@@ -231,6 +231,7 @@ pub const fn call_len(nargs: usize) -> usize {
 /// `seq uvar, func u8, flags u8, nargs u8, nargs × uvar, [ret uvar], [out uvar],
 /// ts_in u64, ts_out - ts_in uvar, stack + 1 uvar` (0: no stack); `ret` and `out` only
 /// when their flag is set.
+#[inline]
 pub fn put_call(out: &mut [u8], c: &Call) -> usize {
     let mut w = Put { buf: out, at: 0 };
     w.u8(REC_CALL);
@@ -314,6 +315,7 @@ pub struct Put<'a> {
 
 impl Put<'_> {
     /// Appends bytes (ignored past the end of the buffer: callers size it first).
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) {
         if let Some(dst) = self.buf.get_mut(self.at..self.at + b.len()) {
             dst.copy_from_slice(b);
@@ -321,18 +323,25 @@ impl Put<'_> {
         }
     }
     /// Appends a byte.
+    #[inline]
     pub fn u8(&mut self, v: u8) {
-        self.bytes(&[v]);
+        if let Some(b) = self.buf.get_mut(self.at) {
+            *b = v;
+            self.at += 1;
+        }
     }
     /// Appends a u16.
+    #[inline]
     pub fn u16(&mut self, v: u16) {
         self.bytes(&v.to_le_bytes());
     }
     /// Appends a u32.
+    #[inline]
     pub fn u32(&mut self, v: u32) {
         self.bytes(&v.to_le_bytes());
     }
     /// Appends a u64.
+    #[inline]
     pub fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
     }
@@ -358,18 +367,22 @@ pub struct Get<'a> {
 
 impl<'a> Get<'a> {
     /// Reads from the start of `buf`.
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Get { buf, at: 0 }
     }
     /// Offset of the next byte.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.at
     }
     /// True when every byte was consumed.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.at >= self.buf.len()
     }
     /// Takes `n` bytes.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
         let end = self.at.checked_add(n).ok_or(Truncated { at: self.at })?;
         let s = self
@@ -380,20 +393,24 @@ impl<'a> Get<'a> {
         Ok(s)
     }
     /// Takes a byte.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, Truncated> {
         Ok(self.bytes(1)?[0])
     }
     /// Takes a u16.
+    #[inline]
     pub fn u16(&mut self) -> Result<u16, Truncated> {
         let b = self.bytes(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
     /// Takes a u32.
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, Truncated> {
         let b = self.bytes(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     /// Takes a u64.
+    #[inline]
     pub fn u64(&mut self) -> Result<u64, Truncated> {
         let b = self.bytes(8)?;
         let mut a = [0u8; 8];
@@ -404,12 +421,20 @@ impl<'a> Get<'a> {
     /// refused at its first byte.
     #[inline]
     pub fn uvar(&mut self) -> Result<u64, Truncated> {
+        // Most varints on the wire are one byte (flags, small arguments, stack ids).
+        if let Some(&b) = self.buf.get(self.at) {
+            if b < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(b));
+            }
+        }
         let rest = self.buf.get(self.at..).unwrap_or_default();
         let (v, n) = get_varint(rest).map_err(|_| Truncated { at: self.at })?;
         self.at += n;
         Ok(v)
     }
     /// Takes a call record whose kind byte was already read (see [`put_call`]).
+    #[inline]
     pub fn call(&mut self) -> Result<Call, Truncated> {
         let seq = self.uvar()?;
         let func = self.u8()?;
