@@ -390,9 +390,10 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     if out.is_some() {
         c.flags |= wire::CALL_OUT;
     }
-    let mut buf = [0u8; wire::call_len(wire::CALL_ARGS)];
-    let n = wire::put_call(&mut buf, &c);
-    o.st.ring.push(&buf[..n], &conn::try_drain);
+    o.st.ring
+        .push_with(wire::call_len(wire::CALL_ARGS), &conn::try_drain, |dst| {
+            wire::put_call(dst, &c)
+        });
     GUARD.with(|g| g.set(false));
 }
 
