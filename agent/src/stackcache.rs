@@ -107,13 +107,15 @@ impl StackCache {
     pub fn lookup(&self, k: &Key) -> Option<u32> {
         let e = self.entries.get(slot(k))?;
         let found =
-            e.starts_like(k) && (e.bp_free || e.key.bp == k.bp) && words_unchanged(&e.reads, k);
+            e.starts_like(k) && (e.bp_free || e.key.bp == k.bp) && words_unchanged(&e.reads);
         found.then_some(e.id)
     }
 
     /// Remembers the unwind from `k` that read `log` and found stack `id`.
     pub fn store(&mut self, k: &Key, log: &ReadLog, id: u32) {
-        if log.overflow || log.reads.is_empty() {
+        // Only reads inside this key's stack mapping are ever kept: a lookup that matches
+        // the key (same `sp` and `end`) may then read them without checking bounds again.
+        if log.overflow || log.reads.is_empty() || !log.reads.iter().all(|&(a, _)| inside(a, k)) {
             return;
         }
         if self.entries.is_empty() {
@@ -152,18 +154,20 @@ impl StackCache {
     }
 }
 
+/// `a` is an aligned word within `sp..end` of `k`'s stack mapping.
+fn inside(a: u64, k: &Key) -> bool {
+    a >= k.sp && a.saturating_add(8) <= k.end && a.is_multiple_of(8)
+}
+
 #[inline(always)]
-fn words_unchanged(reads: &[(u64, u64, bool)], k: &Key) -> bool {
+fn words_unchanged(reads: &[(u64, u64, bool)]) -> bool {
     reads.iter().all(|&(a, v, checked)| {
-        // The unwinder read these inside `sp..end` of this same mapping; check again
-        // rather than trust the entry.
-        a >= k.sp
-            && a.saturating_add(8) <= k.end
-            && a.is_multiple_of(8)
-            && (!checked || {
-                // SAFETY: 8-aligned, inside the stack mapping the hook runs on (bounds above).
-                unsafe { (a as *const u64).read_volatile() == v }
-            })
+        !checked || {
+            // SAFETY: `store` keeps only 8-aligned reads inside `sp..end` of the entry's
+            // key, and the lookup matched that key: `a` lies in the stack mapping the hook
+            // runs on.
+            unsafe { (a as *const u64).read_volatile() == v }
+        }
     })
 }
 
@@ -234,6 +238,22 @@ mod tests {
         // The return addresses are still checked.
         stack[2] = 301;
         assert!(c.lookup(&key(&stack, 1)).is_none());
+    }
+
+    #[test]
+    fn reads_outside_the_stack_mapping_are_never_cached() {
+        let stack = vec![1u64, 2, 3, 4];
+        let k = key(&stack[..3], 0);
+        let mut c = StackCache::default();
+        // The fourth word lies past `end`: a lookup must not read it unchecked.
+        c.store(&k, &log_of(&stack), 1);
+        assert!(c.lookup(&k).is_none());
+        let mut log = log_of(&stack[..3]);
+        log.reads[1].0 += 1; // unaligned
+        c.store(&k, &log, 1);
+        assert!(c.lookup(&k).is_none());
+        c.store(&k, &log_of(&stack[..3]), 1);
+        assert_eq!(c.lookup(&k), Some(1));
     }
 
     #[test]
