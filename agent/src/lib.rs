@@ -452,10 +452,17 @@ fn read_own(addr: u64, out: &mut [u8]) -> usize {
         },
     ];
     let n_remote = if first < out.len() { 2 } else { 1 };
+    // The pid the constructor and the fork child handler noted: getpid is a system call
+    // (glibc caches nothing), and this runs for every captured argument. A vfork child
+    // shares the memory it names.
+    let pid = match OWN_PID.load(Ordering::Acquire) {
+        // SAFETY: getpid has no preconditions.
+        0 => unsafe { libc::getpid() },
+        p => p as libc::pid_t,
+    };
     // SAFETY: process_vm_readv on this very process copies into `out` (valid for its
     // length) and reports unreadable source memory as an error or a short count.
-    let n =
-        unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), n_remote, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), n_remote, 0) };
     n.max(0) as usize
 }
 
