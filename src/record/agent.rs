@@ -914,15 +914,22 @@ impl<W: io::Write> Recorder<'_, W> {
     /// stream ended: numbers never used belong to calls that were still running when the
     /// process ended, and have no record).
     fn release(&mut self, id: usize, all: bool) -> Result<(), AgentError> {
-        while let Some((tid, item)) = self.images[id].order.pop(all) {
-            self.write_item(id, tid, item)?;
+        // The merge lends each record in place; it is out of the image meanwhile.
+        let mut order = std::mem::take(&mut self.images[id].order);
+        let mut done = Ok(());
+        while let Some((tid, item)) = order.pop(all) {
+            done = self.write_item(id, tid, item);
+            if done.is_err() {
+                break;
+            }
         }
-        Ok(())
+        self.images[id].order = order;
+        done
     }
 
-    fn write_item(&mut self, id: usize, tid: u32, item: Ordered) -> Result<(), AgentError> {
+    fn write_item(&mut self, id: usize, tid: u32, item: &mut Ordered) -> Result<(), AgentError> {
         match item {
-            Ordered::Call(c) => self.write_call(id, tid, &c),
+            Ordered::Call(c) => self.write_call(id, tid, c),
             Ordered::Enter(e) => {
                 let pid = self.images[id].pid;
                 let Some(&func) = self.images[id].imports.get(e.import as usize) else {
@@ -934,10 +941,10 @@ impl<W: io::Write> Recorder<'_, W> {
                     pid,
                     tid,
                     func,
-                    e.args,
+                    std::mem::take(&mut e.args),
                     stack,
                     self.clock.to_ns(e.ts),
-                    e.data,
+                    std::mem::take(&mut e.data),
                 )?;
                 Ok(())
             }
@@ -947,7 +954,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 self.sink.exit(pid, tid, e.ret, None, Some(ts))?;
                 Ok(())
             }
-            Ordered::Modules(m) => self.modules(id, m),
+            Ordered::Modules(m) => self.modules(id, std::mem::take(m)),
         }
     }
 
