@@ -5,7 +5,8 @@
 #    `rltrace record --engine agent` (full CFI stacks) and under `heaptrack`.
 # 2. The same fixture with 200,104 calls (the slow tools would take minutes on 4 million):
 #    natively, under `rltrace record --engine ptrace` and under `ltrace -f -e malloc+free`.
-# 3. The Rust server fixture: requests per second natively and under the agent engine.
+# 3. The Rust server fixture: requests per second natively and under the agent engine,
+#    driven by benches/client.c.
 #
 # Prints overhead per call and the ratios, and recording size per call against heaptrack's
 # file. Installs ltrace and heaptrack if missing (as root). Timing belongs here, never in
@@ -17,7 +18,6 @@ runs=${1:-3}
 need=()
 command -v ltrace >/dev/null || need+=(ltrace)
 command -v heaptrack >/dev/null || need+=(heaptrack)
-command -v perl >/dev/null || need+=(perl)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -32,6 +32,7 @@ out=target/bench
 mkdir -p "$out"
 cc -O1 -g -pthread tests/fixtures/c/mt.c -o "$out/mt"
 cc -O1 -g -pthread -DITERS=500000 tests/fixtures/c/mt.c -o "$out/mt4m"
+cc -O2 benches/client.c -o "$out/client"
 (cd tests/fixtures/rust-server && cargo build --release --quiet --target-dir "../../../$out/server")
 server="$out/server/release/rust-server"
 # Allocator calls: per thread ITERS mallocs, ITERS frees and ITERS/1000 leaked mallocs;
@@ -117,18 +118,10 @@ printf ' heaptrack %.3f bytes per call, %.3f per allocation\n' \
 printf 'recording size per call with --time-resolution 1000000: agent %.3f bytes\n\n' \
   "$(echo "$(stat -c %s "$out/mt4m-ms.rlt") / $big" | bc -l)"
 
-# Requests per second of the Rust server: natively and under the agent engine.
-requests=3000
-client() { # client ADDR: times $requests one-line requests, prints requests per second
-  perl -MIO::Socket::INET -MTime::HiRes=time -e '
-    my ($addr, $n) = @ARGV; my $t0 = time;
-    for my $i (1 .. $n) {
-      my $s = IO::Socket::INET->new(PeerAddr => $addr) or die "connect: $!";
-      print $s "$i\n"; my $a = <$s>; die "bad answer" unless $a == $i + 1;
-    }
-    my $s = IO::Socket::INET->new(PeerAddr => $addr); print $s "quit\n"; <$s>;
-    printf "%.0f\n", $n / (time - $t0);' "$1" "$requests"
-}
+# Requests per second of the Rust server: natively and under the agent engine, in
+# interleaved pairs (native, then agent) so that both see the same moment of this VM, whose
+# request rates swing by a factor of three between minutes.
+requests=5000
 serve() { # serve CMD...: starts it, waits for its address, runs the client
   local fifo="$out/server.out"
   rm -f "$fifo"
@@ -140,17 +133,20 @@ serve() { # serve CMD...: starts it, waits for its address, runs the client
     [ -n "$addr" ] && break
     sleep 0.05
   done
-  client "$addr"
+  "$out/client" "$addr" "$requests"
   wait "$pid" || true
 }
 rps_native=0
 rps_agent=0
-# Request rates swing by half between runs on this VM: at least five runs each.
-server_runs=$((runs > 5 ? runs : 5))
+ratios=()
+server_runs=$((runs > 7 ? runs : 7))
 for _ in $(seq "$server_runs"); do
-  r=$(serve "$server"); [ "$r" -gt "$rps_native" ] && rps_native=$r
-  r=$(serve ./target/release/rltrace record --engine agent -o "$out/server.rlt" -- "$server")
-  [ "$r" -gt "$rps_agent" ] && rps_agent=$r
+  n=$(serve "$server"); [ "$n" -gt "$rps_native" ] && rps_native=$n
+  a=$(serve ./target/release/rltrace record --engine agent -o "$out/server.rlt" -- "$server")
+  [ "$a" -gt "$rps_agent" ] && rps_agent=$a
+  ratios+=("$(echo "100 * $a / $n" | bc -l)")
 done
-printf 'Rust server, %s requests, best of %s: native %s req/s, agent engine %s req/s (%.0f%% of native)\n' \
-  "$requests" "$server_runs" "$rps_native" "$rps_agent" "$(echo "100 * $rps_agent / $rps_native" | bc -l)"
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | sed -n "$(((server_runs + 1) / 2))p")
+printf 'Rust server, %s requests, %s interleaved pairs: best native %s req/s, best agent %s req/s (%.0f%%); median pair %.0f%% of native (pairs: %s)\n' \
+  "$requests" "$server_runs" "$rps_native" "$rps_agent" "$(echo "100 * $rps_agent / $rps_native" | bc -l)" \
+  "$median" "$(printf '%.0f ' "${ratios[@]}")"
