@@ -62,9 +62,17 @@ impl TscClock {
     pub fn to_ns(&self, tsc: u64) -> u64 {
         // Fixed point: every call of the agent converts two readings, and the float
         // conversions were a quarter of the recorder's time per call.
-        let d = i128::from(tsc) - i128::from(self.tsc0);
-        let ns = i128::from(self.ns0) + (d.saturating_mul(i128::from(self.mult)) >> MULT_SHIFT);
-        ns.clamp(0, i128::from(u64::MAX)) as u64
+        // A u64 by u64 product always fits u128 (one `mul`); a signed i128 one needed
+        // overflow checks that cost as much again.
+        let scaled = |ticks: u64| {
+            let ns = (u128::from(ticks) * u128::from(self.mult)) >> MULT_SHIFT;
+            u64::try_from(ns).unwrap_or(u64::MAX)
+        };
+        if tsc >= self.tsc0 {
+            self.ns0.saturating_add(scaled(tsc - self.tsc0))
+        } else {
+            self.ns0.saturating_sub(scaled(self.tsc0 - tsc))
+        }
     }
 }
 
