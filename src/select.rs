@@ -184,6 +184,20 @@ impl Selection {
         decided.filter(|&i| !self.rules[i].exclude)
     }
 
+    /// The names the selection includes, when every including rule is a plain name (no
+    /// glob, regex or library part): then nothing else can be selected, whatever the
+    /// modules define. `None` when a rule could match names not known in advance.
+    pub fn plain_names(&self) -> Option<Vec<&str>> {
+        let mut names = Vec::new();
+        for r in self.rules.iter().filter(|r| !r.exclude) {
+            match (&r.sym, &r.lib) {
+                (Pat::Glob(g), None) if !g.contains(['*', '?', '[']) => names.push(g.as_str()),
+                _ => return None,
+            }
+        }
+        Some(names)
+    }
+
     /// Inclusion rules that selected no function.
     pub fn unmatched(&self) -> Vec<String> {
         self.rules

@@ -136,6 +136,20 @@ fn the_engine_is_chosen_and_explained() {
         engine_line(&o),
         "rltrace: engine: ptrace (-x/-l select functions the agent does not interpose)"
     );
+    // A glob or a library part could select names beyond the allocator family.
+    for x in ["mall*", "malloc@libc.so.6", "malloc+strdup"] {
+        let o = rltrace()
+            .args(["record", "-x", x, "-o"])
+            .arg(dir.join("glob.rlt"))
+            .arg("--")
+            .arg(leaks_c())
+            .output()
+            .unwrap();
+        assert!(
+            engine_line(&o).starts_with("rltrace: engine: ptrace ("),
+            "{x}"
+        );
+    }
     let o = rltrace()
         .args(["record", "--engine", "agent", "-o"])
         .arg(dir.join("bad.rlt"))
@@ -332,4 +346,61 @@ fn callers_that_share_a_stack_pointer_keep_their_own_leaks() {
             "{engine}:\n{report}"
         );
     }
+}
+
+#[test]
+fn an_allocator_only_selection_is_recorded_by_the_agent_as_ptrace_records_it() {
+    // `-x malloc+free+realloc` names only functions the agent interposes for every caller:
+    // no ptrace needed, and the trace (allocator calls from every caller, the imports) is
+    // the ptrace engine's.
+    let dir = scratch("agent-x-alloc");
+    let mut traces = Vec::new();
+    for engine in ["auto", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        let o = rltrace()
+            .args([
+                "record",
+                "--engine",
+                engine,
+                "-x",
+                "malloc+free+realloc",
+                "-o",
+            ])
+            .arg(&rec)
+            .arg("--")
+            .arg(leaks_c())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        if engine == "auto" {
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains(
+                    "rltrace: engine: agent (dynamically linked program: -x selects only \
+                     allocator functions, which the agent interposes)"
+                ),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let calls: Vec<String> = replay_clean(&rec, &[])
+            .lines()
+            .filter_map(|l| l.split_once("] ").map(|(_, c)| unaddress_from(c, 5)))
+            .collect();
+        traces.push(calls);
+    }
+    let (auto, ptrace) = (&traces[0], &traces[1]);
+    assert_eq!(auto, ptrace, "the same calls, arguments and lines");
+    let count = |f: &str| auto.iter().filter(|l| l.starts_with(f)).count();
+    // leaks.c: 5 malloc/free pairs, make_block's malloc, three malloc(24), one realloc
+    // from nil and four that grow it; strdup's own malloc is inside a traced call, shown
+    // with --all under either engine.
+    assert_eq!(
+        (count("malloc("), count("free("), count("realloc(")),
+        (9, 5, 5)
+    );
+    assert!(
+        auto.iter()
+            .any(|l| l.starts_with("strdup(\"leaked string\") = PTR")),
+        "{auto:?}"
+    );
 }

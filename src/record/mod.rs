@@ -135,7 +135,7 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
 fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), RecordError> {
     let refusal = match &req.target {
         Target::Pid(_) => Some("attaching to a running process needs ptrace".to_string()),
-        Target::Command(_) if req.select.is_some() => {
+        Target::Command(_) if req.select.as_ref().is_some_and(|s| !agent_interposes(s)) => {
             Some("-x/-l select functions the agent does not interpose".to_string())
         }
         Target::Command(_) if req.trace.syscalls => {
@@ -164,11 +164,29 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
         (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
         (Engine::Agent, None) => Ok((library, "asked for with --engine".into())),
         (Engine::Auto, Some(why)) => Ok((None, why)),
+        (Engine::Auto, None) if req.select.is_some() => Ok((
+            library,
+            "dynamically linked program: -x selects only allocator functions, which the \
+             agent interposes"
+                .into(),
+        )),
         (Engine::Auto, None) => Ok((
             library,
             "dynamically linked program: no -x/-l selection".into(),
         )),
     }
+}
+
+/// Whether every function `sel` can select is one the agent interposes (`-x malloc`,
+/// `-x malloc+free`): the agent records those calls from every caller, as an entry hook
+/// would, so the selection needs no ptrace.
+fn agent_interposes(sel: &select::Selection) -> bool {
+    sel.plain_names().is_some_and(|names| {
+        !names.is_empty()
+            && names
+                .iter()
+                .all(|n| funcs::ALLOCATOR_FAMILY.iter().any(|f| f.name == *n))
+    })
 }
 
 /// The file `execvp` would run for `cmd`.
