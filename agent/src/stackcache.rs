@@ -18,8 +18,12 @@
 //! that would not, is the one case this cannot tell apart: the stack found is then the
 //! truncated one found before.)
 
-/// Entries per thread (direct-mapped by `sp` and `pc`).
-const ENTRIES: usize = 64;
+/// Sets per thread, chosen by `sp` and `pc`.
+const SETS: usize = 32;
+/// Entries per set: calls from different places can share the hook's `pc` and `sp` (two
+/// call sites at one depth, every import through the one trampoline): a single entry per
+/// key made such calls evict each other on every call, and each of them unwound again.
+const WAYS: usize = 4;
 /// Most words an entry checks; deeper unwinds are not cached.
 const MAX_READS: usize = 256;
 
@@ -70,6 +74,12 @@ impl Entry {
         !self.reads.is_empty()
             && (e.pc, e.sp, e.end, e.generation) == (k.pc, k.sp, k.end, k.generation)
     }
+
+    /// An unwind from `k` would find this entry's stack.
+    #[inline(always)]
+    fn matches(&self, k: &Key) -> bool {
+        self.starts_like(k) && (self.bp_free || self.key.bp == k.bp) && words_unchanged(&self.reads)
+    }
 }
 
 /// Where the unwind would start: the hook's registers, the end of the stack mapping it
@@ -92,12 +102,15 @@ pub struct Key {
 #[derive(Default)]
 pub struct StackCache {
     entries: Vec<Entry>,
+    /// Per set, the way the next new entry replaces (round robin).
+    next: Vec<u8>,
 }
 
-fn slot(k: &Key) -> usize {
+/// The first entry of `k`'s set.
+fn set(k: &Key) -> usize {
     // sp is 16-aligned at calls; pc separates hooks at the same depth.
     let h = (k.sp >> 4) ^ (k.sp >> 11) ^ k.pc.rotate_left(7);
-    (h as usize) % ENTRIES
+    (h as usize) % SETS * WAYS
 }
 
 impl StackCache {
@@ -105,10 +118,9 @@ impl StackCache {
     /// unwind and call [`StackCache::store`].
     #[inline(always)]
     pub fn lookup(&self, k: &Key) -> Option<u32> {
-        let e = self.entries.get(slot(k))?;
-        let found =
-            e.starts_like(k) && (e.bp_free || e.key.bp == k.bp) && words_unchanged(&e.reads);
-        found.then_some(e.id)
+        let at = set(k);
+        let ways = self.entries.get(at..at + WAYS)?;
+        ways.iter().find(|e| e.matches(k)).map(|e| e.id)
     }
 
     /// Remembers the unwind from `k` that read `log` and found stack `id`.
@@ -119,14 +131,18 @@ impl StackCache {
             return;
         }
         if self.entries.is_empty() {
-            self.entries.resize_with(ENTRIES, Entry::default);
+            self.entries.resize_with(SETS * WAYS, Entry::default);
+            self.next = vec![0; SETS];
         }
-        let e = &mut self.entries[slot(k)];
-        let same_walk = e.starts_like(k)
-            && e.id == id
-            && e.reads.len() == log.reads.len()
-            && e.reads.iter().zip(&log.reads).all(|(a, b)| a.0 == b.0);
-        if same_walk {
+        let at = set(k);
+        let ways = &mut self.entries[at..at + WAYS];
+        let same_walk = |e: &Entry| {
+            e.starts_like(k)
+                && e.id == id
+                && e.reads.len() == log.reads.len()
+                && e.reads.iter().zip(&log.reads).all(|(a, b)| a.0 == b.0)
+        };
+        if let Some(e) = ways.iter_mut().find(|e| same_walk(e)) {
             // The same addresses read and the same frames found: the values that differ
             // played no part.
             if e.key.bp != k.bp {
@@ -139,6 +155,24 @@ impl StackCache {
             }
             return;
         }
+        // An entry a lookup from `k` would take is wrong now (a bp or value it stopped
+        // checking mattered after all): it goes first. (A hook stores only after a miss,
+        // so this only happens to callers that store without looking up.)
+        for e in ways.iter_mut() {
+            if e.matches(k) {
+                e.reads.clear();
+            }
+        }
+        // An empty way, else the next in turn.
+        let w = match ways.iter().position(|e| e.reads.is_empty()) {
+            Some(w) => w,
+            None => {
+                let n = &mut self.next[at / WAYS];
+                *n = n.wrapping_add(1);
+                usize::from(*n) % WAYS
+            }
+        };
+        let e = &mut self.entries[at + w];
         e.key = *k;
         e.bp_free = false;
         e.id = id;
@@ -254,6 +288,32 @@ mod tests {
         assert!(c.lookup(&k).is_none());
         c.store(&k, &log_of(&stack[..3]), 1);
         assert_eq!(c.lookup(&k), Some(1));
+    }
+
+    #[test]
+    fn call_sites_sharing_the_hooks_registers_do_not_evict_each_other() {
+        // Two callers at the same depth: the same hook pc and sp, different return
+        // addresses on the stack. Alternating, each must still hit.
+        let mut a = vec![1u64, 0x1000, 3];
+        let k = key(&a, 0);
+        let log_a = log_of(&a);
+        let mut c = StackCache::default();
+        c.store(&k, &log_a, 1);
+        a[1] = 0x2000;
+        assert!(c.lookup(&k).is_none());
+        c.store(&k, &log_of(&a), 2);
+        for _ in 0..3 {
+            a[1] = 0x1000;
+            assert_eq!(c.lookup(&k), Some(1));
+            a[1] = 0x2000;
+            assert_eq!(c.lookup(&k), Some(2));
+        }
+        // More sites than ways: the oldest go, the cache keeps working.
+        for site in 0..(2 * WAYS as u64) {
+            a[1] = 0x3000 + site;
+            c.store(&k, &log_of(&a), 10 + site as u32);
+            assert_eq!(c.lookup(&k), Some(10 + site as u32));
+        }
     }
 
     #[test]
