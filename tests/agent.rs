@@ -138,13 +138,7 @@ fn the_engine_is_chosen_and_explained() {
     );
     // A glob or a library part could select names beyond the allocator family.
     for x in ["mall*", "malloc@libc.so.6", "malloc+strdup"] {
-        let o = rltrace()
-            .args(["record", "-x", x, "-o"])
-            .arg(dir.join("glob.rlt"))
-            .arg("--")
-            .arg(leaks_c())
-            .output()
-            .unwrap();
+        let o = record_opts(&["-x", x], &dir.join("glob.rlt"), leaks_c());
         assert!(
             engine_line(&o).starts_with("rltrace: engine: ptrace ("),
             "{x}"
@@ -357,21 +351,11 @@ fn an_allocator_only_selection_is_recorded_by_the_agent_as_ptrace_records_it() {
     let mut traces = Vec::new();
     for engine in ["auto", "ptrace"] {
         let rec = dir.join(format!("{engine}.rlt"));
-        let o = rltrace()
-            .args([
-                "record",
-                "--engine",
-                engine,
-                "-x",
-                "malloc+free+realloc",
-                "-o",
-            ])
-            .arg(&rec)
-            .arg("--")
-            .arg(leaks_c())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = record_opts(
+            &["--engine", engine, "-x", "malloc+free+realloc"],
+            &rec,
+            leaks_c(),
+        );
         if engine == "auto" {
             assert!(
                 String::from_utf8_lossy(&o.stderr).contains(

@@ -233,16 +233,7 @@ fn times_are_kept_to_the_resolution_asked_for() {
             if let Some(f) = flag {
                 args.extend(["--time-resolution", f]);
             }
-            let o = rltrace()
-                .arg("record")
-                .args(&args)
-                .arg("-o")
-                .arg(&rec)
-                .arg("--")
-                .arg(leaks_c())
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            record_opts(&args, &rec, leaks_c());
             let info = rltrace().arg("info").arg(&rec).output().unwrap();
             let info = String::from_utf8(info.stdout).unwrap();
             assert!(

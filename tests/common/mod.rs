@@ -177,6 +177,22 @@ pub fn record(out: &Path, cmd: &Path, args: &[&str]) -> Output {
     record_with("auto", out, cmd, args)
 }
 
+/// Runs `rltrace record OPTS -o OUT -- CMD` and returns its output, asserting success.
+pub fn record_opts(opts: &[&str], out: &Path, cmd: &Path) -> Output {
+    let o = rltrace()
+        .arg("record")
+        .args(opts)
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rltrace record");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 /// Runs `rltrace record --engine ENGINE -o OUT -- CMD ARGS` and returns its output.
 pub fn record_with(engine: &str, out: &Path, cmd: &Path, args: &[&str]) -> Output {
     let o = rltrace()
