@@ -4,9 +4,9 @@
 //! registers (floating point, structs or unions by value, 128-bit integers) or that take
 //! variable arguments get no prototype: they stay six registers in hex.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use addr2line::gimli;
@@ -23,6 +23,53 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
     prototypes_in(path, wanted, None)
 }
 
+/// A debug file's DWARF sections, decompressed (distributions compress them).
+struct Sections {
+    endian: RunTimeEndian,
+    data: HashMap<gimli::SectionId, Vec<u8>>,
+}
+
+impl Sections {
+    /// The sections prototypes are read from; `None` without `.debug_info`.
+    fn load(path: &Path) -> Option<Sections> {
+        let file = crate::elf::MappedFile::open(path).ok()?;
+        let obj = object::File::parse(file.bytes()).ok()?;
+        let endian = if obj.is_little_endian() {
+            RunTimeEndian::Little
+        } else {
+            RunTimeEndian::Big
+        };
+        let mut data = HashMap::new();
+        for id in [
+            gimli::SectionId::DebugAbbrev,
+            gimli::SectionId::DebugInfo,
+            // Units refer to their line programs, which gimli parses with the unit.
+            gimli::SectionId::DebugLine,
+            gimli::SectionId::DebugStr,
+            gimli::SectionId::DebugLineStr,
+            gimli::SectionId::DebugStrOffsets,
+            gimli::SectionId::DebugAddr,
+            gimli::SectionId::DebugRngLists,
+            gimli::SectionId::DebugRanges,
+            gimli::SectionId::DebugAranges,
+        ] {
+            if let Some(bytes) = obj
+                .section_by_name(id.name())
+                .and_then(|s| s.uncompressed_data().ok())
+            {
+                data.insert(id, bytes.into_owned());
+            }
+        }
+        data.contains_key(&gimli::SectionId::DebugInfo)
+            .then_some(Sections { endian, data })
+    }
+
+    /// Bytes held.
+    fn size(&self) -> usize {
+        self.data.values().map(Vec::len).sum()
+    }
+}
+
 /// [`prototypes`], reading with `within` only the compilation units `.debug_aranges`
 /// says cover one of those addresses (all units when the file has no such table), so
 /// that a large library's DWARF is not parsed whole for a few functions.
@@ -31,45 +78,21 @@ fn prototypes_in(
     wanted: &dyn Fn(&str) -> bool,
     within: Option<&[u64]>,
 ) -> Vec<Loaded> {
-    let Ok(file) = crate::elf::MappedFile::open(path) else {
-        return Vec::new();
-    };
-    let Ok(obj) = object::File::parse(file.bytes()) else {
-        return Vec::new();
-    };
-    let endian = if obj.is_little_endian() {
-        RunTimeEndian::Little
-    } else {
-        RunTimeEndian::Big
-    };
-    let mut sections: HashMap<gimli::SectionId, Cow<[u8]>> = HashMap::new();
-    for id in [
-        gimli::SectionId::DebugAbbrev,
-        gimli::SectionId::DebugInfo,
-        // Units refer to their line programs, which gimli parses with the unit.
-        gimli::SectionId::DebugLine,
-        gimli::SectionId::DebugStr,
-        gimli::SectionId::DebugLineStr,
-        gimli::SectionId::DebugStrOffsets,
-        gimli::SectionId::DebugAddr,
-        gimli::SectionId::DebugRngLists,
-        gimli::SectionId::DebugRanges,
-        gimli::SectionId::DebugAranges,
-    ] {
-        if let Some(data) = obj
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-        {
-            sections.insert(id, data);
-        }
-    }
-    if !sections.contains_key(&gimli::SectionId::DebugInfo) {
-        return Vec::new();
-    }
+    Sections::load(path)
+        .map(|s| prototypes_from(&s, wanted, within))
+        .unwrap_or_default()
+}
+
+/// [`prototypes_in`] over sections already loaded.
+fn prototypes_from(
+    sections: &Sections,
+    wanted: &dyn Fn(&str) -> bool,
+    within: Option<&[u64]>,
+) -> Vec<Loaded> {
     let dwarf = gimli::Dwarf::load(|id| -> Result<R<'_>, gimli::Error> {
         Ok(EndianSlice::new(
-            sections.get(&id).map_or(&[][..], |c| c.as_ref()),
-            endian,
+            sections.data.get(&id).map_or(&[][..], Vec::as_slice),
+            sections.endian,
         ))
     });
     let Ok(dwarf) = dwarf else {
@@ -129,11 +152,22 @@ pub fn for_library(path: &str, build_id: &[u8], names: &[&str]) -> Vec<Loaded> {
     lib.lookup(names)
 }
 
+/// Most bytes of decompressed DWARF kept between lookups, over all libraries. Every
+/// process image asks for the prototypes of its own imports; decompressing the C
+/// library's DWARF again for each was most of a shell script's recording time (85 ms a
+/// process).
+const KEPT_DWARF_BYTES: usize = 256 << 20;
+
+/// Bytes of decompressed DWARF kept so far.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
 /// What is known of one library's functions, filled in as they are asked for.
 #[derive(Default)]
 struct Library {
     /// The file holding its DWARF, if any.
     debug: Option<std::path::PathBuf>,
+    /// Its sections, once read (while [`KEPT_DWARF_BYTES`] allows).
+    sections: Option<Sections>,
     /// Address of each function the library exports.
     addr_of: HashMap<String, u64>,
     /// Every function symbol name at an address.
@@ -195,11 +229,27 @@ impl Library {
                 .flat_map(|a| self.names_at.get(a).into_iter().flatten())
                 .map(String::as_str)
                 .collect();
-            let found: HashMap<String, Loaded> =
-                prototypes_in(&debug, &|n: &str| aliases.contains(n), Some(&addrs))
-                    .into_iter()
-                    .map(|p| (p.name.clone(), p))
-                    .collect();
+            // Read once, and kept for the next image's lookups unless that would pass
+            // the budget (then read for this lookup alone).
+            let mut passing = None;
+            if self.sections.is_none() {
+                if let Some(loaded) = Sections::load(&debug) {
+                    let n = loaded.size();
+                    if KEPT.fetch_add(n, Ordering::Relaxed) + n <= KEPT_DWARF_BYTES {
+                        self.sections = Some(loaded);
+                    } else {
+                        KEPT.fetch_sub(n, Ordering::Relaxed);
+                        passing = Some(loaded);
+                    }
+                }
+            }
+            let sections = self.sections.as_ref().or(passing.as_ref());
+            let found: HashMap<String, Loaded> = sections
+                .map(|s| prototypes_from(s, &|n: &str| aliases.contains(n), Some(&addrs)))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect();
             for (n, a) in new.iter().zip(&addrs) {
                 let proto = found.get(*n).or_else(|| {
                     self.names_at
