@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::hash::BuildHasherDefault;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -314,10 +314,18 @@ fn run_listening(
             source: e,
         })?;
     let (tx, rx) = sync_channel::<(usize, Msg)>(16);
+    let wake = eventfd().map_err(|e| AgentError::Socket {
+        dir: sock.display().to_string(),
+        source: e,
+    })?;
+    let out = Outbox {
+        tx,
+        wake: Arc::new(wake),
+    };
     let mut rec = Recorder {
         clock: TscClock::new(|| sink.now()),
         listener,
-        tx,
+        out,
         sink,
         images: Vec::new(),
         root,
@@ -364,7 +372,7 @@ fn read_conn(
     conn: UnixStream,
     id: usize,
     peer: Option<u32>,
-    tx: &SyncSender<(usize, Msg)>,
+    out: &Outbox,
     calls: Option<&Mutex<Selection>>,
 ) -> Result<(), String> {
     let mut r = BufReader::with_capacity(1 << 20, conn);
@@ -399,8 +407,7 @@ fn read_conn(
         .next()
         .unwrap_or_default()
         .to_string();
-    send(
-        tx,
+    out.send(
         id,
         Msg::Hello {
             pid,
@@ -441,7 +448,7 @@ fn read_conn(
             let found = callee_prototypes(names, &libraries);
             if !found.is_empty() {
                 crate::protos::install(&found);
-                send(tx, id, Msg::Protos(found))?;
+                out.send(id, Msg::Protos(found))?;
             }
             // The agent waits for the answer before redirecting any call.
             let reply = import_choice(names, &exe_name, calls);
@@ -449,7 +456,7 @@ fn read_conn(
                 .write_all(&reply)
                 .map_err(|e| format!("cannot answer the import list: {e}"))?;
         }
-        send(tx, id, msg)?;
+        out.send(id, msg)?;
     }
 }
 
@@ -514,9 +521,45 @@ fn import_choice(names: &[(String, bool)], exe: &str, calls: Option<&Mutex<Selec
     reply
 }
 
-fn send(tx: &SyncSender<(usize, Msg)>, id: usize, m: Msg) -> Result<(), String> {
-    tx.send((id, m))
-        .map_err(|_| "recorder finished".to_string())
+/// How connection readers hand messages to the recorder thread: a bounded channel (its
+/// back-pressure reaches the program's rings) and an eventfd that wakes the recorder,
+/// which waits on it and on the listening socket together, so that a new process's
+/// connection is taken at once (the agent waits for the answer to its import list
+/// before the program's `main`; waking only every 20 ms made each process start 20 ms
+/// later, most of a shell script's recording time).
+#[derive(Clone)]
+struct Outbox {
+    tx: SyncSender<(usize, Msg)>,
+    wake: Arc<OwnedFd>,
+}
+
+impl Outbox {
+    fn send(&self, id: usize, m: Msg) -> Result<(), String> {
+        self.tx
+            .send((id, m))
+            .map_err(|_| "recorder finished".to_string())?;
+        self.wake_up();
+        Ok(())
+    }
+
+    /// Wakes the recorder thread.
+    fn wake_up(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an eventfd this process owns; a
+        // full counter (EAGAIN) means the recorder is awake already.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// A non-blocking eventfd for [`Outbox`].
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; the descriptor is owned by the returned value.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Decodes one agent message of kind `kind` and discards it; the problem and its offset if
@@ -690,7 +733,7 @@ struct Recorder<'a, W: io::Write> {
     /// Maps the agent's counter readings to recording time.
     clock: TscClock,
     listener: UnixListener,
-    tx: SyncSender<(usize, Msg)>,
+    out: Outbox,
     sink: &'a mut Sink<W>,
     images: Vec<Image>,
     root: u32,
@@ -736,8 +779,9 @@ impl<W: io::Write> Recorder<'_, W> {
                 break;
             }
             // The recorder holds a sender itself, so the channel never disconnects.
-            if let Ok((id, msg)) = rx.recv_timeout(Duration::from_millis(20)) {
-                self.message(id, msg)?;
+            match rx.try_recv() {
+                Ok((id, msg)) => self.message(id, msg)?,
+                Err(_) => self.wait(Duration::from_millis(20)),
             }
             self.sink.maybe_seal()?;
         }
@@ -757,6 +801,31 @@ impl<W: io::Write> Recorder<'_, W> {
     }
 
     /// Takes every pending connection, each read by a thread of its own.
+    /// Sleeps until a connection is waiting, a reader has sent a message, or `timeout`
+    /// passed (to look at the command's process).
+    fn wait(&self, timeout: Duration) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.out.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll reads and writes the two entries of `fds`, which outlive the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
+        if n > 0 && fds[1].revents & libc::POLLIN != 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reads 8 bytes into a live buffer from the eventfd, which resets it;
+            // messages sent before this are in the channel already.
+            unsafe { libc::read(fds[1].fd, count.as_mut_ptr().cast(), count.len()) };
+        }
+    }
+
     fn accept(&mut self) -> Result<(), AgentError> {
         loop {
             let conn = match self.listener.accept() {
@@ -773,14 +842,14 @@ impl<W: io::Write> Recorder<'_, W> {
             let id = self.images.len();
             let peer = peer_pid(&conn);
             self.image(id).pid = peer.unwrap_or(0);
-            let tx = self.tx.clone();
+            let out = self.out.clone();
             let calls = self.calls.clone();
             let spawned = conn.set_nonblocking(false).and_then(|()| {
                 std::thread::Builder::new()
                     .name(format!("agent-conn-{id}"))
                     .spawn(move || {
-                        let err = read_conn(conn, id, peer, &tx, calls.as_deref()).err();
-                        let _ = tx.send((id, Msg::Closed(err)));
+                        let err = read_conn(conn, id, peer, &out, calls.as_deref()).err();
+                        let _ = out.send(id, Msg::Closed(err));
                     })
             });
             if let Err(e) = spawned {
