@@ -369,7 +369,7 @@ fn resolve(name: &[u8], version: Option<&[u8]>) -> u64 {
     // which a versioned lookup passes over: the loader would bind the program to them.
     // SAFETY: dlsym with a NUL-terminated name.
     let plain = unsafe { libc::dlsym(libc::RTLD_DEFAULT, cname.as_ptr().cast()) };
-    if !plain.is_null() && same_object(plain as u64, resolve as *const () as u64) {
+    if !plain.is_null() && in_agent(plain as u64) {
         return plain as u64;
     }
     // SAFETY: dlsym/dlvsym with NUL-terminated strings. Not RTLD_DEFAULT: in a non-PIE
@@ -388,6 +388,17 @@ fn resolve(name: &[u8], version: Option<&[u8]>) -> u64 {
         }
     };
     p as u64
+}
+
+/// True if `addr` lies in the agent: by the module scan's range of it, or else by
+/// `dladdr`, which scans an object's whole symbol table for the name (two calls per lazy
+/// import took 10 ms of every process start of a program like bash).
+fn in_agent(addr: u64) -> bool {
+    let own = crate::modules::own();
+    if !own.is_empty() {
+        return own.contains(&addr);
+    }
+    same_object(addr, resolve as *const () as u64)
 }
 
 /// True if both addresses lie in the same loaded object.

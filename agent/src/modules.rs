@@ -173,6 +173,15 @@ pub fn snapshot() -> Vec<ModuleInfo> {
     v.unwrap_or_default()
 }
 
+/// The agent's own address range, as the last scan found it (empty before any scan).
+pub fn own() -> Range<u64> {
+    LOCK.read();
+    // SAFETY: shared hold of LOCK; only rescan mutates, under the exclusive hold.
+    let r = unsafe { (*STATE.0.get()).as_ref().map(|s| s.own.clone()) };
+    LOCK.read_unlock();
+    r.unwrap_or(0..0)
+}
+
 fn own_range(found: &[Found]) -> Range<u64> {
     let me = own_range as *const () as u64;
     found
