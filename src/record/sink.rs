@@ -82,7 +82,7 @@ impl Event {
 /// Interns definitions and writes records.
 pub struct Sink<W: Write> {
     writer: Writer<W>,
-    stacks: HashMap<Vec<Frame>, u32>,
+    stacks: HashMap<Vec<Frame>, u32, BuildHasherDefault<rltrace_wire::FastHasher>>,
     threads: HashMap<(u32, u32), u32, BuildHasherDefault<rltrace_wire::FastHasher>>,
     /// The thread looked up last ((pid, tid), number): consecutive calls share it.
     last_thread: Option<((u32, u32), u32)>,
@@ -104,7 +104,7 @@ impl<W: Write> Sink<W> {
         let now = Instant::now();
         let mut sink = Sink {
             writer: Writer::new(out, meta)?,
-            stacks: HashMap::new(),
+            stacks: HashMap::default(),
             threads: HashMap::default(),
             last_thread: None,
             next_module: 0,
