@@ -7,6 +7,7 @@
 #    natively, under `rltrace record --engine ptrace` and under `ltrace -f -e malloc+free`.
 # 3. The Rust server fixture: requests per second natively and under the agent engine,
 #    driven by benches/client.c.
+# 4. A shell script of 20 short commands: the agent's cost per process start.
 #
 # Prints overhead per call and the ratios, and recording size per call against heaptrack's
 # file. Installs ltrace and heaptrack if missing (as root). Timing belongs here, never in
@@ -117,6 +118,21 @@ printf ' heaptrack %.3f bytes per call, %.3f per allocation\n' \
 ./target/release/rltrace record --time-resolution 1000000 -o "$out/mt4m-ms.rlt" -- "$out/mt4m" >/dev/null 2>&1
 printf 'recording size per call with --time-resolution 1000000: agent %.3f bytes\n\n' \
   "$(echo "$(stat -c %s "$out/mt4m-ms.rlt") / $big" | bc -l)"
+
+# Many short processes: a shell script running 20 coreutils commands, natively and under
+# the agent (each process image connects, sends its imports and waits for the answer).
+script="$out/short.sh"
+cat >"$script" <<'EOS'
+ls >/dev/null; cat /dev/null; sort /dev/null; uniq /dev/null; wc /dev/null >/dev/null
+head /dev/null; tail /dev/null; cut -f1 /dev/null; tr a b </dev/null; od /dev/null >/dev/null
+date >/dev/null; id >/dev/null; env >/dev/null; basename /a/b >/dev/null; dirname /a/b >/dev/null
+stat / >/dev/null; du -s /etc/hostname >/dev/null; md5sum /dev/null >/dev/null
+sha1sum /dev/null >/dev/null; seq 3 >/dev/null
+EOS
+short_native=$(best bash "$script")
+short_agent=$(best ./target/release/rltrace record -o "$out/short.rlt" -- bash "$script")
+printf 'shell script of 20 short commands: native %.3f s, agent %.3f s (%.1f ms a process more)\n\n' \
+  "$short_native" "$short_agent" "$(echo "($short_agent - $short_native) * 1000 / 21" | bc -l)"
 
 # Requests per second of the Rust server: natively and under the agent engine, in
 # interleaved pairs (native, then agent) so that both see the same moment of this VM, whose
