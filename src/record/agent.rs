@@ -302,6 +302,11 @@ fn run_listening(
             Ok(())
         });
     }
+    // Before the command starts, so that failing here leaves nothing running.
+    let wake = eventfd().map_err(|e| AgentError::Socket {
+        dir: sock.display().to_string(),
+        source: e,
+    })?;
     install_handlers();
     let mut child = cmd.spawn().map_err(spawn_err)?;
     let root = child.id();
@@ -314,10 +319,6 @@ fn run_listening(
             source: e,
         })?;
     let (tx, rx) = sync_channel::<(usize, Msg)>(16);
-    let wake = eventfd().map_err(|e| AgentError::Socket {
-        dir: sock.display().to_string(),
-        source: e,
-    })?;
     let out = Outbox {
         tx,
         wake: Arc::new(wake),
