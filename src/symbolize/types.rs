@@ -4,6 +4,7 @@
 //! registers (floating point, structs or unions by value, 128-bit integers) or that take
 //! variable arguments get no prototype: they stay six registers in hex.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +24,19 @@ pub fn prototypes(path: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Loaded> {
     prototypes_in(path, wanted, None)
 }
 
-/// A debug file's DWARF sections, decompressed (distributions compress them).
+/// A debug file's DWARF sections: compressed ones (distributions compress them)
+/// decompressed, the others read where the file is mapped.
 struct Sections {
+    file: crate::elf::MappedFile,
     endian: RunTimeEndian,
-    data: HashMap<gimli::SectionId, Vec<u8>>,
+    data: HashMap<gimli::SectionId, Section>,
+}
+
+enum Section {
+    /// Bytes of the mapped file.
+    Mapped(std::ops::Range<usize>),
+    /// Decompressed.
+    Owned(Vec<u8>),
 }
 
 impl Sections {
@@ -53,20 +63,49 @@ impl Sections {
             gimli::SectionId::DebugRanges,
             gimli::SectionId::DebugAranges,
         ] {
-            if let Some(bytes) = obj
-                .section_by_name(id.name())
-                .and_then(|s| s.uncompressed_data().ok())
-            {
-                data.insert(id, bytes.into_owned());
-            }
+            let Some(section) = obj.section_by_name(id.name()) else {
+                continue;
+            };
+            let Ok(bytes) = section.uncompressed_data() else {
+                continue;
+            };
+            let kept = match bytes {
+                Cow::Borrowed(b) => {
+                    // A slice of the mapping itself: keep where it is.
+                    let Some(at) =
+                        (b.as_ptr() as usize).checked_sub(file.bytes().as_ptr() as usize)
+                    else {
+                        continue;
+                    };
+                    Section::Mapped(at..at + b.len())
+                }
+                Cow::Owned(v) => Section::Owned(v),
+            };
+            data.insert(id, kept);
         }
+        drop(obj);
         data.contains_key(&gimli::SectionId::DebugInfo)
-            .then_some(Sections { endian, data })
+            .then_some(Sections { file, endian, data })
     }
 
-    /// Bytes held.
+    /// The bytes of section `id` (empty if the file has none).
+    fn bytes(&self, id: gimli::SectionId) -> &[u8] {
+        match self.data.get(&id) {
+            Some(Section::Mapped(r)) => self.file.bytes().get(r.clone()).unwrap_or_default(),
+            Some(Section::Owned(v)) => v,
+            None => &[],
+        }
+    }
+
+    /// Bytes decompressed and held (mapped ones are the page cache's).
     fn size(&self) -> usize {
-        self.data.values().map(Vec::len).sum()
+        self.data
+            .values()
+            .map(|s| match s {
+                Section::Owned(v) => v.len(),
+                Section::Mapped(_) => 0,
+            })
+            .sum()
     }
 }
 
@@ -90,10 +129,7 @@ fn prototypes_from(
     within: Option<&[u64]>,
 ) -> Vec<Loaded> {
     let dwarf = gimli::Dwarf::load(|id| -> Result<R<'_>, gimli::Error> {
-        Ok(EndianSlice::new(
-            sections.data.get(&id).map_or(&[][..], Vec::as_slice),
-            sections.endian,
-        ))
+        Ok(EndianSlice::new(sections.bytes(id), sections.endian))
     });
     let Ok(dwarf) = dwarf else {
         return Vec::new();
