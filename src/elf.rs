@@ -433,6 +433,39 @@ pub fn hex(bytes: &[u8]) -> String {
 /// True unless `path` is an ELF executable without a program interpreter (statically
 /// linked: nothing can be preloaded into it). Files that are not ELF (scripts) count as
 /// dynamic: their interpreter is what runs.
+/// Those of `names` that the executable at `path` defines and exports (its dynamic symbol
+/// table), in the order of `names`: definitions every library's calls bind to before any
+/// preloaded library's.
+pub fn exported_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
+    let Ok(file) = MappedFile::open(path) else {
+        return Vec::new();
+    };
+    let Ok(parsed) = ElfFile64::<Endianness>::parse(file.bytes()) else {
+        return Vec::new();
+    };
+    let endian = parsed.endian();
+    let mut out = Vec::new();
+    for sym in parsed.dynamic_symbols() {
+        let raw = sym.elf_symbol();
+        let ty = raw.st_type();
+        let bind = raw.st_bind();
+        if (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
+            || raw.st_shndx(endian) == elf::SHN_UNDEF
+            || !(bind == elf::STB_GLOBAL || bind == elf::STB_WEAK)
+        {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        if let Some(n) = names.iter().find(|n| **n == name) {
+            if !out.contains(n) {
+                out.push(*n);
+            }
+        }
+    }
+    out.sort_by_key(|n| names.iter().position(|m| m == n));
+    out
+}
+
 pub fn is_dynamic(path: &Path) -> bool {
     let Ok(file) = MappedFile::open(path) else {
         return true;

@@ -343,6 +343,45 @@ fn callers_that_share_a_stack_pointer_keep_their_own_leaks() {
 }
 
 #[test]
+fn a_program_with_its_own_malloc_is_recorded_by_ptrace_not_the_agent() {
+    // The program exports malloc: libraries bind to it before the preloaded agent's, so
+    // the agent would report no leaks at all.
+    let bin = build_c("own_alloc", "own_alloc.c", &["-O1", "-g"]);
+    let dir = scratch("own-alloc");
+    let o = record_opts(&[], &dir.join("a.rlt"), &bin);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "rltrace: engine: ptrace ({} defines malloc itself: calls bind to it before any \
+             preloaded library, so the agent would see none of them)",
+            bin.display()
+        )),
+        "{err}"
+    );
+    let src = repo().join("tests/fixtures/c/own_alloc.c");
+    let leaks = parse_leaks(&replay(&dir.join("a.rlt"), &["--leaks"]));
+    let at = format!("own_alloc.c:{}", marker_line(&src, "OWN: leak"));
+    let g = leaks
+        .iter()
+        .find(|g| g.at == at)
+        .unwrap_or_else(|| panic!("no leak at {at}: {leaks:?}"));
+    assert_eq!((g.blocks, g.bytes), (1, 40));
+    let o = rltrace()
+        .args(["record", "--engine", "agent", "-o"])
+        .arg(dir.join("b.rlt"))
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("defines malloc itself"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn an_allocator_only_selection_is_recorded_by_the_agent_as_ptrace_records_it() {
     // `-x malloc+free+realloc` names only functions the agent interposes for every caller:
     // no ptrace needed, and the trace (allocator calls from every caller, the imports) is

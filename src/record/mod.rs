@@ -146,7 +146,14 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
                 "{} is statically linked: nothing can be preloaded into it",
                 p.display()
             )),
-            _ => None,
+            Some(p) => own_allocator(&p).map(|f| {
+                format!(
+                    "{} defines {f} itself: calls bind to it before any preloaded library, so \
+                     the agent would see none of them",
+                    p.display()
+                )
+            }),
+            None => None,
         },
     };
     let library = agent::find_agent();
@@ -175,6 +182,16 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
             "dynamically linked program: no -x/-l selection".into(),
         )),
     }
+}
+
+/// The first allocator function the program exports itself (jemalloc or tcmalloc linked
+/// in statically, a custom `malloc`): the agent's interposers would never be called, and
+/// its leak report would be empty.
+fn own_allocator(program: &Path) -> Option<&'static str> {
+    let names: Vec<&'static str> = funcs::ALLOCATOR_FAMILY.iter().map(|f| f.name).collect();
+    crate::elf::exported_functions(program, &names)
+        .first()
+        .copied()
 }
 
 /// Whether every function `sel` can select is one the agent interposes (`-x malloc`,
