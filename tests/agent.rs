@@ -144,19 +144,21 @@ fn the_engine_is_chosen_and_explained() {
             "{x}"
         );
     }
+    let err = agent_refusal(&dir.join("bad.rlt"), &stat);
+    assert!(err.contains("--engine agent cannot record this: "), "{err}");
+}
+
+/// `rltrace record --engine agent` on `cmd`: asserts it refuses (status 2); its stderr.
+fn agent_refusal(out: &std::path::Path, cmd: &std::path::Path) -> String {
     let o = rltrace()
         .args(["record", "--engine", "agent", "-o"])
-        .arg(dir.join("bad.rlt"))
+        .arg(out)
         .arg("--")
-        .arg(&stat)
+        .arg(cmd)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("--engine agent cannot record this: "),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -366,19 +368,8 @@ fn a_program_with_its_own_malloc_is_recorded_by_ptrace_not_the_agent() {
         .find(|g| g.at == at)
         .unwrap_or_else(|| panic!("no leak at {at}: {leaks:?}"));
     assert_eq!((g.blocks, g.bytes), (1, 40));
-    let o = rltrace()
-        .args(["record", "--engine", "agent", "-o"])
-        .arg(dir.join("b.rlt"))
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("defines malloc itself"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let err = agent_refusal(&dir.join("b.rlt"), &bin);
+    assert!(err.contains("defines malloc itself"), "{err}");
 }
 
 #[test]
