@@ -210,15 +210,7 @@ impl ElfInfo {
         let mut seen = std::collections::HashSet::new();
         for sym in parsed.dynamic_symbols().chain(parsed.symbols()) {
             let raw = sym.elf_symbol();
-            let ty = raw.st_type();
-            let bind = raw.st_bind();
-            if (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
-                || raw.st_shndx(endian) == elf::SHN_UNDEF
-                || raw.st_value(endian) == 0
-                || !(bind == elf::STB_GLOBAL
-                    || bind == elf::STB_WEAK
-                    || (with_local && bind == elf::STB_LOCAL))
-            {
+            if !defines_function(raw, endian, with_local) {
                 continue;
             }
             let Ok(name) = sym.name() else { continue };
@@ -228,7 +220,7 @@ impl ElfInfo {
             out.push((
                 name.to_string(),
                 raw.st_value(endian),
-                ty == elf::STT_GNU_IFUNC,
+                raw.st_type() == elf::STT_GNU_IFUNC,
             ));
         }
         out
@@ -430,9 +422,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// True unless `path` is an ELF executable without a program interpreter (statically
-/// linked: nothing can be preloaded into it). Files that are not ELF (scripts) count as
-/// dynamic: their interpreter is what runs.
 /// Those of `names` that the executable at `path` defines and exports (its dynamic symbol
 /// table), in the order of `names`: definitions every library's calls bind to before any
 /// preloaded library's.
@@ -446,13 +435,7 @@ pub fn exported_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
     let endian = parsed.endian();
     let mut out = Vec::new();
     for sym in parsed.dynamic_symbols() {
-        let raw = sym.elf_symbol();
-        let ty = raw.st_type();
-        let bind = raw.st_bind();
-        if (ty != elf::STT_FUNC && ty != elf::STT_GNU_IFUNC)
-            || raw.st_shndx(endian) == elf::SHN_UNDEF
-            || !(bind == elf::STB_GLOBAL || bind == elf::STB_WEAK)
-        {
+        if !defines_function(sym.elf_symbol(), endian, false) {
             continue;
         }
         let Ok(name) = sym.name() else { continue };
@@ -466,6 +449,22 @@ pub fn exported_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
     out
 }
 
+/// Whether `raw` is a function (or GNU IFUNC) the file defines at an address, bound
+/// globally or weakly (or locally, with `with_local`).
+fn defines_function(raw: &elf::Sym64<Endianness>, endian: Endianness, with_local: bool) -> bool {
+    let ty = raw.st_type();
+    let bind = raw.st_bind();
+    (ty == elf::STT_FUNC || ty == elf::STT_GNU_IFUNC)
+        && raw.st_shndx(endian) != elf::SHN_UNDEF
+        && raw.st_value(endian) != 0
+        && (bind == elf::STB_GLOBAL
+            || bind == elf::STB_WEAK
+            || (with_local && bind == elf::STB_LOCAL))
+}
+
+/// True unless `path` is an ELF executable without a program interpreter (statically
+/// linked: nothing can be preloaded into it). Files that are not ELF (scripts) count as
+/// dynamic: their interpreter is what runs.
 pub fn is_dynamic(path: &Path) -> bool {
     let Ok(file) = MappedFile::open(path) else {
         return true;

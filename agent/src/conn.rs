@@ -144,9 +144,8 @@ fn send_all(mut b: &[u8]) -> bool {
 
 fn message(kind: u8, payload: &[&[u8]]) -> bool {
     let len: usize = payload.iter().map(|p| p.len()).sum();
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut head = [0u8; HEAD];
+    put_head(&mut head, kind, len);
     SOCK.write();
     let mut ok = send_all(&head);
     for p in payload {
@@ -163,8 +162,7 @@ fn message_framed(kind: u8, buf: &mut [u8]) -> bool {
     let Some(len) = buf.len().checked_sub(HEAD) else {
         return false;
     };
-    buf[0] = kind;
-    buf[1..HEAD].copy_from_slice(&(len as u32).to_le_bytes());
+    put_head(buf, kind, len);
     SOCK.write();
     let ok = send_all(buf);
     SOCK.write_unlock();
@@ -173,6 +171,12 @@ fn message_framed(kind: u8, buf: &mut [u8]) -> bool {
 
 /// Bytes of a message header: kind, then the payload's length.
 const HEAD: usize = 5;
+
+/// Writes a message header at the start of `out`, which holds at least [`HEAD`] bytes.
+fn put_head(out: &mut [u8], kind: u8, len: usize) {
+    out[0] = kind;
+    out[1..HEAD].copy_from_slice(&(len as u32).to_le_bytes());
+}
 
 /// Sends the names of the traced imports (before any record that numbers them).
 pub fn send_imports(hooks: &[crate::imports::Hook]) {

@@ -103,7 +103,7 @@ pub struct Key {
 pub struct StackCache {
     entries: Vec<Entry>,
     /// Per set, the way the next new entry replaces (round robin).
-    next: Vec<u8>,
+    next: [u8; SETS],
 }
 
 /// The first entry of `k`'s set.
@@ -132,7 +132,6 @@ impl StackCache {
         }
         if self.entries.is_empty() {
             self.entries.resize_with(SETS * WAYS, Entry::default);
-            self.next = vec![0; SETS];
         }
         let at = set(k);
         let ways = &mut self.entries[at..at + WAYS];

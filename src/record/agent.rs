@@ -801,7 +801,6 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(self.root_status.unwrap_or(ExitHow::Unknown))
     }
 
-    /// Takes every pending connection, each read by a thread of its own.
     /// Sleeps until a connection is waiting, a reader has sent a message, or `timeout`
     /// passed (to look at the command's process).
     fn wait(&self, timeout: Duration) {
@@ -827,6 +826,7 @@ impl<W: io::Write> Recorder<'_, W> {
         }
     }
 
+    /// Takes every pending connection, each read by a thread of its own.
     fn accept(&mut self) -> Result<(), AgentError> {
         loop {
             let conn = match self.listener.accept() {
