@@ -26,7 +26,7 @@ use crate::record::select::Selection;
 
 use crate::format::{ArgData, ExitHow, FnClass, FormatError, Frame, StartCause};
 use crate::record::clock::{rdtsc, TscClock};
-use crate::record::merge::Merge;
+use crate::record::merge::{Merge, Run, VecRun};
 use crate::record::procfs;
 use crate::record::sink::Sink;
 
@@ -104,7 +104,7 @@ enum Msg {
     Imports(Vec<(String, bool)>),
     /// Prototypes the recorder found in the libraries' DWARF for an image's imports.
     Protos(Vec<crate::protos::Loaded>),
-    Batch(u32, Batch),
+    Batch(RawBatch),
     Exit(ExitHow),
     End,
     Closed(Option<String>),
@@ -119,11 +119,144 @@ struct AgentModule {
     path: String,
 }
 
-/// One thread's batch: the stacks it defines, and its numbered records in its order.
+/// One thread's batch as it came off the wire: its records are decoded one at a time, by
+/// the merge, when their turn is near (see src/record/merge.rs for why).
+struct RawBatch {
+    tid: u32,
+    bytes: Vec<u8>,
+    /// Offset in `bytes` of the first record not decoded yet.
+    at: usize,
+    /// Offset in the connection's stream of `bytes[0]`, for error messages.
+    base: u64,
+    head: Head,
+    /// Number of the last numbered record decoded: a head that takes none sorts there.
+    last: u64,
+    numbered: bool,
+}
+
+impl RawBatch {
+    /// The batch in `payload` (a `MSG_BATCH` message), which starts at `base` in its
+    /// stream.
+    fn new(payload: Vec<u8>, base: u64) -> Result<RawBatch, (&'static str, usize)> {
+        let tid = wire::Get::new(&payload)
+            .u32()
+            .map_err(|e| ("short batch", e.at))?;
+        Ok(RawBatch {
+            tid,
+            bytes: payload,
+            at: 4,
+            base,
+            head: Head::default(),
+            last: 0,
+            numbered: false,
+        })
+    }
+}
+
+impl Run for RawBatch {
+    type Item = Head;
+
+    fn tid(&self) -> u32 {
+        self.tid
+    }
+
+    fn advance(&mut self) -> Option<u64> {
+        self.head.stacks.clear();
+        self.head.rec = None;
+        loop {
+            let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) else {
+                // Definitions after the last record still count: a later batch's records
+                // may use them.
+                self.numbered = false;
+                return (!self.head.stacks.is_empty()).then_some(self.last);
+            };
+            match decode_record(rest) {
+                Ok((Record::Stack(id, frames), n)) => {
+                    self.at += n;
+                    self.head.stacks.push((id, frames));
+                }
+                Ok((Record::Numbered(seq, rec), n)) => {
+                    self.at += n;
+                    self.head.rec = Some(rec);
+                    self.last = seq;
+                    self.numbered = true;
+                    return Some(seq);
+                }
+                Err((what, o)) => {
+                    let at = self.at + o;
+                    self.at = self.bytes.len();
+                    self.head.rec = Some(Ordered::Corrupt(what, self.base + at as u64));
+                    self.numbered = false;
+                    return Some(self.last);
+                }
+            }
+        }
+    }
+
+    fn item(&mut self) -> &mut Head {
+        &mut self.head
+    }
+
+    fn numbered(&self) -> bool {
+        self.numbered
+    }
+
+    fn size(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// What an image's merge lends: a record in the agent's order, after the stack
+/// definitions that came before it in its thread's stream (none at a batch's end).
 #[derive(Default)]
-struct Batch {
+struct Head {
     stacks: Vec<(u32, Vec<u64>)>,
-    items: Vec<(u64, Ordered)>,
+    rec: Option<Ordered>,
+}
+
+/// The runs of an image's merge: threads' batches, and module lists (numbered too).
+enum ImageRun {
+    Batch(RawBatch),
+    Modules(VecRun<Head>),
+}
+
+impl Run for ImageRun {
+    type Item = Head;
+
+    fn tid(&self) -> u32 {
+        match self {
+            ImageRun::Batch(b) => b.tid(),
+            ImageRun::Modules(m) => m.tid(),
+        }
+    }
+
+    fn advance(&mut self) -> Option<u64> {
+        match self {
+            ImageRun::Batch(b) => b.advance(),
+            ImageRun::Modules(m) => m.advance(),
+        }
+    }
+
+    fn item(&mut self) -> &mut Head {
+        match self {
+            ImageRun::Batch(b) => b.item(),
+            ImageRun::Modules(m) => m.item(),
+        }
+    }
+
+    fn numbered(&self) -> bool {
+        match self {
+            ImageRun::Batch(b) => b.numbered(),
+            ImageRun::Modules(m) => m.numbered(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            ImageRun::Batch(b) => b.size(),
+            ImageRun::Modules(m) => m.size(),
+        }
+    }
 }
 
 /// Entry into an imported function, as the agent reported it.
@@ -147,6 +280,16 @@ enum Ordered {
     Enter(ImportEnter),
     Exit(ImportExit),
     Modules(Vec<AgentModule>),
+    /// The rest of a batch did not decode: the problem, and its offset in the stream.
+    Corrupt(&'static str, u64),
+}
+
+/// One record of a batch.
+enum Record {
+    /// A stack definition: the agent's id and the return addresses.
+    Stack(u32, Vec<u64>),
+    /// A record in the agent's order, with its number.
+    Numbered(u64, Ordered),
 }
 
 struct Stack {
@@ -211,7 +354,9 @@ struct Image {
     blocked_by: Option<usize>,
     modules: BTreeMap<u64, (u32, AgentModule)>,
     /// Records waiting for their turn in the agent's call order.
-    order: Merge<Ordered>,
+    order: Merge<ImageRun>,
+    /// Set once a batch of this image did not decode: the rest of its stream is dropped.
+    corrupt: bool,
     stacks: Stacks,
     exit: Option<ExitHow>,
     ended: bool,
@@ -376,7 +521,8 @@ fn read_conn(
     out: &Outbox,
     calls: Option<&Mutex<Selection>>,
 ) -> Result<(), String> {
-    let mut r = BufReader::with_capacity(1 << 20, conn);
+    // Small: a batch larger than the buffer is read straight into its own vector.
+    let mut r = BufReader::with_capacity(64 << 10, conn);
     let mut offset = 0u64;
     let mut head = [0u8; 4 + 2 + 4 + 4 + 1 + 2];
     if r.read_exact(&mut head).is_err() {
@@ -432,10 +578,25 @@ fn read_conn(
         if len > wire::MAX_MESSAGE + 8 {
             return Err(bad(&format!("message of {len} bytes"), offset));
         }
+        let at = offset + 5;
+        if h[0] == wire::MSG_BATCH {
+            // Handed over whole, undecoded (the merge decodes it), in a buffer of its own
+            // that is filled without being cleared first.
+            let mut bytes = Vec::with_capacity(len);
+            (&mut r)
+                .take(len as u64)
+                .read_to_end(&mut bytes)
+                .ok()
+                .filter(|&n| n == len)
+                .ok_or_else(|| bad("truncated message", offset))?;
+            let batch = RawBatch::new(bytes, at).map_err(|(what, o)| bad(what, at + o as u64))?;
+            offset = at + len as u64;
+            out.send(id, Msg::Batch(batch))?;
+            continue;
+        }
         payload.resize(len, 0);
         r.read_exact(&mut payload)
             .map_err(|_| bad("truncated message", offset))?;
-        let at = offset + 5;
         let msg = decode(h[0], &payload).map_err(|(what, o)| bad(what, at + o as u64))?;
         offset = at + len as u64;
         if let Msg::Modules(_, mods) = &msg {
@@ -566,7 +727,102 @@ fn eventfd() -> io::Result<OwnedFd> {
 /// Decodes one agent message of kind `kind` and discards it; the problem and its offset if
 /// it is malformed. The decoding entry point for fuzzing (`fuzz/fuzz_targets/agent_stream.rs`).
 pub fn check_message(kind: u8, payload: &[u8]) -> Result<(), (&'static str, usize)> {
-    decode(kind, payload).map(|_| ())
+    if kind != wire::MSG_BATCH {
+        return decode(kind, payload).map(|_| ());
+    }
+    // Batches are decoded by the merge, a record at a time: all the way through here.
+    let mut b = RawBatch::new(payload.to_vec(), 0)?;
+    while b.advance().is_some() {
+        if let Some(Ordered::Corrupt(what, at)) = b.head.rec {
+            return Err((what, at as usize));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the batch record at the start of `p`; with the bytes it took.
+fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
+    let mut g = wire::Get::new(p);
+    let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);
+    let rec = match g.u8().map_err(t("short record"))? {
+        wire::REC_STACK => {
+            let id = g.u32().map_err(t("short stack"))?;
+            let n = g.u16().map_err(t("short stack"))? as usize;
+            if n > wire::MAX_FRAMES {
+                return Err(("stack too deep", 0));
+            }
+            let mut frames = Vec::with_capacity(n);
+            for _ in 0..n {
+                frames.push(g.u64().map_err(t("short stack"))?);
+            }
+            Record::Stack(id, frames)
+        }
+        wire::REC_CALL => {
+            let c = g.call().map_err(t("short call"))?;
+            Record::Numbered(c.seq, Ordered::Call(c))
+        }
+        wire::REC_ENTER => {
+            let short = t("short import entry");
+            let seq = g.u64().map_err(short)?;
+            let import = g.u16().map_err(short)?;
+            let ts = g.u64().map_err(short)?;
+            let stack = g.u32().map_err(short)?;
+            let n = g.u8().map_err(short)? as usize;
+            if n > wire::MAX_ARGS {
+                return Err(("too many arguments", 0));
+            }
+            let mut args = Vec::with_capacity(n);
+            for _ in 0..n {
+                args.push(g.u64().map_err(short)?);
+            }
+            let nd = g.u8().map_err(short)? as usize;
+            if nd > wire::MAX_DATA_ARGS {
+                return Err(("too many captured arguments", 0));
+            }
+            let mut data = Vec::with_capacity(nd);
+            for _ in 0..nd {
+                let d_at = g.offset();
+                let arg = g.u8().map_err(short)?;
+                let truncated = g.u8().map_err(short)? != 0;
+                let len = g.u16().map_err(short)? as usize;
+                if len > wire::MAX_DATA || arg as usize >= wire::MAX_ARGS {
+                    return Err(("captured argument out of bounds", d_at));
+                }
+                let bytes = g.bytes(len).map_err(short)?.to_vec();
+                data.push(ArgData {
+                    arg,
+                    truncated,
+                    bytes,
+                });
+            }
+            Record::Numbered(
+                seq,
+                Ordered::Enter(ImportEnter {
+                    import,
+                    ts,
+                    stack,
+                    args,
+                    data,
+                }),
+            )
+        }
+        wire::REC_EXIT => {
+            let short = t("short import return");
+            let seq = g.u64().map_err(short)?;
+            let ts = g.u64().map_err(short)?;
+            let flags = g.u8().map_err(short)?;
+            let ret = g.u64().map_err(short)?;
+            Record::Numbered(
+                seq,
+                Ordered::Exit(ImportExit {
+                    ts,
+                    ret: (flags & wire::CALL_RET != 0).then_some(ret),
+                }),
+            )
+        }
+        _ => return Err(("unknown record kind", 0)),
+    };
+    Ok((rec, g.offset()))
 }
 
 fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
@@ -601,99 +857,6 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                 mods.push(m);
             }
             Msg::Modules(seq, mods)
-        }
-        wire::MSG_BATCH => {
-            let tid = g.u32().map_err(t("short batch"))?;
-            // Sized for the whole message at once: grown by doubling, the vector was
-            // copied over and over and first touched page by page (a fifth of this
-            // thread's time). A call record is at least 15 bytes on the wire (import
-            // records more), so this is a bound, and 1 MiB messages keep it bounded.
-            let mut recs = Batch {
-                stacks: Vec::new(),
-                items: Vec::with_capacity(p.len() / 15),
-            };
-            while !g.is_empty() {
-                let at = g.offset();
-                match g.u8().map_err(t("short record"))? {
-                    wire::REC_STACK => {
-                        let id = g.u32().map_err(t("short stack"))?;
-                        let n = g.u16().map_err(t("short stack"))? as usize;
-                        if n > wire::MAX_FRAMES {
-                            return Err(("stack too deep", at));
-                        }
-                        let mut frames = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            frames.push(g.u64().map_err(t("short stack"))?);
-                        }
-                        recs.stacks.push((id, frames));
-                    }
-                    wire::REC_CALL => {
-                        let c = g.call().map_err(t("short call"))?;
-                        recs.items.push((c.seq, Ordered::Call(c)));
-                    }
-                    wire::REC_ENTER => {
-                        let short = t("short import entry");
-                        let seq = g.u64().map_err(short)?;
-                        let import = g.u16().map_err(short)?;
-                        let ts = g.u64().map_err(short)?;
-                        let stack = g.u32().map_err(short)?;
-                        let n = g.u8().map_err(short)? as usize;
-                        if n > wire::MAX_ARGS {
-                            return Err(("too many arguments", at));
-                        }
-                        let mut args = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            args.push(g.u64().map_err(short)?);
-                        }
-                        let nd = g.u8().map_err(short)? as usize;
-                        if nd > wire::MAX_DATA_ARGS {
-                            return Err(("too many captured arguments", at));
-                        }
-                        let mut data = Vec::with_capacity(nd);
-                        for _ in 0..nd {
-                            let d_at = g.offset();
-                            let arg = g.u8().map_err(short)?;
-                            let truncated = g.u8().map_err(short)? != 0;
-                            let len = g.u16().map_err(short)? as usize;
-                            if len > wire::MAX_DATA || arg as usize >= wire::MAX_ARGS {
-                                return Err(("captured argument out of bounds", d_at));
-                            }
-                            let bytes = g.bytes(len).map_err(short)?.to_vec();
-                            data.push(ArgData {
-                                arg,
-                                truncated,
-                                bytes,
-                            });
-                        }
-                        recs.items.push((
-                            seq,
-                            Ordered::Enter(ImportEnter {
-                                import,
-                                ts,
-                                stack,
-                                args,
-                                data,
-                            }),
-                        ));
-                    }
-                    wire::REC_EXIT => {
-                        let short = t("short import return");
-                        let seq = g.u64().map_err(short)?;
-                        let ts = g.u64().map_err(short)?;
-                        let flags = g.u8().map_err(short)?;
-                        let ret = g.u64().map_err(short)?;
-                        recs.items.push((
-                            seq,
-                            Ordered::Exit(ImportExit {
-                                ts,
-                                ret: (flags & wire::CALL_RET != 0).then_some(ret),
-                            }),
-                        ));
-                    }
-                    _ => return Err(("unknown record kind", at)),
-                }
-            }
-            Msg::Batch(tid, recs)
         }
         wire::MSG_EXIT => {
             let b = g.bytes(4).map_err(t("short exit"))?;
@@ -909,7 +1072,13 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.start_image(id, earlier, pid, parent, cause, &exe)?;
             }
-            Msg::Modules(seq, mods) => self.enqueue(id, 0, vec![(seq, Ordered::Modules(mods))])?,
+            Msg::Modules(seq, mods) => {
+                let head = Head {
+                    stacks: Vec::new(),
+                    rec: Some(Ordered::Modules(mods)),
+                };
+                self.enqueue(id, ImageRun::Modules(VecRun::new(0, vec![(seq, head)])))?
+            }
             Msg::Protos(found) => self.sink.prototypes(&found)?,
             Msg::Imports(names) => {
                 let mut ids = Vec::with_capacity(names.len());
@@ -918,13 +1087,10 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.image(id).imports = ids;
             }
-            Msg::Batch(tid, batch) => {
-                let img = self.image(id);
-                for (sid, raw) in batch.stacks {
-                    img.stacks.insert(tid, sid, Stack { raw, id: None });
-                }
-                self.enqueue(id, tid, batch.items)?;
+            Msg::Batch(batch) if !self.image(id).corrupt => {
+                self.enqueue(id, ImageRun::Batch(batch))?
             }
+            Msg::Batch(_) => {}
             Msg::Exit(s) => self.image(id).exit = Some(s),
             Msg::End => self.close(id, true, None)?,
             Msg::Closed(err) => self.close(id, false, err)?,
@@ -972,18 +1138,13 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(())
     }
 
-    /// Queues thread `tid`'s numbered records and writes whatever's turn has come.
-    fn enqueue(
-        &mut self,
-        id: usize,
-        tid: u32,
-        items: Vec<(u64, Ordered)>,
-    ) -> Result<(), AgentError> {
+    /// Queues a run of numbered records and writes whatever's turn has come.
+    fn enqueue(&mut self, id: usize, run: ImageRun) -> Result<(), AgentError> {
         let img = self.image(id);
         if !img.started {
             return Ok(());
         }
-        img.order.push(tid, items);
+        img.order.push(run);
         self.release(id, false)
     }
 
@@ -1004,7 +1165,16 @@ impl<W: io::Write> Recorder<'_, W> {
         done
     }
 
-    fn write_item(&mut self, id: usize, tid: u32, item: &mut Ordered) -> Result<(), AgentError> {
+    fn write_item(&mut self, id: usize, tid: u32, head: &mut Head) -> Result<(), AgentError> {
+        if !head.stacks.is_empty() {
+            let img = &mut self.images[id];
+            for (sid, raw) in head.stacks.drain(..) {
+                img.stacks.insert(tid, sid, Stack { raw, id: None });
+            }
+        }
+        let Some(item) = &mut head.rec else {
+            return Ok(());
+        };
         match item {
             Ordered::Call(c) => self.write_call(id, tid, c),
             Ordered::Enter(e) => {
@@ -1032,6 +1202,18 @@ impl<W: io::Write> Recorder<'_, W> {
                 Ok(())
             }
             Ordered::Modules(m) => self.modules(id, std::mem::take(m)),
+            Ordered::Corrupt(what, at) => {
+                // As a connection that sent a malformed message would be ended: the rest
+                // of this image's stream is dropped, what came before it stays.
+                let (what, at) = (*what, *at);
+                self.images[id].corrupt = true;
+                let pid = self.images[id].pid;
+                self.sink.note(
+                    pid,
+                    format!("agent stream of process {pid} ended early: {what} at offset {at}"),
+                )?;
+                Ok(())
+            }
         }
     }
 
@@ -1204,5 +1386,126 @@ impl<W: io::Write> Recorder<'_, W> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(seq: u64, stack: u32) -> Vec<u8> {
+        let c = wire::Call {
+            seq,
+            func: wire::func::MALLOC,
+            flags: wire::CALL_RET,
+            nargs: 1,
+            args: [32, 0, 0],
+            ret: 0x5555_0000 + seq,
+            out: 0,
+            ts_in: 1000 + seq,
+            ts_out: 1010 + seq,
+            stack,
+        };
+        let mut buf = vec![0u8; wire::call_len(1)];
+        let n = wire::put_call(&mut buf, &c);
+        buf.truncate(n);
+        buf
+    }
+
+    fn stack(id: u32, frames: &[u64]) -> Vec<u8> {
+        let mut b = vec![wire::REC_STACK];
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&(frames.len() as u16).to_le_bytes());
+        for f in frames {
+            b.extend_from_slice(&f.to_le_bytes());
+        }
+        b
+    }
+
+    fn batch(tid: u32, records: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = tid.to_le_bytes().to_vec();
+        for r in records {
+            b.extend_from_slice(r);
+        }
+        b
+    }
+
+    /// What the merge lends, in order: (thread, stack ids defined, call number).
+    fn drain(m: &mut Merge<ImageRun>) -> Vec<(u32, Vec<u32>, Option<u64>)> {
+        let mut out = Vec::new();
+        while let Some((tid, head)) = m.pop(false) {
+            let defs = head.stacks.iter().map(|(id, _)| *id).collect();
+            let seq = match &head.rec {
+                Some(Ordered::Call(c)) => Some(c.seq),
+                _ => None,
+            };
+            out.push((tid, defs, seq));
+        }
+        out
+    }
+
+    #[test]
+    fn batches_decode_in_number_order_with_their_stack_definitions() {
+        let a = batch(
+            7,
+            &[
+                stack(0, &[0x1000, 0x2000]),
+                call(0, 0),
+                call(2, 0),
+                stack(1, &[0x3000]),
+            ],
+        );
+        let b = batch(8, &[call(1, wire::NO_STACK), call(3, wire::NO_STACK)]);
+        let mut m = Merge::default();
+        m.push(ImageRun::Batch(RawBatch::new(a, 0).unwrap()));
+        assert_eq!(drain(&mut m), [(7, vec![0], Some(0))]);
+        m.push(ImageRun::Batch(RawBatch::new(b, 0).unwrap()));
+        // The definition left at the end of 7's batch goes out right after its last call.
+        assert_eq!(
+            drain(&mut m),
+            [
+                (8, vec![], Some(1)),
+                (7, vec![], Some(2)),
+                (7, vec![1], None),
+                (8, vec![], Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_record_ends_its_batch_with_its_offset_in_the_stream() {
+        let good = call(0, wire::NO_STACK);
+        let mut bad = call(1, wire::NO_STACK);
+        bad.truncate(bad.len() - 3);
+        let bytes = batch(7, &[good.clone(), bad]);
+        // At offset 500 of its connection's stream; the bad call starts after the thread
+        // id and the good call.
+        let mut m = Merge::default();
+        m.push(ImageRun::Batch(RawBatch::new(bytes.clone(), 500).unwrap()));
+        let (_, first) = m.pop(false).unwrap();
+        assert!(matches!(first.rec, Some(Ordered::Call(ref c)) if c.seq == 0));
+        let (_, second) = m.pop(false).unwrap();
+        match second.rec {
+            Some(Ordered::Corrupt(what, at)) => {
+                assert_eq!(what, "short call");
+                assert!(at > 500 + 4 + good.len() as u64, "{at}");
+                assert!(at <= 500 + bytes.len() as u64, "{at}");
+            }
+            _ => panic!("not a corrupt record"),
+        }
+        assert!(m.pop(false).is_none());
+        assert!(matches!(
+            check_message(wire::MSG_BATCH, &bytes),
+            Err(("short call", _))
+        ));
+        assert!(check_message(wire::MSG_BATCH, &batch(7, &[good])).is_ok());
+        assert!(matches!(
+            check_message(wire::MSG_BATCH, &[1, 2]),
+            Err(("short batch", _))
+        ));
+        assert!(matches!(
+            check_message(wire::MSG_BATCH, &batch(7, &[vec![0xee]])),
+            Err(("unknown record kind", 4))
+        ));
     }
 }

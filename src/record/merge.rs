@@ -2,50 +2,110 @@
 //! carries a number from a process-wide counter; each batch holds one thread's records in
 //! the order that thread numbered them, and batches of different threads interleave. The
 //! merge keeps each batch as it arrived (a run) and hands out the head with the smallest
-//! number once its turn has come: the number after the last one handed out. Records are
-//! lent in place, in their run, rather than moved through a window indexed by number.
+//! number once its turn has come: the number after the last one handed out. A run decodes
+//! its records one at a time as the merge reaches them, and each is lent where it lies:
+//! decoding a whole batch into records first, on the connection's thread, wrote and then
+//! read back three times the bytes the wire holds, through another core's cache.
 //!
 //! A number that never comes (a thread stopped between numbering a call and writing it)
-//! would hold everything back: once more than [`MAX_WAITING`] records wait, the merge
-//! gives up on the missing numbers before the smallest head and counts them as lost.
-//! At the end of a stream, the rest is handed out in order, gaps ignored (numbers taken
-//! by calls still running when the process ended).
+//! would hold everything back: once more than [`MAX_WAITING`] bytes of runs wait, the
+//! merge gives up on the missing numbers before the smallest head and counts them as
+//! lost. At the end of a stream, the rest is handed out in order, gaps ignored (numbers
+//! taken by calls still running when the process ended).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-/// Most records held back waiting for a missing number.
-pub const MAX_WAITING: usize = 1 << 20;
+/// Most bytes of runs held back waiting for a missing number.
+pub const MAX_WAITING: usize = 32 << 20;
 
-/// One batch: a thread's records with their numbers, in the order it sent them.
-struct Run<T> {
+/// One batch of a thread's records, in the order the thread numbered them.
+pub trait Run {
+    /// What the run hands out.
+    type Item;
+    /// The thread whose records these are.
+    fn tid(&self) -> u32;
+    /// Moves to the next record and returns its number; `None` once the run is spent.
+    /// Called once before the first head is looked at.
+    fn advance(&mut self) -> Option<u64>;
+    /// The current head.
+    fn item(&mut self) -> &mut Self::Item;
+    /// Whether the current head took a number of the stream's count (a head that did not,
+    /// such as definitions left at a batch's end, goes out once it is the smallest and
+    /// moves the count nowhere).
+    fn numbered(&self) -> bool {
+        true
+    }
+    /// Bytes the run holds, counted against [`MAX_WAITING`].
+    fn size(&self) -> usize;
+}
+
+/// A run of records decoded already, each with its number.
+pub struct VecRun<T> {
     tid: u32,
     items: Vec<(u64, T)>,
-    /// Index of the head: the next record to hand out.
+    /// Index of the head plus one; 0 before the first `advance`.
     next: usize,
 }
 
+impl<T> VecRun<T> {
+    /// Thread `tid`'s records, in its order.
+    pub fn new(tid: u32, items: Vec<(u64, T)>) -> Self {
+        VecRun {
+            tid,
+            items,
+            next: 0,
+        }
+    }
+}
+
+impl<T> Run for VecRun<T> {
+    type Item = T;
+    fn tid(&self) -> u32 {
+        self.tid
+    }
+    fn advance(&mut self) -> Option<u64> {
+        let (n, _) = self.items.get(self.next)?;
+        self.next += 1;
+        Some(*n)
+    }
+    fn item(&mut self) -> &mut T {
+        // `advance` returned a number, so the head exists; an index past the end is
+        // only reachable by misuse, and then the last record is lent again.
+        let i = self
+            .next
+            .saturating_sub(1)
+            .min(self.items.len().saturating_sub(1));
+        &mut self.items[i].1
+    }
+    fn size(&self) -> usize {
+        self.items.len() * std::mem::size_of::<(u64, T)>()
+    }
+}
+
 /// The records of one stream waiting for their turn.
-pub struct Merge<T> {
-    runs: Vec<Option<Run<T>>>,
+pub struct Merge<R> {
+    runs: Vec<Option<R>>,
     free: Vec<usize>,
     /// (number of a run's head, run slot), smallest first.
     heads: BinaryHeap<Reverse<(u64, usize)>>,
-    /// A run whose last record was handed out by reference: freed at the next call.
-    spent: Option<usize>,
+    /// The run whose head was lent by the last `pop`: it moves on at the next call (to
+    /// `pop` or `push`), so that the head stays where it lies meanwhile. Its entry is the
+    /// top of `heads` until then.
+    lent: Option<usize>,
     next: u64,
     waiting: usize,
     /// Numbers given up on (never received while later records waited).
     pub lost: u64,
 }
 
-impl<T> Default for Merge<T> {
+impl<R> Default for Merge<R> {
     fn default() -> Self {
         Merge {
             runs: Vec::new(),
             free: Vec::new(),
             heads: BinaryHeap::new(),
-            spent: None,
+            lent: None,
             next: 0,
             waiting: 0,
             lost: 0,
@@ -53,20 +113,16 @@ impl<T> Default for Merge<T> {
     }
 }
 
-impl<T> Merge<T> {
-    /// Adds thread `tid`'s records, in the order it sent them.
-    pub fn push(&mut self, tid: u32, items: Vec<(u64, T)>) {
-        let Some(&(head, _)) = items.first() else {
+impl<R: Run> Merge<R> {
+    /// Adds a run (a thread's next records, in the order it sent them).
+    pub fn push(&mut self, mut run: R) {
+        self.settle();
+        let Some(head) = run.advance() else {
             return;
         };
-        self.waiting += items.len();
+        self.waiting += run.size();
         let slot = self.free.pop().unwrap_or(self.runs.len());
         self.heads.push(Reverse((head, slot)));
-        let run = Run {
-            tid,
-            items,
-            next: 0,
-        };
         if slot == self.runs.len() {
             self.runs.push(Some(run));
         } else {
@@ -74,54 +130,62 @@ impl<T> Merge<T> {
         }
     }
 
-    /// The next record whose turn has come, with its thread; with `all` (the stream
-    /// ended), the next one in order whatever is missing before it. The record is lent
-    /// where it lies, not moved: copying records this size out of their batch, through
-    /// the stack, was most of the merge's time.
-    pub fn pop(&mut self, all: bool) -> Option<(u32, &mut T)> {
-        if let Some(slot) = self.spent.take() {
-            self.runs[slot] = None;
-            self.free.push(slot);
-        }
-        let &Reverse((seq, slot)) = self.heads.peek()?;
-        if seq > self.next {
-            if all {
-                self.next = seq;
-            } else if self.waiting > MAX_WAITING {
-                self.lost += seq - self.next;
-                self.next = seq;
-            } else {
-                return None;
-            }
-        }
-        let run = self.runs.get_mut(slot)?.as_mut()?;
-        let at = run.next;
-        run.next += 1;
-        match run.items.get(run.next) {
-            Some(&(h, _)) => {
-                // The run's next head replaces it at the top: one sift instead of a pop
-                // and a push. A confused stream may go backwards: that record is simply
-                // behind.
+    /// Moves the run lent from last on to its next record, or frees it when spent.
+    fn settle(&mut self) {
+        let Some(slot) = self.lent.take() else {
+            return;
+        };
+        let Some(run) = self.runs.get_mut(slot).and_then(|r| r.as_mut()) else {
+            return;
+        };
+        debug_assert_eq!(self.heads.peek().map(|h| h.0 .1), Some(slot));
+        match run.advance() {
+            // The run's next head replaces it at the top: one sift instead of a pop and a
+            // push. A confused stream may go backwards: that record is simply behind.
+            Some(h) => {
                 if let Some(mut top) = self.heads.peek_mut() {
                     *top = Reverse((h, slot));
                 }
             }
             None => {
+                self.waiting = self.waiting.saturating_sub(run.size());
                 self.heads.pop();
-                self.spent = Some(slot);
+                self.runs[slot] = None;
+                self.free.push(slot);
             }
         }
-        self.waiting -= 1;
-        let (n, item) = run.items.get_mut(at)?;
-        // A number behind the ones handed out (only a confused stream sends one) goes
-        // out at once and moves nothing.
-        if *n >= self.next {
-            self.next = n.saturating_add(1);
-        }
-        Some((run.tid, item))
     }
 
-    /// Records waiting.
+    /// The next record whose turn has come, with its thread; with `all` (the stream
+    /// ended), the next one in order whatever is missing before it. The record is lent
+    /// where it lies, not moved: copying records this size out of their batch, through
+    /// the stack, was most of the merge's time.
+    pub fn pop(&mut self, all: bool) -> Option<(u32, &mut R::Item)> {
+        self.settle();
+        let &Reverse((seq, slot)) = self.heads.peek()?;
+        let run = self.runs.get_mut(slot)?.as_mut()?;
+        if run.numbered() {
+            if seq > self.next {
+                if all {
+                    self.next = seq;
+                } else if self.waiting > MAX_WAITING {
+                    self.lost += seq - self.next;
+                    self.next = seq;
+                } else {
+                    return None;
+                }
+            }
+            // A number behind the ones handed out (only a confused stream sends one) goes
+            // out at once and moves nothing.
+            if seq >= self.next {
+                self.next = seq.saturating_add(1);
+            }
+        }
+        self.lent = Some(slot);
+        Some((run.tid(), run.item()))
+    }
+
+    /// Bytes of runs waiting.
     pub fn waiting(&self) -> usize {
         self.waiting
     }
@@ -131,17 +195,17 @@ impl<T> Merge<T> {
 mod tests {
     use super::*;
 
-    fn drain(m: &mut Merge<&'static str>, all: bool) -> Vec<(u32, &'static str)> {
+    fn drain(m: &mut Merge<VecRun<&'static str>>, all: bool) -> Vec<(u32, &'static str)> {
         std::iter::from_fn(|| m.pop(all).map(|(t, s)| (t, *s))).collect()
     }
 
     #[test]
     fn interleaved_threads_come_out_in_number_order() {
         let mut m = Merge::default();
-        m.push(1, vec![(0, "a0"), (2, "a2"), (3, "a3")]);
+        m.push(VecRun::new(1, vec![(0, "a0"), (2, "a2"), (3, "a3")]));
         // 1 is missing: nothing past 0 may go.
         assert_eq!(drain(&mut m, false), [(1, "a0")]);
-        m.push(2, vec![(1, "b1"), (4, "b4")]);
+        m.push(VecRun::new(2, vec![(1, "b1"), (4, "b4")]));
         assert_eq!(
             drain(&mut m, false),
             [(2, "b1"), (1, "a2"), (1, "a3"), (2, "b4")]
@@ -153,7 +217,7 @@ mod tests {
     #[test]
     fn the_end_of_a_stream_releases_past_gaps_without_counting_them() {
         let mut m = Merge::default();
-        m.push(1, vec![(0, "x"), (5, "y")]);
+        m.push(VecRun::new(1, vec![(0, "x"), (5, "y")]));
         assert_eq!(drain(&mut m, false), [(1, "x")]);
         assert_eq!(drain(&mut m, true), [(1, "y")]);
         assert_eq!(m.lost, 0);
@@ -162,23 +226,28 @@ mod tests {
     #[test]
     fn a_number_that_never_comes_is_given_up_once_too_much_waits() {
         let mut m = Merge::default();
-        let items: Vec<(u64, &str)> = (1..=MAX_WAITING as u64 + 1).map(|n| (n, "r")).collect();
-        m.push(7, items);
-        let out = drain(&mut m, false);
-        // The first record past the limit moved the merge past the missing 0; the rest
+        let per = std::mem::size_of::<(u64, &str)>();
+        let n = (MAX_WAITING / per) as u64 + 1;
+        // Just under the limit: the missing 0 holds everything back.
+        m.push(VecRun::new(7, (1..n).map(|k| (k, "r")).collect()));
+        assert!(m.pop(false).is_none());
+        // One more record is past it: the merge moves past the missing 0 and the rest
         // follow in order.
-        assert_eq!(out.len(), MAX_WAITING + 1);
+        m.push(VecRun::new(8, vec![(n, "s")]));
+        let out = drain(&mut m, false);
+        assert_eq!(out.len() as u64, n);
+        assert_eq!(out.last(), Some(&(8, "s")));
         assert_eq!(m.lost, 1);
     }
 
     #[test]
     fn records_are_lent_in_place_and_spent_runs_are_reused() {
-        let mut m: Merge<String> = Merge::default();
+        let mut m: Merge<VecRun<String>> = Merge::default();
         for n in 0..1000u64 {
-            m.push(
+            m.push(VecRun::new(
                 (n % 3) as u32,
                 vec![(2 * n, format!("a{n}")), (2 * n + 1, format!("b{n}"))],
-            );
+            ));
             let (_, first) = m.pop(false).unwrap();
             let taken = std::mem::take(first);
             assert_eq!(taken, format!("a{n}"));
@@ -195,10 +264,76 @@ mod tests {
     }
 
     #[test]
+    fn a_push_between_pops_moves_the_lent_run_on_first() {
+        let mut m = Merge::default();
+        m.push(VecRun::new(1, vec![(1, "a1"), (4, "a4")]));
+        m.push(VecRun::new(2, vec![(0, "b0")]));
+        assert_eq!(m.pop(false).map(|(t, s)| (t, *s)), Some((2, "b0")));
+        // Lent b0's run is spent; the new run's head 2 waits behind a1.
+        m.push(VecRun::new(3, vec![(2, "c2"), (3, "c3")]));
+        assert_eq!(
+            drain(&mut m, false),
+            [(1, "a1"), (3, "c2"), (3, "c3"), (1, "a4")]
+        );
+    }
+
+    /// A run whose heads alternate: numbered, then one that took no number (as stack
+    /// definitions left at a batch's end are).
+    struct Marked {
+        items: Vec<(u64, bool, &'static str)>,
+        next: usize,
+    }
+
+    impl Run for Marked {
+        type Item = &'static str;
+        fn tid(&self) -> u32 {
+            9
+        }
+        fn advance(&mut self) -> Option<u64> {
+            let n = self.items.get(self.next)?.0;
+            self.next += 1;
+            Some(n)
+        }
+        fn item(&mut self) -> &mut &'static str {
+            &mut self.items[self.next - 1].2
+        }
+        fn numbered(&self) -> bool {
+            self.items[self.next - 1].1
+        }
+        fn size(&self) -> usize {
+            self.items.len()
+        }
+    }
+
+    #[test]
+    fn a_head_without_a_number_goes_out_in_place_and_moves_no_count() {
+        let mut m = Merge::default();
+        // A batch holding only definitions, ahead of the stream's first number.
+        m.push(Marked {
+            items: vec![(0, false, "defs")],
+            next: 0,
+        });
+        m.push(Marked {
+            items: vec![(1, true, "one"), (1, false, "tail")],
+            next: 0,
+        });
+        // 0 has not come: "defs" goes (it waits for nothing), "one" does not.
+        let out: Vec<&str> = std::iter::from_fn(|| m.pop(false).map(|(_, s)| *s)).collect();
+        assert_eq!(out, ["defs"]);
+        m.push(Marked {
+            items: vec![(0, true, "zero")],
+            next: 0,
+        });
+        let out: Vec<&str> = std::iter::from_fn(|| m.pop(false).map(|(_, s)| *s)).collect();
+        assert_eq!(out, ["zero", "one", "tail"]);
+        assert_eq!(m.lost, 0);
+    }
+
+    #[test]
     fn a_confused_stream_neither_loops_nor_loses_records() {
         let mut m = Merge::default();
-        m.push(1, vec![(0, "a"), (3, "b"), (1, "c"), (1, "d")]);
-        m.push(2, vec![(2, "e")]);
+        m.push(VecRun::new(1, vec![(0, "a"), (3, "b"), (1, "c"), (1, "d")]));
+        m.push(VecRun::new(2, vec![(2, "e")]));
         let out = drain(&mut m, true);
         assert_eq!(out.len(), 5);
         assert_eq!(out[0], (1, "a"));
