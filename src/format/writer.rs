@@ -73,6 +73,14 @@ pub struct Writer<W: Write> {
     /// The chunk's time column: the time codes of its thread-coded calls, in order.
     times: Encoder,
     summary: Summary,
+    /// Kept from one call chunk to the next, with the buffers below: a context and
+    /// buffers made afresh for every megabyte sealed were page faults in the recorder's
+    /// busiest thread.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// The call chunk being sealed, uncompressed.
+    sealing: Vec<u8>,
+    /// Its compressed form.
+    compressed: Vec<u8>,
 }
 
 impl<W: Write> Writer<W> {
@@ -100,6 +108,9 @@ impl<W: Write> Writer<W> {
             threads: Threads::default(),
             times: Encoder::default(),
             summary: Summary::default(),
+            zstd: None,
+            sealing: Vec::new(),
+            compressed: Vec::new(),
         })
     }
 
@@ -183,14 +194,32 @@ impl<W: Write> Writer<W> {
             return Ok(());
         }
         // The record section's length, the records, then the time column.
-        let mut payload = Encoder::default();
+        let mut payload = Encoder {
+            buf: std::mem::take(&mut self.sealing),
+        };
+        payload.buf.clear();
         payload
             .buf
             .reserve(self.enc.buf.len() + self.times.buf.len() + 10);
         payload.uvar(self.enc.buf.len() as u64);
         payload.buf.extend_from_slice(&self.enc.buf);
         payload.buf.extend_from_slice(&self.times.buf);
-        write_chunk(&mut self.out, CHUNK_CALLS, &payload.buf)?;
+        let raw = payload.buf;
+        let z = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        z.compress_to_buffer(&raw, &mut self.compressed)?;
+        let (flags, stored) = if self.compressed.len() < raw.len() {
+            (CHUNK_FLAG_ZSTD, self.compressed.as_slice())
+        } else {
+            (0, raw.as_slice())
+        };
+        write_stored_chunk(&mut self.out, CHUNK_CALLS, flags, stored, raw.len() as u32)?;
+        self.sealing = raw;
         self.out.flush()?;
         self.enc.buf.clear();
         self.times.buf.clear();
