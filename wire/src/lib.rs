@@ -285,6 +285,24 @@ pub fn put_varint(mut v: u64, mut put: impl FnMut(u8)) {
     }
 }
 
+/// `v` as an unsigned LEB128 varint in the low bytes of a little-endian word, and its
+/// length, if it takes eight bytes or fewer (below 2^56): written without a branch per
+/// byte, as [`varint_in_word`] reads it.
+#[inline(always)]
+pub fn varint_word(v: u64) -> Option<(u64, usize)> {
+    if v >> 56 != 0 {
+        return None;
+    }
+    let n = (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+    // The seven-bit groups spread a byte each: halves, quads, then pairs.
+    let m = ((v << 4) & 0x0fff_ffff_0000_0000) | (v & 0x0000_0000_0fff_ffff);
+    let m = ((m << 2) & 0x3fff_0000_3fff_0000) | (m & 0x0000_3fff_0000_3fff);
+    let m = ((m << 1) & 0x7f00_7f00_7f00_7f00) | (m & 0x007f_007f_007f_007f);
+    // A continuation bit on every byte but the last.
+    let more = 0x8080_8080_8080_8080 & ((1u64 << (8 * (n - 1))) - 1);
+    Some((m | more, n))
+}
+
 /// Reads an unsigned LEB128 varint at the start of `b`: its value and length.
 #[inline]
 pub fn get_varint(b: &[u8]) -> Result<(u64, usize), VarintError> {
@@ -363,8 +381,17 @@ impl Put<'_> {
         self.bytes(&v.to_le_bytes());
     }
     /// Appends an unsigned LEB128 varint (at most 10 bytes).
-    #[inline]
+    #[inline(always)]
     pub fn uvar(&mut self, v: u64) {
+        if let Some((w, n)) = varint_word(v) {
+            // Eight bytes stored at once, of which the varint's count: the rest is room
+            // the caller sized for later fields.
+            if let Some(dst) = self.buf.get_mut(self.at..self.at + 8) {
+                dst.copy_from_slice(&w.to_le_bytes());
+                self.at += n;
+                return;
+            }
+        }
         put_varint(v, |b| self.u8(b));
     }
 }
@@ -549,6 +576,22 @@ mod tests {
             };
             w.uvar(v);
             let n = w.at;
+            // The same bytes as the byte loop writes, in a buffer with room and in one
+            // without (the byte loop then).
+            let mut plain = [0u8; 10];
+            let mut len = 0;
+            put_varint(v, |b| {
+                plain[len] = b;
+                len += 1;
+            });
+            assert_eq!(&buf[..n], &plain[..len], "{v:#x}");
+            let mut tight = [0u8; 10];
+            let mut t = Put {
+                buf: &mut tight[..len],
+                at: 0,
+            };
+            t.uvar(v);
+            assert_eq!((t.at, &tight[..len]), (len, &plain[..len]));
             assert_eq!(get_varint(&buf), Ok((v, n)));
             let mut a = [0u8; 8];
             a.copy_from_slice(&buf[..8]);
