@@ -548,9 +548,10 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
                     .unwrap_or_else(|| panic!("{engine} {variant}: no {f}:\n{trace}"))
                     .to_string()
             };
-            let (greet, scale) = (line("greet"), line("scale"));
+            let (greet, scale, twice) = (line("greet"), line("scale"), line("twice"));
             assert!(greet.contains(&at("CALLEE: greet")), "{greet}");
             assert!(scale.contains(&at("CALLEE: scale")), "{scale}");
+            assert!(twice.contains(&at("CALLEE: twice")), "{twice}");
             if *variant == "dwarf" {
                 // `int greet(const char *who, int times)`, `unsigned long scale(unsigned
                 // long v, char unit)`: a string, decimals and a character.
@@ -562,10 +563,13 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
                     scale.contains("] scale(4, 'k') = 4096  "),
                     "{engine}: {scale}"
                 );
+                // The IFUNC by its implementations' `int (int)`, not its resolver's
+                // `void *(void)` at the symbol's address.
+                assert!(twice.contains("] twice(21) = 42  "), "{engine}: {twice}");
                 let info = rltrace().arg("info").arg(&rec).output().unwrap();
                 let info = String::from_utf8_lossy(&info.stdout);
                 assert!(
-                    info.contains("prototypes: 2 from the DWARF of the libraries"),
+                    info.contains("prototypes: 3 from the DWARF of the libraries"),
                     "{info}"
                 );
                 let json = replay_clean(&rec, &["--format", "json"]);

@@ -208,6 +208,10 @@ struct Library {
     addr_of: HashMap<String, u64>,
     /// Every function symbol name at an address.
     names_at: HashMap<u64, Vec<String>>,
+    /// Names whose symbol is a GNU IFUNC: what sits at its address is the resolver.
+    ifuncs: std::collections::HashSet<String>,
+    /// Every plain (not IFUNC) function symbol, for an IFUNC's implementations.
+    plain: Vec<(String, u64)>,
     /// Answers so far, by name (`None`: no usable prototype).
     known: HashMap<String, Option<Loaded>>,
 }
@@ -239,7 +243,12 @@ impl Library {
         if let Ok(d) = crate::elf::ElfInfo::open(&debug) {
             syms.extend(d.function_symbols(true));
         }
-        for (name, addr, _) in syms {
+        for (name, addr, ifunc) in syms {
+            if ifunc {
+                lib.ifuncs.insert(name.clone());
+            } else {
+                lib.plain.push((name.clone(), addr));
+            }
             let at = lib.names_at.entry(addr).or_default();
             if !at.contains(&name) {
                 at.push(name);
@@ -259,12 +268,12 @@ impl Library {
             .filter(|n| !self.known.contains_key(*n) && self.addr_of.contains_key(*n))
             .collect();
         if !new.is_empty() {
-            let addrs: Vec<u64> = new.iter().map(|n| self.addr_of[*n]).collect();
-            let aliases: std::collections::HashSet<&str> = addrs
-                .iter()
-                .flat_map(|a| self.names_at.get(a).into_iter().flatten())
-                .map(String::as_str)
-                .collect();
+            // Where to look for each name: the functions at its address, or for an IFUNC
+            // its implementations.
+            let sources: Vec<Vec<(String, u64)>> = new.iter().map(|n| self.sources(n)).collect();
+            let addrs: Vec<u64> = sources.iter().flatten().map(|(_, a)| *a).collect();
+            let aliases: std::collections::HashSet<&str> =
+                sources.iter().flatten().map(|(n, _)| n.as_str()).collect();
             // Read once, and kept for the next image's lookups unless that would pass
             // the budget (then read for this lookup alone).
             let mut passing = None;
@@ -286,13 +295,18 @@ impl Library {
                 .into_iter()
                 .map(|p| (p.name.clone(), p))
                 .collect();
-            for (n, a) in new.iter().zip(&addrs) {
-                let proto = found.get(*n).or_else(|| {
-                    self.names_at
-                        .get(a)?
-                        .iter()
-                        .find_map(|alias| found.get(alias))
-                });
+            for (n, from) in new.iter().zip(&sources) {
+                let proto = if self.ifuncs.contains(*n) {
+                    // The implementations are one function built several ways: believed
+                    // only when every one the DWARF describes agrees.
+                    let mut all = from.iter().filter_map(|(c, _)| found.get(c));
+                    all.next()
+                        .filter(|first| all.all(|p| (&p.args, p.ret) == (&first.args, first.ret)))
+                } else {
+                    found
+                        .get(*n)
+                        .or_else(|| from.iter().find_map(|(alias, _)| found.get(alias)))
+                };
                 let proto = proto.map(|p| Loaded {
                     name: n.to_string(),
                     ..p.clone()
@@ -303,6 +317,31 @@ impl Library {
         names
             .iter()
             .filter_map(|n| self.known.get(*n)?.clone())
+            .collect()
+    }
+}
+
+impl Library {
+    /// The functions whose DWARF may describe `name`: those at its address (aliases), or,
+    /// for an IFUNC, whose symbol at that address is the resolver (`void *(void)`), its
+    /// implementations: glibc names them after an IFUNC name there with a suffix
+    /// (`__sin` resolves to `__sin_fma` or `__sin_sse2`, `strchr` to `__strchr_avx2`).
+    fn sources(&self, name: &str) -> Vec<(String, u64)> {
+        let Some(&at) = self.addr_of.get(name) else {
+            return Vec::new();
+        };
+        let here = self.names_at.get(&at).into_iter().flatten();
+        if !self.ifuncs.contains(name) {
+            return here.map(|n| (n.clone(), at)).collect();
+        }
+        let stems: Vec<String> = here
+            .filter(|n| self.ifuncs.contains(n.as_str()))
+            .map(|n| format!("{n}_"))
+            .collect();
+        self.plain
+            .iter()
+            .filter(|(n, a)| *a != at && stems.iter().any(|s| n.starts_with(s.as_str())))
+            .map(|(n, a)| (n.clone(), *a))
             .collect()
     }
 }
