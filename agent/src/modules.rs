@@ -322,6 +322,27 @@ fn note_build_id(addr: u64, len: u64) -> Vec<u8> {
     Vec::new()
 }
 
+/// Where the ptrace engine's return stubs are, in a run it records too (written by it: see
+/// `wire::PTRACE_REGION_SYMBOL`); 0 otherwise.
+#[no_mangle]
+pub static RLTRACE_PTRACE_REGION: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+use RLTRACE_PTRACE_REGION as PTRACE_REGION;
+
+/// The real return address of a call the ptrace engine redirected to stub `ra` of its
+/// region at `base`.
+fn stub_return(base: u64, ra: u64) -> Option<u64> {
+    let slot = rltrace_wire::region::retaddr_slot(base, ra)?;
+    // The region is the tracer's mapping, but read only where a mapping is.
+    let (lo, hi) = crate::stacks::bounds(slot)?;
+    if slot < lo || slot.saturating_add(8) > hi {
+        return None;
+    }
+    // SAFETY: 8-aligned (slots are 64-byte aligned in a page-aligned region) and inside a
+    // readable mapping, which the tracer keeps for the process's life.
+    Some(unsafe { (slot as *const u64).read_volatile() })
+}
+
 /// Unwinds from the given registers of the calling thread, whose stack is `stack`, and
 /// writes up to `out.len()` return addresses outside the agent; returns how many, and
 /// whether the last one (or `pc`, if none) lies in a known module. Every stack word read
@@ -350,26 +371,39 @@ pub fn capture(
     // SAFETY: shared hold of LOCK.
     let n = match unsafe { (*STATE.0.get()).as_ref() } {
         Some(st) => {
-            let regs = UnwindRegsX86_64::new(pc, sp, bp);
-            let mut iter = st.unwinder.iter_frames(pc, regs, cache, &mut read);
+            let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
+            let mut address = FrameAddress::from_instruction_pointer(pc);
+            let region = PTRACE_REGION.load(std::sync::atomic::Ordering::Relaxed);
             let mut n = 0;
+            let mut redirected = false;
             while n < out.len() {
-                match iter.next() {
-                    Ok(Some(FrameAddress::ReturnAddress(ra))) => {
-                        let ra = ra.get();
-                        // The hook's own frames, and the `main` wrapper further out.
-                        if st.own.contains(&ra) {
-                            continue;
-                        }
-                        out[n] = ra;
-                        n += 1;
+                let Ok(Some(mut ra)) = st
+                    .unwinder
+                    .unwind_frame(address, &mut regs, cache, &mut read)
+                else {
+                    break;
+                };
+                if region != 0 {
+                    if let Some(real) = stub_return(region, ra) {
+                        ra = real;
+                        redirected = true;
                     }
-                    Ok(Some(FrameAddress::InstructionPointer(_))) => {}
-                    Ok(None) | Err(_) => break,
                 }
+                let Some(next) = FrameAddress::from_return_address(ra) else {
+                    break;
+                };
+                address = next;
+                // The hook's own frames, and the `main` wrapper further out.
+                if st.own.contains(&ra) {
+                    continue;
+                }
+                out[n] = ra;
+                n += 1;
             }
             let last = if n == 0 { pc } else { out[n - 1] };
-            let known = st.modules.iter().any(|m| (m.start..m.end).contains(&last));
+            // A stack through a stub is not reused: the stub's slot is another call's next
+            // time, while the stack words read stay the same.
+            let known = st.modules.iter().any(|m| (m.start..m.end).contains(&last)) && !redirected;
             (n, known)
         }
         None => (0, true),

@@ -20,6 +20,8 @@ pub struct TscClock {
     ns0: u64,
     /// Nanoseconds per tick, times 2^[`MULT_SHIFT`].
     mult: u64,
+    /// Never refined: see [`TscClock::identity`].
+    fixed: bool,
 }
 
 /// Fraction bits of [`TscClock`]'s rate: its rounding drifts by well under a microsecond an
@@ -46,13 +48,50 @@ impl TscClock {
         } else {
             1 << MULT_SHIFT
         };
-        TscClock { tsc0, ns0, mult }
+        TscClock {
+            tsc0,
+            ns0,
+            mult,
+            fixed: false,
+        }
     }
 
+    /// Counter values unchanged, for recordings timed in counter ticks (both engines of one
+    /// run, merged afterwards by their readings; see src/record/hybrid.rs): one map for
+    /// every reading, since a rate refined as the run goes would order two readings
+    /// converted at different moments by more than the readings themselves.
+    pub fn identity() -> Self {
+        TscClock {
+            tsc0: 0,
+            ns0: 0,
+            mult: 1 << MULT_SHIFT,
+            fixed: true,
+        }
+    }
+
+    /// The map through two pairs of readings `(ns, tsc)` taken together, at the start and
+    /// the end of a run; a calibration like [`TscClock::new`]'s when they are too close.
+    pub fn between(a: (u64, u64), b: (u64, u64), now: impl Fn() -> u64) -> Self {
+        if b.0 > a.0 + 100_000_000 && b.1 > a.1 {
+            return TscClock {
+                tsc0: a.1,
+                ns0: a.0,
+                mult: rate(b.0 - a.0, b.1 - a.1),
+                fixed: true,
+            };
+        }
+        // Anchored at the start pair, at a calibrated rate.
+        TscClock {
+            tsc0: a.1,
+            ns0: a.0,
+            fixed: true,
+            ..TscClock::new(now)
+        }
+    }
     /// Refines the rate with a pair of readings taken together, once the baseline is long
     /// enough (100 ms) for the error of the readings not to matter.
     pub fn observe(&mut self, ns: u64, tsc: u64) {
-        if ns > self.ns0 + 100_000_000 && tsc > self.tsc0 {
+        if !self.fixed && ns > self.ns0 + 100_000_000 && tsc > self.tsc0 {
             self.mult = rate(ns - self.ns0, tsc - self.tsc0);
         }
     }
@@ -100,6 +139,7 @@ mod tests {
             tsc0: 1_000_000,
             ns0: 5,
             mult: rate(1_000_000_000, 2_900_000_000),
+            fixed: false,
         };
         let hour = 3_600u64 * 2_900_000_000;
         let ns = c.to_ns(1_000_000 + hour);
@@ -110,7 +150,19 @@ mod tests {
             tsc0: 0,
             ns0: 0,
             mult: u64::MAX,
+            fixed: false,
         };
         assert_eq!(wild.to_ns(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn the_identity_stays_the_identity_and_two_pairs_give_their_rate() {
+        let mut id = TscClock::identity();
+        id.observe(5_000_000_000, 7);
+        assert_eq!(id.to_ns(123_456_789), 123_456_789);
+        // 3 ticks a nanosecond over a second.
+        let c = TscClock::between((10, 1_000), (1_000_000_010, 3_000_001_000), || 0);
+        assert_eq!(c.to_ns(1_000), 10);
+        assert!(c.to_ns(1_500_001_000).abs_diff(500_000_010) < 2);
     }
 }

@@ -90,6 +90,8 @@ pub struct Sink<W: Write> {
     next_function: u32,
     start: Instant,
     seal_at: Instant,
+    /// Times are counter ticks, not nanoseconds (see [`Sink::in_ticks`]).
+    ticks: bool,
 }
 
 impl<W: Write> Sink<W> {
@@ -111,6 +113,7 @@ impl<W: Write> Sink<W> {
             next_function: 0,
             start: now,
             seal_at: now,
+            ticks: false,
         };
         for f in funcs {
             sink.function_named(f.name, f.class, f.returns, origin)?;
@@ -201,9 +204,31 @@ impl<W: Write> Sink<W> {
         }))
     }
 
-    /// Nanoseconds since the recording started.
+    /// Nanoseconds since the recording started (ticks of the time stamp counter with
+    /// [`Sink::in_ticks`]).
     pub fn now(&self) -> u64 {
+        if self.ticks {
+            return crate::record::clock::rdtsc();
+        }
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Times everything in raw counter ticks: for the two partial recordings of a run
+    /// recorded by both engines, which are merged by those readings and converted once
+    /// (src/record/hybrid.rs).
+    pub fn in_ticks(mut self) -> Self {
+        self.ticks = true;
+        self
+    }
+
+    /// The map from counter values to this recording's times: calibrated against
+    /// [`Sink::now`], or none at all when the recording is in ticks.
+    pub fn clock(&self) -> crate::record::clock::TscClock {
+        if self.ticks {
+            crate::record::clock::TscClock::identity()
+        } else {
+            crate::record::clock::TscClock::new(|| self.now())
+        }
     }
 
     fn thread(&mut self, pid: u32, tid: u32) -> Result<u32, FormatError> {

@@ -20,6 +20,35 @@ pub const ENV_STRLEN: &str = "RLTRACE_AGENT_STRLEN";
 /// Environment variable: when set to `0`, the main executable's imports are not traced.
 pub const ENV_IMPORTS: &str = "RLTRACE_AGENT_IMPORTS";
 
+/// The agent's variable (a `u64`) where the ptrace engine, in a run both engines record,
+/// writes the base of the region holding its return stubs: a call it traces returns
+/// through a stub, and the agent's unwinder finds the real return address in the stub's
+/// slot.
+pub const PTRACE_REGION_SYMBOL: &str = "RLTRACE_PTRACE_REGION";
+
+/// The part of the ptrace engine's injected region the agent reads (src/record/ptrace/
+/// codegen.rs has the whole layout).
+pub mod region {
+    /// Offset of the first return stub.
+    pub const STUB_OFF: u64 = 256 + 1020 * 64;
+    /// Bytes per stub.
+    pub const STUB_SIZE: u64 = 128;
+    /// Number of stubs and slots.
+    pub const SLOTS: u64 = 2048;
+    /// Offset of the first slot, whose first word is the real return address.
+    pub const SLOT_OFF: u64 = STUB_OFF + SLOTS * STUB_SIZE + 128;
+    /// Bytes per slot.
+    pub const SLOT_SIZE: u64 = 64;
+
+    /// Where the real return address of a call returning to `addr` is kept, if `addr` is
+    /// a stub of the region at `base`.
+    pub fn retaddr_slot(base: u64, addr: u64) -> Option<u64> {
+        let off = addr.checked_sub(base.checked_add(STUB_OFF)?)?;
+        (off % STUB_SIZE == 0 && off / STUB_SIZE < SLOTS)
+            .then(|| base + SLOT_OFF + off / STUB_SIZE * SLOT_SIZE)
+    }
+}
+
 /// Hello cause: a new image (the spawned command, or any `execve`).
 pub const CAUSE_IMAGE: u8 = 0;
 /// Hello cause: the child side of `fork`.

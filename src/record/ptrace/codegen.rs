@@ -97,6 +97,15 @@ pub mod slot {
 }
 
 const _: () = assert!(DATA_OFF % 4096 == 0, "data must start on a page boundary");
+// The agent reads stubs and slots by the wire crate's copy of their layout.
+const _: () = assert!(
+    STUB_OFF == rltrace_wire::region::STUB_OFF
+        && STUB_SIZE == rltrace_wire::region::STUB_SIZE
+        && SLOTS == rltrace_wire::region::SLOTS
+        && SLOT_OFF == rltrace_wire::region::SLOT_OFF
+        && SLOT_SIZE == rltrace_wire::region::SLOT_SIZE
+        && slot::RETADDR == 0
+);
 const _: () = assert!(STUB_OFF == TRAMP_OFF + TRAMPS * TRAMP_SIZE);
 
 /// The gadget at the start of every region: `syscall; int3`.

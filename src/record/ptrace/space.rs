@@ -184,7 +184,7 @@ impl Space {
     }
 
     /// Base of the region holding the return stubs.
-    fn primary(&self) -> Option<u64> {
+    pub fn primary(&self) -> Option<u64> {
         self.regions.first().map(|r| r.base)
     }
 

@@ -97,6 +97,12 @@ pub struct TraceOptions {
     pub syscalls: bool,
     /// Nanoseconds per stored time unit (`record --time-resolution`).
     pub time_unit: u64,
+    /// Hook the allocator family (the functions given to [`Tracer::new`]); off when the
+    /// preload agent records them in the same run.
+    pub allocators: bool,
+    /// A module whose functions `-x` never hooks, by file name: the preload agent's, in a
+    /// run it records too (its interposers forward to the functions hooked anyway).
+    pub skip_module: Option<String>,
 }
 
 impl Default for TraceOptions {
@@ -110,6 +116,8 @@ impl Default for TraceOptions {
             imports: true,
             syscalls: false,
             time_unit: DEFAULT_TIME_UNIT,
+            allocators: true,
+            skip_module: None,
         }
     }
 }
@@ -312,6 +320,11 @@ fn install_signal_handlers() {
 
 /// Starts `cmd` stopped at its first instruction under ptrace; returns its pid.
 pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
+    spawn_with(cmd, &[])
+}
+
+/// [`spawn`] with these variables added to the command's environment.
+pub fn spawn_with(cmd: &[OsString], env: &[(OsString, OsString)]) -> Result<u32, TraceError> {
     let shown = cmd
         .first()
         .map(|c| c.to_string_lossy().into_owned())
@@ -321,6 +334,7 @@ pub fn spawn(cmd: &[OsString]) -> Result<u32, TraceError> {
         source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
     })?);
     c.args(&cmd[1..]);
+    c.envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: runs in the forked child before exec; PTRACE_TRACEME is a single system call
     // and touches no state shared with the parent.
     unsafe {
@@ -399,11 +413,16 @@ pub struct Tracer<'s, W: Write> {
 impl<'s, W: Write> Tracer<'s, W> {
     /// Prepares to trace the given functions.
     pub fn new(sink: &'s mut Sink<W>, funcs: &[TracedFn], opts: TraceOptions) -> Self {
-        let clock = TscClock::new(|| sink.now());
+        let clock = sink.clock();
         Tracer {
             sink,
             funcs: funcs.to_vec(),
-            names: funcs.iter().map(|f| f.name).collect(),
+            // Defined (their ids are the sink's), but hooked only if asked.
+            names: funcs
+                .iter()
+                .filter(|_| opts.allocators)
+                .map(|f| f.name)
+                .collect(),
             select: None,
             selected_ids: HashMap::new(),
             refused: HashSet::new(),
@@ -790,6 +809,7 @@ impl<'s, W: Write> Tracer<'s, W> {
             space.register_module(id, &m);
             let is_exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .is_ok_and(|p| p.as_os_str() == m.path.as_str());
+            self.tell_agent(pid, &space, &m);
             if !is_exe {
                 self.callee_prototypes(pid, &m)?;
             }
@@ -852,6 +872,27 @@ impl<'s, W: Write> Tracer<'s, W> {
         Ok(())
     }
 
+    /// In a run the preload agent records too, tells its library (module `m`, if it is
+    /// that) where this process's return stubs are, for its unwinder.
+    fn tell_agent(&self, pid: u32, space: &Space, m: &crate::record::ptrace::space::NewModule) {
+        let file = std::path::Path::new(&m.path).file_name();
+        if self.opts.skip_module.is_none()
+            || file.map(|f| f.to_string_lossy()).as_deref() != self.opts.skip_module.as_deref()
+        {
+            return;
+        }
+        if let (Some(at), Some(base)) = (
+            m.elf.symbol_address(rltrace_wire::PTRACE_REGION_SYMBOL),
+            space.primary(),
+        ) {
+            // Its stacks then stop at the first traced call instead: nothing else is lost.
+            let _ = crate::record::ptrace::mem::writev(
+                pid,
+                &[(m.bias.wrapping_add(at), &base.to_le_bytes())],
+            );
+        }
+    }
+
     /// Places breakpoints on the functions of module `m` that the `-x` filters select.
     fn hook_selected(
         &mut self,
@@ -868,6 +909,9 @@ impl<'s, W: Write> Tracer<'s, W> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if self.opts.skip_module.as_deref() == Some(base.as_str()) {
+            return Ok(());
+        }
         let mut syms: Vec<(String, u64, bool)> = m
             .elf
             .function_symbols(is_exe)
