@@ -349,6 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "rltrace: engine: {} ({})",
                 match out.engine.0 {
                     record::Engine::Agent => "agent",
+                    record::Engine::Both => "agent+ptrace",
                     _ => "ptrace",
                 },
                 out.engine.1

@@ -198,6 +198,22 @@ impl Selection {
         Some(names)
     }
 
+    /// The same selection, less the functions named (as a trailing `-name` rule each).
+    pub fn without(mut self, names: &[&str]) -> Self {
+        for n in names {
+            if let Ok(sym) = Pat::parse(n, n) {
+                self.rules.push(Rule {
+                    text: format!("-{n}"),
+                    exclude: true,
+                    sym,
+                    lib: None,
+                    hits: 0,
+                });
+            }
+        }
+        self
+    }
+
     /// Inclusion rules that selected no function.
     pub fn unmatched(&self) -> Vec<String> {
         self.rules

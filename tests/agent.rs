@@ -134,16 +134,36 @@ fn the_engine_is_chosen_and_explained() {
         .unwrap();
     assert_eq!(
         engine_line(&o),
-        "rltrace: engine: ptrace (-x/-l select functions the agent does not interpose)"
+        "rltrace: engine: agent+ptrace (dynamically linked program: the agent records the \
+         allocator family and the program's calls, ptrace the other functions -x/-l select)"
     );
+    // The leak report of that run is the agent's alone, block for block.
+    let leaks = |f: &str| {
+        let mut g: Vec<(u64, u64, String)> = parse_leaks(&replay(&dir.join(f), &["--leaks"]))
+            .into_iter()
+            .map(|g| (g.blocks, g.bytes, g.at))
+            .collect();
+        g.sort();
+        g
+    };
+    assert_eq!(leaks("x.rlt"), leaks("a.rlt"));
     // A glob or a library part could select names beyond the allocator family.
     for x in ["mall*", "malloc@libc.so.6", "malloc+strdup"] {
         let o = record_opts(&["-x", x], &dir.join("glob.rlt"), leaks_c());
         assert!(
-            engine_line(&o).starts_with("rltrace: engine: ptrace ("),
+            engine_line(&o).starts_with("rltrace: engine: agent+ptrace ("),
             "{x}"
         );
     }
+    let o = record_opts(
+        &["--engine", "ptrace", "-x", "strdup"],
+        &dir.join("p.rlt"),
+        leaks_c(),
+    );
+    assert_eq!(
+        engine_line(&o),
+        "rltrace: engine: ptrace (asked for with --engine)"
+    );
     let err = agent_refusal(&dir.join("bad.rlt"), &stat);
     assert!(err.contains("--engine agent cannot record this: "), "{err}");
 }

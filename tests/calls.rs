@@ -209,12 +209,12 @@ fn filters_exclude_and_warn_about_rules_that_match_nothing() {
 
 #[test]
 fn a_rust_server_shows_its_socket_calls_with_decoded_arguments() {
-    // Selected with -x (ptrace engine), and in the default trace of every call the
-    // program makes into libraries, by either engine.
+    // Selected with -x (the ptrace engine beside the agent), and in the default trace of
+    // every call the program makes into libraries, by either engine.
     rust_socket_calls(
         "calls-rust",
         &["-L", "-x", "send+recv+write+accept4"],
-        "ptrace",
+        "agent+ptrace",
     );
     rust_socket_calls("calls-rust-default", &[], "agent");
     rust_socket_calls("calls-rust-ptrace", &["--engine", "ptrace"], "ptrace");

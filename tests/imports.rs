@@ -328,7 +328,12 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
          double sqrt(double);\n",
     )
     .unwrap();
-    for (engine, extra) in [("agent", &[][..]), ("ptrace", &["-x", "lfind+puts"][..])] {
+    for (engine, extra) in [
+        ("agent", &[][..]),
+        ("ptrace", &["--engine", "ptrace", "-x", "lfind+puts"][..]),
+        // The selected functions by ptrace, beside the agent.
+        ("agent+ptrace", &["-x", "lfind+puts"][..]),
+    ] {
         let rec = dir.join(format!("{engine}.rlt"));
         let mut opts = vec!["-F", conf.to_str().unwrap()];
         opts.extend_from_slice(extra);
@@ -338,7 +343,7 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
             err.contains("1 declarations skipped (first at line 4: floating-point"),
             "{err}"
         );
-        assert!(err.contains(&format!("engine: {engine}")), "{err}");
+        assert!(err.contains(&format!("engine: {engine} (")), "{err}");
         // Replay runs without -F: the prototypes travel in the recording. Five typed
         // arguments instead of six registers in hex; puts returns nothing.
         let calls = traced_calls(&rec, &[]);

@@ -90,6 +90,9 @@ pub struct AgentOptions {
     /// Which of those calls (`-e`); `None` for all. Shared by the connection readers,
     /// which answer each image's list of imports, and counts each rule's hits.
     pub calls: Option<Arc<Mutex<Selection>>>,
+    /// Functions the ptrace engine traces in the same run (`-x`), from every caller: the
+    /// agent leaves the program's calls to them alone, which would record them twice.
+    pub traced: Option<Arc<Selection>>,
 }
 
 /// What the connection readers hand to the recorder thread.
@@ -373,6 +376,39 @@ extern "C" fn on_signal(sig: libc::c_int) {
     INTERRUPTED.store(sig, Ordering::Relaxed);
 }
 
+/// How the recorder learns that the command ended.
+pub enum Root {
+    /// Started by the agent engine itself.
+    Child(Child),
+    /// Started and waited for by the ptrace engine in the same run, which sets the status
+    /// once the command has ended.
+    Traced(u32, Arc<Mutex<Option<ExitHow>>>),
+}
+
+impl Root {
+    fn pid(&self) -> u32 {
+        match self {
+            Root::Child(c) => c.id(),
+            Root::Traced(pid, _) => *pid,
+        }
+    }
+
+    /// How the command ended, once it has.
+    fn ended(&mut self) -> Option<ExitHow> {
+        match self {
+            Root::Child(c) => match c.try_wait() {
+                Ok(Some(st)) => Some(match (st.code(), st.signal()) {
+                    (Some(c), _) => ExitHow::Code(c),
+                    (None, Some(s)) => ExitHow::Signal(s),
+                    _ => ExitHow::Unknown,
+                }),
+                _ => None,
+            },
+            Root::Traced(_, st) => *st.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
 /// Runs `command` with the agent and records it; returns how the command ended.
 pub fn run(
     command: &[OsString],
@@ -383,6 +419,44 @@ pub fn run(
         .first()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let spawn_err = |source| AgentError::Spawn {
+        cmd: shown.clone(),
+        source,
+    };
+    let first = command
+        .first()
+        .ok_or_else(|| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, "empty command")))?;
+    serve(sink, opts, |env| {
+        let mut cmd = Command::new(first);
+        cmd.args(&command[1..])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: runs in the forked child before exec; only resets signal dispositions,
+        // which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                // A recorder killed outright takes the command with it, as with ptrace's
+                // EXITKILL, rather than leaving it running unrecorded.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        install_handlers();
+        cmd.spawn().map(Root::Child).map_err(spawn_err)
+    })
+}
+
+/// Records a command that `launch` starts with the given variables added to its
+/// environment (the agent preloaded, where to connect): the agent engine's own start, or
+/// the ptrace engine's in a run that both record. Returns the command's pid and how it
+/// ended.
+pub fn serve(
+    sink: &mut Sink<impl io::Write>,
+    opts: &AgentOptions,
+    launch: impl FnOnce(&[(OsString, OsString)]) -> Result<Root, AgentError>,
+) -> Result<(u32, ExitHow), AgentError> {
     let dir = std::env::temp_dir().join(format!(
         "rltrace-agent-{}-{}",
         std::process::id(),
@@ -401,60 +475,44 @@ pub fn run(
         let _ = std::fs::remove_dir(&dir);
         sock_err(e)
     })?;
-    let result = run_listening(command, &shown, sink, opts, listener, &sock);
+    let result = serve_listening(sink, opts, listener, &sock, launch);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir(&dir);
     result
 }
 
-fn run_listening(
-    command: &[OsString],
-    shown: &str,
+fn serve_listening(
     sink: &mut Sink<impl io::Write>,
     opts: &AgentOptions,
     listener: UnixListener,
     sock: &Path,
+    launch: impl FnOnce(&[(OsString, OsString)]) -> Result<Root, AgentError>,
 ) -> Result<(u32, ExitHow), AgentError> {
-    let spawn_err = |source| AgentError::Spawn {
-        cmd: shown.to_string(),
-        source,
-    };
-    let first = command
-        .first()
-        .ok_or_else(|| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, "empty command")))?;
     let mut preload = opts.library.as_os_str().to_owned();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
         preload.push(old);
     }
-    let mut cmd = Command::new(first);
-    cmd.args(&command[1..])
-        .env("LD_PRELOAD", preload)
-        .env(wire::ENV_SOCKET, sock)
-        .env(wire::ENV_MAX_DEPTH, opts.max_depth.to_string())
-        .env(wire::ENV_STRLEN, opts.strlen.to_string())
-        .env(wire::ENV_IMPORTS, if opts.imports { "1" } else { "0" });
-    // SAFETY: runs in the forked child before exec; only resets signal dispositions,
-    // which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::signal(s, libc::SIG_DFL);
-            }
-            // A recorder killed outright takes the command with it, as with ptrace's
-            // EXITKILL, rather than leaving it running unrecorded.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let env: Vec<(OsString, OsString)> = [
+        ("LD_PRELOAD", preload),
+        (wire::ENV_SOCKET, sock.as_os_str().to_owned()),
+        (wire::ENV_MAX_DEPTH, opts.max_depth.to_string().into()),
+        (wire::ENV_STRLEN, opts.strlen.to_string().into()),
+        (
+            wire::ENV_IMPORTS,
+            if opts.imports { "1" } else { "0" }.into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (OsString::from(k), v))
+    .collect();
     // Before the command starts, so that failing here leaves nothing running.
     let wake = eventfd().map_err(|e| AgentError::Socket {
         dir: sock.display().to_string(),
         source: e,
     })?;
-    install_handlers();
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    let root = child.id();
+    let mut root = launch(&env)?;
+    let pid = root.pid();
     // Accepted by the recorder loop itself, so that a process that connected and then
     // exited is never missed when the loop decides everything has ended.
     listener
@@ -469,19 +527,20 @@ fn run_listening(
         wake: Arc::new(wake),
     };
     let mut rec = Recorder {
-        clock: TscClock::new(|| sink.now()),
+        clock: sink.clock(),
         listener,
         out,
         sink,
         images: Vec::new(),
-        root,
+        root: pid,
         root_status: None,
         lingering: Vec::new(),
         follow: opts.follow,
         calls: opts.calls.clone(),
+        traced: opts.traced.clone(),
         functions: HashMap::new(),
     };
-    rec.run(&mut child, &rx).map(|s| (root, s))
+    rec.run(&mut root, &rx).map(|s| (pid, s))
 }
 
 fn install_handlers() {
@@ -520,6 +579,7 @@ fn read_conn(
     peer: Option<u32>,
     out: &Outbox,
     calls: Option<&Mutex<Selection>>,
+    traced: Option<&Selection>,
 ) -> Result<(), String> {
     // Small: a batch larger than the buffer is read straight into its own vector.
     let mut r = BufReader::with_capacity(64 << 10, conn);
@@ -613,7 +673,8 @@ fn read_conn(
                 out.send(id, Msg::Protos(found))?;
             }
             // The agent waits for the answer before redirecting any call.
-            let reply = import_choice(names, &exe_name, calls);
+            let skip = traced.map(|t| traced_imports(names, &libraries, t));
+            let reply = import_choice(names, &exe_name, calls, skip.as_deref());
             r.get_mut()
                 .write_all(&reply)
                 .map_err(|e| format!("cannot answer the import list: {e}"))?;
@@ -645,13 +706,56 @@ fn callee_prototypes(
     found
 }
 
+/// Which of an image's imports `traced` (the ptrace engine's `-x`) selects in the library
+/// that defines them, the first in load order to export the name: those calls are traced
+/// at the function's entry already.
+fn traced_imports(
+    names: &[(String, bool)],
+    libraries: &[(String, Vec<u8>)],
+    traced: &Selection,
+) -> Vec<bool> {
+    let exports: Vec<(String, std::collections::HashSet<String>)> = libraries
+        .iter()
+        .map(|(path, _)| {
+            let defined = crate::elf::ElfInfo::open(Path::new(path))
+                .map(|e| {
+                    e.function_symbols(false)
+                        .into_iter()
+                        .map(|(n, _, _)| n)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let file = path.rsplit('/').next().unwrap_or(path).to_string();
+            (file, defined)
+        })
+        .collect();
+    names
+        .iter()
+        .map(|(name, _)| {
+            exports
+                .iter()
+                .find(|(_, defined)| defined.contains(name))
+                .is_some_and(|(file, _)| traced.would_select(name, file, false))
+        })
+        .collect()
+}
+
 /// The answer to an image's import list: `count u32`, then one bit per import (set: trace
-/// it), as the `-e` chains select them for calls made from the executable `exe`.
-fn import_choice(names: &[(String, bool)], exe: &str, calls: Option<&Mutex<Selection>>) -> Vec<u8> {
+/// it), as the `-e` chains select them for calls made from the executable `exe`, less
+/// those `skip` marks (traced by the ptrace engine in the same run).
+fn import_choice(
+    names: &[(String, bool)],
+    exe: &str,
+    calls: Option<&Mutex<Selection>>,
+    skip: Option<&[bool]>,
+) -> Vec<u8> {
     let mut reply = (names.len() as u32).to_le_bytes().to_vec();
     let mut bits = vec![0u8; names.len().div_ceil(8)];
     let mut sel = calls.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
     for (i, (name, _)) in names.iter().enumerate() {
+        if skip.is_some_and(|s| s.get(i) == Some(&true)) {
+            continue;
+        }
         let on = match sel.as_mut() {
             Some(s) => s.selects(name, exe, true),
             None => true,
@@ -909,16 +1013,14 @@ struct Recorder<'a, W: io::Write> {
     follow: bool,
     /// The `-e` selection, for the connection readers.
     calls: Option<Arc<Mutex<Selection>>>,
+    /// What the ptrace engine traces in the same run, for the connection readers.
+    traced: Option<Arc<Selection>>,
     /// Functions defined for imports, by name and whether they return.
     functions: HashMap<(String, bool), u32>,
 }
 
 impl<W: io::Write> Recorder<'_, W> {
-    fn run(
-        &mut self,
-        child: &mut Child,
-        rx: &Receiver<(usize, Msg)>,
-    ) -> Result<ExitHow, AgentError> {
+    fn run(&mut self, root: &mut Root, rx: &Receiver<(usize, Msg)>) -> Result<ExitHow, AgentError> {
         loop {
             let sig = INTERRUPTED.swap(0, Ordering::Relaxed);
             if sig != 0 && self.root_status.is_none() {
@@ -926,14 +1028,7 @@ impl<W: io::Write> Recorder<'_, W> {
                 unsafe { libc::kill(self.root as i32, sig) };
             }
             if self.root_status.is_none() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    let how = match (st.code(), st.signal()) {
-                        (Some(c), _) => ExitHow::Code(c),
-                        (None, Some(s)) => ExitHow::Signal(s),
-                        _ => ExitHow::Unknown,
-                    };
-                    self.root_status = Some(how);
-                }
+                self.root_status = root.ended();
             }
             self.check_lingering()?;
             self.accept()?;
@@ -1008,11 +1103,14 @@ impl<W: io::Write> Recorder<'_, W> {
             self.image(id).pid = peer.unwrap_or(0);
             let out = self.out.clone();
             let calls = self.calls.clone();
+            let traced = self.traced.clone();
             let spawned = conn.set_nonblocking(false).and_then(|()| {
                 std::thread::Builder::new()
                     .name(format!("agent-conn-{id}"))
                     .spawn(move || {
-                        let err = read_conn(conn, id, peer, &out, calls.as_deref()).err();
+                        let err =
+                            read_conn(conn, id, peer, &out, calls.as_deref(), traced.as_deref())
+                                .err();
                         let _ = out.send(id, Msg::Closed(err));
                     })
             });

@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod clock;
+pub mod combine;
 pub mod funcs;
+mod hybrid;
 pub mod merge;
 pub mod procfs;
 pub mod ptrace;
@@ -40,6 +42,9 @@ pub enum Engine {
     Agent,
     /// The ptrace engine.
     Ptrace,
+    /// Both in one run: the agent for what it records, ptrace for the functions `-x`
+    /// selects beyond that (chosen by `Auto` only).
+    Both,
 }
 
 /// What `rltrace record` was asked to do.
@@ -94,6 +99,9 @@ pub enum RecordError {
     /// The agent engine failed.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    /// A run recorded by both engines could not be merged.
+    #[error(transparent)]
+    Combine(#[from] combine::CombineError),
     /// The request cannot be recorded with the engine asked for.
     #[error("--engine agent cannot record this: {0}")]
     AgentRefused(String),
@@ -129,15 +137,22 @@ pub fn default_output(command: &Path, pid: u32) -> PathBuf {
     PathBuf::from(format!("rltrace-{base}-{pid}.rlt"))
 }
 
-/// Picks the engine for a request: the agent (fast, in-process; its library is returned)
-/// when it can record everything asked for, ptrace (`None`) otherwise; with the reason,
-/// for the user.
-fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), RecordError> {
+/// What records a request.
+enum Choice {
+    /// The agent alone, with its library.
+    Agent(PathBuf),
+    /// The agent and ptrace together (src/record/hybrid.rs).
+    Both(PathBuf),
+    /// ptrace alone.
+    Ptrace,
+}
+
+/// Picks the engine for a request: the agent (fast, in-process) when it can record
+/// everything asked for; with `-x`/`-l` selecting other functions of a program it can
+/// record, the agent and ptrace for those; ptrace otherwise. With the reason, for the user.
+fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
     let refusal = match &req.target {
         Target::Pid(_) => Some("attaching to a running process needs ptrace".to_string()),
-        Target::Command(_) if req.select.as_ref().is_some_and(|s| !agent_interposes(s)) => {
-            Some("-x/-l select functions the agent does not interpose".to_string())
-        }
         Target::Command(_) if req.trace.syscalls => {
             Some("-S records system calls, which only ptrace sees".to_string())
         }
@@ -166,21 +181,34 @@ fn choose_engine(req: &RecordRequest) -> Result<(Option<PathBuf>, String), Recor
             )
         })
     });
-    match (req.engine, refusal) {
-        (Engine::Ptrace, _) => Ok((None, "asked for with --engine".into())),
-        (Engine::Agent, Some(why)) => Err(RecordError::AgentRefused(why)),
-        (Engine::Agent, None) => Ok((library, "asked for with --engine".into())),
-        (Engine::Auto, Some(why)) => Ok((None, why)),
-        (Engine::Auto, None) if req.select.is_some() => Ok((
-            library,
+    let beyond = req.select.as_ref().is_some_and(|s| !agent_interposes(s));
+    match (req.engine, refusal, library) {
+        (Engine::Ptrace, _, _) => Ok((Choice::Ptrace, "asked for with --engine".into())),
+        (Engine::Agent, _, _) if beyond => Err(RecordError::AgentRefused(
+            "-x/-l select functions the agent does not interpose".into(),
+        )),
+        (Engine::Agent, Some(why), _) => Err(RecordError::AgentRefused(why)),
+        (Engine::Agent, None, Some(lib)) | (Engine::Both, None, Some(lib)) if !beyond => {
+            Ok((Choice::Agent(lib), "asked for with --engine".into()))
+        }
+        (_, Some(why), _) => Ok((Choice::Ptrace, why)),
+        (_, None, Some(lib)) if beyond => Ok((
+            Choice::Both(lib),
+            "dynamically linked program: the agent records the allocator family and the \
+             program's calls, ptrace the other functions -x/-l select"
+                .into(),
+        )),
+        (_, None, Some(lib)) if req.select.is_some() => Ok((
+            Choice::Agent(lib),
             "dynamically linked program: -x selects only allocator functions, which the \
              agent interposes"
                 .into(),
         )),
-        (Engine::Auto, None) => Ok((
-            library,
+        (_, None, Some(lib)) => Ok((
+            Choice::Agent(lib),
             "dynamically linked program: no -x/-l selection".into(),
         )),
+        (_, None, None) => Ok((Choice::Ptrace, "the agent library was not found".into())),
     }
 }
 
@@ -241,7 +269,12 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     };
     match (choose_engine(req)?, &req.target) {
         // A refusal covers attaching, so the agent always has a command here.
-        ((Some(library), why), Target::Command(cmd)) => record_agent(req, cmd, library, why),
+        ((Choice::Agent(library), why), Target::Command(cmd)) => {
+            record_agent(req, cmd, library, why)
+        }
+        ((Choice::Both(library), why), Target::Command(cmd)) => {
+            hybrid::record(req, cmd, library, why)
+        }
         ((_, why), _) => record_ptrace(req, why),
     }
 }
@@ -374,6 +407,7 @@ fn record_agent(
         strlen: req.trace.string_limit,
         imports: req.trace.imports,
         calls: calls.clone(),
+        traced: None,
     };
     let exit = agent::run(cmd, &mut sink, &opts);
     let unmatched_calls = calls
