@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{
-    add_request_meta, agent, allocator_origin, call_selection, default_output, funcs, metadata,
-    select, Engine, RecordError, RecordOutcome, RecordRequest,
+    add_request_meta, agent, allocator_origin, call_selection, funcs, metadata, select, Engine,
+    RecordError, RecordOutcome, RecordRequest,
 };
 use crate::format::{ExitHow, Origin};
 use crate::record::clock::{rdtsc, TscClock};
@@ -82,17 +82,13 @@ pub(super) fn record(
         ));
     };
     let first = cmd.first().cloned().unwrap_or_default();
-    let path = req
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(Path::new(&first), std::process::id()));
+    let (path, out) = super::create_output(req, cmd)?;
     let create = |p: &Path| {
         File::create(p).map_err(|source| RecordError::Create {
             path: p.display().to_string(),
             source,
         })
     };
-    let out = create(&path)?;
     let part = |what: &str| {
         let name = path
             .file_name()
@@ -201,15 +197,7 @@ pub(super) fn record(
     )
     .map_err(TraceError::from)?
     .in_ticks();
-    let agent_opts = agent::AgentOptions {
-        library,
-        max_depth: req.trace.max_depth,
-        follow: req.trace.follow,
-        strlen: req.trace.string_limit,
-        imports: req.trace.imports,
-        calls: calls.clone(),
-        traced: Some(Arc::new(selected)),
-    };
+    let agent_opts = super::agent_options(req, library, calls.clone(), Some(Arc::new(selected)));
     let shown = first.to_string_lossy().into_owned();
     let launched = std::cell::Cell::new(None);
     let served = agent::serve(&mut sink, &agent_opts, |env| {

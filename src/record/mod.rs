@@ -372,16 +372,10 @@ fn metadata(engine: &str, words: &[OsString], pid: u32, attached: bool) -> Meta 
     meta
 }
 
-fn record_agent(
-    req: &RecordRequest,
-    cmd: &[OsString],
-    library: PathBuf,
-    why: String,
-) -> Result<RecordOutcome, RecordError> {
-    // Before anything is created: a chain that does not parse stops here.
-    let calls = call_selection(req)?;
+/// The output of a recording started with the agent, created: the pid is not known
+/// before the start, so the default name uses the recorder's.
+fn create_output(req: &RecordRequest, cmd: &[OsString]) -> Result<(PathBuf, File), RecordError> {
     let first = cmd.first().cloned().unwrap_or_default();
-    // The pid is not known before the start; the default name uses the recorder's.
     let path = req
         .output
         .clone()
@@ -390,6 +384,36 @@ fn record_agent(
         path: path.display().to_string(),
         source,
     })?;
+    Ok((path, file))
+}
+
+/// The agent's options for a request.
+fn agent_options(
+    req: &RecordRequest,
+    library: PathBuf,
+    calls: Option<std::sync::Arc<std::sync::Mutex<select::Selection>>>,
+    traced: Option<std::sync::Arc<select::Selection>>,
+) -> agent::AgentOptions {
+    agent::AgentOptions {
+        library,
+        max_depth: req.trace.max_depth,
+        follow: req.trace.follow,
+        strlen: req.trace.string_limit,
+        imports: req.trace.imports,
+        calls,
+        traced,
+    }
+}
+
+fn record_agent(
+    req: &RecordRequest,
+    cmd: &[OsString],
+    library: PathBuf,
+    why: String,
+) -> Result<RecordOutcome, RecordError> {
+    // Before anything is created: a chain that does not parse stops here.
+    let calls = call_selection(req)?;
+    let (path, file) = create_output(req, cmd)?;
     let mut meta = metadata("agent", cmd, 0, false);
     add_request_meta(&mut meta, req);
     let calls = calls.map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
@@ -400,15 +424,7 @@ fn record_agent(
         allocator_origin(req),
     )
     .map_err(TraceError::from)?;
-    let opts = agent::AgentOptions {
-        library,
-        max_depth: req.trace.max_depth,
-        follow: req.trace.follow,
-        strlen: req.trace.string_limit,
-        imports: req.trace.imports,
-        calls: calls.clone(),
-        traced: None,
-    };
+    let opts = agent_options(req, library, calls.clone(), None);
     let exit = agent::run(cmd, &mut sink, &opts);
     let unmatched_calls = calls
         .and_then(|c| c.lock().ok().map(|s| s.unmatched()))
