@@ -4,7 +4,9 @@
 # 1. The multithreaded fixture (4 threads) with 4,002,004 allocator calls: natively, under
 #    `rltrace record --engine agent` (full CFI stacks) and under `heaptrack`.
 # 2. The same fixture with 200,104 calls (the slow tools would take minutes on 4 million):
-#    natively, under `rltrace record --engine ptrace` and under `ltrace -f -e malloc+free`.
+#    natively, under `rltrace record --engine ptrace` and under `ltrace -f -e malloc+free`;
+#    and with `-x write` (a function the agent does not interpose) under both engines
+#    together and under ptrace alone.
 # 3. The Rust server fixture: requests per second natively and under the agent engine,
 #    driven by benches/client.c.
 # 4. A shell script of 20 short commands: the agent's cost per process start.
@@ -74,6 +76,9 @@ agent4=$(best ./target/release/rltrace record --engine agent -o "$out/mt4m.rlt" 
 heap4=$(best heaptrack -o "$out/ht" "$out/mt4m")
 native=$(best "$out/mt")
 pt=$(best ./target/release/rltrace record --engine ptrace -o "$out/mt.rlt" -- "$out/mt")
+# -x naming a function the agent does not interpose: both engines together, and ptrace alone.
+both_x=$(best ./target/release/rltrace record -x write -o "$out/mt-x.rlt" -- "$out/mt")
+pt_x=$(best ./target/release/rltrace record --engine ptrace -x write -o "$out/mt-xp.rlt" -- "$out/mt")
 # ltrace's program now and then dies of a SIGSEGV part way (seen here after 23, 12,985
 # and 137,909 of 200,100 calls), or ltrace hooks nothing: a run counts only
 # if its output has every malloc and free (a call split by another thread's is one
@@ -94,6 +99,8 @@ printf '%-40s %9s %10.3f %12.0f\n' "rltrace record --engine agent" "$big" "$agen
 printf '%-40s %9s %10.3f %12.0f\n' "heaptrack" "$big" "$heap4" "$(per "$heap4" "$native4" $big)"
 printf '%-40s %9s %10.3f %12s\n' native "$small" "$native" -
 printf '%-40s %9s %10.3f %12.0f\n' "rltrace record --engine ptrace" "$small" "$pt" "$(per "$pt" "$native" $small)"
+printf '%-40s %9s %10.3f %12.0f\n' "rltrace record -x write (agent+ptrace)" "$small" "$both_x" "$(per "$both_x" "$native" $small)"
+printf '%-40s %9s %10.3f %12.0f\n' "rltrace record --engine ptrace -x write" "$small" "$pt_x" "$(per "$pt_x" "$native" $small)"
 if [ "$lt" = nan ]; then
   printf '%-40s %9s %10s %12s\n' "ltrace -f -e malloc+free" "$small" "no run" "complete"
 else
