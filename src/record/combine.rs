@@ -365,8 +365,11 @@ impl<W: Write> Merger<'_, W> {
                     .get(&who)
                     .and_then(|q| q.front())
                     .is_some_and(|f| f.key < key);
+                // A call record without a return value is an entry alone: a call that
+                // never returned (`_Unwind_Resume`) keeps its own exit record.
+                let returned = x.ret.is_some() || x.out.is_some();
                 match self.held.take() {
-                    Some((h, e)) if h == who && !inside && x.ts.is_some() => {
+                    Some((h, e)) if h == who && !inside && x.ts.is_some() && returned => {
                         self.write_call(who, &e, Some(&x))?;
                     }
                     held => {
@@ -531,7 +534,8 @@ impl<W: Write> Merger<'_, W> {
                 .iter()
                 .filter(|(who, _)| pid.is_none_or(|p| who.0 == p))
                 .filter_map(|(who, q)| q.front().map(|f| (f.key, *who)))
-                .filter(|(k, _)| *k < before)
+                // u64::MAX: everything, returns found only at the end (keyed MAX) too.
+                .filter(|(k, _)| *k < before || before == u64::MAX)
                 .min();
             let Some((_, who)) = next else {
                 return Ok(());
