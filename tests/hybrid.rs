@@ -290,3 +290,58 @@ fn an_exec_inside_a_traced_call_leaves_the_new_images_calls_whole() {
     assert_eq!(getenvs(&both.1), getenvs(&alone.1), "{}", both.1);
     assert!(getenvs(&both.1) > 0, "{}", both.1);
 }
+
+#[test]
+fn exceptions_pass_through_the_functions_x_traces_under_either_engine() {
+    // risky(4) and risky(5) throw; main catches both. The traced call's return address
+    // points at the ptrace engine's stub, which the C++ unwinder must pass through.
+    let dir = scratch("hybrid-throw");
+    for engine in ["ptrace", "auto"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        let o = rltrace()
+            .args(["record", "--engine", engine, "-x", "_ZN4demo5riskyEi", "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(widgets_cpp())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{engine}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let trace = replay_clean(&rec, &["-C"]);
+        let calls: Vec<String> = trace
+            .lines()
+            .filter_map(|l| l.split("] ").nth(1))
+            .filter(|c| c.starts_with("demo::risky(int)("))
+            .map(|c| {
+                let arg = c["demo::risky(int)(".len()..]
+                    .split(',')
+                    .next()
+                    .unwrap_or("");
+                let ret = c
+                    .split(") = ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split("  ")
+                    .next()
+                    .unwrap_or("");
+                format!("{arg} {ret}")
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "0x0 0x0",
+                "0x1 0x1",
+                "0x2 0x2",
+                "0x3 0x3",
+                "0x4 <no return ...>",
+                "0x5 <no return ...>"
+            ],
+            "{engine}: {trace}"
+        );
+    }
+}

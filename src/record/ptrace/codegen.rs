@@ -224,6 +224,52 @@ pub fn handler_sigaction(base: u64) -> [u8; 32] {
     b
 }
 
+/// Call frame information for the stubs of a region at `base`, as an `.eh_frame` section
+/// (one CIE, an FDE per stub, the zero terminator) for the C++ runtime's unwinder
+/// (`__register_frame_info`): an exception thrown through a traced call finds the call's
+/// return address pointing at a stub, and without this the unwinder stops there and the
+/// program ends in `std::terminate`. Each stub is a frame that has pushed nothing: the
+/// caller's stack pointer is the stub's, and the return address is the real one, saved
+/// in the stub's slot. Its CFA is put 8 bytes higher (with the caller's stack pointer at
+/// CFA - 8): the unwinder tells frames apart by their CFA, and with the traced
+/// function's CFA repeated it took the stub's frame for the handler's and aborted. FDEs
+/// cover each stub from one byte before it, since the unwinder looks up a return
+/// address less one.
+pub fn stub_eh_frame(base: u64) -> Vec<u8> {
+    let pad = |b: &mut Vec<u8>, start: usize| {
+        // Lengths exclude their own 4 bytes; entries stay 8-aligned (DW_CFA_nop = 0).
+        while (b.len() - start) % 8 != 0 {
+            b.push(0);
+        }
+        let len = (b.len() - start - 4) as u32;
+        b[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    };
+    let mut b = Vec::with_capacity(48 * SLOTS as usize + 32);
+    // CIE: id 0, version 1, no augmentation (addresses are absolute 8-byte pointers),
+    // code alignment 1, data alignment -8, return address column 16 (rip); rules:
+    // CFA = rsp + 8 (DW_CFA_def_cfa), rsp = CFA - 8 (DW_CFA_val_offset, factored).
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&[1, 0, 1, 0x78, 16, 0x0c, 7, 8, 0x14, 7, 1]);
+    pad(&mut b, 0);
+    for i in 0..SLOTS {
+        let start = b.len();
+        let stub = base + STUB_OFF + i * STUB_SIZE;
+        b.extend_from_slice(&[0; 4]);
+        // Distance back to the CIE, from this field.
+        b.extend_from_slice(&((start + 4) as u32).to_le_bytes());
+        b.extend_from_slice(&(stub - 1).to_le_bytes());
+        b.extend_from_slice(&STUB_SIZE.to_le_bytes());
+        // DW_CFA_expression r16: the return address is at the slot's first word
+        // (DW_OP_addr).
+        b.extend_from_slice(&[0x10, 16, 9, 0x03]);
+        b.extend_from_slice(&(base + SLOT_OFF + i * SLOT_SIZE + slot::RETADDR).to_le_bytes());
+        pad(&mut b, start);
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b
+}
+
 /// All the code of a region at `base`: gadget, restorer, handler, empty trampoline
 /// area, stubs. Fails only if the handler cannot be assembled or outgrows its room (a bug
 /// the unit test catches); a region is then never injected with a broken handler.
@@ -300,6 +346,49 @@ pub fn trampoline(orig: &[u8], addr: u64, at: u64) -> Result<(Vec<u8>, u64), Rel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stubs_call_frame_information_parses_and_covers_every_stub() {
+        use addr2line::gimli::{
+            self, BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection,
+        };
+        let base = 0x7f00_0000_0000u64;
+        let blob = stub_eh_frame(base);
+        let eh = EhFrame::new(&blob, LittleEndian);
+        let bases = BaseAddresses::default();
+        let mut entries = eh.entries(&bases);
+        let mut fdes = 0u64;
+        while let Some(e) = entries.next().unwrap() {
+            if let CieOrFde::Fde(partial) = e {
+                let fde = partial.parse(EhFrame::cie_from_offset).unwrap();
+                let stub = base + STUB_OFF + fdes * STUB_SIZE;
+                assert_eq!(fde.initial_address(), stub - 1);
+                assert_eq!(fde.len(), STUB_SIZE);
+                // At the stub: CFA = rsp + 8, rsp = CFA - 8, the return address in the slot.
+                let mut ctx = gimli::UnwindContext::new();
+                let row = fde
+                    .unwind_info_for_address(&eh, &bases, &mut ctx, stub)
+                    .unwrap();
+                assert_eq!(
+                    *row.cfa(),
+                    gimli::CfaRule::RegisterAndOffset {
+                        register: gimli::X86_64::RSP,
+                        offset: 8
+                    }
+                );
+                assert_eq!(
+                    row.register(gimli::X86_64::RSP),
+                    Some(gimli::RegisterRule::ValOffset(-8))
+                );
+                assert!(matches!(
+                    row.register(gimli::X86_64::RA),
+                    Some(gimli::RegisterRule::Expression(_))
+                ));
+                fdes += 1;
+            }
+        }
+        assert_eq!(fdes, SLOTS);
+    }
 
     fn decode_all(code: &[u8], ip: u64) -> Vec<Instruction> {
         let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);

@@ -135,6 +135,10 @@ pub struct Space {
     pub trap_handler: bool,
     /// Regions left by an earlier rltrace that was killed while attached.
     leftovers: Vec<u64>,
+    /// `__register_frame_info` of the C++ runtime's unwinder in this image, if loaded.
+    register_frame: Option<u64>,
+    /// The stubs' call frame information is registered with it.
+    stubs_described: bool,
 }
 
 impl Space {
@@ -154,6 +158,8 @@ impl Space {
             deferred_signals: Vec::new(),
             trap_handler: false,
             leftovers: Vec::new(),
+            register_frame: None,
+            stubs_described: false,
         })
     }
 
@@ -180,7 +186,109 @@ impl Space {
             deferred_signals: Vec::new(),
             trap_handler: self.trap_handler,
             leftovers: self.leftovers.clone(),
+            register_frame: self.register_frame,
+            stubs_described: self.stubs_described,
         })
+    }
+
+    /// Notes where this image's unwinder registers call frame information (the first
+    /// found: the shared C++ runtime's is noted before the program's).
+    pub fn note_unwinder(&mut self, register_frame_info: u64) {
+        self.register_frame.get_or_insert(register_frame_info);
+    }
+
+    /// Registers the stubs' call frame information with the image's unwinder (once), by
+    /// a call injected on stopped thread `tid`: at the program's entry, where everything
+    /// loaded with it is relocated and initialised. Returns whether it did.
+    pub fn describe_stubs(&mut self, tid: u32) -> Result<bool, SpaceError> {
+        let (Some(base), Some(register)) = (self.primary(), self.register_frame) else {
+            return Ok(false);
+        };
+        if self.stubs_described {
+            return Ok(false);
+        }
+        self.stubs_described = true;
+        let mut blob = codegen::stub_eh_frame(base);
+        // Then the unwinder's `struct object`, which the caller provides (zeroed).
+        let object_at = blob.len().next_multiple_of(16);
+        blob.resize(object_at + 128, 0);
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let at = self.remote_syscall(
+            tid,
+            libc::SYS_mmap,
+            [0, blob.len() as u64, rw, flags, u64::MAX, 0],
+            "mmap",
+        )?;
+        self.mem
+            .write(at, &blob)
+            .map_err(io_err("write the stubs' call frame information"))?;
+        self.remote_call(tid, register, [at, at + object_at as u64])?;
+        Ok(true)
+    }
+
+    /// Calls the function at `func` with two arguments on stopped thread `tid` and
+    /// waits for it to return (to the gadget's `int3`); its registers are restored after.
+    /// The function must not reach a breakpoint: its own stop would end the wait early.
+    fn remote_call(&mut self, tid: u32, func: u64, args: [u64; 2]) -> Result<u64, SpaceError> {
+        let Some(base) = self.primary() else {
+            return Err(SpaceError::Remote {
+                what: "call without a region",
+                errno: libc::EINVAL.into(),
+            });
+        };
+        let saved = get_regs(tid).map_err(nix_err("read registers"))?;
+        // Below the red zone, 16-aligned, with the return address pushed as by `call`.
+        let rsp = ((saved.rsp - 1024) & !15) - 8;
+        let ret = base + 2; // the gadget's int3
+        self.mem
+            .write(rsp, &ret.to_le_bytes())
+            .map_err(io_err("write a return address"))?;
+        let mut r = saved;
+        r.rip = func;
+        r.rsp = rsp;
+        r.rax = 0;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        set_regs(tid, r).map_err(nix_err("set registers"))?;
+        let pid = Pid::from_raw(tid as i32);
+        ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
+        let result = loop {
+            let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.map_err(nix_err("wait for an injected call"))?,
+            };
+            match status {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => {
+                    let now = get_regs(tid).map_err(nix_err("read registers"))?;
+                    if now.rip != ret + 1 {
+                        return Err(SpaceError::Remote {
+                            what: "injected call (it reached a breakpoint)",
+                            errno: libc::EINTR.into(),
+                        });
+                    }
+                    break now.rax;
+                }
+                WaitStatus::Stopped(_, sig) => {
+                    self.deferred_signals.push((tid, sig as i32));
+                    ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
+                }
+                WaitStatus::PtraceEvent(..)
+                | WaitStatus::PtraceSyscall(_)
+                | WaitStatus::Continued(_) => {
+                    ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
+                }
+                other => {
+                    return Err(SpaceError::Io {
+                        what: format!("thread {tid} ended during an injected call: {other:?}"),
+                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    });
+                }
+            }
+        };
+        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
+        Ok(result)
     }
 
     /// Base of the region holding the return stubs.
@@ -760,6 +868,8 @@ impl Space {
     /// Forgets every module and breakpoint (the image was replaced by exec).
     pub fn clear(&mut self) -> Vec<u32> {
         self.bps.clear();
+        self.register_frame = None;
+        self.stubs_described = false;
         self.unwinder = StackUnwinder::default();
         std::mem::take(&mut self.modules)
             .into_values()

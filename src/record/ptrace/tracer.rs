@@ -810,6 +810,17 @@ impl<'s, W: Write> Tracer<'s, W> {
             let is_exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .is_ok_and(|p| p.as_os_str() == m.path.as_str());
             self.tell_agent(pid, &space, &m);
+            // The C++ runtime's unwinder (libgcc_s, or a copy linked into the program),
+            // told about the stubs at the program's entry.
+            let file = std::path::Path::new(&m.path)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if file.starts_with("libgcc_s.so") || is_exe {
+                if let Some(a) = m.elf.symbol_address("__register_frame_info") {
+                    space.note_unwinder(m.bias.wrapping_add(a));
+                }
+            }
             if !is_exe {
                 self.callee_prototypes(pid, &m)?;
             }
@@ -868,6 +879,25 @@ impl<'s, W: Write> Tracer<'s, W> {
                     )?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Registers the return stubs' call frame information with process `pid`'s C++
+    /// unwinder, so that exceptions pass through traced calls; says so if it cannot.
+    fn describe_stubs(&mut self, pid: u32, tid: u32) -> Result<(), FormatError> {
+        let Some(space) = self.procs.get(&pid).map(|p| p.space.clone()) else {
+            return Ok(());
+        };
+        let done = space.borrow_mut().describe_stubs(tid);
+        if let Err(e) = done {
+            self.sink.note(
+                pid,
+                format!(
+                    "a C++ exception thrown through a traced call will end the program: \
+                     its unwinder could not be told about the return stubs ({e})"
+                ),
+            )?;
         }
         Ok(())
     }
@@ -1160,6 +1190,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                         self.before_entry.remove(&pid);
                         self.resolve_ifuncs(pid, tid)?;
                         self.hook_imports(pid, tid)?;
+                        self.describe_stubs(pid, tid)?;
                     }
                 }
                 return self.resume(tid, None);
