@@ -14,7 +14,7 @@ use super::codegen::{
     self, slot, REGION_LEN, SLOTS, SLOT_OFF, SLOT_SIZE, STUB_OFF, STUB_SIZE, TRAMPS, TRAMP_OFF,
     TRAMP_SIZE,
 };
-use super::mem::{get_regs, set_regs, MemFile};
+use super::mem::{get_regs, set_regs, MemFile, Regs};
 use crate::elf::{self, ElfInfo};
 use crate::format::Frame;
 use crate::record::procfs::{self, Mapping};
@@ -252,43 +252,50 @@ impl Space {
         r.rdi = args[0];
         r.rsi = args[1];
         set_regs(tid, r).map_err(nix_err("set registers"))?;
+        let now = self.run_to_trap(tid, "call")?;
+        if now.rip != ret + 1 {
+            return Err(SpaceError::Remote {
+                what: "injected call (it reached a breakpoint)",
+                errno: libc::EINTR.into(),
+            });
+        }
+        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
+        Ok(now.rax)
+    }
+
+    /// Lets stopped thread `tid` run injected code until its next SIGTRAP stop (signals
+    /// meanwhile are kept for later) and returns its registers there.
+    fn run_to_trap(&mut self, tid: u32, what: &str) -> Result<Regs, SpaceError> {
         let pid = Pid::from_raw(tid as i32);
-        ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
-        let result = loop {
+        ptrace::cont(pid, None).map_err(nix_err("continue for injected code"))?;
+        loop {
+            // The recorder's own signal handlers interrupt waits; the caller's loop sees
+            // their flags later.
             let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                other => other.map_err(nix_err("wait for an injected call"))?,
+                other => other.map_err(nix_err("wait for injected code"))?,
             };
             match status {
                 WaitStatus::Stopped(_, Signal::SIGTRAP) => {
-                    let now = get_regs(tid).map_err(nix_err("read registers"))?;
-                    if now.rip != ret + 1 {
-                        return Err(SpaceError::Remote {
-                            what: "injected call (it reached a breakpoint)",
-                            errno: libc::EINTR.into(),
-                        });
-                    }
-                    break now.rax;
+                    return get_regs(tid).map_err(nix_err("read registers"));
                 }
                 WaitStatus::Stopped(_, sig) => {
                     self.deferred_signals.push((tid, sig as i32));
-                    ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
+                    ptrace::cont(pid, None).map_err(nix_err("continue for injected code"))?;
                 }
                 WaitStatus::PtraceEvent(..)
                 | WaitStatus::PtraceSyscall(_)
                 | WaitStatus::Continued(_) => {
-                    ptrace::cont(pid, None).map_err(nix_err("continue for an injected call"))?;
+                    ptrace::cont(pid, None).map_err(nix_err("continue for injected code"))?;
                 }
                 other => {
                     return Err(SpaceError::Io {
-                        what: format!("thread {tid} ended during an injected call: {other:?}"),
+                        what: format!("thread {tid} ended during injected {what}: {other:?}"),
                         source: io::Error::from(io::ErrorKind::UnexpectedEof),
                     });
                 }
             }
-        };
-        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
-        Ok(result)
+        }
     }
 
     /// Base of the region holding the return stubs.
@@ -397,35 +404,7 @@ impl Space {
         r.r8 = args[4];
         r.r9 = args[5];
         set_regs(tid, r).map_err(nix_err("set registers"))?;
-        let pid = Pid::from_raw(tid as i32);
-        ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
-        loop {
-            // The recorder's own signal handlers interrupt waits; the caller's loop sees
-            // their flags later.
-            let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                other => other.map_err(nix_err("wait for injected syscall"))?,
-            };
-            match status {
-                WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
-                WaitStatus::Stopped(_, sig) => {
-                    self.deferred_signals.push((tid, sig as i32));
-                    ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
-                }
-                WaitStatus::PtraceEvent(..)
-                | WaitStatus::PtraceSyscall(_)
-                | WaitStatus::Continued(_) => {
-                    ptrace::cont(pid, None).map_err(nix_err("continue for injected syscall"))?;
-                }
-                other => {
-                    return Err(SpaceError::Io {
-                        what: format!("thread {tid} ended during injected {what}: {other:?}"),
-                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
-                    });
-                }
-            }
-        }
-        let result = get_regs(tid).map_err(nix_err("read registers"))?.rax;
+        let result = self.run_to_trap(tid, what)?.rax;
         if let Some(orig) = patched {
             self.mem
                 .write(saved.rip, &orig)
