@@ -210,8 +210,6 @@ struct Library {
     names_at: HashMap<u64, Vec<String>>,
     /// Names whose symbol is a GNU IFUNC: what sits at its address is the resolver.
     ifuncs: std::collections::HashSet<String>,
-    /// Every plain (not IFUNC) function symbol, for an IFUNC's implementations.
-    plain: Vec<(String, u64)>,
     /// Answers so far, by name (`None`: no usable prototype).
     known: HashMap<String, Option<Loaded>>,
 }
@@ -246,8 +244,6 @@ impl Library {
         for (name, addr, ifunc) in syms {
             if ifunc {
                 lib.ifuncs.insert(name.clone());
-            } else {
-                lib.plain.push((name.clone(), addr));
             }
             let at = lib.names_at.entry(addr).or_default();
             if !at.contains(&name) {
@@ -319,9 +315,7 @@ impl Library {
             .filter_map(|n| self.known.get(*n)?.clone())
             .collect()
     }
-}
 
-impl Library {
     /// The functions whose DWARF may describe `name`: those at its address (aliases), or,
     /// for an IFUNC, whose symbol at that address is the resolver (`void *(void)`), its
     /// implementations: glibc names them after an IFUNC name there with a suffix
@@ -338,10 +332,14 @@ impl Library {
             .filter(|n| self.ifuncs.contains(n.as_str()))
             .map(|n| format!("{n}_"))
             .collect();
-        self.plain
+        self.names_at
             .iter()
-            .filter(|(n, a)| *a != at && stems.iter().any(|s| n.starts_with(s.as_str())))
-            .map(|(n, a)| (n.clone(), *a))
+            .filter(|(a, _)| **a != at)
+            .flat_map(|(a, names)| names.iter().map(move |n| (n, *a)))
+            .filter(|(n, _)| {
+                !self.ifuncs.contains(n.as_str()) && stems.iter().any(|s| n.starts_with(s.as_str()))
+            })
+            .map(|(n, a)| (n.clone(), a))
             .collect()
     }
 }
