@@ -199,13 +199,13 @@ impl Space {
 
     /// Registers the stubs' call frame information with the image's unwinder (once), by
     /// a call injected on stopped thread `tid`: at the program's entry, where everything
-    /// loaded with it is relocated and initialised. Returns whether it did.
-    pub fn describe_stubs(&mut self, tid: u32) -> Result<bool, SpaceError> {
+    /// loaded with it is relocated and initialised.
+    pub fn describe_stubs(&mut self, tid: u32) -> Result<(), SpaceError> {
         let (Some(base), Some(register)) = (self.primary(), self.register_frame) else {
-            return Ok(false);
+            return Ok(());
         };
         if self.stubs_described {
-            return Ok(false);
+            return Ok(());
         }
         self.stubs_described = true;
         let mut blob = codegen::stub_eh_frame(base);
@@ -224,7 +224,7 @@ impl Space {
             .write(at, &blob)
             .map_err(io_err("write the stubs' call frame information"))?;
         self.remote_call(tid, register, [at, at + object_at as u64])?;
-        Ok(true)
+        Ok(())
     }
 
     /// Calls the function at `func` with two arguments on stopped thread `tid` and
@@ -253,13 +253,15 @@ impl Space {
         r.rsi = args[1];
         set_regs(tid, r).map_err(nix_err("set registers"))?;
         let now = self.run_to_trap(tid, "call")?;
+        // Stopped at a breakpoint on the way instead: given up, the thread back where it
+        // was.
+        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
         if now.rip != ret + 1 {
             return Err(SpaceError::Remote {
                 what: "injected call (it reached a breakpoint)",
                 errno: libc::EINTR.into(),
             });
         }
-        set_regs(tid, saved).map_err(nix_err("restore registers"))?;
         Ok(now.rax)
     }
 

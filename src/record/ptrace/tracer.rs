@@ -809,13 +809,15 @@ impl<'s, W: Write> Tracer<'s, W> {
             space.register_module(id, &m);
             let is_exe = std::fs::read_link(format!("/proc/{pid}/exe"))
                 .is_ok_and(|p| p.as_os_str() == m.path.as_str());
-            self.tell_agent(pid, &space, &m);
-            // The C++ runtime's unwinder (libgcc_s, or a copy linked into the program),
-            // told about the stubs at the program's entry.
             let file = std::path::Path::new(&m.path)
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if self.opts.skip_module.as_deref() == Some(file.as_str()) {
+                tell_agent(pid, &space, &m);
+            }
+            // The C++ runtime's unwinder (libgcc_s, or a copy linked into the program),
+            // told about the stubs at the program's entry.
             if file.starts_with("libgcc_s.so") || is_exe {
                 if let Some(a) = m.elf.symbol_address("__register_frame_info") {
                     space.note_unwinder(m.bias.wrapping_add(a));
@@ -900,27 +902,6 @@ impl<'s, W: Write> Tracer<'s, W> {
             )?;
         }
         Ok(())
-    }
-
-    /// In a run the preload agent records too, tells its library (module `m`, if it is
-    /// that) where this process's return stubs are, for its unwinder.
-    fn tell_agent(&self, pid: u32, space: &Space, m: &crate::record::ptrace::space::NewModule) {
-        let file = std::path::Path::new(&m.path).file_name();
-        if self.opts.skip_module.is_none()
-            || file.map(|f| f.to_string_lossy()).as_deref() != self.opts.skip_module.as_deref()
-        {
-            return;
-        }
-        if let (Some(at), Some(base)) = (
-            m.elf.symbol_address(rltrace_wire::PTRACE_REGION_SYMBOL),
-            space.primary(),
-        ) {
-            // Its stacks then stop at the first traced call instead: nothing else is lost.
-            let _ = crate::record::ptrace::mem::writev(
-                pid,
-                &[(m.bias.wrapping_add(at), &base.to_le_bytes())],
-            );
-        }
     }
 
     /// Places breakpoints on the functions of module `m` that the `-x` filters select.
@@ -1997,4 +1978,20 @@ fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
             ))
         })
         .collect()
+}
+
+/// In a run the preload agent records too, tells its library (module `m`) where process
+/// `pid`'s return stubs are, for its unwinder.
+fn tell_agent(pid: u32, space: &Space, m: &crate::record::ptrace::space::NewModule) {
+    if let (Some(at), Some(base)) = (
+        m.elf.symbol_address(rltrace_wire::PTRACE_REGION_SYMBOL),
+        space.primary(),
+    ) {
+        // If this fails its stacks stop at the first traced call instead: nothing else is
+        // lost.
+        let _ = crate::record::ptrace::mem::writev(
+            pid,
+            &[(m.bias.wrapping_add(at), &base.to_le_bytes())],
+        );
+    }
 }
