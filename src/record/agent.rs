@@ -714,29 +714,25 @@ fn traced_imports(
     libraries: &[(String, Vec<u8>)],
     traced: &Selection,
 ) -> Vec<bool> {
-    let exports: Vec<(String, std::collections::HashSet<String>)> = libraries
-        .iter()
-        .map(|(path, _)| {
-            let defined = crate::elf::ElfInfo::open(Path::new(path))
-                .map(|e| {
-                    e.function_symbols(false)
-                        .into_iter()
-                        .map(|(n, _, _)| n)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let file = path.rsplit('/').next().unwrap_or(path).to_string();
-            (file, defined)
-        })
-        .collect();
+    let mut left: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+    let mut traced_here: std::collections::HashSet<&str> = Default::default();
+    for (path, _) in libraries {
+        if left.is_empty() {
+            break;
+        }
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let defined = crate::elf::exported_functions(Path::new(path), &left);
+        traced_here.extend(
+            defined
+                .iter()
+                .copied()
+                .filter(|n| traced.would_select(n, file, false)),
+        );
+        left.retain(|n| !defined.contains(n));
+    }
     names
         .iter()
-        .map(|(name, _)| {
-            exports
-                .iter()
-                .find(|(_, defined)| defined.contains(name))
-                .is_some_and(|(file, _)| traced.would_select(name, file, false))
-        })
+        .map(|(name, _)| traced_here.contains(name.as_str()))
         .collect()
 }
 

@@ -88,6 +88,13 @@ impl TscClock {
             ..TscClock::new(now)
         }
     }
+
+    /// Counter ticks in `ns` nanoseconds, at this map's rate.
+    pub fn ticks_in(&self, ns: u64) -> u64 {
+        let t = (u128::from(ns) << MULT_SHIFT) / u128::from(self.mult.max(1));
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+
     /// Refines the rate with a pair of readings taken together, once the baseline is long
     /// enough (100 ms) for the error of the readings not to matter.
     pub fn observe(&mut self, ns: u64, tsc: u64) {
@@ -164,5 +171,6 @@ mod tests {
         let c = TscClock::between((10, 1_000), (1_000_000_010, 3_000_001_000), || 0);
         assert_eq!(c.to_ns(1_000), 10);
         assert!(c.to_ns(1_500_001_000).abs_diff(500_000_010) < 2);
+        assert!(c.ticks_in(1_000).abs_diff(3_000) < 2);
     }
 }

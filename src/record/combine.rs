@@ -102,20 +102,8 @@ pub fn combine<W: Write>(
         held: None,
         open: HashMap::new(),
         swallow: HashMap::new(),
-        margin: 0,
+        margin: clock.ticks_in(MARGIN),
         last_global: 0,
-    };
-    m.margin = {
-        // Ticks in MARGIN, from the clock's own rate.
-        let base = 1u64 << 60;
-        let ns_per = m
-            .clock
-            .to_ns(base + (1 << 32))
-            .saturating_sub(m.clock.to_ns(base))
-            .max(1);
-        ((MARGIN as u128) << 32)
-            .checked_div(u128::from(ns_per))
-            .map_or(u64::MAX, |v| u64::try_from(v).unwrap_or(u64::MAX))
     };
     for p in std::mem::take(&mut m.t.prototypes) {
         m.w.push(&p)?;
@@ -267,6 +255,7 @@ struct Merger<'c, W: Write> {
     /// Returns still to come from each side (agent, traced) for calls already closed
     /// here, per thread: see [`Merger::exit`].
     swallow: HashMap<(u32, u32), [u32; 2]>,
+    /// [`MARGIN`] in ticks.
     margin: u64,
     last_global: u64,
 }
@@ -345,12 +334,12 @@ impl<W: Write> Merger<'_, W> {
                 let who = self.a_thread(e.thread);
                 self.release_held()?;
                 self.place(who, e.ts)?;
+                self.started(who, false);
                 let returns = self.a_returns.get(&e.func).copied().unwrap_or(true);
                 if !returns && e.data.is_empty() {
                     // An entry alone (`free`): one call record.
                     self.write_call(who, &e, None)?;
                 } else if e.data.is_empty() {
-                    self.started(who, false);
                     self.held = Some((who, e));
                 } else {
                     self.write_agent_enter(who, e)?;
@@ -383,7 +372,7 @@ impl<W: Write> Merger<'_, W> {
             Record::ProcessStart(p) => {
                 self.release_held()?;
                 self.seen_pids.insert(p.pid);
-                self.flush_process(p.pid, p.ts)?;
+                self.flush_traced(p.ts, Some(p.pid))?;
                 if p.cause == crate::format::StartCause::Exec {
                     self.image_ended(p.pid, Some(p.ts))?;
                 }
@@ -391,7 +380,7 @@ impl<W: Write> Merger<'_, W> {
             }
             Record::ProcessExit(p) => {
                 self.release_held()?;
-                self.flush_process(p.pid, u64::MAX)?;
+                self.flush_traced(u64::MAX, Some(p.pid))?;
                 self.image_ended(p.pid, None)?;
                 self.push_timed(Record::ProcessExit(p))?;
             }
@@ -419,21 +408,23 @@ impl<W: Write> Merger<'_, W> {
     /// still open never returned, as the ptrace engine reports them; at the end they stay
     /// as the agent leaves them (`_exit(0 <unfinished ...>`).
     fn image_ended(&mut self, pid: u32, exec: Option<u64>) -> Result<(), FormatError> {
-        let ended: Vec<((u32, u32), usize)> = self
-            .open
-            .iter()
-            .filter(|(who, _)| who.0 == pid)
-            .map(|(who, calls)| (*who, calls.len()))
-            .collect();
-        for (who, n) in ended.into_iter().filter(|_| exec.is_some()) {
-            let thread = self.thread(who)?;
-            for _ in 0..n {
-                self.push_timed(Record::Exit(Exit {
-                    thread,
-                    ret: None,
-                    out: None,
-                    ts: exec,
-                }))?;
+        if exec.is_some() {
+            let ended: Vec<((u32, u32), usize)> = self
+                .open
+                .iter()
+                .filter(|(who, _)| who.0 == pid)
+                .map(|(who, calls)| (*who, calls.len()))
+                .collect();
+            for (who, n) in ended {
+                let thread = self.thread(who)?;
+                for _ in 0..n {
+                    self.push_timed(Record::Exit(Exit {
+                        thread,
+                        ret: None,
+                        out: None,
+                        ts: exec,
+                    }))?;
+                }
             }
         }
         self.open.retain(|who, _| who.0 != pid);
@@ -455,7 +446,6 @@ impl<W: Write> Merger<'_, W> {
 
     fn write_agent_enter(&mut self, who: (u32, u32), e: Enter) -> Result<(), FormatError> {
         if self.a_returns.get(&e.func).copied().unwrap_or(true) {
-            self.started(who, false);
             self.open.entry(who).or_default().push(false);
         }
         let thread = self.thread(who)?;
@@ -518,10 +508,6 @@ impl<W: Write> Merger<'_, W> {
             self.write_traced(who, t.rec)?;
         }
         Ok(())
-    }
-
-    fn flush_process(&mut self, pid: u32, before: u64) -> Result<(), FormatError> {
-        self.flush_traced(before, Some(pid))
     }
 
     /// Writes every waiting traced call before `before` (of process `pid` only, if given),

@@ -100,19 +100,15 @@ pub(super) fn record(
         agent: part("agent"),
         traced: part("ptrace"),
     };
-    // The partial recordings count time in ticks: every meta pair but the unit is the
-    // output's.
-    let in_ticks = RecordRequest {
-        trace: tracer::TraceOptions {
-            time_unit: 1,
-            ..req.trace.clone()
-        },
-        ..req.clone()
-    };
     let mut meta = metadata("agent+ptrace", cmd, 0, false);
     add_request_meta(&mut meta, req);
-    let mut part_meta = metadata("agent+ptrace", cmd, 0, false);
-    add_request_meta(&mut part_meta, &in_ticks);
+    // The partial recordings count time in ticks: every other pair is the output's.
+    let mut part_meta = meta.clone();
+    for (k, v) in &mut part_meta.pairs {
+        if k == crate::format::META_TIME_UNIT {
+            *v = "1".into();
+        }
+    }
 
     let start = (Instant::now(), rdtsc());
     let agent_file = create(&parts.agent)?;
@@ -128,7 +124,6 @@ pub(super) fn record(
         allocators: false,
         syscalls: false,
         skip_module: Some(agent::AGENT_FILE.to_string()),
-        time_unit: 1,
         ..req.trace.clone()
     };
     let names: Vec<&str> = funcs::ALLOCATOR_FAMILY.iter().map(|f| f.name).collect();
@@ -172,8 +167,8 @@ pub(super) fn record(
             for rule in &unmatched {
                 sink.note(pid, format!("filter rule {rule:?} matched no function"))?;
             }
-            let (_, summary) = sink.finish()?;
-            Ok(Some((exit?, unmatched, summary.dropped)))
+            sink.finish()?;
+            Ok(Some((exit?, unmatched)))
         })
         .map_err(|e| {
             RecordError::Trace(TraceError::Spawn {
@@ -253,7 +248,7 @@ pub(super) fn record(
         Err(e) => return Err(e.into()),
     };
     agent_summary?;
-    let (exit, unmatched, _) = traced?.unwrap_or((agent_exit, Vec::new(), 0));
+    let (exit, unmatched) = traced?.unwrap_or((agent_exit, Vec::new()));
 
     // One map from ticks to nanoseconds over the whole run.
     let clock = TscClock::between((0, start.1), end, || start.0.elapsed().as_nanos() as u64);

@@ -188,7 +188,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
             "-x/-l select functions the agent does not interpose".into(),
         )),
         (Engine::Agent, Some(why), _) => Err(RecordError::AgentRefused(why)),
-        (Engine::Agent, None, Some(lib)) | (Engine::Both, None, Some(lib)) if !beyond => {
+        (Engine::Agent, None, Some(lib)) => {
             Ok((Choice::Agent(lib), "asked for with --engine".into()))
         }
         (_, Some(why), _) => Ok((Choice::Ptrace, why)),
