@@ -63,6 +63,9 @@ struct TracedSide {
     events: BTreeMap<(u32, u32), VecDeque<Traced>>,
     /// Process records, for processes the agent never saw.
     processes: Vec<Record>,
+    /// When each process exec'd, in order, as the tracer saw it at the exec stop (the
+    /// agent's records of a start carry the time its recorder got to them).
+    execs: HashMap<u32, VecDeque<u64>>,
     notes: Vec<Record>,
     prototypes: Vec<Record>,
     dropped: u64,
@@ -157,7 +160,13 @@ fn read_traced<R: Read>(mut r: Reader<R>, agent_file: &str) -> Result<TracedSide
                 }
             }
             Record::Signal(s) => t.queue(s.thread, s.ts, Record::Signal(s)),
-            Record::ProcessStart(_) | Record::ProcessExit(_) => t.processes.push(rec),
+            Record::ProcessStart(ref p) => {
+                if p.cause == crate::format::StartCause::Exec {
+                    t.execs.entry(p.pid).or_default().push_back(p.ts);
+                }
+                t.processes.push(rec);
+            }
+            Record::ProcessExit(_) => t.processes.push(rec),
             Record::Note(_) => t.notes.push(rec),
             Record::Prototypes(_) => t.prototypes.push(rec),
             Record::ModuleUnload(_) | Record::Packed(_) | Record::Source(_) => {}
@@ -372,9 +381,16 @@ impl<W: Write> Merger<'_, W> {
             Record::ProcessStart(p) => {
                 self.release_held()?;
                 self.seen_pids.insert(p.pid);
-                self.flush_traced(p.ts, Some(p.pid))?;
                 if p.cause == crate::format::StartCause::Exec {
-                    self.image_ended(p.pid, Some(p.ts))?;
+                    // The old image's traced calls go before it, by the tracer's time of
+                    // the exec: this record's own time is when the agent's recorder got to
+                    // it, possibly after the new image ran (and a spawned or forked
+                    // process has no earlier calls).
+                    let at = self.t.execs.get_mut(&p.pid).and_then(|q| q.pop_front());
+                    if let Some(at) = at {
+                        self.flush_traced(at, Some(p.pid))?;
+                    }
+                    self.image_ended(p.pid, Some(at.unwrap_or(p.ts)))?;
                 }
                 self.push_timed(Record::ProcessStart(p))?;
             }
@@ -725,5 +741,130 @@ impl<W: Write> Merger<'_, W> {
             other => other,
         };
         self.w.push(&rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Origin, ProcessExit, ProcessStart, StartCause};
+
+    fn meta() -> Meta {
+        Meta {
+            pairs: vec![(crate::format::META_TIME_UNIT.to_string(), "1".to_string())],
+        }
+    }
+
+    fn function(id: u32, name: &str, returns: bool) -> Record {
+        Record::Function(FunctionDef {
+            id,
+            name: name.to_string(),
+            class: crate::format::FnClass::Other,
+            returns,
+            origin: Origin::Hooked,
+        })
+    }
+
+    fn enter(func: u32, ts: u64) -> Record {
+        Record::Enter(Enter {
+            thread: 0,
+            ts,
+            func,
+            args: vec![],
+            stack: None,
+            data: vec![],
+        })
+    }
+
+    fn exit(ts: u64) -> Record {
+        Record::Exit(Exit {
+            thread: 0,
+            ret: Some(0),
+            out: None,
+            ts: Some(ts),
+        })
+    }
+
+    fn write(path: &Path, recs: &[Record]) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = Writer::new(f, &meta()).unwrap();
+        for r in recs {
+            w.push(r).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// The functions called, in the merged recording's order.
+    fn merged(agent: &[Record], traced: &[Record]) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!("rltrace-combine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, t, o) = (dir.join("a"), dir.join("t"), dir.join("o"));
+        write(&a, agent);
+        write(&t, traced);
+        let out = std::fs::File::create(&o).unwrap();
+        combine(&a, &t, out, &meta(), &TscClock::identity(), "agent.so").unwrap();
+        let mut r = crate::format::open_file(&o).unwrap();
+        let mut names = HashMap::new();
+        let mut seq = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            match rec {
+                Record::Function(f) => {
+                    names.insert(f.id, f.name);
+                }
+                Record::Enter(e) => seq.push(names[&e.func].clone()),
+                Record::Exit(_) => seq.push("ret".to_string()),
+                Record::ProcessStart(_) => seq.push("start".to_string()),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        seq
+    }
+
+    #[test]
+    fn a_late_start_record_of_the_agent_does_not_pull_traced_calls_ahead() {
+        let thread = Record::Thread(ThreadDef {
+            num: 0,
+            pid: 7,
+            tid: 7,
+        });
+        let start = |ts| {
+            Record::ProcessStart(ProcessStart {
+                pid: 7,
+                parent: 0,
+                ts,
+                cause: StartCause::Spawn,
+                path: String::new(),
+            })
+        };
+        let end = Record::ProcessExit(ProcessExit {
+            pid: 7,
+            ts: 900,
+            how: crate::format::ExitHow::Code(0),
+        });
+        // The agent's recorder got to the program's start only at 500, after it ran: its
+        // calls at 100 and 300, the traced ones at 200 and 400.
+        let agent = [
+            function(0, "free", false),
+            thread.clone(),
+            start(500),
+            enter(0, 100),
+            enter(0, 300),
+            end.clone(),
+        ];
+        let traced = [
+            function(0, "frob", true),
+            thread,
+            start(10),
+            enter(0, 200),
+            exit(210),
+            enter(0, 400),
+            exit(410),
+            end,
+        ];
+        assert_eq!(
+            merged(&agent, &traced),
+            ["start", "free", "frob", "ret", "free", "frob", "ret"]
+        );
     }
 }
