@@ -30,7 +30,7 @@ pub fn loaded(name: &str) -> Option<&'static Proto> {
 pub struct Loaded {
     /// Symbol name.
     pub name: String,
-    /// Argument types, in ABI order (integer registers).
+    /// Argument types, in declaration order.
     pub args: Vec<Ty>,
     /// Return type.
     pub ret: Ty,
@@ -60,7 +60,7 @@ pub fn from_text(text: &str) -> Vec<Loaded> {
         };
         let args: Option<Vec<Ty>> = words.map(untoken).collect();
         match args {
-            Some(args) if args.len() <= 6 => out.push(Loaded {
+            Some(args) if rltrace_wire::protos::fits_registers(&args) => out.push(Loaded {
                 name: name.to_string(),
                 args,
                 ret,
@@ -83,6 +83,8 @@ fn token(t: Ty) -> String {
         Ty::Char => "char".into(),
         Ty::Format => "format".into(),
         Ty::Void => "void".into(),
+        Ty::Float => "float".into(),
+        Ty::Double => "double".into(),
     }
 }
 
@@ -97,6 +99,8 @@ fn untoken(w: &str) -> Option<Ty> {
         "char" => Ty::Char,
         "format" => Ty::Format,
         "void" => Ty::Void,
+        "float" => Ty::Float,
+        "double" => Ty::Double,
         b => match b.strip_prefix("buf")?.parse::<u8>().ok()? {
             n if n < 6 => Ty::Buf(n),
             _ => return None,
@@ -144,9 +148,9 @@ pub struct Conf {
 /// Reads prototypes in ltrace.conf(5) syntax (`int puts(string);`, `long write(int,
 /// string[arg3], ulong);`, `typedef`s). Types are mapped to what rltrace captures and
 /// shows: integers, flags (`hex`, `octal`, `enum`) in hex, `string`s (bounded by an
-/// argument with `string[argN]`), `format`, `char`; pointers, structs, arrays and `file`
-/// as addresses. A declaration with `float`/`double` arguments or result is skipped (they
-/// travel in vector registers, which are not recorded), as is one rltrace cannot parse.
+/// argument with `string[argN]`), `format`, `char`, `float` and `double` (from the vector
+/// registers); pointers, structs, arrays and `file` as addresses. A declaration rltrace
+/// cannot parse is skipped, as is one with arguments passed on the stack.
 pub fn parse_conf(text: &str) -> Conf {
     let mut conf = Conf::default();
     let mut typedefs: HashMap<String, Ty> = HashMap::new();
@@ -253,8 +257,8 @@ fn function(decl: &str, typedefs: &HashMap<String, Ty>) -> Result<Loaded, String
             args.push(conf_type(a, typedefs)?);
         }
     }
-    if args.len() > 6 {
-        return Err("more than six integer arguments".into());
+    if !rltrace_wire::protos::fits_registers(&args) {
+        return Err("more than six integer or eight floating-point arguments".into());
     }
     if let Some(Ty::Buf(i)) = args
         .iter()
@@ -292,7 +296,8 @@ fn conf_type(t: &str, typedefs: &HashMap<String, Ty>) -> Result<Ty, String> {
         "char" => Ty::Char,
         "addr" | "file" | "struct" | "array" => Ty::Ptr,
         "format" => Ty::Format,
-        "float" | "double" => return Err("floating-point value (vector register)".into()),
+        "float" => Ty::Float,
+        "double" => Ty::Double,
         "string" | "string0" => match inner.map(|r| r.trim_end_matches([')', ']']).trim()) {
             Some(len) if len.starts_with("arg") => match len[3..].parse::<u8>() {
                 Ok(n) if (1..=6).contains(&n) => Ty::Buf(n - 1),
@@ -364,11 +369,24 @@ mod tests {
                 ("open", vec![Str, Int, Hex], Int),
                 ("mvprintw", vec![Int, Int, Format], Int),
                 ("bfd_init", vec![], Void),
+                ("pow", vec![Double, Double], Double),
                 ("lfind", vec![Ptr, Ptr, Ptr, Size, Ptr], Ptr),
             ]
         );
         let lines: Vec<usize> = conf.skipped.iter().map(|s| s.0).collect();
-        assert_eq!(lines, [9, 10], "{:?}", conf.skipped);
+        assert_eq!(lines, [10], "{:?}", conf.skipped);
+        // Seven integer arguments: the seventh is on the stack. Seven integers and eight
+        // doubles fit no better; six and eight do.
+        let conf = parse_conf(
+            "int f(int,int,int,int,int,int,int);
+             int g(int,int,int,int,int,int,int,double,double,double,double,double,double,double,double);
+             int h(int,int,int,int,int,int,double,double,double,double,double,double,double,double);
+",
+        );
+        assert_eq!(conf.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(conf.protos[0].args.len(), 14);
+        // The stored text form keeps floating-point types.
+        assert_eq!(from_text(&to_text(&conf.protos)), conf.protos);
         // Not ASCII before the name: refused, not a panic on a char boundary.
         assert_eq!(parse_conf("int é(int);\nint «x»(int);\n").skipped.len(), 2);
     }
@@ -394,7 +412,7 @@ mod tests {
             assert!(w[0].name < w[1].name, "{} before {}", w[0].name, w[1].name);
         }
         for p in PROTOS {
-            assert!(p.args.len() <= 6, "{}", p.name);
+            assert!(rltrace_wire::protos::fits_registers(p.args), "{}", p.name);
             for a in p.args {
                 if let Buf(i) = a {
                     assert!((*i as usize) < p.args.len(), "{}", p.name);

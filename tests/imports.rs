@@ -325,6 +325,7 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
         "; prototypes in ltrace.conf(5) syntax\n\
          addr lfind(addr, addr, +ulong*, ulong, addr);\n\
          void puts(string);    ; as ltrace's own file has it\n\
+         int seven(int, int, int, int, int, int, int);\n\
          double sqrt(double);\n",
     )
     .unwrap();
@@ -340,7 +341,7 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
         let o = record_opts(&opts, &rec, &bin, &["escape"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains("1 declarations skipped (first at line 4: floating-point"),
+            err.contains("1 declarations skipped (first at line 4: more than six integer"),
             "{err}"
         );
         assert!(err.contains(&format!("engine: {engine} (")), "{err}");
@@ -357,7 +358,7 @@ fn ltrace_conf_prototypes_are_loaded_stored_and_used_by_both_engines() {
         );
         let info = rltrace().arg("info").arg(&rec).output().unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
-        assert!(info.contains("prototypes: 2 loaded"), "{info}");
+        assert!(info.contains("prototypes: 3 loaded"), "{info}");
     }
 }
 
@@ -406,7 +407,9 @@ fn a_coroutine_on_a_small_stack_next_to_an_unmapped_page_runs_correctly() {
     let calls = traced_calls(&rec, &[]);
     assert!(
         calls.contains(
-            &"printf(\"%d %d %d %d %d %d %d %s\\n\", 1, 2, 3, 4, 5, ...) = 20".to_string()
+            // The last three from the stack, the string one read where it points.
+            &"printf(\"%d %d %d %d %d %d %d %s\\n\", 1, 2, 3, 4, 5, 6, 7, \"eight\") = 20"
+                .to_string()
         ),
         "{calls:#?}"
     );
@@ -554,6 +557,8 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
                     .to_string()
             };
             let (greet, scale, twice) = (line("greet"), line("scale"), line("twice"));
+            let mix = line("mix");
+            assert!(mix.contains(&at("CALLEE: mix")), "{mix}");
             assert!(greet.contains(&at("CALLEE: greet")), "{greet}");
             assert!(scale.contains(&at("CALLEE: scale")), "{scale}");
             assert!(twice.contains(&at("CALLEE: twice")), "{twice}");
@@ -571,10 +576,21 @@ fn a_librarys_dwarf_gives_its_functions_prototypes_under_both_engines() {
                 // The IFUNC by its implementations' `int (int)`, not its resolver's
                 // `void *(void)` at the symbol's address.
                 assert!(twice.contains("] twice(21) = 42  "), "{engine}: {twice}");
+                // `double mix(int n, double a, float b)`: each value from its own
+                // register class, the result from xmm0.
+                assert!(
+                    mix.contains("] mix(3, 0.5, 2.25) = 3.75  "),
+                    "{engine}: {mix}"
+                );
+                // printf's double from the vector register `al` counts.
+                assert!(
+                    trace.contains("] printf(\"%d %lu %d %g\\n\", 15, 4096, 42, 3.75) = 16  "),
+                    "{engine}: {trace}"
+                );
                 let info = rltrace().arg("info").arg(&rec).output().unwrap();
                 let info = String::from_utf8_lossy(&info.stdout);
                 assert!(
-                    info.contains("prototypes: 3 from the DWARF of the libraries"),
+                    info.contains("prototypes: 4 from the DWARF of the libraries"),
                     "{info}"
                 );
                 let json = replay_clean(&rec, &["--format", "json"]);
@@ -691,4 +707,78 @@ fn s_names_an_i386_system_call_by_its_own_numbering() {
         pid.parse().ok()
     );
     assert!(!trace.contains("SYS_writev"), "{trace}");
+}
+
+/// Floating-point numbers in `s` written as C's `%f` writes them (six decimals), so that
+/// rltrace's exact values compare with ltrace's rounded ones.
+fn as_percent_f(s: &str) -> String {
+    let re = regex::Regex::new(r"\b-?\d+(\.\d+)?(e-?\d+)?\b").unwrap();
+    re.replace_all(s, |c: &regex::Captures| {
+        let m = &c[0];
+        match (c.get(1).or(c.get(2)), m.parse::<f64>()) {
+            (Some(_), Ok(v)) => format!("{v:.6}"),
+            _ => m.to_string(),
+        }
+    })
+    .into_owned()
+}
+
+#[test]
+fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
+    require_tool("ltrace");
+    let bin = build_c(
+        "floats_lazy",
+        "floats.c",
+        &[
+            "-O1",
+            "-g",
+            "-fno-builtin",
+            "-Wl,-z,lazy,--no-as-needed",
+            "-lm",
+        ],
+    );
+    let dir = scratch("imports-floats");
+    // Debian's ltrace.conf declares no libm function: ltrace is given the declarations
+    // (and, since -F replaces its file, printf's).
+    let conf = dir.join("floats.conf");
+    std::fs::write(
+        &conf,
+        "double strtod(string, addr);\n\
+         double pow(double, double);\n\
+         double atan2(double, double);\n\
+         double ldexp(double, int);\n\
+         double frexp(double, addr);\n\
+         float sqrtf(float);\n\
+         long lround(double);\n\
+         int printf(format);\n",
+    )
+    .unwrap();
+    let ltrace = ltrace_calls(&bin, &["-F", conf.to_str().unwrap()], &dir.join("lt.txt"));
+    // rltrace's own table has these prototypes: no -F.
+    let expected = [
+        "strtod(\"2.5\", nil) = 2.5",
+        "strtod(\"1e-9\", nil) = 1e-9",
+        "pow(2.5, 3.0) = 15.625",
+        "atan2(-2.5, 0.0) = -1.5707963267948966",
+        "ldexp(2.5, 4) = 40.0",
+        "frexp(40.0, PTR) = 0.625",
+        "sqrtf(10.0) = 3.1622777",
+        "lround(-2.5) = -3",
+        "printf(\"%s %f %d %g %.3e\\n\", \"2.5\", 15.625, 6, -1.5707963267948966, 1e-9) = 34",
+        "printf(\"%g %g %g %g %g %g %g %g %g\\n\", 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 0.625) = 38",
+    ];
+    for engine in ["agent", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        record_engine(engine, &bin, &rec, &[]);
+        let ours = traced_calls(&rec, &[]);
+        assert_eq!(ours, expected, "{engine}");
+        // The same values as ltrace's, which rounds them to six decimals (1e-9 is
+        // 0.000000 there) and shows a null pointer as 0.
+        let ours_f: Vec<String> = ours
+            .iter()
+            .map(|c| as_percent_f(&c.replace("nil", "0")))
+            .collect();
+        let ltrace_f: Vec<String> = ltrace.iter().map(|c| as_percent_f(c)).collect();
+        assert_eq!(ours_f, ltrace_f, "{engine}");
+    }
 }

@@ -520,6 +520,17 @@ impl Regs {
     pub fn args(&self) -> [u64; 6] {
         [self.rdi, self.rsi, self.rdx, self.rcx, self.r8, self.r9]
     }
+    /// The low 64 bits of the vector argument registers xmm0-7.
+    pub fn xmm(&self) -> [u64; 8] {
+        let base = self as *const Regs as u64;
+        // SAFETY: the trampoline saved xmm0-7 in its frame right below the integer
+        // registers, xmm_i at [rbp-0x80-0x10*i] = Regs-0x40-0x10*i; the frame outlives
+        // this borrow of it.
+        std::array::from_fn(|i| unsafe {
+            ((base - 0x40 - 0x10 * i as u64) as *const u64).read_unaligned()
+        })
+    }
+
     /// The trampoline frame's base (its saved rbp slot): identifies the call.
     pub fn frame(&self) -> u64 {
         self as *const Regs as u64 + 64
@@ -529,6 +540,23 @@ impl Regs {
         let i = self.index as usize;
         hooks().get(i).map(|h| (i, h))
     }
+}
+
+/// The traced import of a trampoline frame whose base (saved rbp slot) is `frame`, and
+/// the low 64 bits of xmm0 as the trampoline saved them after the call returned.
+///
+/// # Safety
+/// `frame` must be the base of a live trampoline frame that has returned from its callee.
+pub unsafe fn returned(frame: u64) -> (Option<&'static Hook>, u64) {
+    // SAFETY: the caller's contract: the import number is at [rbp-64] (`Regs::index`)
+    // and the trampoline stores xmm0 at [rbp-0x80] after the call.
+    let (index, xmm0) = unsafe {
+        (
+            ((frame - 64) as *const u64).read_unaligned(),
+            ((frame - 0x80) as *const u64).read_unaligned(),
+        )
+    };
+    (hooks().get(index as usize), xmm0)
 }
 
 extern "C" {

@@ -466,13 +466,15 @@ fn read_own(addr: u64, out: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
-/// Appends the strings and buffers the prototype says the arguments point to, and the
-/// strings a `printf` format's `%s` conversions take.
+/// Appends the strings and buffers the prototype says the arguments (the call's values)
+/// point to, and what a `printf` format's conversions take: strings, and arguments on the
+/// stack, which starts at `stack`.
 fn put_data(
     rec: &mut Vec<u8>,
     buf: &mut [u8],
     proto: Option<&wire::protos::Proto>,
-    args: &[u64; 6],
+    args: &[u64],
+    stack: u64,
 ) {
     let at = rec.len();
     rec.push(0);
@@ -481,25 +483,21 @@ fn put_data(
     };
     let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
     let mut count = 0u8;
-    let mut strings = 0u8;
-    for i in 0..proto.nargs().min(wire::MAX_DATA_ARGS) {
-        let Some(c) = wire::protos::Capture::plan(proto, i, args, limit, strings) else {
-            continue;
-        };
-        let want = c.want.min(buf.len());
-        let got = read_own(c.addr, &mut buf[..want]);
-        let Some((len, truncated)) = c.keep(&buf[..got]) else {
-            continue;
-        };
-        if c.format {
-            strings = wire::protos::string_varargs(&buf[..len], i);
-        }
-        rec.push(i as u8);
-        rec.push(truncated as u8);
-        rec.extend_from_slice(&(len as u16).to_le_bytes());
-        rec.extend_from_slice(&buf[..len]);
-        count += 1;
-    }
+    wire::protos::capture(
+        proto,
+        args,
+        stack,
+        limit,
+        buf,
+        read_own,
+        |i, truncated, bytes| {
+            rec.push(i);
+            rec.push(truncated as u8);
+            rec.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            rec.extend_from_slice(bytes);
+            count += 1;
+        },
+    );
     rec[at] = count;
 }
 
@@ -540,8 +538,16 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     settle(st, frame + 1);
     let stack = capture_stack(st);
     let seq = conn::SEQ.next();
-    let args = r.args();
-    let nargs = hook.proto.map_or(6, |p| p.nargs().min(6));
+    let gpr = r.args();
+    let mut values = [0u64; wire::protos::MAX_VALUES];
+    let nargs = match hook.proto {
+        Some(p) => p.values(&gpr, &r.xmm(), r.rax, &mut values),
+        None => {
+            values[..6].copy_from_slice(&gpr);
+            6
+        }
+    };
+    let args = &values[..nargs];
     st.rec.clear();
     st.rec.push(wire::REC_ENTER);
     st.rec.extend_from_slice(&seq.to_le_bytes());
@@ -549,10 +555,10 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     st.rec.extend_from_slice(&now().to_le_bytes());
     st.rec.extend_from_slice(&stack.to_le_bytes());
     st.rec.push(nargs as u8);
-    for a in &args[..nargs] {
+    for a in args {
         st.rec.extend_from_slice(&a.to_le_bytes());
     }
-    put_data(&mut st.rec, &mut st.data, hook.proto, &args);
+    put_data(&mut st.rec, &mut st.data, hook.proto, args, r.stack_args());
     st.ring.push(&st.rec, &conn::try_drain);
     st.open.push(frame);
     GUARD.with(|g| g.set(false));
@@ -571,6 +577,13 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
     settle(st, frame);
     if st.open.last() == Some(&frame) {
         st.open.pop();
+        // SAFETY: called by the trampoline of `frame`, after its callee returned.
+        let (hook, xmm0) = unsafe { imports::returned(frame) };
+        // A `float` or `double` comes back in xmm0.
+        let vector = hook
+            .and_then(|h| h.proto)
+            .is_some_and(|p| p.ret.is_vector());
+        let ret = if vector { xmm0 } else { ret };
         push_exit(st, Some(ret));
     }
     GUARD.with(|g| g.set(false));

@@ -885,7 +885,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                 let arg = g.u8().map_err(short)?;
                 let truncated = g.u8().map_err(short)? != 0;
                 let len = g.u16().map_err(short)? as usize;
-                if len > wire::MAX_DATA || arg as usize >= wire::MAX_ARGS {
+                if len > wire::MAX_DATA || arg as usize >= wire::protos::CAPTURE_INDICES {
                     return Err(("captured argument out of bounds", d_at));
                 }
                 let bytes = g.bytes(len).map_err(short)?.to_vec();

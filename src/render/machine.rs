@@ -66,11 +66,15 @@ pub fn call_json(
         "ts_ns": enter.ts,
         "function": defs.name(enter.func),
         "args": enter.args,
+        "arg_text": super::call_args(defs, enter),
         "prototype": prototype,
         "origin": origin,
         "void": void,
         "returned": void || exit.is_some_and(|x| x.ret.is_some()),
         "return": exit.and_then(|x| x.ret),
+        "return_text": exit
+            .filter(|x| x.ret.is_some())
+            .map(|x| super::ret_text(defs, enter, x).trim_start_matches(" = ").to_string()),
         "depth": depth,
         "caller": caller(sym, &frames).map(|sf| frame_json(&sf)),
     });

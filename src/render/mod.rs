@@ -40,29 +40,34 @@ pub fn ptr(v: u64) -> String {
     }
 }
 
+/// The prototype to show a call of `e.func` by, if it has one the call's recorded values
+/// fit: a call recorded before its function had a prototype with `float`/`double` values
+/// (six integer registers) is shown by those registers instead.
+fn proto_of(defs: &Defs, e: &Enter) -> Option<&'static crate::protos::Proto> {
+    if defs.class(e.func) != FnClass::Other {
+        return None;
+    }
+    let p = crate::protos::lookup(defs.name(e.func))?;
+    let vector = p.ret.is_vector() || p.args.iter().any(|t| t.is_vector());
+    let fits = match p.varargs() {
+        Some((first, _)) => e.args.len() >= first.min(p.nargs()),
+        None => e.args.len() == p.nargs(),
+    };
+    (fits || !vector).then_some(p)
+}
+
 /// `name(arg, arg` without the closing parenthesis.
 pub fn call_head(defs: &Defs, e: &Enter) -> String {
-    if defs.class(e.func) == FnClass::Other {
-        if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
-            let data = |i: usize| e.data.iter().find(|d| usize::from(d.arg) == i);
-            let mut args: Vec<String> = e
-                .args
-                .iter()
-                .enumerate()
-                .take(p.args.len())
-                .map(|(i, &a)| typed(p.args.get(i).copied(), a, data(i)))
-                .collect();
-            if let Some(f) = p.format_arg() {
-                if let Some(fmt) = data(f) {
-                    varargs(&mut args, fmt, f + 1, &e.args, &data);
-                }
-            }
-            return format!("{}({}", defs.shown(e.func), args.join(", "));
-        }
+    format!("{}({}", defs.shown(e.func), call_args(defs, e).join(", "))
+}
+
+/// A call's arguments as the trace shows them.
+pub fn call_args(defs: &Defs, e: &Enter) -> Vec<String> {
+    if let Some(p) = proto_of(defs, e) {
+        return typed_args(p, &e.args, &e.data);
     }
     let kinds = arg_kinds(defs.class(e.func));
-    let args: Vec<String> = e
-        .args
+    e.args
         .iter()
         .enumerate()
         .map(|(i, &a)| match kinds.get(i) {
@@ -71,53 +76,108 @@ pub fn call_head(defs: &Defs, e: &Enter) -> String {
             // No prototype: integer registers in hex, never a guess at their type.
             None => format!("{a:#x}"),
         })
-        .collect();
-    format!("{}({}", defs.shown(e.func), args.join(", "))
+        .collect()
 }
 
-/// Appends the variadic arguments of a `printf`-family call as its format's conversions
-/// say, from integer register `first` on. Doubles travel in vector registers, which are
-/// not recorded (`<double>`), and arguments past the sixth register on the stack (`...`).
+/// The arguments of a call of `p` with recorded `values` and captures `data`, as the
+/// trace shows them.
+pub fn typed_args(
+    p: &crate::protos::Proto,
+    values: &[u64],
+    data: &[crate::format::ArgData],
+) -> Vec<String> {
+    let data = |i: usize| data.iter().find(|d| usize::from(d.arg) == i);
+    let mut args: Vec<String> = values
+        .iter()
+        .enumerate()
+        .take(p.args.len())
+        .map(|(i, &a)| typed(p.args.get(i).copied(), a, data(i)))
+        .collect();
+    if args.len() < p.args.len() && p.nargs() < p.args.len() {
+        // The rest were passed on the stack.
+        args.push("...".to_string());
+    }
+    if let Some(fmt) = p.format_arg().and_then(data) {
+        varargs(&mut args, fmt, p, values, &data);
+    }
+    args
+}
+
+/// Appends the variadic arguments of a `printf`-family call `p` as its format's
+/// conversions say, each from where the ABI passed it (see [`rltrace_wire::protos::places`]):
+/// an integer register, a vector register recorded after them, or a captured stack word.
+/// An argument not recorded (a recording without vector registers or stack words, more
+/// stack words than captured) ends the list with `...`.
 fn varargs<'a>(
     out: &mut Vec<String>,
     fmt: &crate::format::ArgData,
-    first: usize,
-    regs: &[u64],
+    p: &crate::protos::Proto,
+    values: &[u64],
     data: &dyn Fn(usize) -> Option<&'a crate::format::ArgData>,
 ) {
-    use rltrace_wire::protos::{conversions, Conv};
-    let mut reg = first;
+    use rltrace_wire::protos::{places, Conv, Place, STACK_STRINGS, STACK_WORDS};
+    let Some((first, count)) = p.varargs() else {
+        return;
+    };
+    let vectors = values.get(first + count..).unwrap_or(&[]);
+    let stack = data(usize::from(STACK_WORDS));
+    let word = |w: usize| {
+        let b = stack?.bytes.get(8 * w..8 * w + 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    };
     let mut more = false;
-    conversions(&fmt.bytes, |c| {
-        if more {
-            return;
-        }
-        let shown = match c {
-            Conv::Float => {
-                out.push("<double>".to_string());
+    places(
+        &fmt.bytes,
+        (first, count),
+        p.vector_varargs(),
+        |c, place| {
+            if more {
                 return;
             }
-            Conv::Unknown => None,
-            _ if reg >= regs.len() => None,
-            Conv::Int(n) => Some(sign_extend(regs[reg], n).to_string()),
-            Conv::Uint(n) => Some(truncate(regs[reg], n).to_string()),
-            Conv::Hex(n) => Some(format!("{:#x}", truncate(regs[reg], n))),
-            Conv::Octal(n) => Some(format!("0{:o}", truncate(regs[reg], n))),
-            Conv::Char => Some(typed(Some(crate::protos::Ty::Char), regs[reg], None)),
-            Conv::Str => Some(typed(Some(crate::protos::Ty::Str), regs[reg], data(reg))),
-            Conv::Ptr => Some(ptr(regs[reg])),
-        };
-        match shown {
-            Some(s) => {
-                out.push(s);
-                reg += 1;
+            let (v, captured) = match place {
+                Place::Value(i) => (values.get(i).copied(), data(i)),
+                Place::Vector(k) => (vectors.get(k).copied(), None),
+                Place::Stack(w) => (word(w), data(usize::from(STACK_STRINGS) + w)),
+                Place::Lost => (None, None),
+            };
+            let shown = v.and_then(|v| {
+                Some(match c {
+                    Conv::Float => float_text(f64::from_bits(v)),
+                    Conv::Int(n) => sign_extend(v, n).to_string(),
+                    Conv::Uint(n) => truncate(v, n).to_string(),
+                    Conv::Hex(n) => format!("{:#x}", truncate(v, n)),
+                    Conv::Octal(n) => format!("0{:o}", truncate(v, n)),
+                    Conv::Char => typed(Some(crate::protos::Ty::Char), v, None),
+                    Conv::Str => typed(Some(crate::protos::Ty::Str), v, captured),
+                    Conv::Ptr => ptr(v),
+                    Conv::Unknown => return None,
+                })
+            });
+            match shown {
+                Some(s) => out.push(s),
+                None => {
+                    out.push("...".to_string());
+                    more = true;
+                }
             }
-            None => {
-                out.push("...".to_string());
-                more = true;
-            }
-        }
-    });
+        },
+    );
+}
+
+/// A floating-point value in the fewest digits that read back as it (`2.5`, `1e-9`,
+/// `40.0`): exact, unlike ltrace's `%f`, which shows 1e-9 as `0.000000`.
+pub fn float_text(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".to_string();
+    }
+    format!("{v:?}")
+}
+
+fn float32_text(v: f32) -> String {
+    if v.is_nan() {
+        return "nan".to_string();
+    }
+    format!("{v:?}")
 }
 
 fn truncate(v: u64, bytes: u8) -> u64 {
@@ -153,19 +213,19 @@ fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::Arg
         (Some(Ty::Ptr | Ty::Str | Ty::Buf(_) | Ty::Format), _) => ptr(v),
         (Some(Ty::Hex) | None, _) => format!("{v:#x}"),
         (Some(Ty::Void), _) => String::new(),
+        (Some(Ty::Float), _) => float32_text(f32::from_bits(v as u32)),
+        (Some(Ty::Double), _) => float_text(f64::from_bits(v)),
     }
 }
 
 /// ` = value` for a return.
 pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
-    if let (FnClass::Other, Some(r)) = (defs.class(e.func), x.ret) {
-        if let Some(p) = crate::protos::lookup(defs.name(e.func)) {
-            // The agent records a return for `void` imports too (for nesting).
-            if p.ret == crate::protos::Ty::Void {
-                return " = <void>".to_string();
-            }
-            return format!(" = {}", typed(Some(p.ret), r, None));
+    if let (Some(p), Some(r)) = (proto_of(defs, e), x.ret) {
+        // The agent records a return for `void` imports too (for nesting).
+        if p.ret == crate::protos::Ty::Void {
+            return " = <void>".to_string();
         }
+        return format!(" = {}", typed(Some(p.ret), r, None));
     }
     match (defs.class(e.func), x.ret) {
         (_, None) => " = <no return ...>".to_string(),
@@ -550,4 +610,66 @@ pub fn write_call_table(
         total_ns % 1_000_000_000 / 1000,
         ""
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::typed_args;
+    use crate::format::ArgData;
+    use crate::protos::lookup;
+
+    fn capture(arg: u8, bytes: &[u8]) -> ArgData {
+        ArgData {
+            arg,
+            truncated: false,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn variadic_arguments_come_from_registers_then_the_stack() {
+        let printf = lookup("printf").unwrap();
+        let fmt = capture(0, b"%d %d %d %d %d %d %s %f %f\n");
+        // Five integer registers after the format, two vector registers (al = 2), then
+        // the stack: 6 and a string pointer.
+        let values = [0x1000, 1, 2, 3, 4, 5, 1.5f64.to_bits(), 0.25f64.to_bits()];
+        let mut stack = Vec::new();
+        for w in [6u64, 0x2000] {
+            stack.extend_from_slice(&w.to_le_bytes());
+        }
+        let full = [fmt.clone(), capture(15, &stack), capture(17, b"seven")];
+        assert_eq!(
+            typed_args(printf, &values, &full).join(", "),
+            "\"%d %d %d %d %d %d %s %f %f\\n\", 1, 2, 3, 4, 5, 6, \"seven\", 1.5, 0.25"
+        );
+        // Stack words cut short, and a recording without them or the vector registers
+        // (made before they were recorded), or a call passing fewer doubles than its
+        // format reads: what is missing ends the list.
+        let data = [fmt.clone(), capture(15, &stack[..8])];
+        assert_eq!(typed_args(printf, &values, &data)[6..], ["6", "..."]);
+        assert_eq!(typed_args(printf, &values[..7], &full)[8..], ["1.5", "..."]);
+        assert_eq!(
+            typed_args(printf, &values[..6], &[fmt])[6..],
+            ["...".to_string()]
+        );
+    }
+
+    #[test]
+    fn floating_point_values_are_exact_and_short() {
+        let ldexp = lookup("ldexp").unwrap();
+        assert_eq!(
+            typed_args(ldexp, &[0.1f64.to_bits(), (-3i32) as u32 as u64], &[]),
+            ["0.1", "-3"]
+        );
+        let sqrtf = lookup("sqrtf").unwrap();
+        assert_eq!(
+            typed_args(sqrtf, &[10.0f32.to_bits() as u64], &[]),
+            ["10.0"]
+        );
+        let pow = lookup("pow").unwrap();
+        let vals = [f64::NAN.to_bits(), f64::NEG_INFINITY.to_bits()];
+        assert_eq!(typed_args(pow, &vals, &[]), ["nan", "-inf"]);
+        assert_eq!(super::float_text(1e-9), "1e-9");
+        assert_eq!(super::float_text(1e300), "1e300");
+    }
 }

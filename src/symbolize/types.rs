@@ -464,7 +464,7 @@ fn subprogram(
             _ => {}
         }
     }
-    if args.len() > 6 {
+    if !rltrace_wire::protos::fits_registers(&args) {
         return Ok(None);
     }
     Ok(Some(Loaded {
@@ -474,7 +474,8 @@ fn subprogram(
     }))
 }
 
-/// The type an attribute names, or `None` when it does not travel in one integer register.
+/// The type an attribute names, or `None` when it does not travel in one register (an
+/// integer one, or a vector one for `float` and `double`).
 fn type_of(
     unit: &gimli::Unit<R<'_>>,
     v: AttributeValue<R<'_>>,
@@ -518,7 +519,9 @@ fn type_of(
                 (gimli::DW_ATE_signed, Some(1..=4)) => Some(Ty::Int),
                 (gimli::DW_ATE_signed, Some(8)) => Some(Ty::Long),
                 (gimli::DW_ATE_unsigned | gimli::DW_ATE_UTF, Some(1..=8)) => Some(Ty::Size),
-                _ => None, // floating point, 128-bit, complex
+                (gimli::DW_ATE_float, Some(4)) => Some(Ty::Float),
+                (gimli::DW_ATE_float, Some(8)) => Some(Ty::Double),
+                _ => None, // long double (x87), 128-bit, complex
             }
         }
         _ => None, // structs, unions, arrays by value

@@ -38,7 +38,7 @@ pub mod region {
     /// Offset of the first slot, whose first word is the real return address.
     pub const SLOT_OFF: u64 = STUB_OFF + SLOTS * STUB_SIZE + 128;
     /// Bytes per slot.
-    pub const SLOT_SIZE: u64 = 64;
+    pub const SLOT_SIZE: u64 = 128;
 
     /// Where the real return address of a call returning to `addr` is kept, if `addr` is
     /// a stub of the region at `base`.
@@ -202,8 +202,8 @@ pub const REC_ENTER: u8 = 3;
 /// flags u8, ret u64`); flag [`CALL_RET`] clear means it never returned (unwound past, or
 /// longjmp'ed over).
 pub const REC_EXIT: u8 = 4;
-/// Most captured arguments per entry record.
-pub const MAX_DATA_ARGS: usize = 6;
+/// Most captures per entry record.
+pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;
 /// Most bytes captured per argument.
 pub const MAX_DATA: usize = 4096;
 
@@ -218,8 +218,9 @@ pub const NO_STACK: u32 = u32::MAX;
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest number of frames in a stack record.
 pub const MAX_FRAMES: usize = 1024;
-/// Largest number of arguments in an import entry record.
-pub const MAX_ARGS: usize = 6;
+/// Largest number of arguments in an import entry record, and of a prototype the
+/// recorder sends: six integer and eight vector registers.
+pub const MAX_ARGS: usize = protos::MAX_VALUES;
 /// Largest number of arguments in a call record: the allocator family takes at most three
 /// (`reallocarray`, `posix_memalign`), and a smaller record is cheaper to queue.
 pub const CALL_ARGS: usize = 3;

@@ -1,7 +1,15 @@
 //! Built-in prototypes of common C library functions: what is captured at a call's entry
-//! (strings, buffers) and how replay shows arguments and return values. Shared by the
-//! agent (which captures in-process) and the recorder and replay. Functions not listed
-//! have no prototype: their integer registers are shown in hex.
+//! (strings, buffers, vector registers) and how replay shows arguments and return values.
+//! Shared by the agent (which captures in-process) and the recorder and replay. Functions
+//! not listed have no prototype: their integer registers are shown in hex.
+//!
+//! A call's recorded values follow its prototype's declaration order, each argument taken
+//! from the register the System V ABI passes it in: integer-class ones from the next of
+//! the six integer registers, `float` and `double` from the next of the eight vector
+//! registers (low 32 or 64 bits), up to the first passed on the stack. A function with a
+//! `printf` format then has the integer registers left, then as many vector registers as
+//! `al` says hold variadic doubles (see [`Proto::values`]). A `float` or `double` return
+//! is recorded as the low bits of xmm0.
 
 /// How one argument (or a return value) is captured and shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +35,14 @@ pub enum Ty {
     Format,
     /// No value (`void` returns).
     Void,
+    /// `float`: the low 32 bits of a vector register.
+    Float,
+    /// `double`: the low 64 bits of a vector register.
+    Double,
 }
+
+/// Most values recorded for one call: six integer and eight vector registers.
+pub const MAX_VALUES: usize = 14;
 
 /// A function's prototype: argument types and return type.
 #[derive(Clone, Copy, Debug)]
@@ -72,10 +87,18 @@ pub const PROTOS: &[Proto] = protos! {
     "accept"(Int, Ptr, Ptr) -> Int;
     "accept4"(Int, Ptr, Ptr, Hex) -> Int;
     "access"(Str, Hex) -> Int;
+    "acos"(Double) -> Double;
+    "asin"(Double) -> Double;
+    "atan"(Double) -> Double;
+    "atan2"(Double, Double) -> Double;
+    "atof"(Str) -> Double;
     "atoi"(Str) -> Int;
     "atol"(Str) -> Long;
     "bcmp"(Ptr, Ptr, Size) -> Int;
     "bind"(Int, Ptr, Size) -> Int;
+    "cbrt"(Double) -> Double;
+    "ceil"(Double) -> Double;
+    "ceilf"(Float) -> Float;
     "chdir"(Str) -> Int;
     "clock_gettime"(Int, Ptr) -> Int;
     "close"(Int) -> Int;
@@ -83,26 +106,44 @@ pub const PROTOS: &[Proto] = protos! {
     "closedir"(Ptr) -> Int;
     "closefrom"(Int) -> Void;
     "connect"(Int, Ptr, Size) -> Int;
+    "copysign"(Double, Double) -> Double;
+    "cos"(Double) -> Double;
+    "cosf"(Float) -> Float;
+    "cosh"(Double) -> Double;
+    "difftime"(Long, Long) -> Double;
     "dlclose"(Ptr) -> Int;
     "dlopen"(Str, Hex) -> Ptr;
     "dlsym"(Ptr, Str) -> Ptr;
     "dprintf"(Int, Format) -> Int;
+    "drand48"() -> Double;
     "dup"(Int) -> Int;
     "dup2"(Int, Int) -> Int;
     "epoll_create1"(Hex) -> Int;
     "epoll_ctl"(Int, Int, Int, Ptr) -> Int;
     "epoll_wait"(Int, Ptr, Int, Int) -> Int;
+    "erand48"(Ptr) -> Double;
     "eventfd"(Size, Hex) -> Int;
     "execv"(Str, Ptr) -> Int;
     "execve"(Str, Ptr, Ptr) -> Int;
     "execvp"(Str, Ptr) -> Int;
     "exit"(Int) -> Void;
+    "exp"(Double) -> Double;
+    "exp2"(Double) -> Double;
+    "expf"(Float) -> Float;
+    "expm1"(Double) -> Double;
+    "fabs"(Double) -> Double;
+    "fabsf"(Float) -> Float;
     "fclose"(Ptr) -> Int;
     "fcntl"(Int, Int, Hex) -> Int;
     "fdopen"(Int, Str) -> Ptr;
     "fflush"(Ptr) -> Int;
     "fgets"(Ptr, Int, Ptr) -> Ptr;
     "fileno"(Ptr) -> Int;
+    "floor"(Double) -> Double;
+    "floorf"(Float) -> Float;
+    "fmax"(Double, Double) -> Double;
+    "fmin"(Double, Double) -> Double;
+    "fmod"(Double, Double) -> Double;
     "fopen"(Str, Str) -> Ptr;
     "fopen64"(Str, Str) -> Ptr;
     "fork"() -> Int;
@@ -111,6 +152,7 @@ pub const PROTOS: &[Proto] = protos! {
     "fputs"(Str, Ptr) -> Int;
     "fread"(Ptr, Size, Size, Ptr) -> Size;
     "freeaddrinfo"(Ptr) -> Void;
+    "frexp"(Double, Ptr) -> Double;
     "fstat"(Int, Ptr) -> Int;
     "fsync"(Int) -> Int;
     "fwrite"(Buf(1), Size, Size, Ptr) -> Size;
@@ -125,11 +167,20 @@ pub const PROTOS: &[Proto] = protos! {
     "gettid"() -> Int;
     "gettimeofday"(Ptr, Ptr) -> Int;
     "getuid"() -> Int;
+    "hypot"(Double, Double) -> Double;
     "ioctl"(Int, Hex, Ptr) -> Int;
     "isatty"(Int) -> Int;
     "kill"(Int, Int) -> Int;
+    "ldexp"(Double, Int) -> Double;
     "listen"(Int, Int) -> Int;
+    "llround"(Double) -> Long;
+    "log"(Double) -> Double;
+    "log10"(Double) -> Double;
+    "log1p"(Double) -> Double;
+    "log2"(Double) -> Double;
+    "logf"(Float) -> Float;
     "longjmp"(Ptr, Int) -> Void;
+    "lround"(Double) -> Long;
     "lseek"(Int, Long, Int) -> Long;
     "lstat"(Str, Ptr) -> Int;
     "madvise"(Ptr, Size, Int) -> Int;
@@ -141,9 +192,12 @@ pub const PROTOS: &[Proto] = protos! {
     "mkdir"(Str, Hex) -> Int;
     "mmap"(Ptr, Size, Hex, Hex, Int, Long) -> Ptr;
     "mmap64"(Ptr, Size, Hex, Hex, Int, Long) -> Ptr;
+    "modf"(Double, Ptr) -> Double;
     "mprotect"(Ptr, Size, Hex) -> Int;
     "munmap"(Ptr, Size) -> Int;
+    "nan"(Str) -> Double;
     "nanosleep"(Ptr, Ptr) -> Int;
+    "nextafter"(Double, Double) -> Double;
     "open"(Str, Hex, Hex) -> Int;
     "open64"(Str, Hex, Hex) -> Int;
     "openat"(Int, Str, Hex, Hex) -> Int;
@@ -151,6 +205,8 @@ pub const PROTOS: &[Proto] = protos! {
     "pipe"(Ptr) -> Int;
     "pipe2"(Ptr, Hex) -> Int;
     "poll"(Ptr, Size, Int) -> Int;
+    "pow"(Double, Double) -> Double;
+    "powf"(Float, Float) -> Float;
     "pread"(Int, Ptr, Size, Long) -> Long;
     "printf"(Format) -> Int;
     "pthread_cancel"(Hex) -> Int;
@@ -186,9 +242,14 @@ pub const PROTOS: &[Proto] = protos! {
     "realpath"(Str, Ptr) -> Ptr;
     "recv"(Int, Ptr, Size, Hex) -> Long;
     "recvfrom"(Int, Ptr, Size, Hex, Ptr, Ptr) -> Long;
+    "remainder"(Double, Double) -> Double;
     "remove"(Str) -> Int;
     "rename"(Str, Str) -> Int;
+    "rint"(Double) -> Double;
     "rmdir"(Str) -> Int;
+    "round"(Double) -> Double;
+    "roundf"(Float) -> Float;
+    "scalbn"(Double, Int) -> Double;
     "sched_yield"() -> Int;
     "select"(Int, Ptr, Ptr, Ptr, Ptr) -> Int;
     "send"(Int, Buf(2), Size, Hex) -> Long;
@@ -201,11 +262,17 @@ pub const PROTOS: &[Proto] = protos! {
     "sigaltstack"(Ptr, Ptr) -> Int;
     "signal"(Int, Ptr) -> Ptr;
     "sigprocmask"(Int, Ptr, Ptr) -> Int;
+    "sin"(Double) -> Double;
+    "sincos"(Double, Ptr, Ptr) -> Void;
+    "sinf"(Float) -> Float;
+    "sinh"(Double) -> Double;
     "sleep"(Size) -> Size;
     "snprintf"(Ptr, Size, Format) -> Int;
     "socket"(Int, Int, Int) -> Int;
     "socketpair"(Int, Int, Int, Ptr) -> Int;
     "sprintf"(Ptr, Format) -> Int;
+    "sqrt"(Double) -> Double;
+    "sqrtf"(Float) -> Float;
     "srand"(Size) -> Void;
     "stat"(Str, Ptr) -> Int;
     "strcasecmp"(Str, Str) -> Int;
@@ -221,11 +288,18 @@ pub const PROTOS: &[Proto] = protos! {
     "strndup"(Str, Size) -> Ptr;
     "strrchr"(Str, Char) -> Ptr;
     "strstr"(Str, Str) -> Ptr;
+    "strtod"(Str, Ptr) -> Double;
+    "strtof"(Str, Ptr) -> Float;
     "strtol"(Str, Ptr, Int) -> Long;
     "strtoul"(Str, Ptr, Int) -> Size;
     "sysconf"(Int) -> Long;
     "system"(Str) -> Int;
+    "tan"(Double) -> Double;
+    "tanf"(Float) -> Float;
+    "tanh"(Double) -> Double;
     "time"(Ptr) -> Long;
+    "trunc"(Double) -> Double;
+    "truncf"(Float) -> Float;
     "unlink"(Str) -> Int;
     "unsetenv"(Str) -> Int;
     "usleep"(Size) -> Int;
@@ -248,6 +322,8 @@ impl Ty {
             Char => [7, 0],
             Format => [8, 0],
             Void => [9, 0],
+            Float => [10, 0],
+            Double => [11, 0],
         }
     }
 
@@ -264,20 +340,105 @@ impl Ty {
             [7, _] => Char,
             [8, _] => Format,
             [9, _] => Void,
+            [10, _] => Float,
+            [11, _] => Double,
             _ => return None,
         })
     }
 }
 
+/// True if arguments of these types all travel in registers: at most six integer-class
+/// and eight `float`/`double` ones.
+pub fn fits_registers(args: &[Ty]) -> bool {
+    let vecs = args.iter().filter(|t| t.is_vector()).count();
+    vecs <= 8 && args.len() - vecs <= 6
+}
+
+impl Ty {
+    /// True for the types passed and returned in vector registers.
+    pub fn is_vector(self) -> bool {
+        matches!(self, Float | Double)
+    }
+}
+
 impl Proto {
-    /// How many integer registers to record: all six for a variadic function (its
-    /// variadic arguments follow the fixed ones), else one per argument.
+    /// Most values recorded for a call (fewer for a variadic one whose `al` says fewer
+    /// vector registers are used): see [`Proto::values`].
     pub fn nargs(&self) -> usize {
-        if self.args.contains(&Format) {
-            6
-        } else {
-            self.args.len()
+        let mut ints = 0;
+        let mut vecs = 0;
+        for t in self.args {
+            match t.is_vector() {
+                true if vecs < 8 => vecs += 1,
+                false if ints < 6 => ints += 1,
+                _ => break,
+            }
         }
+        if self.format_arg().is_some() {
+            6 + 8
+        } else {
+            ints + vecs
+        }
+    }
+
+    /// True if a call with `al` (rax at entry) needs the vector registers read: it has a
+    /// `float`/`double` argument, or is variadic with vector registers in use.
+    pub fn needs_vector(&self, al: u64) -> bool {
+        self.args.iter().any(|t| t.is_vector()) || (self.format_arg().is_some() && al as u8 != 0)
+    }
+
+    /// Fills `out` with the values of a call's arguments from its integer registers
+    /// `gpr` (rdi, rsi, rdx, rcx, r8, r9), vector registers `xmm` (their low 64 bits)
+    /// and `al`; returns how many. Declared arguments come first, each from its class's
+    /// next register, up to the first passed on the stack; then, for a variadic function,
+    /// the integer registers left and the `min(al, 8)` vector registers left.
+    pub fn values(
+        &self,
+        gpr: &[u64; 6],
+        xmm: &[u64; 8],
+        al: u64,
+        out: &mut [u64; MAX_VALUES],
+    ) -> usize {
+        let (mut ints, mut vecs, mut n) = (0, 0, 0);
+        for t in self.args {
+            let v = if t.is_vector() {
+                let Some(&v) = xmm.get(vecs) else { break };
+                vecs += 1;
+                v
+            } else {
+                let Some(&v) = gpr.get(ints) else { break };
+                ints += 1;
+                v
+            };
+            out[n] = v;
+            n += 1;
+        }
+        if n == self.args.len() && self.format_arg().is_some() {
+            for &v in &gpr[ints..] {
+                out[n] = v;
+                n += 1;
+            }
+            let used = usize::from(al as u8).min(8);
+            for &v in xmm.get(vecs..used).unwrap_or(&[]) {
+                out[n] = v;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// How many vector registers a variadic function's doubles may use (those its fixed
+    /// arguments leave).
+    pub fn vector_varargs(&self) -> usize {
+        8usize.saturating_sub(self.args.iter().filter(|t| t.is_vector()).count())
+    }
+
+    /// For a variadic function: the index among a call's values of its first variadic
+    /// integer register, and how many there are; its variadic vector registers follow.
+    pub fn varargs(&self) -> Option<(usize, usize)> {
+        self.format_arg()?;
+        let ints = self.args.iter().filter(|t| !t.is_vector()).count();
+        Some((self.args.len(), 6usize.saturating_sub(ints)))
     }
 
     /// The index of the format argument, if the function takes one.
@@ -303,9 +464,9 @@ pub enum Conv {
     Str,
     /// `%p`, `%n`, `%S`: a pointer.
     Ptr,
-    /// `%f`, `%e`, `%g`, `%a`: a double, passed in a vector register (not recorded).
+    /// `%f`, `%e`, `%g`, `%a`: a double, passed in a vector register.
     Float,
-    /// A conversion this parser does not follow (`%1$d` positional arguments): the
+    /// A conversion this parser does not follow (`%1$d` positional arguments, `%Lf`): the
     /// remaining arguments cannot be attributed.
     Unknown,
 }
@@ -355,11 +516,12 @@ pub fn conversions(fmt: &[u8], mut f: impl FnMut(Conv)) {
             star(&mut i, &mut f);
         }
         let mut size = 4u8;
+        let mut long_double = false;
         loop {
             match fmt.get(i) {
                 Some(b'h') => size = if size == 2 { 1 } else { 2 },
                 Some(b'l' | b'q' | b'j' | b'z' | b'Z' | b't') => size = 8,
-                Some(b'L') => {}
+                Some(b'L') => long_double = true,
                 _ => break,
             }
             i += 1;
@@ -372,6 +534,10 @@ pub fn conversions(fmt: &[u8], mut f: impl FnMut(Conv)) {
             Some(b'c' | b'C') => Conv::Char,
             Some(b's') => Conv::Str,
             Some(b'p' | b'n' | b'S') => Conv::Ptr,
+            // A long double travels on the stack in 16 bytes, in no register: not followed.
+            Some(b'f' | b'F' | b'e' | b'E' | b'g' | b'G' | b'a' | b'A') if long_double => {
+                Conv::Unknown
+            }
             Some(b'f' | b'F' | b'e' | b'E' | b'g' | b'G' | b'a' | b'A') => Conv::Float,
             Some(b'm') => {
                 i += 1;
@@ -387,22 +553,166 @@ pub fn conversions(fmt: &[u8], mut f: impl FnMut(Conv)) {
     }
 }
 
-/// The integer-register indices (below 6) holding `%s` arguments of a call whose format
-/// is argument `at` and reads `fmt`, as a bit set.
-pub fn string_varargs(fmt: &[u8], at: usize) -> u8 {
-    let mut reg = at + 1;
-    let mut set = 0u8;
-    conversions(fmt, |c| match c {
-        Conv::Float | Conv::Unknown => {}
-        Conv::Str => {
-            if reg < 6 {
-                set |= 1 << reg;
+/// Where each variadic argument of a `printf`-family call is, walking its format's
+/// conversions: integer-class ones in the call's variadic integer registers while they
+/// last, doubles in its vector registers while they last, the rest in stack words in
+/// order (as the System V ABI passes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The value at this index among the call's values.
+    Value(usize),
+    /// Variadic vector register number (0 for the first one the variadic arguments use).
+    Vector(usize),
+    /// Stack word number (0 for the word at the caller's stack pointer).
+    Stack(usize),
+    /// Not known ([`Conv::Unknown`]: the walk ends there).
+    Lost,
+}
+
+/// Calls `f` with each conversion of `fmt` and where its argument is, for a function
+/// whose variadic integer registers are `count` values from `first` on (see
+/// [`Proto::varargs`]) and which has `vectors` vector registers for its variadic doubles;
+/// stops after [`Conv::Unknown`].
+pub fn places(
+    fmt: &[u8],
+    (first, count): (usize, usize),
+    vectors: usize,
+    mut f: impl FnMut(Conv, Place),
+) {
+    let (mut reg, mut vec, mut word) = (0, 0, 0);
+    conversions(fmt, |c| {
+        let place = match c {
+            Conv::Unknown => return f(c, Place::Lost),
+            Conv::Float if vec < vectors => {
+                vec += 1;
+                Place::Vector(vec - 1)
             }
-            reg += 1;
-        }
-        _ => reg += 1,
+            Conv::Float => {
+                word += 1;
+                Place::Stack(word - 1)
+            }
+            _ if reg < count => {
+                reg += 1;
+                Place::Value(first + reg - 1)
+            }
+            _ => {
+                word += 1;
+                Place::Stack(word - 1)
+            }
+        };
+        f(c, place)
     });
-    set
+}
+
+/// The indices among a call's values of the `%s` arguments its format `fmt` takes, as a
+/// bit set, and of its stack words that are `%s` arguments, as another; and how many
+/// stack words the format takes (see [`places`]).
+pub fn string_varargs(fmt: &[u8], at: (usize, usize), vectors: usize) -> (u16, u16, usize) {
+    let (mut regs, mut stack, mut words) = (0u16, 0u16, 0usize);
+    places(fmt, at, vectors, |c, p| match p {
+        Place::Stack(w) if w < MAX_STACK_WORDS => {
+            words = w + 1;
+            if c == Conv::Str {
+                stack |= 1 << w;
+            }
+        }
+        Place::Value(i) if c == Conv::Str && i < 16 => regs |= 1 << i,
+        _ => {}
+    });
+    (regs, stack, words)
+}
+
+/// Capture index of a variadic call's stack words: those its format takes past the
+/// registers, 8 bytes each from the caller's stack pointer at the call.
+pub const STACK_WORDS: u8 = 15;
+/// Capture index of the string stack word `k` points to is `STACK_STRINGS + k`.
+pub const STACK_STRINGS: u8 = 16;
+/// Most stack words captured.
+pub const MAX_STACK_WORDS: usize = 16;
+/// Most captures per call (the recording format's limit).
+pub const MAX_CAPTURES: usize = 16;
+/// Capture indices are below this.
+pub const CAPTURE_INDICES: usize = STACK_STRINGS as usize + MAX_STACK_WORDS;
+
+/// Reads what a call's prototype says its values `args` point to (strings, buffers, a
+/// `printf` format and the strings and stack words its conversions take), with `limit`
+/// bytes kept per string or buffer; `stack` is where the caller's stack arguments start
+/// (the entry stack pointer + 8). `read(addr, dst)` copies readable bytes at `addr` into
+/// `dst` and returns how many; `buf` holds one capture (at least [`FORMAT_LIMIT`] + 1
+/// bytes); `emit(index, truncated, bytes)` receives each capture.
+pub fn capture(
+    proto: &Proto,
+    args: &[u64],
+    stack: u64,
+    limit: usize,
+    buf: &mut [u8],
+    mut read: impl FnMut(u64, &mut [u8]) -> usize,
+    mut emit: impl FnMut(u8, bool, &[u8]),
+) {
+    let mut count = 0;
+    let mut strings = 0u16;
+    let mut stack_strings = 0u16;
+    let mut words = 0;
+    for i in 0..args.len() {
+        if count == MAX_CAPTURES {
+            return;
+        }
+        let Some(c) = Capture::plan(proto, i, args, limit, strings) else {
+            continue;
+        };
+        let want = c.want.min(buf.len());
+        let got = read(c.addr, &mut buf[..want]);
+        let Some((len, truncated)) = c.keep(&buf[..got]) else {
+            continue;
+        };
+        if let (true, Some(at)) = (c.format, proto.varargs()) {
+            (strings, stack_strings, words) =
+                string_varargs(&buf[..len], at, proto.vector_varargs());
+        }
+        emit(i as u8, truncated, &buf[..len]);
+        count += 1;
+    }
+    if words == 0 || count == MAX_CAPTURES {
+        return;
+    }
+    let mut w = [0u8; 8 * MAX_STACK_WORDS];
+    let got = read(stack, &mut w[..8 * words]) / 8 * 8;
+    if got == 0 {
+        return;
+    }
+    emit(STACK_WORDS, got < 8 * words, &w[..got]);
+    count += 1;
+    for k in 0..got / 8 {
+        if count == MAX_CAPTURES {
+            return;
+        }
+        let addr = u64::from_le_bytes([
+            w[8 * k],
+            w[8 * k + 1],
+            w[8 * k + 2],
+            w[8 * k + 3],
+            w[8 * k + 4],
+            w[8 * k + 5],
+            w[8 * k + 6],
+            w[8 * k + 7],
+        ]);
+        if stack_strings & (1 << k) == 0 || addr == 0 {
+            continue;
+        }
+        let c = Capture {
+            addr,
+            want: limit + 1,
+            is_str: true,
+            limit,
+            format: false,
+        };
+        let want = c.want.min(buf.len());
+        let got = read(addr, &mut buf[..want]);
+        if let Some((len, truncated)) = c.keep(&buf[..got]) {
+            emit(STACK_STRINGS + k as u8, truncated, &buf[..len]);
+            count += 1;
+        }
+    }
 }
 
 /// Most bytes of a `printf` format captured, whatever `-s` says: its conversions say
@@ -427,15 +737,16 @@ pub struct Capture {
 impl Capture {
     /// What argument `i` of a call to `proto` points to and should be captured, with
     /// `limit` bytes kept (`-s`) and `strings` the `%s` arguments of its format so far
-    /// (see [`string_varargs`]); `None` if nothing.
-    pub fn plan(proto: &Proto, i: usize, args: &[u64], limit: usize, strings: u8) -> Option<Self> {
+    /// (see [`string_varargs`]); `args` are the call's values ([`Proto::values`]); `None`
+    /// if nothing.
+    pub fn plan(proto: &Proto, i: usize, args: &[u64], limit: usize, strings: u16) -> Option<Self> {
         let addr = *args.get(i)?;
         if addr == 0 {
             return None;
         }
         let ty = proto.args.get(i).copied();
         let (want, is_str) = match ty {
-            _ if strings & (1 << i) != 0 => (limit + 1, true),
+            _ if i < 16 && strings & (1 << i) != 0 => (limit + 1, true),
             Some(Str) => (limit + 1, true),
             Some(Format) => (limit.max(FORMAT_LIMIT) + 1, true),
             Some(Buf(n)) => (
@@ -634,8 +945,36 @@ mod tests {
     fn string_arguments_of_a_format_are_found() {
         // printf(fmt, ...): the format is argument 0, so %s values are in registers 1..5;
         // a double takes a vector register, not one of these.
-        assert_eq!(string_varargs(b"%s %d %s %f %s", 0), 0b1_1010);
-        // Past the sixth register the arguments are on the stack.
-        assert_eq!(string_varargs(b"%d %d %d %d %d %s", 0), 0);
+        let printf = lookup("printf").unwrap().varargs().unwrap();
+        assert_eq!(printf, (1, 5));
+        assert_eq!(
+            string_varargs(b"%s %d %s %f %s", printf, 8),
+            (0b1_1010, 0, 0)
+        );
+        // Past the sixth register the arguments are on the stack, in order, doubles
+        // among them once the vector registers are used up.
+        assert_eq!(
+            string_varargs(b"%d %d %d %d %d %s %f %f %s", printf, 1),
+            (0, 0b101, 3)
+        );
+        let mut seen = [None; 10];
+        let mut n = 0;
+        places(b"%d %f %f %s %d %d %d %d", printf, 1, |c, p| {
+            seen[n] = Some((c, p));
+            n += 1;
+        });
+        assert_eq!(
+            seen[..n],
+            [
+                Some((Conv::Int(4), Place::Value(1))),
+                Some((Conv::Float, Place::Vector(0))),
+                Some((Conv::Float, Place::Stack(0))),
+                Some((Conv::Str, Place::Value(2))),
+                Some((Conv::Int(4), Place::Value(3))),
+                Some((Conv::Int(4), Place::Value(4))),
+                Some((Conv::Int(4), Place::Value(5))),
+                Some((Conv::Int(4), Place::Stack(1))),
+            ]
+        );
     }
 }

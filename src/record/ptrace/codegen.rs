@@ -21,7 +21,8 @@
 //!
 //! A slot holds `retaddr` (the real return address, written by the tracer), `arg` (an
 //! address the stub dereferences: the out-pointer of `posix_memalign`, otherwise the slot
-//! itself), `seq` (u64::MAX until the stub runs), `ret` (rax) and `out` (`*arg`).
+//! itself), `seq` (u64::MAX until the stub runs), `ret` (rax), `out` (`*arg`) and `xmm0`
+//! (its low 64 bits: a `float` or `double` result).
 //!
 //! While a tracer is attached it sees every SIGTRAP first and the handler never runs. If
 //! the tracer dies (SIGKILL), the kernel detaches it and the `int3`s stay: the handler then
@@ -57,7 +58,7 @@ pub const SIGACT_OLD_OFF: u64 = DATA_OFF + 64;
 /// Offset of the first slot.
 pub const SLOT_OFF: u64 = DATA_OFF + 128;
 /// Bytes per slot.
-pub const SLOT_SIZE: u64 = 64;
+pub const SLOT_SIZE: u64 = 128;
 /// Offset of the trap table.
 pub const TABLE_OFF: u64 = SLOT_OFF + SLOTS * SLOT_SIZE;
 /// Offset of the first trap table entry.
@@ -90,8 +91,10 @@ pub mod slot {
     pub const DONE: u64 = 40;
     /// Time stamp counter at return.
     pub const TSC: u64 = 48;
+    /// The low 64 bits of xmm0 at return.
+    pub const XMM0: u64 = 56;
     /// rdx, saved while `rdtsc` uses it (it may hold the upper half of a return value).
-    pub const RDX: u64 = 56;
+    pub const RDX: u64 = 64;
     /// Bytes the tracer writes when it hands the slot to a call.
     pub const INIT_LEN: usize = 48;
 }
@@ -145,6 +148,7 @@ pub fn stub(base: u64, i: u64) -> Vec<u8> {
     c.extend_from_slice(&[0x41, 0xbb, 1, 0, 0, 0]); // mov r11d, 1
     rip_rel(&mut c, &[0xf0, 0x4c, 0x0f, 0xc1, 0x1d], seq_counter, &[]); // lock xadd [rip+seq], r11
     rip_rel(&mut c, &[0x4c, 0x89, 0x1d], s + slot::SEQ, &[]); // mov [rip+slot.seq], r11
+    rip_rel(&mut c, &[0x66, 0x0f, 0xd6, 0x05], s + slot::XMM0, &[]); // movq [rip+xmm0], xmm0
     rip_rel(&mut c, &[0xc6, 0x05], s + slot::DONE, &[1]); // mov byte [rip+slot.done], 1
     rip_rel(&mut c, &[0xff, 0x25], s + slot::RETADDR, &[]); // jmp [rip+retaddr]
     debug_assert!(c.len() as u64 <= STUB_SIZE);
@@ -404,7 +408,7 @@ mod tests {
         let base = 0x7f12_3456_0000;
         let code = stub(base, 5);
         let ins = decode_all(&code, base + STUB_OFF + 5 * STUB_SIZE);
-        let codes: Vec<Code> = ins.iter().take(16).map(|i| i.code()).collect();
+        let codes: Vec<Code> = ins.iter().take(17).map(|i| i.code()).collect();
         assert_eq!(
             codes,
             [
@@ -422,6 +426,7 @@ mod tests {
                 Code::Mov_r32_imm32,
                 Code::Xadd_rm64_r64,
                 Code::Mov_rm64_r64,
+                Code::Movq_xmmm64_xmm,
                 Code::Mov_rm8_imm8,
                 Code::Jmp_rm64,
             ]
@@ -439,9 +444,10 @@ mod tests {
         assert!(ins[5].has_lock_prefix());
         assert_eq!(ins[5].ip_rel_memory_address(), base + DATA_OFF);
         assert_eq!(ins[6].ip_rel_memory_address(), s + slot::SEQ);
-        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::DONE);
-        assert_eq!(ins[7].immediate8(), 1);
-        assert_eq!(ins[8].ip_rel_memory_address(), s + slot::RETADDR);
+        assert_eq!(ins[7].ip_rel_memory_address(), s + slot::XMM0);
+        assert_eq!(ins[8].ip_rel_memory_address(), s + slot::DONE);
+        assert_eq!(ins[8].immediate8(), 1);
+        assert_eq!(ins[9].ip_rel_memory_address(), s + slot::RETADDR);
     }
 
     #[test]

@@ -122,6 +122,30 @@ pub fn get_regs(tid: u32) -> nix::Result<Regs> {
     nix::sys::ptrace::getregs(nix::unistd::Pid::from_raw(tid as i32))
 }
 
+/// The low 64 bits of the vector registers xmm0-7 of a stopped thread (where `float` and
+/// `double` arguments travel).
+pub fn get_xmm(tid: u32) -> io::Result<[u64; 8]> {
+    // SAFETY: user_fpregs_struct is plain integers, valid zeroed.
+    let mut fp: libc::user_fpregs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: PTRACE_GETFPREGS writes one user_fpregs_struct at `data`, which points to
+    // ours; the kernel checks that `tid` is a stopped tracee of this thread.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETFPREGS,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut fp as *mut libc::user_fpregs_struct,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // xmm_space holds each register as four 32-bit words, low first.
+    Ok(std::array::from_fn(|i| {
+        u64::from(fp.xmm_space[4 * i]) | u64::from(fp.xmm_space[4 * i + 1]) << 32
+    }))
+}
+
 /// Sets the registers of a stopped thread.
 pub fn set_regs(tid: u32, regs: Regs) -> nix::Result<()> {
     nix::sys::ptrace::setregs(nix::unistd::Pid::from_raw(tid as i32), regs)

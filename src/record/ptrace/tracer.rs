@@ -141,6 +141,8 @@ struct Pending {
     entry_seq: u64,
     entry_rsp: u64,
     has_out: bool,
+    /// Returns a `float` or `double`: its value is xmm0's, not rax's.
+    vector_ret: bool,
     /// An allocator call: later events wait for its return, so that a free never precedes
     /// the allocation it undoes. Other calls (`-x`) may block for ever (`accept`).
     holds: bool,
@@ -1736,12 +1738,28 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
         let frames = self.ras.iter().map(|&a| space.frame(a)).collect();
         let func = &self.funcs[f as usize];
-        let all = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
-        let args = all[..usize::from(func.nargs).min(6)].to_vec();
-        let data = if func.class == FnClass::Other {
-            capture_args(tid, func.name, &args, self.opts.string_limit)
-        } else {
-            Vec::new()
+        let gpr = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+        let proto = match func.class {
+            FnClass::Other => crate::protos::lookup(func.name),
+            _ => None,
+        };
+        let vector = proto
+            .filter(|p| p.needs_vector(regs.rax))
+            .map(|_| mem::get_xmm(tid));
+        let args = match (proto, vector) {
+            // The vector registers are unreadable (the thread is gone): the integer
+            // registers alone, which replay shows as such.
+            (_, Some(Err(_))) | (None, _) => gpr[..usize::from(func.nargs).min(6)].to_vec(),
+            (Some(p), xmm) => {
+                let xmm = xmm.and_then(Result::ok).unwrap_or_default();
+                let mut values = [0; rltrace_wire::protos::MAX_VALUES];
+                let n = p.values(&gpr, &xmm, regs.rax, &mut values);
+                values[..n].to_vec()
+            }
+        };
+        let data = match proto {
+            Some(p) => capture_args(tid, p, &args, regs.rsp + 8, self.opts.string_limit),
+            None => Vec::new(),
         };
         // The call's start, for durations: taken as late as possible, just before the
         // thread is let go, so the time rltrace spent at this stop is not counted in it.
@@ -1774,6 +1792,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                         entry_seq: seq_now,
                         entry_rsp: regs.rsp,
                         has_out: out_ptr.is_some(),
+                        vector_ret: proto.is_some_and(|p| p.ret.is_vector()),
                         holds: func.class != FnClass::Other,
                     }),
                     Err(_) => {
@@ -1854,39 +1873,43 @@ impl<'s, W: Write> Tracer<'s, W> {
     }
 }
 
-/// Reads the strings and buffers that a call's prototype says its arguments point to, at
-/// most `limit` bytes each (strings are read one more byte, to tell whether they end).
-fn capture_args(tid: u32, name: &str, args: &[u64], limit: usize) -> Vec<ArgData> {
-    use rltrace_wire::protos::{string_varargs, Capture};
-    let Some(proto) = crate::protos::lookup(name) else {
-        return Vec::new();
-    };
+/// Reads the strings and buffers that a call's prototype says its arguments (its values,
+/// [`Proto::values`](rltrace_wire::protos::Proto::values)) point to, at most `limit`
+/// bytes each, and what a `printf` format's conversions take, from the stack arguments
+/// at `stack` on.
+pub(super) fn capture_args(
+    tid: u32,
+    proto: &rltrace_wire::protos::Proto,
+    args: &[u64],
+    stack: u64,
+    limit: usize,
+) -> Vec<ArgData> {
+    use rltrace_wire::protos::{capture, FORMAT_LIMIT};
     let limit = limit.min(crate::format::MAX_ARG_DATA);
     let mut out = Vec::new();
-    // `%s` arguments of a printf format, once it is read.
-    let mut strings = 0u8;
-    for i in 0..proto.nargs() {
-        let Some(c) = Capture::plan(proto, i, args, limit, strings) else {
-            continue;
-        };
-        let mut ranges = Vec::new();
-        push_stack_pages(&mut ranges, c.addr, c.want);
-        let mut buf = vec![0u8; c.want];
-        // A partial read (the string ends near an unmapped page) keeps what was read.
-        let got = mem::readv(tid, &ranges, &mut buf).unwrap_or(0);
-        let Some((len, truncated)) = c.keep(&buf[..got]) else {
-            continue;
-        };
-        buf.truncate(len);
-        if c.format {
-            strings = string_varargs(&buf, i);
-        }
-        out.push(ArgData {
-            arg: i as u8,
-            truncated,
-            bytes: buf,
-        });
-    }
+    let mut buf = vec![0u8; limit.max(FORMAT_LIMIT) + 1];
+    let mut ranges = Vec::new();
+    // A partial read (a string that ends near an unmapped page) keeps what was read.
+    let read = |addr: u64, dst: &mut [u8]| {
+        ranges.clear();
+        push_stack_pages(&mut ranges, addr, dst.len());
+        mem::readv(tid, &ranges, dst).unwrap_or(0)
+    };
+    capture(
+        proto,
+        args,
+        stack,
+        limit,
+        &mut buf,
+        read,
+        |arg, truncated, bytes| {
+            out.push(ArgData {
+                arg,
+                truncated,
+                bytes: bytes.to_vec(),
+            })
+        },
+    );
     out
 }
 
@@ -1956,11 +1979,11 @@ fn push_stack_pages(ranges: &mut Vec<(u64, usize)>, sp: u64, len: usize) {
     }
 }
 
-/// Bytes read from each polled slot, from `seq` through `tsc`.
-const POLLED_FIELDS: usize = (slot::TSC + 8 - slot::SEQ) as usize;
+/// Bytes read from each polled slot, from `seq` through `xmm0`.
+const POLLED_FIELDS: usize = (slot::XMM0 + 8 - slot::SEQ) as usize;
 
 /// Parses what `read_polled` read: per call, `(seq, ret, out, tsc)` if its done byte was
-/// set.
+/// set, `ret` being xmm0 for a call that returns a `float` or `double`.
 fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
     let n = pending.len();
     (0..n)
@@ -1970,10 +1993,14 @@ fn parse_poll(buf: &[u8], pending: &[Pending]) -> Vec<Returned> {
             if buf.len() < at + POLLED_FIELDS || buf[done_at] != 1 {
                 return None;
             }
+            let ret = match pending[i].vector_ret {
+                true => le(buf, at + (slot::XMM0 - slot::SEQ) as usize),
+                false => le(buf, at + (slot::RET - slot::SEQ) as usize),
+            };
             Some((
                 le(buf, at),
-                le(buf, at + 8),
-                le(buf, at + 16),
+                ret,
+                le(buf, at + (slot::OUT - slot::SEQ) as usize),
                 le(buf, at + (slot::TSC - slot::SEQ) as usize),
             ))
         })

@@ -62,7 +62,12 @@ impl<W: Write> Tracer<'_, W> {
         drop(space);
         let f = &self.funcs[func as usize];
         let args = all[..usize::from(f.nargs).min(6)].to_vec();
-        let data = capture_args(tid, f.name, &args, self.opts.string_limit);
+        // System calls take integers only (their values are the registers), none on the
+        // stack.
+        let data = match crate::protos::lookup(f.name) {
+            Some(p) => capture_args(tid, p, &args, 0, self.opts.string_limit),
+            None => Vec::new(),
+        };
         let ts = self.sink.now();
         let Some(proc_) = self.procs.get_mut(&pid) else {
             return Ok(());
