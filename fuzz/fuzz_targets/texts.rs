@@ -14,5 +14,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(mut s) = rltrace::select::Selection::parse_calls(&chains) {
         let _ = s.selects("write", "prog", true);
     }
-    let _ = rltrace_wire::protos::string_varargs(data, 0);
+    let _ = rltrace_wire::protos::string_varargs(data, (1, 5), 8);
+    rltrace_wire::protos::places(data, (2, 4), 7, |_, _| {});
 });
