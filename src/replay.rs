@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::analyze::leaks::{LeakAnalysis, LeakReport};
 use crate::analyze::{CallPairer, Defs, Step};
-use crate::format::{open_file, FormatError, OpenError, Origin, Record};
+use crate::format::{open_file, FnClass, FormatError, OpenError, Origin, Record};
 use crate::render::machine::{
     call_json, leak_json, leak_summary_json, process_exit_json, signal_json, write_json, write_svg,
     Folded,
@@ -395,6 +395,11 @@ pub fn replay(
             // System calls (-S) show whatever call they are made in, as ltrace -S shows them.
             Some((_, Origin::Syscall)) => false,
             Some((e, Origin::Imported)) => nested || filtered || !called_from_main(&cx, e),
+            // Any other function but the allocator family was selected when recorded: by
+            // -x/-l (whose calls ltrace shows whatever -e says), or as an import the agent
+            // redirected because -e selected it. Calls nested in a traced one stay hidden
+            // (strdup's strlen: ltrace does not see it either).
+            Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => nested,
             _ => nested || filtered,
         };
         let selected = opts

@@ -782,3 +782,52 @@ fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
         assert_eq!(ours_f, ltrace_f, "{engine}");
     }
 }
+
+#[test]
+fn x_selects_calls_that_e_does_not_as_ltrace_shows_them() {
+    require_tool("ltrace");
+    let bin = build_c(
+        "floats_lazy_x",
+        "floats.c",
+        &[
+            "-O1",
+            "-g",
+            "-fno-builtin",
+            "-Wl,-z,lazy,--no-as-needed",
+            "-lm",
+        ],
+    );
+    let dir = scratch("imports-x-and-e");
+    let conf = dir.join("floats.conf");
+    std::fs::write(
+        &conf,
+        "double atan2(double, double);\nint printf(format);\n",
+    )
+    .unwrap();
+    // ltrace names a symbol entry's library: `atan2@libm.so.6(...)`.
+    let ltrace: Vec<String> = ltrace_calls(
+        &bin,
+        &["-F", conf.to_str().unwrap(), "-e", "printf", "-x", "atan2"],
+        &dir.join("lt.txt"),
+    )
+    .iter()
+    .map(|c| as_percent_f(&c.replacen("@libm.so.6(", "(", 1)))
+    .collect();
+    assert_eq!(ltrace.len(), 3, "{ltrace:#?}");
+    for engine in ["auto", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        record_opts(
+            &["--engine", engine, "-e", "printf", "-x", "atan2"],
+            &rec,
+            &bin,
+            &[],
+        );
+        let ours = traced_calls(&rec, &[]);
+        assert_eq!(
+            ours[0], "atan2(-2.5, 0.0) = -1.5707963267948966",
+            "{engine}"
+        );
+        let ours: Vec<String> = ours.iter().map(|c| as_percent_f(c)).collect();
+        assert_eq!(ours, ltrace, "{engine}");
+    }
+}
