@@ -123,6 +123,157 @@ pub fn install(protos: &[Loaded]) {
     }
 }
 
+/// How a function's return value says that it failed (`-c` counts those calls as errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// -1 (`errno` set): the system call wrappers, and `EOF` from stdio.
+    MinusOne,
+    /// A null pointer: functions returning what they allocate or open.
+    Null,
+    /// Any value but 0: an error number (`pthread_*`) or code (`getaddrinfo`).
+    Nonzero,
+}
+
+/// Functions whose failure their return value tells, by name (sorted). Not those for
+/// which the same value is an ordinary answer (`getenv`'s null, `strcmp`'s -1).
+const FAILURES: &[(&str, Failure)] = {
+    use Failure::*;
+    &[
+        ("accept", MinusOne),
+        ("accept4", MinusOne),
+        ("access", MinusOne),
+        ("bind", MinusOne),
+        ("chdir", MinusOne),
+        ("clock_gettime", MinusOne),
+        ("close", MinusOne),
+        ("close_range", MinusOne),
+        ("connect", MinusOne),
+        ("dlclose", Nonzero),
+        ("dlopen", Null),
+        ("dup", MinusOne),
+        ("dup2", MinusOne),
+        ("epoll_create1", MinusOne),
+        ("epoll_ctl", MinusOne),
+        ("epoll_wait", MinusOne),
+        ("eventfd", MinusOne),
+        ("execv", MinusOne),
+        ("execve", MinusOne),
+        ("execvp", MinusOne),
+        ("fclose", MinusOne),
+        ("fcntl", MinusOne),
+        ("fdopen", Null),
+        ("fflush", MinusOne),
+        ("fileno", MinusOne),
+        ("fopen", Null),
+        ("fopen64", Null),
+        ("fork", MinusOne),
+        ("fputc", MinusOne),
+        ("fputs", MinusOne),
+        ("fstat", MinusOne),
+        ("fsync", MinusOne),
+        ("getaddrinfo", Nonzero),
+        ("getcwd", Null),
+        ("getrandom", MinusOne),
+        ("gettimeofday", MinusOne),
+        ("ioctl", MinusOne),
+        ("kill", MinusOne),
+        ("listen", MinusOne),
+        ("lseek", MinusOne),
+        ("lstat", MinusOne),
+        ("madvise", MinusOne),
+        ("mkdir", MinusOne),
+        ("mmap", MinusOne),
+        ("mmap64", MinusOne),
+        ("mprotect", MinusOne),
+        ("munmap", MinusOne),
+        ("nanosleep", MinusOne),
+        ("open", MinusOne),
+        ("open64", MinusOne),
+        ("openat", MinusOne),
+        ("opendir", Null),
+        ("pipe", MinusOne),
+        ("pipe2", MinusOne),
+        ("poll", MinusOne),
+        ("pread", MinusOne),
+        ("pthread_cancel", Nonzero),
+        ("pthread_cond_broadcast", Nonzero),
+        ("pthread_cond_signal", Nonzero),
+        ("pthread_cond_wait", Nonzero),
+        ("pthread_create", Nonzero),
+        ("pthread_detach", Nonzero),
+        ("pthread_join", Nonzero),
+        ("pthread_key_create", Nonzero),
+        ("pthread_kill", Nonzero),
+        ("pthread_mutex_destroy", Nonzero),
+        ("pthread_mutex_init", Nonzero),
+        ("pthread_mutex_lock", Nonzero),
+        ("pthread_mutex_trylock", Nonzero),
+        ("pthread_mutex_unlock", Nonzero),
+        ("pthread_once", Nonzero),
+        ("pthread_rwlock_rdlock", Nonzero),
+        ("pthread_rwlock_unlock", Nonzero),
+        ("pthread_rwlock_wrlock", Nonzero),
+        ("pthread_setspecific", Nonzero),
+        ("pwrite", MinusOne),
+        ("raise", Nonzero),
+        ("read", MinusOne),
+        ("readlink", MinusOne),
+        ("realpath", Null),
+        ("recv", MinusOne),
+        ("recvfrom", MinusOne),
+        ("remove", MinusOne),
+        ("rename", MinusOne),
+        ("rmdir", MinusOne),
+        ("select", MinusOne),
+        ("send", MinusOne),
+        ("sendto", MinusOne),
+        ("setenv", MinusOne),
+        ("setsockopt", MinusOne),
+        ("shutdown", MinusOne),
+        ("sigaction", MinusOne),
+        ("sigaltstack", MinusOne),
+        ("sigprocmask", MinusOne),
+        ("socket", MinusOne),
+        ("socketpair", MinusOne),
+        ("stat", MinusOne),
+        ("strdup", Null),
+        ("strndup", Null),
+        ("system", MinusOne),
+        ("unlink", MinusOne),
+        ("unsetenv", MinusOne),
+        ("usleep", MinusOne),
+        ("waitpid", MinusOne),
+        ("write", MinusOne),
+        ("writev", MinusOne),
+    ]
+};
+
+/// How `name`'s return value tells a failure, if it does.
+pub fn failure(name: &str) -> Option<Failure> {
+    FAILURES
+        .binary_search_by(|(n, _)| n.cmp(&name))
+        .ok()
+        .map(|i| FAILURES[i].1)
+}
+
+/// True if `ret`, returned by a call of `name`, says that the call failed; `ret_ty` is
+/// the width its prototype gives the value.
+pub fn failed(name: &str, ret_ty: Ty, ret: u64) -> bool {
+    let minus_one = match ret_ty {
+        Ty::Int | Ty::Char => ret as u32 == u32::MAX,
+        _ => ret == u64::MAX,
+    };
+    match failure(name) {
+        Some(Failure::MinusOne) => minus_one,
+        Some(Failure::Null) => ret == 0,
+        Some(Failure::Nonzero) => match ret_ty {
+            Ty::Int => ret as u32 != 0,
+            _ => ret != 0,
+        },
+        None => false,
+    }
+}
+
 /// Why an ltrace.conf file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
@@ -421,6 +572,21 @@ mod tests {
         }
         assert_eq!(lookup("write").unwrap().args, &[Int, Buf(2), Size]);
         assert!(lookup("no_such").is_none());
+    }
+
+    #[test]
+    fn failures_are_known_for_prototyped_functions_only() {
+        assert!(FAILURES.windows(2).all(|w| w[0].0 < w[1].0));
+        for (name, _) in FAILURES {
+            assert!(lookup(name).is_some(), "{name}");
+        }
+        assert!(failed("open", Int, u32::MAX as u64));
+        assert!(!failed("open", Int, 3));
+        assert!(failed("read", Long, u64::MAX));
+        assert!(failed("fopen", Ptr, 0));
+        assert!(failed("pthread_join", Int, 3));
+        assert!(!failed("strcmp", Int, u32::MAX as u64));
+        assert!(!failed("getenv", Ptr, 0));
     }
 
     #[test]

@@ -474,3 +474,92 @@ fn ifuncs_only_the_programs_plt_leads_to_are_traced_there_and_said_so() {
         assert_eq!(partial("gettimeofday"), 1, "{name}: {notes}");
     }
 }
+
+/// `function -> (calls, errors)` from a `-c` table (rltrace's or strace's: the same
+/// columns, errors blank when none).
+fn summary_rows(table: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.starts_with("---"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let name = w.last()?.to_string();
+            let calls = w.get(3)?.parse().ok()?;
+            let errors = match w.len() {
+                6 => w[4].parse().ok()?,
+                _ => 0,
+            };
+            Some((name, (calls, errors)))
+        })
+        .collect()
+}
+
+#[test]
+fn c_counts_the_calls_that_failed_by_their_return_values() {
+    let bin = build_c("fails", "fails.c", &["-O1", "-g"]);
+    let dir = scratch("calls-fails");
+    let expected = [
+        ("close", (2, 1)),
+        ("fopen", (1, 1)),
+        ("malloc", (1, 1)),
+        ("open", (4, 3)),
+        // -1 is an ordinary value of strtol's.
+        ("strtol", (1, 0)),
+    ];
+    for engine in ["agent", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        let o = rltrace()
+            .args(["record", "--engine", engine, "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let table = replay_clean(&rec, &["-c"]);
+        let rows = summary_rows(&table);
+        let got: Vec<(&str, (u64, u64))> = expected.iter().map(|(f, _)| (*f, rows[*f])).collect();
+        assert_eq!(got, expected, "{engine}: {table}");
+        assert!(
+            table.lines().last().unwrap().contains(" 6 total"),
+            "{table}"
+        );
+    }
+    // System calls (-S): errors are -errno returns, counted as strace counts them.
+    require_tool("strace");
+    let rec = dir.join("syscalls.rlt");
+    let o = rltrace()
+        .args(["record", "-S", "-o"])
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = summary_rows(&replay_clean(&rec, &["-c"]));
+    let st = std::process::Command::new("strace")
+        .arg("-c")
+        .arg("-o")
+        .arg(dir.join("strace.txt"))
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let theirs = summary_rows(&std::fs::read_to_string(dir.join("strace.txt")).unwrap());
+    let mut compared = 0;
+    for (call, counts) in &theirs {
+        // execve: strace sees it before the program exists (rltrace's starts at its stop).
+        if call == "execve" {
+            continue;
+        }
+        assert_eq!(
+            ours.get(&format!("SYS_{call}")),
+            Some(counts),
+            "{call}: {ours:?}"
+        );
+        compared += counts.1;
+    }
+    // openat x4, close, mmap x2 (the huge malloc), access (ld.so.preload).
+    assert!(compared >= 5, "{theirs:?}");
+}

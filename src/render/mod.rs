@@ -580,10 +580,13 @@ pub fn write_call_table(
 ) -> io::Result<()> {
     let total_ns = rows.iter().fold(0u64, |t, r| t.saturating_add(r.ns));
     let total_calls = rows.iter().fold(0u64, |t, r| t.saturating_add(r.calls));
-    let rule = "------ ----------- ----------- --------- --------------------";
+    let total_errors = rows.iter().fold(0u64, |t, r| t.saturating_add(r.errors));
+    let rule = "------ ----------- ----------- --------- --------- --------------------";
+    // strace's layout: an errors column, blank where there were none.
+    let errors = |n: u64| if n == 0 { String::new() } else { n.to_string() };
     writeln!(
         out,
-        "% time     seconds  usecs/call     calls      function"
+        "% time     seconds  usecs/call     calls    errors function"
     )?;
     writeln!(out, "{rule}")?;
     for r in rows {
@@ -595,20 +598,22 @@ pub fn write_call_table(
         let per = r.ns.checked_div(r.timed).unwrap_or(0) / 1000;
         writeln!(
             out,
-            "{pct:6.2} {:4}.{:06} {per:11} {:9} {}",
+            "{pct:6.2} {:4}.{:06} {per:11} {:9} {:>9} {}",
             r.ns / 1_000_000_000,
             r.ns % 1_000_000_000 / 1000,
             r.calls,
+            errors(r.errors),
             r.name
         )?;
     }
     writeln!(out, "{rule}")?;
     writeln!(
         out,
-        "100.00 {:4}.{:06} {:11} {total_calls:9} total",
+        "100.00 {:4}.{:06} {:11} {total_calls:9} {:>9} total",
         total_ns / 1_000_000_000,
         total_ns % 1_000_000_000 / 1000,
-        ""
+        "",
+        errors(total_errors)
     )
 }
 
