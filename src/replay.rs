@@ -312,17 +312,28 @@ fn main_name(cx: &Context, thread: u32) -> &str {
 
 /// False for a call (of an imported function, hooked where every caller reaches it) whose
 /// return address lies outside its process's main executable: a call made inside a
-/// library. True when that cannot be told (no stack).
-fn called_from_main(cx: &Context, e: &crate::format::Enter) -> bool {
+/// library. `unknown` when that cannot be told (no stack).
+fn called_from_main(cx: &Context, e: &crate::format::Enter, unknown: bool) -> bool {
     let Some(first) = e
         .stack
         .and_then(|s| cx.defs.stacks.get(&s)?.first().copied())
     else {
-        return true;
+        return unknown;
     };
     let pid = cx.defs.thread(e.thread).0;
     match (first.module, cx.exe_of.get(&pid)) {
         (Some(m), Some(exe)) => cx.sym.module(m).is_some_and(|m| &m.path == exe),
+        _ => false,
+    }
+}
+
+/// True for a call nested in one whose return address it shares: the enclosing function
+/// jumped to it as its last act (glibc's `realloc(NULL, n)` into `malloc`), so the library
+/// made it, not the program at the shared call site.
+fn tail_called(cx: &Context, e: &crate::format::Enter, outer: Option<u32>) -> bool {
+    let first = |s: Option<u32>| s.and_then(|s| cx.defs.stacks.get(&s)?.first().copied());
+    match (first(e.stack), first(outer)) {
+        (Some(a), Some(b)) => a.addr == b.addr,
         _ => false,
     }
 }
@@ -379,6 +390,10 @@ pub fn replay(
             continue;
         }
         let nested = matches!(step, Some(Step::Began { depth, .. } | Step::Ended { depth, .. }) if depth > 0);
+        let outer = match &step {
+            Some(Step::Began { outer, .. } | Step::Ended { outer, .. }) => *outer,
+            None => None,
+        };
         let entry: Option<&crate::format::Enter> = match &step {
             Some(Step::Began { enter, .. }) => Some(*enter),
             Some(Step::Ended { enter, .. }) => Some(enter),
@@ -394,12 +409,20 @@ pub fn replay(
         let hidden = match origin {
             // System calls (-S) show whatever call they are made in, as ltrace -S shows them.
             Some((_, Origin::Syscall)) => false,
-            Some((e, Origin::Imported)) => nested || filtered || !called_from_main(&cx, e),
+            // The program's own calls, nested ones included (a callback's, inside qsort),
+            // as ltrace shows them. Without a stack, a call is the program's unless it is
+            // nested in another (printf's malloc).
+            Some((e, Origin::Imported)) => {
+                filtered || !called_from_main(&cx, e, !nested) || tail_called(&cx, e, outer)
+            }
             // Any other function but the allocator family was selected when recorded: by
             // -x/-l (whose calls ltrace shows whatever -e says), or as an import the agent
-            // redirected because -e selected it. Calls nested in a traced one stay hidden
-            // (strdup's strlen: ltrace does not see it either).
-            Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => nested,
+            // redirected because -e selected it. Calls nested in a traced one show when
+            // the program made them (a callback's), not a library (strdup's strlen: ltrace
+            // does not see it either).
+            Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => {
+                nested && (!called_from_main(&cx, e, false) || tail_called(&cx, e, outer))
+            }
             _ => nested || filtered,
         };
         let selected = opts
@@ -537,13 +560,18 @@ impl TraceWriter {
     }
 
     fn flush(&mut self, out: &mut dyn Write, defs: &Defs) -> std::io::Result<()> {
+        self.flush_as(out, defs, "<unfinished ...>")
+    }
+
+    /// Writes the pending call's line, ended with `mark`.
+    fn flush_as(&mut self, out: &mut dyn Write, defs: &Defs, mark: &str) -> std::io::Result<()> {
         if let Some((thread, head, caller, _)) = self.pending.take() {
             let (pid, tid) = defs.thread(thread);
             let t = std::mem::take(&mut self.pending_prefix);
             if caller.is_empty() {
-                writeln!(out, "{t}[{pid} {tid}] {head} <unfinished ...>")?;
+                writeln!(out, "{t}[{pid} {tid}] {head} {mark}")?;
             } else {
-                writeln!(out, "{t}[{pid} {tid}] {head} <unfinished ...>  {caller}")?;
+                writeln!(out, "{t}[{pid} {tid}] {head} {mark}  {caller}")?;
             }
         }
         Ok(())
@@ -614,6 +642,28 @@ impl TraceWriter {
         show_stack: bool,
     ) -> std::io::Result<()> {
         match step {
+            // A call that never returns (`exit`, `longjmp`), as ltrace shows it.
+            Some(Step::Began { enter, depth, .. })
+                if rltrace_wire::protos::never_returns(defs.name(enter.func)) =>
+            {
+                self.flush(out, defs)?;
+                let t = self.at(Some(enter.ts));
+                let head = self.head(defs, sym, enter, depth);
+                self.pending = Some((
+                    enter.thread,
+                    head,
+                    self.caller_of(enter.stack, defs, sym),
+                    enter.stack,
+                ));
+                self.pending_prefix = t;
+                self.flush_as(out, defs, "<no return ...>")
+            }
+            Some(Step::Ended { enter, exit, .. })
+                if exit.ret.is_none()
+                    && rltrace_wire::protos::never_returns(defs.name(enter.func)) =>
+            {
+                Ok(())
+            }
             Some(Step::Began {
                 enter,
                 void: true,
@@ -684,7 +734,12 @@ impl TraceWriter {
                     render::write_frames(out, &render::expand(sym, &frames, true), "    ")
                 }
                 Record::ProcessExit(p) => {
-                    self.flush(out, defs)?;
+                    // A call the process ended in (a thread's) never returned.
+                    let ends = |t: &(u32, String, String, Option<u32>)| defs.thread(t.0).0 == p.pid;
+                    match self.pending.as_ref().is_some_and(ends) {
+                        true => self.flush_as(out, defs, "<no return ...>")?,
+                        false => self.flush(out, defs)?,
+                    }
                     let t = self.at(Some(p.ts));
                     writeln!(out, "{t}[{} {}] {}", p.pid, p.pid, render::exit_text(p.how))
                 }

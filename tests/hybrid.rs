@@ -312,25 +312,26 @@ fn exceptions_pass_through_the_functions_x_traces_under_either_engine() {
             String::from_utf8_lossy(&o.stderr)
         );
         let trace = replay_clean(&rec, &["-C"]);
-        let calls: Vec<String> = trace
-            .lines()
-            .filter_map(|l| l.split("] ").nth(1))
-            .filter(|c| c.starts_with("demo::risky(int)("))
-            .map(|c| {
-                let arg = c["demo::risky(int)(".len()..]
-                    .split(',')
-                    .next()
-                    .unwrap_or("");
-                let ret = c
-                    .split(") = ")
-                    .nth(1)
-                    .unwrap_or("")
-                    .split("  ")
-                    .next()
-                    .unwrap_or("");
-                format!("{arg} {ret}")
-            })
-            .collect();
+        // risky's own calls (operator new, from the program) split its line in two, as
+        // ltrace splits it: `risky(4 <unfinished ...>` ... `<... risky resumed> ) = 0`.
+        let ret_of = |c: &str| -> String {
+            let ret = c.split(") = ").nth(1).unwrap_or("");
+            ret.split("  ").next().unwrap_or("").to_string()
+        };
+        let mut calls: Vec<String> = Vec::new();
+        let mut open: Option<String> = None;
+        for c in trace.lines().filter_map(|l| l.split("] ").nth(1)) {
+            if let Some(rest) = c.strip_prefix("demo::risky(int)(") {
+                let arg = rest.split([',', ')', ' ']).next().unwrap_or("");
+                match c.contains(" <unfinished ...>") {
+                    true => open = Some(arg.to_string()),
+                    false => calls.push(format!("{arg} {}", ret_of(c))),
+                }
+            } else if c.starts_with("<... demo::risky(int) resumed>") {
+                let arg = open.take().unwrap_or_default();
+                calls.push(format!("{arg} {}", ret_of(c)));
+            }
+        }
         assert_eq!(
             calls,
             [

@@ -54,7 +54,7 @@ fn cpp_with(engine: &str) {
             .collect();
         assert_eq!(throws.len(), 2, "{trace}");
         assert!(
-            throws.iter().all(|l| l.contains("= <no return ...>")),
+            throws.iter().all(|l| l.contains(" <no return ...>  ")),
             "{trace}"
         );
         assert_eq!(trace.matches("] __cxa_begin_catch(").count(), 2, "{trace}");

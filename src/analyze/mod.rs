@@ -86,6 +86,8 @@ pub enum Step<'a> {
         in_alloc: bool,
         /// True if the function returns nothing.
         void: bool,
+        /// The stack of the innermost call open around it.
+        outer: Option<u32>,
     },
     /// The innermost open call of a thread ended.
     Ended {
@@ -97,6 +99,8 @@ pub enum Step<'a> {
         depth: usize,
         /// An allocator call is among them.
         in_alloc: bool,
+        /// The stack of the innermost call open around it.
+        outer: Option<u32>,
     },
 }
 
@@ -115,6 +119,7 @@ impl CallPairer {
                 let depth = stack.len();
                 let in_alloc = stack.iter().any(|o| defs.class(o.func) != FnClass::Other);
                 let void = defs.functions.get(&e.func).is_some_and(|f| !f.returns);
+                let outer = stack.last().and_then(|o| o.stack);
                 if !void {
                     stack.push(e.clone());
                 }
@@ -123,6 +128,7 @@ impl CallPairer {
                     depth,
                     in_alloc,
                     void,
+                    outer,
                 })
             }
             Record::Exit(x) => {
@@ -134,6 +140,7 @@ impl CallPairer {
                     exit: x,
                     depth: stack.len(),
                     in_alloc,
+                    outer: stack.last().and_then(|o| o.stack),
                 })
             }
             // An exec replaces the image: the calls its threads were inside (the exec call

@@ -798,6 +798,36 @@ pub fn lookup(name: &str) -> Option<&'static Proto> {
         .map(|i| &PROTOS[i])
 }
 
+/// Functions that never return to their caller (sorted): ltrace shows their calls as
+/// `<no return ...>`.
+const NEVER_RETURN: &[&str] = &[
+    "_Exit",
+    "_Unwind_Resume",
+    "__assert_fail",
+    "__cxa_rethrow",
+    "__cxa_throw",
+    "__fortify_fail",
+    "__longjmp_chk",
+    "__stack_chk_fail",
+    "_exit",
+    "_longjmp",
+    "abort",
+    "err",
+    "errx",
+    "exit",
+    "longjmp",
+    "pthread_exit",
+    "quick_exit",
+    "siglongjmp",
+    "verr",
+    "verrx",
+];
+
+/// True if `name` never returns to its caller (`exit`, `longjmp`, `__cxa_throw`).
+pub fn never_returns(name: &str) -> bool {
+    NEVER_RETURN.binary_search(&name).is_ok()
+}
+
 /// System calls whose arguments and result mean what their C library wrapper's do (not
 /// `brk` or `getcwd`, whose kernel results differ). Sorted.
 const SYSCALLS_AS_LIBC: &[&str] = &[
@@ -860,6 +890,13 @@ const SYSCALLS_AS_LIBC: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_that_never_return_are_known() {
+        assert!(NEVER_RETURN.windows(2).all(|w| w[0] < w[1]));
+        assert!(never_returns("_exit") && never_returns("longjmp"));
+        assert!(!never_returns("execvp"), "returns when it fails");
+    }
 
     #[test]
     fn system_calls_borrow_only_matching_wrapper_prototypes() {

@@ -178,7 +178,6 @@ const MAX_POLLED: usize = 400;
 /// Beyond [`rltrace_wire::NEVER_HOOKED`]: functions whose return address a stub may not
 /// replace (they unwind or jump past it) or that are entered without one.
 const UNHOOKABLE: &[&str] = &[
-    "*longjmp*",
     "clone",
     "clone3",
     "__clone*",
