@@ -416,13 +416,10 @@ pub fn replay(
                 filtered || !called_from_main(&cx, e, !nested) || tail_called(&cx, e, outer)
             }
             // Any other function but the allocator family was selected when recorded: by
-            // -x/-l (whose calls ltrace shows whatever -e says), or as an import the agent
-            // redirected because -e selected it. Calls nested in a traced one show when
-            // the program made them (a callback's), not a library (strdup's strlen: ltrace
-            // does not see it either).
-            Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => {
-                nested && (!called_from_main(&cx, e, false) || tail_called(&cx, e, outer))
-            }
+            // -x/-l (whose calls ltrace shows whatever -e says, and wherever they are made:
+            // `ltrace -x` stops at the function's entry), or as an import the agent
+            // redirected in the program's GOT, which only the program's calls go through.
+            Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => false,
             _ => nested || filtered,
         };
         let selected = opts

@@ -76,13 +76,18 @@ fn x_traces_functions_in_every_binary_flavour_with_exact_calls() {
             // (`int frob(int a, int b)`).
             expected.push(format!("frob({i}, 3) = {}", i * 10 + 3));
             expected.push(r#"write(1, "x\n", 2) = 2"#.to_string());
-            expected.push(r#"strdup("kept on the last round") = PTR"#.to_string());
+            // strdup's own strlen is selected too, and shows inside it, as `ltrace -x`
+            // shows the calls it selects wherever they are made; its caller column is
+            // the program's line, the C library having no line information.
+            expected.push(r#"strdup("kept on the last round" <unfinished ...>"#.to_string());
+            expected.push(r#"strlen("kept on the last round") = 22"#.to_string());
             expected.push(r#"strlen("kept on the last round") = 22"#.to_string());
             if i < 4 {
                 expected.push("free(PTR) = <void>".to_string());
             }
         }
-        expected.push(r#"puts("done") = 5"#.to_string());
+        expected.push(r#"puts("done" <unfinished ...>"#.to_string());
+        expected.push(r#"strlen("done") = 4"#.to_string());
         assert_eq!(seq, expected, "{name}: {trace}");
         // Each call names its caller's line.
         for (f, marker) in [("frob(", "CALLS: frob"), ("write(", "CALLS: write")] {
