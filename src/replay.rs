@@ -375,6 +375,11 @@ pub fn replay(
     let shown_calls = reader.meta().get("trace-filter").and_then(|f| {
         crate::select::Selection::parse_calls(&f.split('\n').collect::<Vec<_>>()).ok()
     });
+    let x_allocators: Vec<String> = reader
+        .meta()
+        .get(crate::format::META_X_ALLOCATORS)
+        .map(|v| v.split('\n').map(str::to_string).collect())
+        .unwrap_or_default();
     let mut table = crate::analyze::calltable::CallTable::default();
     while let Some(rec) = reader.next_record().map_err(fmt)? {
         cx.learn(&rec);
@@ -420,6 +425,12 @@ pub fn replay(
             // `ltrace -x` stops at the function's entry), or as an import the agent
             // redirected in the program's GOT, which only the program's calls go through.
             Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => false,
+            // So are the allocator functions -x selected (ltrace -x malloc shows strdup's),
+            // but for a tail call (realloc(NULL, n) jumping into malloc: the agent's
+            // realloc never sees it, so neither engine shows it).
+            Some((e, Origin::Hooked)) if x_allocators.iter().any(|n| n == cx.defs.name(e.func)) => {
+                tail_called(&cx, e, outer)
+            }
             _ => nested || filtered,
         };
         let selected = opts

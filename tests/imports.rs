@@ -206,6 +206,38 @@ fn a_call_left_by_longjmp_is_recorded_as_never_returning() {
     );
 }
 
+#[test]
+fn x_selected_allocators_show_wherever_called_whatever_e_says_as_ltrace_shows_them() {
+    require_tool("ltrace");
+    let bin = build("imports_lazy_xm", &["-Wl,-z,lazy"]);
+    let dir = scratch("imports-x-malloc");
+    let opts = ["-x", "malloc", "-e", "strdup"];
+    // ltrace names the callee's library for -x calls (`malloc@libc.so.6(9)`).
+    let ltrace: Vec<String> = ltrace_run(&bin, &opts, &[], &dir.join("ltrace.txt"))
+        .iter()
+        .map(|c| c.replacen("@libc.so.6(", "(", 1))
+        .collect();
+    // strdup's own malloc inside it, then the program's two (puts's buffer is inside no
+    // traced call: -e did not select puts).
+    assert_eq!(
+        ltrace,
+        [
+            "strdup(\"imported\" <unfinished ...>",
+            "malloc(9) = PTR",
+            "<... strdup resumed> ) = PTR",
+            "malloc(64) = PTR",
+            "malloc(4096) = PTR",
+        ]
+    );
+    for engine in ["agent", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        let mut all = vec!["--engine", engine];
+        all.extend_from_slice(&opts);
+        record_opts(&all, &rec, &bin, &[]);
+        assert_eq!(traced_calls(&rec, &[]), ltrace, "{engine}");
+    }
+}
+
 /// A call's name and how it ended as `ltrace` prints it: its value, or `unfinished`
 /// (ltrace never closes a call left by longjmp; rltrace says `<no return ...>`).
 fn name_and_end(call: &str) -> (String, String) {

@@ -8,7 +8,21 @@
 
 use libfuzzer_sys::fuzz_target;
 use rltrace::format::ArgData;
-use rltrace_wire::protos::{Proto, PROTOS};
+use rltrace_wire::protos::{Proto, Ty, PROTOS};
+use std::sync::Mutex;
+
+/// Each distinct argument list, made `'static` once (a `Proto` holds a static slice) and
+/// kept reachable, so that neither memory grows nor the leak checker objects.
+fn kept(args: Vec<Ty>) -> &'static [Ty] {
+    static KEPT: Mutex<Vec<&'static [Ty]>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = kept.iter().find(|k| ***k == args[..]) {
+        return k;
+    }
+    let k: &'static [Ty] = Box::leak(args.into_boxed_slice());
+    kept.push(k);
+    k
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else { return };
@@ -21,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let Some(l) = rltrace::protos::from_text(&text).into_iter().next() else { return };
         loaded = Proto {
             name: "fuzzed",
-            args: Box::leak(l.args.into_boxed_slice()),
+            args: kept(l.args),
             ret: l.ret,
         };
         &loaded

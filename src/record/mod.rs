@@ -326,6 +326,10 @@ fn allocator_origin(req: &RecordRequest) -> Origin {
     }
 }
 
+/// The file name of the C library, where the allocator family is defined unless the
+/// program defines its own.
+const C_LIBRARY: &str = "libc.so.6";
+
 /// Stores what replay needs of the request: the loaded prototypes, so that it shows the
 /// arguments as they were captured, and the `-e` chains, so that it shows the calls they
 /// select (allocator calls are recorded for the leak report whatever they say).
@@ -337,6 +341,21 @@ fn add_request_meta(meta: &mut Meta, req: &RecordRequest) {
     if !req.calls.is_empty() {
         meta.pairs
             .push(("trace-filter".to_string(), req.calls.join("\n")));
+    }
+    if let Some(sel) = &req.select {
+        // Allocator functions -x selects show wherever they are called and whatever -e
+        // says, as ltrace -x shows them; the others are among the program's calls.
+        let names: Vec<&str> = funcs::ALLOCATOR_FAMILY
+            .iter()
+            .map(|f| f.name)
+            .filter(|f| sel.would_select(f, C_LIBRARY, false) || sel.would_select(f, "", true))
+            .collect();
+        if !names.is_empty() {
+            meta.pairs.push((
+                crate::format::META_X_ALLOCATORS.to_string(),
+                names.join("\n"),
+            ));
+        }
     }
     if !req.protos.is_empty() {
         meta.pairs.push((
