@@ -238,6 +238,58 @@ fn x_selected_allocators_show_wherever_called_whatever_e_says_as_ltrace_shows_th
     }
 }
 
+#[test]
+fn a_callbacks_calls_nest_inside_the_library_call_as_ltrace_shows_them() {
+    require_tool("ltrace");
+    let src = repo().join("tests/fixtures/c/callback.c");
+    let dir = scratch("imports-callback");
+    let lazy = build_c("callback_lazy", "callback.c", &["-O1", "-g", "-Wl,-z,lazy"]);
+    // ltrace shows a null `addr` as 0, rltrace a null pointer as nil (as ltrace does for
+    // strings).
+    let ltrace: Vec<String> = ltrace_calls(&lazy, &[], &dir.join("ltrace.txt"))
+        .into_iter()
+        .map(|c| c.replace("free(0)", "free(nil)"))
+        .collect();
+    assert_eq!(
+        ltrace,
+        [
+            "qsort(PTR, 3, 8, PTR <unfinished ...>",
+            "strcmp(\"fig\", \"apple\") = 5",
+            "strcmp(\"pear\", \"apple\") = 15",
+            "strcmp(\"pear\", \"fig\") = 10",
+            "<... qsort resumed> ) = <void>",
+            "puts(\"apple\") = 6",
+            // The agent records free(NULL) too, as the ptrace engine sees it.
+            "free(nil) = <void>",
+        ]
+    );
+    let now = build_c("callback_now", "callback.c", &["-O1", "-g", "-Wl,-z,now"]);
+    let line = format!("callback.c:{}:", marker_line(&src, "CALLBACK: strcmp"));
+    for (bin, engine) in [
+        (&lazy, "agent"),
+        (&lazy, "ptrace"),
+        (&now, "agent"),
+        (&now, "ptrace"),
+    ] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        record_engine(engine, bin, &rec, &[]);
+        // The ptrace engine awaits the return of a void function too, so that the
+        // comparator's calls nest under qsort as under the agent.
+        assert_eq!(
+            traced_calls(&rec, &[]),
+            ltrace,
+            "{engine} {}",
+            bin.display()
+        );
+        let trace = replay_clean(&rec, &[]);
+        let at_line = trace
+            .lines()
+            .filter(|l| l.contains("] strcmp(") && l.contains(&line) && l.ends_with(" by_name"))
+            .count();
+        assert_eq!(at_line, 3, "{engine}: {trace}");
+    }
+}
+
 /// A call's name and how it ended as `ltrace` prints it: its value, or `unfinished`
 /// (ltrace never closes a call left by longjmp; rltrace says `<no return ...>`).
 fn name_and_end(call: &str) -> (String, String) {

@@ -648,10 +648,11 @@ pub extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_
 }
 
 /// Interposed `free`. Its place in the call order is taken before the block is released,
-/// so a block reused by another thread is never seen allocated twice.
+/// so a block reused by another thread is never seen allocated twice. `free(NULL)` is
+/// recorded too: it is a call the program made, which the ptrace engine and ltrace show.
 #[no_mangle]
 pub extern "C" fn free(p: *mut c_void) {
-    if p.is_null() || in_arena(p) {
+    if in_arena(p) {
         return real_free(p);
     }
     let Some(o) = begin(true) else {

@@ -80,14 +80,14 @@ pub const ALLOCATOR_FAMILY: &[TracedFn] = &[
     },
 ];
 
-/// Integer-register argument count and whether it returns, for a function selected with
-/// `-x`: from its prototype if the built-in table has one, otherwise all six argument
-/// registers and a return value.
+/// Integer-register argument count and whether its return is awaited, for a traced
+/// function: the count from its prototype if one is known, otherwise all six argument
+/// registers. Every call but those of functions that never return (`exit`, `longjmp`) is
+/// awaited, `void` ones too, as the agent's are: the calls made inside one (a `qsort`
+/// comparator's) nest under it, and replay shows `<void>` by the prototype.
 pub fn signature(name: &str) -> (u8, bool) {
-    match crate::protos::lookup(name) {
-        Some(p) => (p.nargs() as u8, p.ret != crate::protos::Ty::Void),
-        None => (6, true),
-    }
+    let nargs = crate::protos::lookup(name).map_or(6, |p| p.nargs() as u8);
+    (nargs, !rltrace_wire::protos::never_returns(name))
 }
 
 #[cfg(test)]
