@@ -290,6 +290,48 @@ fn a_callbacks_calls_nest_inside_the_library_call_as_ltrace_shows_them() {
     }
 }
 
+#[test]
+fn imports_bound_to_one_function_keep_their_names_under_either_engine() {
+    // memcpy and memmove lead to one implementation: the ptrace engine has one breakpoint
+    // for both and names each call by its call site (`call` to the PLT entry, or through
+    // the GOT slot with -fno-plt); the agent redirects each slot on its own.
+    require_tool("ltrace");
+    let src = repo().join("tests/fixtures/c/aliases.c");
+    let dir = scratch("imports-aliases");
+    let expected = [
+        "memcpy(PTR, \"abcd\", 4) = PTR",
+        "memmove(PTR, \"abcd\", 4) = PTR",
+        "memcpy(PTR, \"aa\", 2) = PTR",
+        "printf(\"%s %s\\n\", \"aabcdfgh\", \"abcdaa\") = 16",
+    ];
+    let lazy = build_c("aliases_lazy", "aliases.c", &["-O1", "-g", "-Wl,-z,lazy"]);
+    assert_eq!(ltrace_calls(&lazy, &[], &dir.join("ltrace.txt")), expected);
+    let flavours: [(&str, &[&str]); 4] = [
+        ("aliases_lazy", &["-Wl,-z,lazy"]),
+        ("aliases_now", &["-Wl,-z,now"]),
+        ("aliases_noplt", &["-fno-plt", "-Wl,-z,now"]),
+        ("aliases_ibt", &["-fcf-protection", "-Wl,-z,ibt,-z,now"]),
+    ];
+    for (name, flags) in flavours {
+        let mut all = vec!["-O1", "-g"];
+        all.extend_from_slice(flags);
+        let bin = build_c(name, "aliases.c", &all);
+        for engine in ["agent", "ptrace"] {
+            let rec = dir.join(format!("{name}-{engine}.rlt"));
+            record_engine(engine, &bin, &rec, &[]);
+            assert_eq!(traced_calls(&rec, &[]), expected, "{name} {engine}");
+            let trace = replay_clean(&rec, &[]);
+            let line = format!("aliases.c:{}:", marker_line(&src, "ALIASES: memmove"));
+            assert!(
+                trace
+                    .lines()
+                    .any(|l| l.contains("] memmove(") && l.contains(&line)),
+                "{name} {engine}: {trace}"
+            );
+        }
+    }
+}
+
 /// A call's name and how it ended as `ltrace` prints it: its value, or `unfinished`
 /// (ltrace never closes a call left by longjmp; rltrace says `<no return ...>`).
 fn name_and_end(call: &str) -> (String, String) {

@@ -186,8 +186,8 @@ pub const PROTOS: &[Proto] = protos! {
     "madvise"(Ptr, Size, Int) -> Int;
     "memchr"(Ptr, Char, Size) -> Ptr;
     "memcmp"(Ptr, Ptr, Size) -> Int;
-    "memcpy"(Ptr, Ptr, Size) -> Ptr;
-    "memmove"(Ptr, Ptr, Size) -> Ptr;
+    "memcpy"(Ptr, Buf(2), Size) -> Ptr;
+    "memmove"(Ptr, Buf(2), Size) -> Ptr;
     "memset"(Ptr, Int, Size) -> Ptr;
     "mkdir"(Str, Hex) -> Int;
     "mmap"(Ptr, Size, Hex, Hex, Int, Long) -> Ptr;

@@ -139,6 +139,56 @@ pub struct Space {
     register_frame: Option<u64>,
     /// The stubs' call frame information is registered with it.
     stubs_described: bool,
+    /// Imports bound to one function (`memcpy` and `memmove` to one IFUNC
+    /// implementation), by the address of its breakpoint: told apart by call site.
+    pub aliases: HashMap<u64, Vec<Alias>>,
+}
+
+/// One of several imports whose GOT slots lead to the same function.
+#[derive(Clone, Debug)]
+pub struct Alias {
+    /// Its function id.
+    pub id: u32,
+    /// The program's PLT entry for it (`.plt` or `.plt.sec`), which `call rel32` reaches.
+    pub plt: Option<u64>,
+    /// Its GOT slots, which `call [rip+disp32]` (`-fno-plt`) reads.
+    pub slots: Vec<u64>,
+}
+
+/// Where a call instruction that ends just before a return address leads: to a direct
+/// target (`call rel32`), or through a memory word (`call [rip+disp32]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallSite {
+    /// `E8 rel32`: the target.
+    Direct(u64),
+    /// `FF 15 disp32`: the address of the pointer called through.
+    Indirect(u64),
+}
+
+/// Decodes the call that returns to `ra` from the six code bytes before it; `None` for
+/// any other (a call through a register, or no call: a tail call's return address).
+pub fn call_site(before: [u8; 6], ra: u64) -> Option<CallSite> {
+    let rel = |b: &[u8]| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if before[0] == 0xff && before[1] == 0x15 {
+        return Some(CallSite::Indirect(
+            ra.wrapping_add_signed(rel(&before[2..])),
+        ));
+    }
+    if before[1] == 0xe8 {
+        return Some(CallSite::Direct(ra.wrapping_add_signed(rel(&before[2..]))));
+    }
+    None
+}
+
+/// The alias among `aliases` the call returning to `ra` was made to, by its call site.
+pub fn alias_called(aliases: &[Alias], site: CallSite) -> Option<u32> {
+    aliases
+        .iter()
+        .find(|a| match site {
+            CallSite::Direct(t) => a.plt == Some(t),
+            CallSite::Indirect(p) => a.slots.contains(&p),
+        })
+        .map(|a| a.id)
 }
 
 impl Space {
@@ -160,6 +210,7 @@ impl Space {
             leftovers: Vec::new(),
             register_frame: None,
             stubs_described: false,
+            aliases: HashMap::new(),
         })
     }
 
@@ -188,6 +239,7 @@ impl Space {
             leftovers: self.leftovers.clone(),
             register_frame: self.register_frame,
             stubs_described: self.stubs_described,
+            aliases: self.aliases.clone(),
         })
     }
 
@@ -713,6 +765,15 @@ impl Space {
         Ok(())
     }
 
+    /// The function id of the alias at breakpoint `addr` that the call returning to `ra`
+    /// made, if `addr` has aliases and the call site tells which.
+    pub fn alias_at(&self, addr: u64, ra: u64) -> Option<u32> {
+        let aliases = self.aliases.get(&addr)?;
+        let mut before = [0u8; 6];
+        self.mem.read(ra.checked_sub(6)?, &mut before).ok()?;
+        alias_called(aliases, call_site(before, ra)?)
+    }
+
     /// Reads one 64-bit word of the tracee's memory; `what` names it in the error.
     pub fn read_u64(&self, addr: u64, what: &str) -> Result<u64, SpaceError> {
         let mut b = [0u8; 8];
@@ -1000,6 +1061,34 @@ pub fn build_id_hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_site_names_the_alias_called() {
+        let ra = 0x1000;
+        // call rel32 to 0x2000: E8 and the displacement from the return address.
+        let direct = [0x90, 0xe8, 0x00, 0x10, 0x00, 0x00];
+        assert_eq!(call_site(direct, ra), Some(CallSite::Direct(0x2000)));
+        // call [rip-0x10]: through the slot at 0xff0.
+        let indirect = [0xff, 0x15, 0xf0, 0xff, 0xff, 0xff];
+        assert_eq!(call_site(indirect, ra), Some(CallSite::Indirect(0xff0)));
+        // call rax (FF D0) is no call site the engine can read.
+        assert_eq!(call_site([0, 0, 0, 0, 0xff, 0xd0], ra), None);
+        let aliases = [
+            Alias {
+                id: 1,
+                plt: Some(0x3000),
+                slots: vec![0xfe0],
+            },
+            Alias {
+                id: 2,
+                plt: Some(0x2000),
+                slots: vec![0xff0],
+            },
+        ];
+        assert_eq!(alias_called(&aliases, CallSite::Direct(0x2000)), Some(2));
+        assert_eq!(alias_called(&aliases, CallSite::Indirect(0xfe0)), Some(1));
+        assert_eq!(alias_called(&aliases, CallSite::Direct(0x4000)), None);
+    }
 
     fn map(start: u64, end: u64) -> Mapping {
         Mapping {

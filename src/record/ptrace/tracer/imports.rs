@@ -14,7 +14,7 @@ use std::io::Write;
 
 use super::{Tracer, UNHOOKABLE};
 use crate::format::{FormatError, Origin};
-use crate::record::ptrace::space::{BpKind, NewModule};
+use crate::record::ptrace::space::{Alias, BpKind, NewModule};
 use crate::record::select::glob;
 
 /// The main executable's imported functions in one process, read when its module
@@ -105,18 +105,36 @@ impl<W: Write> Tracer<'_, W> {
             let target = space_rc.borrow().read_u64(s.at, "read a GOT slot").ok();
             target.filter(|&t| t != 0 && !(lo..hi).contains(&t))
         });
+        let mut by_addr: HashMap<u64, Vec<Alias>> = HashMap::new();
         for (name, (bound, plt)) in points {
             let Some(at) = bound.or(plt) else { continue };
             if self.selected_ids.contains_key(&name) {
                 continue; // selected with -x: hooked at its definition already
             }
             let id = self.import_id(&name)?;
+            by_addr.entry(at).or_default().push(Alias {
+                id,
+                plt: imports
+                    .slots
+                    .iter()
+                    .find(|s| s.name == name)
+                    .and_then(|s| s.plt),
+                slots: imports
+                    .slots
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .map(|s| s.at)
+                    .collect(),
+            });
             let placed = space_rc.borrow_mut().insert_bp(tid, at, BpKind::Call(id));
             if let Err(e) = placed {
                 self.sink
                     .note(pid, format!("calls of {name} are not traced: {e}"))?;
             }
         }
+        // The breakpoint carries the first name; the call site tells the others.
+        by_addr.retain(|_, a| a.len() > 1);
+        space_rc.borrow_mut().aliases.extend(by_addr);
         Ok(())
     }
 
