@@ -58,14 +58,15 @@ enum Cmd {
         /// Their arguments are shown as integer registers in hex.
         #[arg(short = 'x', value_name = "FILTER")]
         extra: Vec<String>,
-        /// Also trace every function the library LIB defines (a glob on its file name,
-        /// `libssl.so*`); the same as `-x @LIB`.
+        /// Trace the program's calls to functions the library LIB defines (a glob on its
+        /// file name, `libssl.so*`), as ltrace's -l: with no -e, only those; repeatable.
+        /// `-x @LIB` traces every call into LIB, from every caller.
         #[arg(short = 'l', value_name = "LIB")]
         libs: Vec<String>,
         /// Most bytes of each string or buffer argument to record (ltrace's -s).
         #[arg(short = 's', value_name = "N", default_value_t = 32)]
         string_limit: usize,
-        /// Record only the allocator family (and what -x/-l select), not every call the
+        /// Record only the allocator family (and what -x selects), not every call the
         /// program makes into shared libraries: the lightest recording for a leak hunt
         /// (ltrace's -L: no default @MAIN).
         #[arg(short = 'L', long, conflicts_with = "calls")]
@@ -274,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sources,
             attach,
             duration,
-            mut extra,
+            extra,
             libs,
             string_limit,
             no_imports,
@@ -302,7 +303,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 protos.extend(conf.protos);
             }
-            extra.extend(libs.iter().map(|l| format!("@{l}")));
             let duration = match duration {
                 Some(s) if !(s.is_finite() && s > 0.0 && s < 1e9) => {
                     anyhow::bail!("--duration must be a positive number of seconds, not {s}")
@@ -326,11 +326,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 protos: Vec::new(),
                 calls: {
                     // Checked here, so a typo fails before the program starts.
-                    if !calls.is_empty() {
-                        record::select::Selection::parse_calls(&calls)?;
+                    if !calls.is_empty() || !libs.is_empty() {
+                        record::select::Selection::parse_calls(&calls)?.add_libraries(&libs)?;
                     }
                     calls
                 },
+                libraries: libs,
                 engine: match engine {
                     EngineArg::Auto => record::Engine::Auto,
                     EngineArg::Agent => record::Engine::Agent,
@@ -365,10 +366,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             );
             for rule in &out.unmatched_calls {
-                eprintln!(
-                    "rltrace: warning: -e rule {rule:?} matched no call the program makes into \
-                     a library"
-                );
+                match rule.strip_prefix("-l ") {
+                    Some(lib) => eprintln!(
+                        "rltrace: warning: -l {lib:?} matched no library the program calls into"
+                    ),
+                    None => eprintln!(
+                        "rltrace: warning: -e rule {rule:?} matched no call the program makes \
+                         into a library"
+                    ),
+                }
             }
             for rule in &out.unmatched {
                 eprintln!("rltrace: warning: -x rule {rule:?} matched no function in any module");

@@ -370,11 +370,22 @@ pub fn replay(
     if let Some(text) = reader.meta().get("prototypes") {
         crate::protos::install(&crate::protos::from_text(text));
     }
-    // Calls recorded under `-e` chains that did not select them (the allocator family is
-    // recorded regardless, for the leak report) are shown only with --all.
-    let shown_calls = reader.meta().get("trace-filter").and_then(|f| {
-        crate::select::Selection::parse_calls(&f.split('\n').collect::<Vec<_>>()).ok()
-    });
+    // Allocator calls recorded under `-e` chains or `-l` patterns that did not select
+    // them (the family is recorded regardless, for the leak report) are shown only with
+    // --all. (The other calls were recorded because they were selected.)
+    let shown_calls = {
+        let meta = reader.meta();
+        let chains: Option<Vec<&str>> = meta.get("trace-filter").map(|f| f.split('\n').collect());
+        let libs: Option<Vec<&str>> = meta
+            .get(crate::format::META_TRACE_LIBRARIES)
+            .map(|l| l.split('\n').collect());
+        match (chains, libs) {
+            (None, None) => None,
+            (chains, libs) => crate::select::Selection::parse_calls(&chains.unwrap_or_default())
+                .ok()
+                .and_then(|mut s| s.add_libraries(&libs.unwrap_or_default()).ok().map(|()| s)),
+        }
+    };
     let x_allocators: Vec<String> = reader
         .meta()
         .get(crate::format::META_X_ALLOCATORS)
@@ -405,9 +416,12 @@ pub fn replay(
             None => None,
         };
         let filtered = match (entry, &shown_calls) {
-            (Some(e), Some(f)) => {
-                !f.would_select(cx.defs.name(e.func), main_name(&cx, e.thread), true)
-            }
+            (Some(e), Some(f)) if cx.defs.class(e.func) != FnClass::Other => !f
+                .would_select_import(
+                    cx.defs.name(e.func),
+                    main_name(&cx, e.thread),
+                    Some(crate::select::C_LIBRARY),
+                ),
             _ => false,
         };
         let origin = entry.and_then(|e| Some((e, cx.defs.functions.get(&e.func)?.origin)));
@@ -421,7 +435,7 @@ pub fn replay(
                 filtered || !called_from_main(&cx, e, !nested) || tail_called(&cx, e, outer)
             }
             // Any other function but the allocator family was selected when recorded: by
-            // -x/-l (whose calls ltrace shows whatever -e says, and wherever they are made:
+            // -x (whose calls ltrace shows whatever -e says, and wherever they are made:
             // `ltrace -x` stops at the function's entry), or as an import the agent
             // redirected in the program's GOT, which only the program's calls go through.
             Some((e, Origin::Hooked)) if cx.defs.class(e.func) == FnClass::Other => false,

@@ -8,6 +8,10 @@
 //! Rules apply left to right and the last one that matches a function decides. As in
 //! ltrace, `-` always separates rules, so library names containing `-` need `?`.
 
+/// The file name of the C library, where the allocator family is defined unless the
+/// program defines its own.
+pub const C_LIBRARY: &str = "libc.so.6";
+
 /// Why a filter cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
@@ -69,6 +73,9 @@ struct Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
     rules: Vec<Rule>,
+    /// `-l` patterns: the program's calls to functions these libraries define (matched on
+    /// the defining library, where `rules` match the caller), any one selecting.
+    libraries: Vec<Rule>,
 }
 
 impl Selection {
@@ -148,7 +155,68 @@ impl Selection {
                 });
             }
         }
-        Ok(Selection { rules })
+        Ok(Selection {
+            rules,
+            libraries: Vec::new(),
+        })
+    }
+
+    /// Adds ltrace's `-l` patterns (globs or `/regex/` on a library's file name): the
+    /// program's calls to functions those libraries define are selected too.
+    pub fn add_libraries<S: AsRef<str>>(&mut self, patterns: &[S]) -> Result<(), SelectError> {
+        for p in patterns {
+            let p = p.as_ref();
+            if p.is_empty() {
+                return Err(SelectError::Empty(format!("-l {p}")));
+            }
+            self.libraries.push(Rule {
+                text: format!("-l {p}"),
+                exclude: false,
+                sym: Pat::Glob("*".to_string()),
+                lib: Some(Some(Pat::parse(p, p)?)),
+                hits: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// True if `-l` patterns were added: imports are then chosen by their defining library
+    /// too, which callers must look up.
+    pub fn has_libraries(&self) -> bool {
+        !self.libraries.is_empty()
+    }
+
+    /// Does the selection take the program's call of import `sym` (made from the main
+    /// executable, whose file name is `caller`), defined in the library whose file name
+    /// is `definer` if known? Counts the deciding rules' hits.
+    pub fn selects_import(&mut self, sym: &str, caller: &str, definer: Option<&str>) -> bool {
+        let by_caller = self.deciding(sym, caller, true);
+        let by_lib = self.library_rule(definer);
+        if let Some(i) = by_caller {
+            self.rules[i].hits += 1;
+        }
+        if let Some(i) = by_lib {
+            self.libraries[i].hits += 1;
+        }
+        by_caller.is_some() || by_lib.is_some()
+    }
+
+    /// [`Selection::selects_import`] without counting the hits.
+    pub fn would_select_import(&self, sym: &str, caller: &str, definer: Option<&str>) -> bool {
+        self.deciding(sym, caller, true).is_some() || self.library_rule(definer).is_some()
+    }
+
+    /// True if a `-l` pattern matches the library whose file name is `file`.
+    pub fn names_library(&self, file: &str) -> bool {
+        self.library_rule(Some(file)).is_some()
+    }
+
+    /// The `-l` rule matching library `definer`, if one does.
+    fn library_rule(&self, definer: Option<&str>) -> Option<usize> {
+        let d = definer?;
+        self.libraries
+            .iter()
+            .position(|r| matches!(&r.lib, Some(Some(l)) if l.matches(d)))
     }
 
     /// Does the chain select function `sym` defined in the module whose file name is
@@ -214,10 +282,11 @@ impl Selection {
         self
     }
 
-    /// Inclusion rules that selected no function.
+    /// Inclusion rules that selected no function (`-l` ones as `-l PATTERN`).
     pub fn unmatched(&self) -> Vec<String> {
         self.rules
             .iter()
+            .chain(&self.libraries)
             .filter(|r| !r.exclude && r.hits == 0)
             .map(|r| r.text.clone())
             .collect()
@@ -230,6 +299,25 @@ pub use rltrace_wire::glob;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l_patterns_select_by_the_defining_library_and_add_to_e() {
+        let mut only_l = Selection::parse_calls::<&str>(&[]).unwrap();
+        only_l.add_libraries(&["libgreet*"]).unwrap();
+        assert!(only_l.has_libraries());
+        // No default @MAIN: nothing but the library's functions.
+        assert!(only_l.selects_import("greet", "callee", Some("libgreet.so")));
+        assert!(!only_l.selects_import("printf", "callee", Some("libc.so.6")));
+        assert!(!only_l.selects_import("greet", "callee", None));
+        let mut both = Selection::parse_calls(&["printf"]).unwrap();
+        both.add_libraries(&["libgreet*", "libz.so*"]).unwrap();
+        assert!(both.selects_import("printf", "callee", Some("libc.so.6")));
+        assert!(both.selects_import("twice", "callee", Some("libgreet.so")));
+        assert!(!both.selects_import("puts", "callee", Some("libc.so.6")));
+        assert_eq!(both.unmatched(), ["-l libz.so*"]);
+        assert!(both.names_library("libgreet.so") && !both.names_library("libc.so.6"));
+        assert!(Selection::default().add_libraries(&[""]).is_err());
+    }
 
     #[test]
     fn globs() {

@@ -105,7 +105,7 @@ fn the_engine_is_chosen_and_explained() {
     let o = record(&dir.join("a.rlt"), leaks_c(), &[]);
     assert_eq!(
         engine_line(&o),
-        "rltrace: engine: agent (dynamically linked program: no -x/-l selection)"
+        "rltrace: engine: agent (dynamically linked program: no -x selection)"
     );
     let stat = build_c("leaks-static-engine", "leaks.c", &["-O1", "-g", "-static"]);
     let o = record(&dir.join("s.rlt"), &stat, &[]);
@@ -135,7 +135,7 @@ fn the_engine_is_chosen_and_explained() {
     assert_eq!(
         engine_line(&o),
         "rltrace: engine: agent+ptrace (dynamically linked program: the agent records the \
-         allocator family and the program's calls, ptrace the other functions -x/-l select)"
+         allocator family and the program's calls, ptrace the other functions -x selects)"
     );
     // The leak report of that run is the agent's alone, block for block.
     let leaks = |f: &str| {

@@ -332,6 +332,98 @@ fn imports_bound_to_one_function_keep_their_names_under_either_engine() {
     }
 }
 
+#[test]
+fn l_shows_only_the_programs_calls_into_the_library_as_ltrace_l() {
+    // ltrace's -l: "display only calls to functions implemented by libraries that match";
+    // the library is the one the loader binds each import to, found by its exports.
+    require_tool("ltrace");
+    let dir = scratch("imports-l");
+    let lib_dir = dir.join("lib");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    let lib = build_c(
+        "libgreet_l.so",
+        "greet.c",
+        &["-O1", "-g", "-shared", "-fPIC"],
+    );
+    let at = lib_dir.join("libgreet_l.so");
+    std::fs::copy(&lib, &at).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", lib_dir.display());
+    let flags = [
+        "-O1",
+        "-g",
+        "-Wl,--no-as-needed",
+        at.to_str().unwrap(),
+        &rpath,
+    ];
+    let mut lazy = flags.to_vec();
+    lazy.push("-Wl,-z,lazy");
+    let bin = build_c("callee_l", "callee.c", &lazy);
+    // ltrace shows the library's functions the program calls and nothing else (no
+    // printf, no prototypes: only names compared).
+    let names = |calls: &[String]| -> Vec<String> {
+        calls
+            .iter()
+            .map(|c| c.split('(').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let ltrace = names(&ltrace_run(
+        &bin,
+        &["-l", "libgreet*"],
+        &[],
+        &dir.join("lt.txt"),
+    ));
+    assert!(
+        !ltrace.is_empty()
+            && ltrace
+                .iter()
+                .all(|n| ["greet", "scale", "twice", "mix"].contains(&n.as_str())),
+        "{ltrace:?}"
+    );
+    let mut now = flags.to_vec();
+    now.push("-Wl,-z,now");
+    let bin_now = build_c("callee_l_now", "callee.c", &now);
+    for (b, engine) in [
+        (&bin, "agent"),
+        (&bin, "ptrace"),
+        (&bin_now, "agent"),
+        (&bin_now, "ptrace"),
+    ] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        record_opts(&["--engine", engine, "-l", "libgreet*"], &rec, b, &[]);
+        // All four, with their DWARF prototypes (ltrace misses `twice`, whose PLT slot the
+        // loader binds first under lazy binding).
+        assert_eq!(
+            traced_calls(&rec, &[]),
+            [
+                "greet(\"world\", 3) = 15",
+                "scale(4, 'k') = 4096",
+                "twice(21) = 42",
+                "mix(3, 0.5, 2.25) = 3.75",
+            ],
+            "{engine} {}",
+            b.display()
+        );
+    }
+    // With -e, -l adds to it; a pattern matching no library the program calls into is a
+    // warning.
+    let rec = dir.join("e.rlt");
+    let o = record_opts(
+        &["-l", "libgreet*", "-l", "libnothing*", "-e", "printf"],
+        &rec,
+        &bin,
+        &[],
+    );
+    assert_eq!(
+        names(&traced_calls(&rec, &[])),
+        ["greet", "scale", "twice", "mix", "printf"]
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: -l \"libnothing*\" matched no library the program calls into"),
+        "{err}"
+    );
+}
+
 /// A call's name and how it ended as `ltrace` prints it: its value, or `unfinished`
 /// (ltrace never closes a call left by longjmp; rltrace says `<no return ...>`).
 fn name_and_end(call: &str) -> (String, String) {

@@ -20,6 +20,8 @@ pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 pub const VERSION: u16 = 7;
 /// Metadata key: nanoseconds per stored time unit (version 6; 1 when absent).
 pub const META_TIME_UNIT: &str = "time-unit-ns";
+/// Metadata key: the `-l` patterns, one per line.
+pub const META_TRACE_LIBRARIES: &str = "trace-libraries";
 /// Metadata key: the allocator functions `-x` selected, one per line.
 pub const META_X_ALLOCATORS: &str = "x-allocators";
 /// The largest time unit a recording may state (one second).

@@ -673,8 +673,14 @@ fn read_conn(
                 out.send(id, Msg::Protos(found))?;
             }
             // The agent waits for the answer before redirecting any call.
-            let skip = traced.map(|t| traced_imports(names, &libraries, t));
-            let reply = import_choice(names, &exe_name, calls, skip.as_deref());
+            let by_lib =
+                calls.is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).has_libraries());
+            let defined_in = match traced.is_some() || by_lib {
+                true => definers(names, &libraries),
+                false => Vec::new(),
+            };
+            let skip = traced.map(|t| traced_imports(names, &defined_in, t));
+            let reply = import_choice(names, &exe_name, &defined_in, calls, skip.as_deref());
             r.get_mut()
                 .write_all(&reply)
                 .map_err(|e| format!("cannot answer the import list: {e}"))?;
@@ -706,42 +712,53 @@ fn callee_prototypes(
     found
 }
 
-/// Which of an image's imports `traced` (the ptrace engine's `-x`) selects in the library
-/// that defines them, the first in load order to export the name: those calls are traced
-/// at the function's entry already.
-fn traced_imports(
+/// The file name of the library that defines each of an image's imports: the first in
+/// load order to export the name, as the loader binds it (`None`: none does).
+fn definers<'a>(
     names: &[(String, bool)],
-    libraries: &[(String, Vec<u8>)],
-    traced: &Selection,
-) -> Vec<bool> {
+    libraries: &'a [(String, Vec<u8>)],
+) -> Vec<Option<&'a str>> {
+    let mut found: HashMap<&str, &'a str> = HashMap::new();
     let mut left: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-    let mut traced_here: std::collections::HashSet<&str> = Default::default();
     for (path, _) in libraries {
         if left.is_empty() {
             break;
         }
         let file = path.rsplit('/').next().unwrap_or(path);
         let defined = crate::elf::exported_functions(Path::new(path), &left);
-        traced_here.extend(
-            defined
-                .iter()
-                .copied()
-                .filter(|n| traced.would_select(n, file, false)),
-        );
+        for n in &defined {
+            found.entry(n).or_insert(file);
+        }
         left.retain(|n| !defined.contains(n));
     }
     names
         .iter()
-        .map(|(name, _)| traced_here.contains(name.as_str()))
+        .map(|(n, _)| found.get(n.as_str()).copied())
+        .collect()
+}
+
+/// Which of an image's imports `traced` (the ptrace engine's `-x`) selects in the library
+/// that defines them: those calls are traced at the function's entry already.
+fn traced_imports(
+    names: &[(String, bool)],
+    definers: &[Option<&str>],
+    traced: &Selection,
+) -> Vec<bool> {
+    names
+        .iter()
+        .zip(definers)
+        .map(|((n, _), d)| d.is_some_and(|file| traced.would_select(n, file, false)))
         .collect()
 }
 
 /// The answer to an image's import list: `count u32`, then one bit per import (set: trace
-/// it), as the `-e` chains select them for calls made from the executable `exe`, less
-/// those `skip` marks (traced by the ptrace engine in the same run).
+/// it), as the `-e` chains and `-l` patterns select them for calls made from the
+/// executable `exe` (`-l` by the library `definers` names, when known), less those
+/// `skip` marks (traced by the ptrace engine in the same run).
 fn import_choice(
     names: &[(String, bool)],
     exe: &str,
+    definers: &[Option<&str>],
     calls: Option<&Mutex<Selection>>,
     skip: Option<&[bool]>,
 ) -> Vec<u8> {
@@ -753,7 +770,7 @@ fn import_choice(
             continue;
         }
         let on = match sel.as_mut() {
-            Some(s) => s.selects(name, exe, true),
+            Some(s) => s.selects_import(name, exe, definers.get(i).copied().flatten()),
             None => true,
         };
         if on {

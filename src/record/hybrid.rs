@@ -1,4 +1,4 @@
-//! Recording with both engines at once, for a dynamically linked program whose `-x`/`-l`
+//! Recording with both engines at once, for a dynamically linked program whose `-x`
 //! selection names functions the agent does not interpose: the agent records what it can
 //! in-process (the allocator family, the program's calls through its imports, every
 //! process image), the ptrace engine only the selected functions, from every caller, at a
@@ -226,7 +226,12 @@ pub(super) fn record(
     for rule in &unmatched_calls {
         sink.note(
             root,
-            format!("-e rule {rule:?} matched no call the program makes into a library"),
+            match rule.strip_prefix("-l ") {
+                Some(lib) => format!("-l {lib:?} matched no library the program calls into"),
+                None => {
+                    format!("-e rule {rule:?} matched no call the program makes into a library")
+                }
+            },
         )
         .map_err(TraceError::from)?;
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::format::{ExitHow, Meta, Origin};
 pub use ptrace::tracer::{Progress, DEFAULT_TIME_UNIT};
 use ptrace::tracer::{TraceError, TraceOptions, Tracer};
+use select::C_LIBRARY;
 use sink::Sink;
 
 /// What to record.
@@ -63,8 +64,11 @@ pub struct RecordRequest {
     /// Functions to trace besides the allocator family (`-x`).
     pub select: Option<select::Selection>,
     /// Which of the program's calls through its imports to trace (`-e` chains; empty:
-    /// all, ltrace's `@MAIN`).
+    /// all, ltrace's `@MAIN`, unless `libraries` is not).
     pub calls: Vec<String>,
+    /// `-l` patterns: also (with no `-e`: only) the program's calls to functions the
+    /// libraries they match define.
+    pub libraries: Vec<String>,
     /// Prototypes loaded from ltrace.conf files (`-F`), before the built-in ones.
     pub protos: Vec<crate::protos::Loaded>,
     /// Which engine records.
@@ -185,7 +189,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
     match (req.engine, refusal, library) {
         (Engine::Ptrace, _, _) => Ok((Choice::Ptrace, "asked for with --engine".into())),
         (Engine::Agent, _, _) if beyond => Err(RecordError::AgentRefused(
-            "-x/-l select functions the agent does not interpose".into(),
+            "-x selects functions the agent does not interpose".into(),
         )),
         (Engine::Agent, Some(why), _) => Err(RecordError::AgentRefused(why)),
         (Engine::Agent, None, Some(lib)) => {
@@ -195,7 +199,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
         (_, None, Some(lib)) if beyond => Ok((
             Choice::Both(lib),
             "dynamically linked program: the agent records the allocator family and the \
-             program's calls, ptrace the other functions -x/-l select"
+             program's calls, ptrace the other functions -x selects"
                 .into(),
         )),
         (_, None, Some(lib)) if req.select.is_some() => Ok((
@@ -206,7 +210,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
         )),
         (_, None, Some(lib)) => Ok((
             Choice::Agent(lib),
-            "dynamically linked program: no -x/-l selection".into(),
+            "dynamically linked program: no -x selection".into(),
         )),
         (_, None, None) => Ok((Choice::Ptrace, "the agent library was not found".into())),
     }
@@ -255,7 +259,7 @@ pub fn record(req: &RecordRequest) -> Result<RecordOutcome, RecordError> {
     protos.extend(req.protos.iter().cloned());
     crate::protos::install(&protos);
     let mut trace = req.trace.clone();
-    if matches!(req.target, Target::Pid(_)) && req.calls.is_empty() {
+    if matches!(req.target, Target::Pid(_)) && req.calls.is_empty() && req.libraries.is_empty() {
         // Attached to a running (often production) process, every traced call costs a
         // stop, and a recorder killed while a thread sits in one leaves that thread past
         // its `int3` (the kernel does not deliver it the SIGTRAP again): the program's
@@ -307,16 +311,18 @@ fn dwarf_protos(req: &RecordRequest) -> Vec<crate::protos::Loaded> {
 
 /// The `-e` chains, if any.
 fn call_selection(req: &RecordRequest) -> Result<Option<select::Selection>, RecordError> {
-    if req.calls.is_empty() {
+    if req.calls.is_empty() && req.libraries.is_empty() {
         return Ok(None);
     }
-    Ok(Some(select::Selection::parse_calls(&req.calls)?))
+    let mut sel = select::Selection::parse_calls(&req.calls)?;
+    sel.add_libraries(&req.libraries)?;
+    Ok(Some(sel))
 }
 
 /// How replay shows allocator calls. In the default trace of the program's calls they are
 /// among them: one made by a library, outside any traced call (a constructor's, the C
 /// library's at exit), is hidden unless `--all`, as ltrace would not show it. With `-L`
-/// (the allocator family alone) or `-x`/`-l` (ltrace's `-x malloc` shows every caller),
+/// (the allocator family alone) or `-x` (ltrace's `-x malloc` shows every caller),
 /// every allocator call is the trace's business.
 fn allocator_origin(req: &RecordRequest) -> Origin {
     if req.trace.imports && req.select.is_none() {
@@ -325,10 +331,6 @@ fn allocator_origin(req: &RecordRequest) -> Origin {
         Origin::Hooked
     }
 }
-
-/// The file name of the C library, where the allocator family is defined unless the
-/// program defines its own.
-const C_LIBRARY: &str = "libc.so.6";
 
 /// Stores what replay needs of the request: the loaded prototypes, so that it shows the
 /// arguments as they were captured, and the `-e` chains, so that it shows the calls they
@@ -341,6 +343,12 @@ fn add_request_meta(meta: &mut Meta, req: &RecordRequest) {
     if !req.calls.is_empty() {
         meta.pairs
             .push(("trace-filter".to_string(), req.calls.join("\n")));
+    }
+    if !req.libraries.is_empty() {
+        meta.pairs.push((
+            crate::format::META_TRACE_LIBRARIES.to_string(),
+            req.libraries.join("\n"),
+        ));
     }
     if let Some(sel) = &req.select {
         // Allocator functions -x selects show wherever they are called and whatever -e
@@ -531,7 +539,12 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
     for rule in &unmatched_calls {
         sink.note(
             pid,
-            format!("-e rule {rule:?} matched no call the program makes into a library"),
+            match rule.strip_prefix("-l ") {
+                Some(lib) => format!("-l {lib:?} matched no library the program calls into"),
+                None => {
+                    format!("-e rule {rule:?} matched no call the program makes into a library")
+                }
+            },
         )
         .map_err(TraceError::from)?;
     }

@@ -826,6 +826,12 @@ impl<'s, W: Write> Tracer<'s, W> {
             }
             if !is_exe {
                 self.callee_prototypes(pid, &m)?;
+                // Where `-l` looks for the library defining an import, in load order.
+                if self.opts.skip_module.as_deref() != Some(file.as_str()) {
+                    if let Some(i) = self.imports.get_mut(&pid) {
+                        i.libraries.push(m.path.clone());
+                    }
+                }
             }
             let mut defs = m.elf.defined_functions(&self.names, is_exe);
             // Aliases share an address; the first name in the table names the hook.

@@ -25,6 +25,10 @@ pub(super) struct Imports {
     pub(super) exe: (u64, u64),
     /// Every `JUMP_SLOT`/`GLOB_DAT` slot of an imported function.
     pub(super) slots: Vec<Slot>,
+    /// The executable's file name (what `-e` library patterns match).
+    pub(super) exe_name: String,
+    /// The libraries mapped since, in load order: `-l` finds an import's definer there.
+    pub(super) libraries: Vec<String>,
 }
 
 /// One GOT slot of an imported function.
@@ -57,6 +61,11 @@ impl Imports {
         Imports {
             exe: (m.start, m.end),
             slots,
+            exe_name: std::path::Path::new(&m.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            libraries: Vec::new(),
         }
     }
 
@@ -94,9 +103,10 @@ impl<W: Write> Tracer<'_, W> {
     /// Hooks process `pid`'s traced imports where its GOT leads (see the module
     /// documentation).
     pub(super) fn hook_imports(&mut self, pid: u32, tid: u32) -> Result<(), FormatError> {
-        let Some(imports) = self.imports.remove(&pid) else {
+        let Some(mut imports) = self.imports.remove(&pid) else {
             return Ok(());
         };
+        self.choose_by_library(&mut imports);
         let Some(space_rc) = self.procs.get(&pid).map(|p| p.space.clone()) else {
             return Ok(());
         };
@@ -138,6 +148,55 @@ impl<W: Write> Tracer<'_, W> {
         Ok(())
     }
 
+    /// Marks traced the imports `-l` selects, by the library that defines them: the first
+    /// in load order to export the name, as the loader binds it (and as the agent
+    /// engine decides).
+    fn choose_by_library(&mut self, imports: &mut Imports) {
+        let Some(sel) = self.calls.as_deref_mut().filter(|s| s.has_libraries()) else {
+            return;
+        };
+        if !self.opts.imports {
+            return;
+        }
+        let mut left: Vec<&str> = imports
+            .slots
+            .iter()
+            .filter(|s| !s.traced && traceable(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        left.sort_unstable();
+        left.dedup();
+        let mut definer: HashMap<String, String> = HashMap::new();
+        for path in &imports.libraries {
+            if left.is_empty() {
+                break;
+            }
+            let file = path.rsplit('/').next().unwrap_or(path);
+            let defined = crate::elf::exported_functions(std::path::Path::new(path), &left);
+            for n in &defined {
+                definer
+                    .entry(n.to_string())
+                    .or_insert_with(|| file.to_string());
+            }
+            left.retain(|n| !defined.contains(n));
+        }
+        let mut decided: HashMap<String, bool> = HashMap::new();
+        for s in imports
+            .slots
+            .iter_mut()
+            .filter(|s| !s.traced && traceable(&s.name))
+        {
+            let on = *decided.entry(s.name.clone()).or_insert_with(|| {
+                sel.selects_import(
+                    &s.name,
+                    &imports.exe_name,
+                    definer.get(&s.name).map(String::as_str),
+                )
+            });
+            s.traced = on;
+        }
+    }
+
     /// Prototypes, from library `m`'s DWARF, of process `pid`'s imports that `m` defines
     /// and that have none yet: used to capture their arguments and stored in the
     /// recording for replay. The first library defining a name, in load order, gives it.
@@ -145,10 +204,14 @@ impl<W: Write> Tracer<'_, W> {
         let Some(imports) = self.imports.get(&pid) else {
             return Ok(());
         };
+        // Those `-l` may select once the library defining each is known, too.
+        let file = m.path.rsplit('/').next().unwrap_or(&m.path);
+        let by_lib =
+            self.opts.imports && self.calls.as_deref().is_some_and(|s| s.names_library(file));
         let names: Vec<&str> = imports
             .slots
             .iter()
-            .filter(|s| s.traced)
+            .filter(|s| s.traced || (by_lib && traceable(&s.name)))
             .map(|s| s.name.as_str())
             .filter(|n| crate::protos::lookup(n).is_none())
             .collect();
