@@ -516,14 +516,7 @@ fn c_counts_the_calls_that_failed_by_their_return_values() {
     ];
     for engine in ["agent", "ptrace"] {
         let rec = dir.join(format!("{engine}.rlt"));
-        let o = rltrace()
-            .args(["record", "--engine", engine, "-o"])
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        record_opts(&["--engine", engine], &rec, &bin);
         let table = replay_clean(&rec, &["-c"]);
         let rows = summary_rows(&table);
         let got: Vec<(&str, (u64, u64))> = expected.iter().map(|(f, _)| (*f, rows[*f])).collect();
@@ -536,14 +529,7 @@ fn c_counts_the_calls_that_failed_by_their_return_values() {
     // System calls (-S): errors are -errno returns, counted as strace counts them.
     require_tool("strace");
     let rec = dir.join("syscalls.rlt");
-    let o = rltrace()
-        .args(["record", "-S", "-o"])
-        .arg(&rec)
-        .arg("--")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    record_opts(&["-S"], &rec, &bin);
     let ours = summary_rows(&replay_clean(&rec, &["-c"]));
     let st = std::process::Command::new("strace")
         .arg("-c")

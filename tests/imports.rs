@@ -999,20 +999,23 @@ fn as_percent_f(s: &str) -> String {
     .into_owned()
 }
 
+/// The floating-point fixture, lazily bound (so that ltrace sees its calls), its libm
+/// calls kept as calls.
+fn build_floats(name: &str) -> PathBuf {
+    let flags = [
+        "-O1",
+        "-g",
+        "-fno-builtin",
+        "-Wl,-z,lazy,--no-as-needed",
+        "-lm",
+    ];
+    build_c(name, "floats.c", &flags)
+}
+
 #[test]
 fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
     require_tool("ltrace");
-    let bin = build_c(
-        "floats_lazy",
-        "floats.c",
-        &[
-            "-O1",
-            "-g",
-            "-fno-builtin",
-            "-Wl,-z,lazy,--no-as-needed",
-            "-lm",
-        ],
-    );
+    let bin = build_floats("floats_lazy");
     let dir = scratch("imports-floats");
     // Debian's ltrace.conf declares no libm function: ltrace is given the declarations
     // (and, since -F replaces its file, printf's).
@@ -1062,17 +1065,7 @@ fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
 #[test]
 fn x_selects_calls_that_e_does_not_as_ltrace_shows_them() {
     require_tool("ltrace");
-    let bin = build_c(
-        "floats_lazy_x",
-        "floats.c",
-        &[
-            "-O1",
-            "-g",
-            "-fno-builtin",
-            "-Wl,-z,lazy,--no-as-needed",
-            "-lm",
-        ],
-    );
+    let bin = build_floats("floats_lazy_x");
     let dir = scratch("imports-x-and-e");
     let conf = dir.join("floats.conf");
     std::fs::write(
