@@ -449,6 +449,28 @@ pub fn exported_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
     out
 }
 
+/// The file name of the library defining each of `names` that one does: the first of
+/// `libraries` (paths, in load order) to export it, as the loader binds it.
+pub fn definers<'n, 'l>(
+    names: &[&'n str],
+    libraries: impl IntoIterator<Item = &'l str>,
+) -> std::collections::HashMap<&'n str, &'l str> {
+    let mut found = std::collections::HashMap::new();
+    let mut left = names.to_vec();
+    for path in libraries {
+        if left.is_empty() {
+            break;
+        }
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let defined = exported_functions(Path::new(path), &left);
+        for n in &defined {
+            found.entry(*n).or_insert(file);
+        }
+        left.retain(|n| !defined.contains(n));
+    }
+    found
+}
+
 /// Whether `raw` is a function (or GNU IFUNC) the file defines at an address, bound
 /// globally or weakly (or locally, with `with_local`).
 fn defines_function(raw: &elf::Sym64<Endianness>, endian: Endianness, with_local: bool) -> bool {

@@ -366,15 +366,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             );
             for rule in &out.unmatched_calls {
-                match rule.strip_prefix("-l ") {
-                    Some(lib) => eprintln!(
-                        "rltrace: warning: -l {lib:?} matched no library the program calls into"
-                    ),
-                    None => eprintln!(
-                        "rltrace: warning: -e rule {rule:?} matched no call the program makes \
-                         into a library"
-                    ),
-                }
+                eprintln!(
+                    "rltrace: warning: {}",
+                    record::select::unmatched_call_text(rule)
+                );
             }
             for rule in &out.unmatched {
                 eprintln!("rltrace: warning: -x rule {rule:?} matched no function in any module");

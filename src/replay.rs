@@ -664,22 +664,7 @@ impl TraceWriter {
         show_stack: bool,
     ) -> std::io::Result<()> {
         match step {
-            // A call that never returns (`exit`, `longjmp`), as ltrace shows it.
-            Some(Step::Began { enter, depth, .. })
-                if rltrace_wire::protos::never_returns(defs.name(enter.func)) =>
-            {
-                self.flush(out, defs)?;
-                let t = self.at(Some(enter.ts));
-                let head = self.head(defs, sym, enter, depth);
-                self.pending = Some((
-                    enter.thread,
-                    head,
-                    self.caller_of(enter.stack, defs, sym),
-                    enter.stack,
-                ));
-                self.pending_prefix = t;
-                self.flush_as(out, defs, "<no return ...>")
-            }
+            // Its return is not shown: the call's line said so.
             Some(Step::Ended { enter, exit, .. })
                 if exit.ret.is_none()
                     && rltrace_wire::protos::never_returns(defs.name(enter.func)) =>
@@ -687,27 +672,26 @@ impl TraceWriter {
                 Ok(())
             }
             Some(Step::Began {
-                enter,
-                void: true,
-                depth,
-                ..
+                enter, void, depth, ..
             }) => {
                 self.flush(out, defs)?;
-                let (pid, tid) = defs.thread(enter.thread);
                 let c = self.caller_of(enter.stack, defs, sym);
                 let t = self.at(Some(enter.ts));
                 let head = self.head(defs, sym, enter, depth);
-                let line = format!("{t}[{pid} {tid}] {head}) = <void>");
-                Self::write_line(out, line, &c, enter.stack, defs, sym, show_stack)
-            }
-            Some(Step::Began { enter, depth, .. }) => {
-                self.flush(out, defs)?;
-                let c = self.caller_of(enter.stack, defs, sym);
-                let t = self.at(Some(enter.ts));
-                let head = self.head(defs, sym, enter, depth);
-                self.pending = Some((enter.thread, head, c, enter.stack));
-                self.pending_prefix = t;
-                Ok(())
+                if rltrace_wire::protos::never_returns(defs.name(enter.func)) {
+                    // `exit(0 <no return ...>`, as ltrace shows it.
+                    self.pending = Some((enter.thread, head, c, enter.stack));
+                    self.pending_prefix = t;
+                    self.flush_as(out, defs, "<no return ...>")
+                } else if void {
+                    let (pid, tid) = defs.thread(enter.thread);
+                    let line = format!("{t}[{pid} {tid}] {head}) = <void>");
+                    Self::write_line(out, line, &c, enter.stack, defs, sym, show_stack)
+                } else {
+                    self.pending = Some((enter.thread, head, c, enter.stack));
+                    self.pending_prefix = t;
+                    Ok(())
+                }
             }
             Some(Step::Ended { enter, exit, .. }) => {
                 let (pid, tid) = defs.thread(enter.thread);

@@ -293,6 +293,15 @@ impl Selection {
     }
 }
 
+/// What to say of a rule of the `-e` chains or a `-l` pattern (as [`Selection::unmatched`]
+/// names it) that selected no call.
+pub fn unmatched_call_text(rule: &str) -> String {
+    match rule.strip_prefix("-l ") {
+        Some(lib) => format!("-l {lib:?} matched no library the program calls into"),
+        None => format!("-e rule {rule:?} matched no call the program makes into a library"),
+    }
+}
+
 /// Shell-style glob with `*` and `?` (shared with the agent).
 pub use rltrace_wire::glob;
 

@@ -712,29 +712,15 @@ fn callee_prototypes(
     found
 }
 
-/// The file name of the library that defines each of an image's imports: the first in
-/// load order to export the name, as the loader binds it (`None`: none does).
+/// The file name of the library that defines each of an image's imports (`None`: none
+/// does), by [`crate::elf::definers`].
 fn definers<'a>(
     names: &[(String, bool)],
     libraries: &'a [(String, Vec<u8>)],
 ) -> Vec<Option<&'a str>> {
-    let mut found: HashMap<&str, &'a str> = HashMap::new();
-    let mut left: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-    for (path, _) in libraries {
-        if left.is_empty() {
-            break;
-        }
-        let file = path.rsplit('/').next().unwrap_or(path);
-        let defined = crate::elf::exported_functions(Path::new(path), &left);
-        for n in &defined {
-            found.entry(n).or_insert(file);
-        }
-        left.retain(|n| !defined.contains(n));
-    }
-    names
-        .iter()
-        .map(|(n, _)| found.get(n.as_str()).copied())
-        .collect()
+    let wanted: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+    let found = crate::elf::definers(&wanted, libraries.iter().map(|(p, _)| p.as_str()));
+    wanted.iter().map(|n| found.get(n).copied()).collect()
 }
 
 /// Which of an image's imports `traced` (the ptrace engine's `-x`) selects in the library

@@ -224,16 +224,8 @@ pub(super) fn record(
         .unwrap_or_default();
     let root = launched.get().unwrap_or(0);
     for rule in &unmatched_calls {
-        sink.note(
-            root,
-            match rule.strip_prefix("-l ") {
-                Some(lib) => format!("-l {lib:?} matched no library the program calls into"),
-                None => {
-                    format!("-e rule {rule:?} matched no call the program makes into a library")
-                }
-            },
-        )
-        .map_err(TraceError::from)?;
+        sink.note(root, select::unmatched_call_text(rule))
+            .map_err(TraceError::from)?;
     }
     let agent_summary = sink.finish().map_err(TraceError::from);
     let traced = tracer_thread.join().unwrap_or_else(|_| {

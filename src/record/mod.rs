@@ -537,16 +537,8 @@ fn record_ptrace(req: &RecordRequest, why: String) -> Result<RecordOutcome, Reco
             .map_err(TraceError::from)?;
     }
     for rule in &unmatched_calls {
-        sink.note(
-            pid,
-            match rule.strip_prefix("-l ") {
-                Some(lib) => format!("-l {lib:?} matched no library the program calls into"),
-                None => {
-                    format!("-e rule {rule:?} matched no call the program makes into a library")
-                }
-            },
-        )
-        .map_err(TraceError::from)?;
+        sink.note(pid, select::unmatched_call_text(rule))
+            .map_err(TraceError::from)?;
     }
     // Whatever happened, close the file properly so it replays.
     let (_, summary) = sink.finish().map_err(TraceError::from)?;

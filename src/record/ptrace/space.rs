@@ -766,9 +766,13 @@ impl Space {
     }
 
     /// The function id of the alias at breakpoint `addr` that the call returning to `ra`
-    /// made, if `addr` has aliases and the call site tells which.
+    /// made, if `addr` has aliases and the call site tells which (not when `ra` is a
+    /// return stub: a tail call from a traced function).
     pub fn alias_at(&self, addr: u64, ra: u64) -> Option<u32> {
         let aliases = self.aliases.get(&addr)?;
+        if self.in_region(ra) {
+            return None;
+        }
         let mut before = [0u8; 6];
         self.mem.read(ra.checked_sub(6)?, &mut before).ok()?;
         alias_called(aliases, call_site(before, ra)?)

@@ -1743,10 +1743,7 @@ impl<'s, W: Write> Tracer<'s, W> {
         }
         let frames = self.ras.iter().map(|&a| space.frame(a)).collect();
         // One breakpoint for several imports (memcpy and memmove): the call site names it.
-        let f = ra_raw
-            .filter(|&ra| !space.in_region(ra))
-            .and_then(|ra| space.alias_at(addr, ra))
-            .unwrap_or(f);
+        let f = ra_raw.and_then(|ra| space.alias_at(addr, ra)).unwrap_or(f);
         let func = &self.funcs[f as usize];
         let gpr = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
         let proto = match func.class {

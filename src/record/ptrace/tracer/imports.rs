@@ -124,11 +124,7 @@ impl<W: Write> Tracer<'_, W> {
             let id = self.import_id(&name)?;
             by_addr.entry(at).or_default().push(Alias {
                 id,
-                plt: imports
-                    .slots
-                    .iter()
-                    .find(|s| s.name == name)
-                    .and_then(|s| s.plt),
+                plt,
                 slots: imports
                     .slots
                     .iter()
@@ -158,42 +154,24 @@ impl<W: Write> Tracer<'_, W> {
         if !self.opts.imports {
             return;
         }
-        let mut left: Vec<&str> = imports
+        let mut names: Vec<&str> = imports
             .slots
             .iter()
             .filter(|s| !s.traced && traceable(&s.name))
             .map(|s| s.name.as_str())
             .collect();
-        left.sort_unstable();
-        left.dedup();
-        let mut definer: HashMap<String, String> = HashMap::new();
-        for path in &imports.libraries {
-            if left.is_empty() {
-                break;
-            }
-            let file = path.rsplit('/').next().unwrap_or(path);
-            let defined = crate::elf::exported_functions(std::path::Path::new(path), &left);
-            for n in &defined {
-                definer
-                    .entry(n.to_string())
-                    .or_insert_with(|| file.to_string());
-            }
-            left.retain(|n| !defined.contains(n));
-        }
-        let mut decided: HashMap<String, bool> = HashMap::new();
-        for s in imports
-            .slots
-            .iter_mut()
-            .filter(|s| !s.traced && traceable(&s.name))
-        {
-            let on = *decided.entry(s.name.clone()).or_insert_with(|| {
-                sel.selects_import(
-                    &s.name,
-                    &imports.exe_name,
-                    definer.get(&s.name).map(String::as_str),
-                )
-            });
-            s.traced = on;
+        names.sort_unstable();
+        names.dedup();
+        let found = crate::elf::definers(&names, imports.libraries.iter().map(String::as_str));
+        let chosen: HashMap<String, bool> = names
+            .iter()
+            .map(|n| {
+                let on = sel.selects_import(n, &imports.exe_name, found.get(n).copied());
+                (n.to_string(), on)
+            })
+            .collect();
+        for s in &mut imports.slots {
+            s.traced |= chosen.get(&s.name).copied().unwrap_or(false);
         }
     }
 
