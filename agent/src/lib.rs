@@ -100,6 +100,11 @@ pub(crate) fn disable() {
 struct ThreadState {
     ring: &'static ring::Ring,
     stack_top: u64,
+    /// The stack mapping the last unwind ran on, and whether it is the main thread's:
+    /// checked before the per-thread cache of `stacks::bounds`, which cost 5% of a
+    /// recorded run (a thread-local lookup and a copy of the cache per call).
+    map: (u64, u64),
+    map_main: bool,
     cache: CacheX86_64,
     /// Unwinds found before, reused while the stack words they read are unchanged.
     unwinds: stackcache::StackCache,
@@ -117,15 +122,37 @@ struct ThreadState {
     open: Vec<u64>,
 }
 
+/// A thread's agent words, in one thread-local: in a shared library every access to one
+/// is a `__tls_get_addr` call, and a hook used to make four (2% of a recorded run).
+struct Tls {
+    /// Set while this thread runs agent code: nested allocator calls pass straight
+    /// through.
+    guard: Cell<bool>,
+    state: Cell<*mut ThreadState>,
+}
+
 thread_local! {
-    /// Set while this thread runs agent code: nested allocator calls pass straight through.
-    static GUARD: Cell<bool> = const { Cell::new(false) };
-    static STATE: Cell<*mut ThreadState> = const { Cell::new(std::ptr::null_mut()) };
+    static TLS: Tls = const {
+        Tls {
+            guard: Cell::new(false),
+            state: Cell::new(std::ptr::null_mut()),
+        }
+    };
+}
+
+/// The calling thread's agent words.
+#[inline(always)]
+fn tls() -> &'static Tls {
+    let p = TLS.with(|t| t as *const Tls);
+    // SAFETY: a const-initialised thread-local without a destructor lives as long as its
+    // thread, and the reference is only used on this thread (hooks, constructors and
+    // fork handlers hold it for the duration of one call).
+    unsafe { &*p }
 }
 
 /// True while the calling thread runs agent code (and may hold the agent's locks).
 pub(crate) fn in_agent() -> bool {
-    GUARD.with(|g| g.get())
+    tls().guard.get()
 }
 
 /// Sends what the rings hold from a fatal signal's handler (the caller checked that this
@@ -139,7 +166,7 @@ pub(crate) fn flush_on_signal(sig: i32) {
 
 /// Marks the calling thread as the agent's own (its calls are never recorded).
 pub(crate) fn mark_agent_thread() {
-    GUARD.with(|g| g.set(true));
+    tls().guard.set(true);
 }
 
 /// The time stamp counter: a third of the cost of the vDSO clock, and the recorder maps
@@ -184,8 +211,8 @@ const MIN_UNWIND_ROOM: u64 = 24 << 10;
 const MAX_STACK: u64 = 1 << 30;
 
 /// The calling thread's state, made on its first traced call.
-fn state() -> Option<&'static mut ThreadState> {
-    let p = STATE.with(|s| s.get());
+fn state(tls: &Tls) -> Option<&'static mut ThreadState> {
+    let p = tls.state.get();
     if !p.is_null() {
         // SAFETY: made by Box::into_raw below for this thread alone.
         return Some(unsafe { &mut *p });
@@ -195,6 +222,8 @@ fn state() -> Option<&'static mut ThreadState> {
     let st = Box::into_raw(Box::new(ThreadState {
         ring,
         stack_top: stack_top(tid),
+        map: (0, 0),
+        map_main: false,
         cache: CacheX86_64::new(),
         unwinds: stackcache::StackCache::default(),
         log: stackcache::ReadLog::default(),
@@ -204,7 +233,7 @@ fn state() -> Option<&'static mut ThreadState> {
         data: vec![0; wire::MAX_DATA + 1],
         open: Vec::new(),
     }));
-    STATE.with(|s| s.set(st));
+    tls.state.set(st);
     let key = KEY.load(Ordering::Acquire);
     if key != usize::MAX {
         // SAFETY: a key made by pthread_key_create; the value is only used as a flag.
@@ -216,7 +245,7 @@ fn state() -> Option<&'static mut ThreadState> {
 
 /// pthread key destructor: the thread is exiting; its ring is drained and reused.
 unsafe extern "C" fn thread_exit(_: *mut c_void) {
-    let p = STATE.with(|s| s.replace(std::ptr::null_mut()));
+    let p = tls().state.replace(std::ptr::null_mut());
     if p.is_null() {
         return;
     }
@@ -250,15 +279,19 @@ fn capture_stack(st: &mut ThreadState) -> u32 {
     let (pc, sp, bp) = registers();
     // Reads stay inside the mapping the hook runs on (a coroutine's stack may sit next
     // to unmapped pages); frames on another stack end the unwind.
-    let Some((start, end)) = stacks::bounds(sp) else {
-        return wire::NO_STACK;
-    };
+    if !(st.map.0..st.map.1).contains(&sp) {
+        let Some(map) = stacks::bounds(sp) else {
+            return wire::NO_STACK;
+        };
+        st.map = map;
+        // SAFETY: __libc_stack_end is written once by ld.so before any code runs.
+        st.map_main = (map.0..=map.1).contains(&unsafe { __libc_stack_end as u64 });
+    }
+    let (start, end) = st.map;
     // The unwinder needs about 10 KiB of stack. A fixed-size stack (a thread's, a
     // coroutine's) with less room left would overflow: the call is recorded without its
     // stack instead. The main thread's stack grows on demand.
-    // SAFETY: __libc_stack_end is written once by ld.so before any code runs.
-    let main_stack = (start..=end).contains(&unsafe { __libc_stack_end as u64 });
-    if !main_stack && sp - start < MIN_UNWIND_ROOM {
+    if !st.map_main && sp - start < MIN_UNWIND_ROOM {
         return wire::NO_STACK;
     }
     let mut key = stackcache::Key {
@@ -331,28 +364,44 @@ fn define_stack(st: &mut ThreadState, n: usize) -> u32 {
 
 /// A traced call in progress.
 struct Open {
+    tls: &'static Tls,
     st: &'static mut ThreadState,
     stack: u32,
     ts_in: u64,
     seq: Option<u64>,
 }
 
+/// Takes the calling thread's guard and its state, or `None` if this call passes through
+/// unrecorded (recording is off, the agent itself called, or no state could be made).
+#[inline(always)]
+fn enter() -> Option<(&'static Tls, &'static mut ThreadState)> {
+    if !ENABLED.load(Ordering::Acquire) {
+        return None;
+    }
+    let tls = tls();
+    if tls.guard.replace(true) {
+        return None;
+    }
+    match state(tls) {
+        Some(st) => Some((tls, st)),
+        None => {
+            tls.guard.set(false);
+            None
+        }
+    }
+}
+
 /// Starts recording a call, or `None` if this one passes through unrecorded.
 #[inline(always)]
 fn begin(seq_at_entry: bool) -> Option<Open> {
-    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
-        return None;
-    }
-    let Some(st) = state() else {
-        GUARD.with(|g| g.set(false));
-        return None;
-    };
+    let (tls, st) = enter()?;
     if !st.open.is_empty() {
         settle(st, registers().1);
     }
     let stack = capture_stack(st);
     let seq = seq_at_entry.then(|| conn::SEQ.next());
     Some(Open {
+        tls,
         st,
         stack,
         ts_in: now(),
@@ -394,7 +443,7 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
         .push_with(wire::call_len(wire::CALL_ARGS), &conn::try_drain, |dst| {
             wire::put_call(dst, &c)
         });
-    GUARD.with(|g| g.set(false));
+    o.tls.guard.set(false);
 }
 
 // ---- calls through the main executable's imports ----
@@ -526,11 +575,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
         std::process::abort();
     };
     copy_stack_args(r);
-    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
-        return hook.target;
-    }
-    let Some(st) = state() else {
-        GUARD.with(|g| g.set(false));
+    let Some((tls, st)) = enter() else {
         return hook.target;
     };
     let frame = r.frame();
@@ -561,17 +606,13 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     put_data(&mut st.rec, &mut st.data, hook.proto, args, r.stack_args());
     st.ring.push(&st.rec, &conn::try_drain);
     st.open.push(frame);
-    GUARD.with(|g| g.set(false));
+    tls.guard.set(false);
     hook.target
 }
 
 /// Called by the import trampoline after the real function returned `ret`.
 pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
-    if !ENABLED.load(Ordering::Acquire) || GUARD.with(|g| g.replace(true)) {
-        return;
-    }
-    let Some(st) = state() else {
-        GUARD.with(|g| g.set(false));
+    let Some((tls, st)) = enter() else {
         return;
     };
     settle(st, frame);
@@ -586,7 +627,7 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
         let ret = if vector { xmm0 } else { ret };
         push_exit(st, Some(ret));
     }
-    GUARD.with(|g| g.set(false));
+    tls.guard.set(false);
 }
 
 // ---- the interposed functions ----
@@ -721,9 +762,10 @@ page_hook!(pvalloc, real_pvalloc, f::PVALLOC);
 
 /// Runs agent bookkeeping with the guard set.
 fn guarded<R>(f: impl FnOnce() -> R) -> R {
-    let was = GUARD.with(|g| g.replace(true));
+    let tls = tls();
+    let was = tls.guard.replace(true);
     let r = f();
-    GUARD.with(|g| g.set(was));
+    tls.guard.set(was);
     r
 }
 
@@ -983,7 +1025,7 @@ extern "C" fn init() {
     conn::start_writer();
     signals::install();
     ENABLED.store(true, Ordering::Release);
-    GUARD.with(|g| g.set(false));
+    tls().guard.set(false);
 }
 
 extern "C" fn fini() {
@@ -991,7 +1033,7 @@ extern "C" fn fini() {
 }
 
 extern "C" fn fork_prepare() {
-    GUARD.with(|g| g.set(true));
+    tls().guard.set(true);
     modules::LOCK.write();
     conn::DRAIN.write();
     conn::SOCK.write();
@@ -1001,7 +1043,7 @@ extern "C" fn fork_parent() {
     conn::SOCK.write_unlock();
     conn::DRAIN.write_unlock();
     modules::LOCK.write_unlock();
-    GUARD.with(|g| g.set(false));
+    tls().guard.set(false);
 }
 
 extern "C" fn fork_child() {
@@ -1012,7 +1054,7 @@ extern "C" fn fork_child() {
     disable();
     conn::abandon();
     // The parent's unsent records stay the parent's; only this thread exists here.
-    let me = STATE.with(|s| s.get());
+    let me = tls().state.get();
     let tid = gettid();
     for r in ring::iter() {
         r.clear();
@@ -1048,7 +1090,7 @@ extern "C" fn fork_child() {
             ENABLED.store(true, Ordering::Release);
         }
     }
-    GUARD.with(|g| g.set(false));
+    tls().guard.set(false);
 }
 
 #[used]
