@@ -315,6 +315,15 @@ pub fn put_varint(mut v: u64, mut put: impl FnMut(u8)) {
     }
 }
 
+/// Bytes an unsigned LEB128 varint of `v` takes: the significant bits divided by seven,
+/// rounded up, computed with a multiply and a shift (the division by seven was a quarter
+/// of the agent's call encoding).
+#[inline(always)]
+pub fn varint_len(v: u64) -> usize {
+    let log2 = 63 - (v | 1).leading_zeros() as usize;
+    (log2 * 9 + 73) >> 6
+}
+
 /// `v` as an unsigned LEB128 varint in the low bytes of a little-endian word, and its
 /// length, if it takes eight bytes or fewer (below 2^56): written without a branch per
 /// byte, as [`varint_in_word`] reads it.
@@ -323,7 +332,7 @@ pub fn varint_word(v: u64) -> Option<(u64, usize)> {
     if v >> 56 != 0 {
         return None;
     }
-    let n = (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+    let n = varint_len(v);
     // The seven-bit groups spread a byte each: halves, quads, then pairs.
     let m = ((v << 4) & 0x0fff_ffff_0000_0000) | (v & 0x0000_0000_0fff_ffff);
     let m = ((m << 2) & 0x3fff_0000_3fff_0000) | (m & 0x0000_3fff_0000_3fff);
@@ -615,6 +624,7 @@ mod tests {
                 len += 1;
             });
             assert_eq!(&buf[..n], &plain[..len], "{v:#x}");
+            assert_eq!(varint_len(v), len, "{v:#x}");
             let mut tight = [0u8; 10];
             let mut t = Put {
                 buf: &mut tight[..len],
