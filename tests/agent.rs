@@ -426,7 +426,7 @@ fn an_allocator_only_selection_is_recorded_by_the_agent_as_ptrace_records_it() {
     assert_eq!(auto, ptrace, "the same calls, arguments and lines");
     let count = |f: &str| auto.iter().filter(|l| l.starts_with(f)).count();
     // leaks.c: 5 malloc/free pairs, make_block's malloc, strdup's own, three malloc(24),
-    // one realloc from nil and four that grow it. -x selected malloc, so strdup's shows
+    // one realloc from NULL and four that grow it. -x selected malloc, so strdup's shows
     // inside it under either engine, as under `ltrace -x malloc`.
     assert_eq!(
         (count("malloc("), count("free("), count("realloc(")),

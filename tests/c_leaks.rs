@@ -175,7 +175,7 @@ fn trace_in_order_with(engine: &str) {
     }
     want.push("malloc(40)".into());
     want.push("calloc(10, 12)".into());
-    want.push("realloc(nil, 16)".into());
+    want.push("realloc(0, 16)".into());
     for n in [32, 64, 128, 256] {
         want.push(format!("realloc(P, {n})"));
     }
@@ -191,10 +191,10 @@ fn trace_in_order_with(engine: &str) {
     let all = replay(&rec, &["--all"]);
     if engine == "ptrace" {
         // With --all, realloc(NULL, 16)'s own call to malloc shows up too.
-        assert!(all.contains("realloc(nil, 16 <unfinished ...>"), "{all}");
+        assert!(all.contains("realloc(0, 16 <unfinished ...>"), "{all}");
     } else {
         // The agent does not record allocator calls made inside allocator calls.
-        assert!(all.contains("realloc(nil, 16) = 0x"), "{all}");
+        assert!(all.contains("realloc(0, 16) = 0x"), "{all}");
     }
     // strdup's own malloc is attributed to the line that called strdup.
     let strdup_line = all.lines().find(|l| l.contains("malloc(14)")).unwrap();

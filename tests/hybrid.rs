@@ -17,7 +17,7 @@ fn hybrid_c() -> &'static Path {
 
 /// The `step` calls of each process's threads, in each thread's order, without addresses
 /// (a call split by other threads' lines, `step(1 <unfinished ...>` and `<... step
-/// resumed> ) = nil`, joined): the threads of a process sorted, since their ids differ
+/// resumed> ) = 0`, joined): the threads of a process sorted, since their ids differ
 /// between runs.
 fn steps(trace: &str) -> BTreeMap<u32, Vec<Vec<String>>> {
     let mut by_thread: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
@@ -108,7 +108,7 @@ fn threads_forks_and_leaks_inside_a_traced_function_match_the_ptrace_engine() {
     // Three threads of 40 steps, 0 to 39 in order, and the child's one.
     let thread: Vec<String> = (0..40)
         .map(|i| {
-            let ret = if i % 10 == 9 { "PTR" } else { "nil" };
+            let ret = if i % 10 == 9 { "PTR" } else { "0" };
             format!("step({i}) = {ret}")
         })
         .collect();
@@ -209,7 +209,7 @@ fn calls_the_agent_makes_itself_are_not_in_the_trace() {
     record_opts(&["--engine", "ptrace", "-L", "-x", "mmap"], &alone, bin);
     let stacks = |t: &str| {
         t.lines()
-            .filter(|l| l.contains("] mmap(nil, 8392704,"))
+            .filter(|l| l.contains("] mmap(0, 8392704,"))
             .count()
     };
     assert_eq!(stacks(&trace), 3, "{trace}");

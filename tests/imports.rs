@@ -244,12 +244,7 @@ fn a_callbacks_calls_nest_inside_the_library_call_as_ltrace_shows_them() {
     let src = repo().join("tests/fixtures/c/callback.c");
     let dir = scratch("imports-callback");
     let lazy = build_c("callback_lazy", "callback.c", &["-O1", "-g", "-Wl,-z,lazy"]);
-    // ltrace shows a null `addr` as 0, rltrace a null pointer as nil (as ltrace does for
-    // strings).
-    let ltrace: Vec<String> = ltrace_calls(&lazy, &[], &dir.join("ltrace.txt"))
-        .into_iter()
-        .map(|c| c.replace("free(0)", "free(nil)"))
-        .collect();
+    let ltrace = ltrace_calls(&lazy, &[], &dir.join("ltrace.txt"));
     assert_eq!(
         ltrace,
         [
@@ -260,7 +255,7 @@ fn a_callbacks_calls_nest_inside_the_library_call_as_ltrace_shows_them() {
             "<... qsort resumed> ) = <void>",
             "puts(\"apple\") = 6",
             // The agent records free(NULL) too, as the ptrace engine sees it.
-            "free(nil) = <void>",
+            "free(0) = <void>",
         ]
     );
     let now = build_c("callback_now", "callback.c", &["-O1", "-g", "-Wl,-z,now"]);
@@ -1035,8 +1030,8 @@ fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
     let ltrace = ltrace_calls(&bin, &["-F", conf.to_str().unwrap()], &dir.join("lt.txt"));
     // rltrace's own table has these prototypes: no -F.
     let expected = [
-        "strtod(\"2.5\", nil) = 2.5",
-        "strtod(\"1e-9\", nil) = 1e-9",
+        "strtod(\"2.5\", 0) = 2.5",
+        "strtod(\"1e-9\", 0) = 1e-9",
         "pow(2.5, 3.0) = 15.625",
         "atan2(-2.5, 0.0) = -1.5707963267948966",
         "ldexp(2.5, 4) = 40.0",
@@ -1052,11 +1047,8 @@ fn floating_point_values_come_from_vector_registers_as_ltrace_shows_them() {
         let ours = traced_calls(&rec, &[]);
         assert_eq!(ours, expected, "{engine}");
         // The same values as ltrace's, which rounds them to six decimals (1e-9 is
-        // 0.000000 there) and shows a null pointer as 0.
-        let ours_f: Vec<String> = ours
-            .iter()
-            .map(|c| as_percent_f(&c.replace("nil", "0")))
-            .collect();
+        // 0.000000 there).
+        let ours_f: Vec<String> = ours.iter().map(|c| as_percent_f(c)).collect();
         let ltrace_f: Vec<String> = ltrace.iter().map(|c| as_percent_f(c)).collect();
         assert_eq!(ours_f, ltrace_f, "{engine}");
     }
@@ -1098,5 +1090,24 @@ fn x_selects_calls_that_e_does_not_as_ltrace_shows_them() {
         );
         let ours: Vec<String> = ours.iter().map(|c| as_percent_f(c)).collect();
         assert_eq!(ours, ltrace, "{engine}");
+    }
+}
+
+#[test]
+fn null_pointers_show_as_ltrace_shows_them_0_for_an_addr_nil_for_a_string() {
+    require_tool("ltrace");
+    let bin = build_c("nulls", "nulls.c", &["-O1", "-g"]);
+    let dir = scratch("imports-nulls");
+    let expected = [
+        "getenv(\"RLTRACE_SURELY_UNSET_VARIABLE\") = nil",
+        "strchr(\"abc\", 'z') = nil",
+        "fopen(\"/nonexistent/rltrace\", \"r\") = 0",
+        "printf(\"%p %p %p\\n\", 0, 0, 0) = 18",
+    ];
+    assert_eq!(ltrace_calls(&bin, &[], &dir.join("lt.txt")), expected);
+    for engine in ["agent", "ptrace"] {
+        let rec = dir.join(format!("{engine}.rlt"));
+        record_engine(engine, &bin, &rec, &[]);
+        assert_eq!(traced_calls(&rec, &[]), expected, "{engine}");
     }
 }

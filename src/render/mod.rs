@@ -31,8 +31,18 @@ fn arg_kinds(class: FnClass) -> &'static [Arg] {
     }
 }
 
-/// A pointer as ltrace shows it: `nil` or hex.
+/// A pointer as ltrace shows an `addr`: hex, a null one as `0`.
 pub fn ptr(v: u64) -> String {
+    if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// A string's pointer when its text was not captured, as ltrace shows a `string`: hex, a
+/// null one as `nil`.
+fn str_ptr(v: u64) -> String {
     if v == 0 {
         "nil".to_string()
     } else {
@@ -210,7 +220,8 @@ fn typed(ty: Option<crate::protos::Ty>, v: u64, data: Option<&crate::format::Arg
             b @ 0x20..=0x7e if b != b'\'' && b != b'\\' => format!("'{}'", b as char),
             b => format!("'\\{b:03o}'"),
         },
-        (Some(Ty::Ptr | Ty::Str | Ty::Buf(_) | Ty::Format), _) => ptr(v),
+        (Some(Ty::Ptr), _) => ptr(v),
+        (Some(Ty::Str | Ty::Buf(_) | Ty::Format), _) => str_ptr(v),
         (Some(Ty::Hex) | None, _) => format!("{v:#x}"),
         (Some(Ty::Void), _) => String::new(),
         (Some(Ty::Float), _) => float32_text(f32::from_bits(v as u32)),

@@ -52,7 +52,9 @@ pub struct Proto {
     /// Argument types, in ABI order (integer registers).
     pub args: &'static [Ty],
     /// Return type; `Void` for functions that return nothing, and for those that never
-    /// return (`exit`), which is what the recorder needs to know.
+    /// return (`exit`), which is what the recorder needs to know. `Str` where ltrace's
+    /// table says `string`: the text is not captured at return, so it shows as a pointer,
+    /// but a null one as ltrace shows it, `nil` (an `addr` shows as `0`).
     pub ret: Ty,
 }
 
@@ -158,8 +160,8 @@ pub const PROTOS: &[Proto] = protos! {
     "fwrite"(Buf(1), Size, Size, Ptr) -> Size;
     "getaddrinfo"(Str, Str, Ptr, Ptr) -> Int;
     "getauxval"(Size) -> Hex;
-    "getcwd"(Ptr, Size) -> Ptr;
-    "getenv"(Str) -> Ptr;
+    "getcwd"(Ptr, Size) -> Str;
+    "getenv"(Str) -> Str;
     "getline"(Ptr, Ptr, Ptr) -> Long;
     "getpid"() -> Int;
     "getppid"() -> Int;
@@ -255,7 +257,7 @@ pub const PROTOS: &[Proto] = protos! {
     "send"(Int, Buf(2), Size, Hex) -> Long;
     "sendto"(Int, Buf(2), Size, Hex, Ptr, Size) -> Long;
     "setenv"(Str, Str, Int) -> Int;
-    "setlocale"(Int, Str) -> Ptr;
+    "setlocale"(Int, Str) -> Str;
     "setsockopt"(Int, Int, Int, Ptr, Size) -> Int;
     "shutdown"(Int, Int) -> Int;
     "sigaction"(Int, Ptr, Ptr) -> Int;
@@ -276,18 +278,18 @@ pub const PROTOS: &[Proto] = protos! {
     "srand"(Size) -> Void;
     "stat"(Str, Ptr) -> Int;
     "strcasecmp"(Str, Str) -> Int;
-    "strcat"(Ptr, Str) -> Ptr;
-    "strchr"(Str, Char) -> Ptr;
+    "strcat"(Ptr, Str) -> Str;
+    "strchr"(Str, Char) -> Str;
     "strcmp"(Str, Str) -> Int;
     "strcpy"(Ptr, Str) -> Ptr;
     "strdup"(Str) -> Ptr;
-    "strerror"(Int) -> Ptr;
+    "strerror"(Int) -> Str;
     "strlen"(Str) -> Size;
     "strncmp"(Str, Str, Size) -> Int;
     "strncpy"(Ptr, Str, Size) -> Ptr;
     "strndup"(Str, Size) -> Ptr;
-    "strrchr"(Str, Char) -> Ptr;
-    "strstr"(Str, Str) -> Ptr;
+    "strrchr"(Str, Char) -> Str;
+    "strstr"(Str, Str) -> Str;
     "strtod"(Str, Ptr) -> Double;
     "strtof"(Str, Ptr) -> Float;
     "strtol"(Str, Ptr, Int) -> Long;
