@@ -241,6 +241,7 @@ fn hostile_paths_in_a_recording_are_not_opened() {
             ret: Some(0x5000),
             out: None,
             ts: None,
+            data: Vec::new(),
         }),
     ];
     let plain = dir.join("plain.rlt");

@@ -1094,20 +1094,40 @@ fn x_selects_calls_that_e_does_not_as_ltrace_shows_them() {
 }
 
 #[test]
-fn null_pointers_show_as_ltrace_shows_them_0_for_an_addr_nil_for_a_string() {
+fn returned_values_show_as_ltrace_shows_them_strings_quoted_null_pointers_0_or_nil() {
     require_tool("ltrace");
-    let bin = build_c("nulls", "nulls.c", &["-O1", "-g"]);
-    let dir = scratch("imports-nulls");
+    let bin = build_c("returns", "returns.c", &["-O1", "-g"]);
+    let dir = scratch("imports-returns");
+    let long = "\" 0123456789012345678901234567890\"...";
     let expected = [
-        "getenv(\"RLTRACE_SURELY_UNSET_VARIABLE\") = nil",
-        "strchr(\"abc\", 'z') = nil",
-        "fopen(\"/nonexistent/rltrace\", \"r\") = 0",
-        "printf(\"%p %p %p\\n\", 0, 0, 0) = 18",
+        "getenv(\"RLTRACE_SURELY_UNSET_VARIABLE\") = nil".to_string(),
+        "strchr(\"hello world\", 'z') = nil".into(),
+        "fopen(\"/nonexistent/rltrace\", \"r\") = 0".into(),
+        "printf(\"%p %p %p\\n\", 0, 0, 0) = 18".into(),
+        "strchr(\"hello world\", ' ') = \" world\"".into(),
+        "strrchr(\"hello world\", 'o') = \"orld\"".into(),
+        "strstr(\"hello world\", \"lo w\") = \"lo world\"".into(),
+        "strerror(2) = \"No such file or directory\"".into(),
+        format!("strchr(\"a 012345678901234567890123456789\"..., ' ') = {long}"),
+        format!("strlen({long}) = 41"),
+        "printf(\"%s|%s|%s|%s|%zu\\n\", \" world\", \"orld\", \"lo world\", \"No such file or directory\", 41) = 50".into(),
     ];
     assert_eq!(ltrace_calls(&bin, &[], &dir.join("lt.txt")), expected);
-    for engine in ["agent", "ptrace"] {
-        let rec = dir.join(format!("{engine}.rlt"));
-        record_engine(engine, &bin, &rec, &[]);
-        assert_eq!(traced_calls(&rec, &[]), expected, "{engine}");
-    }
+    let rec = dir.join("agent.rlt");
+    record_engine("agent", &bin, &rec, &[]);
+    assert_eq!(traced_calls(&rec, &[]), expected, "agent");
+    // The ptrace engine learns a return value after the fact, from its return stub, when
+    // the string may have changed: it shows the pointer.
+    let rec = dir.join("ptrace.rlt");
+    record_engine("ptrace", &bin, &rec, &[]);
+    let pointers: Vec<String> = expected
+        .iter()
+        .map(|c| match c.split_once(" = \"") {
+            Some((call, _)) if !c.starts_with("printf") && !c.starts_with("strlen") => {
+                format!("{call} = PTR")
+            }
+            _ => c.clone(),
+        })
+        .collect();
+    assert_eq!(traced_calls(&rec, &[]), pointers, "ptrace");
 }

@@ -480,6 +480,22 @@ fn push_exit(st: &mut ThreadState, ret: Option<u64>) {
     st.ring.push(&buf, &conn::try_drain);
 }
 
+/// An import's return with the first `len` bytes of `st.data`, the string it returned.
+fn push_exit_string(st: &mut ThreadState, ret: u64, len: usize, truncated: bool) {
+    let seq = conn::SEQ.next();
+    let len = len.min(wire::MAX_DATA).min(st.data.len());
+    st.rec.clear();
+    st.rec.push(wire::REC_EXIT_DATA);
+    st.rec.extend_from_slice(&seq.to_le_bytes());
+    st.rec.extend_from_slice(&now().to_le_bytes());
+    st.rec.push(wire::CALL_RET);
+    st.rec.extend_from_slice(&ret.to_le_bytes());
+    st.rec.push(u8::from(truncated));
+    st.rec.extend_from_slice(&(len as u16).to_le_bytes());
+    st.rec.extend_from_slice(&st.data[..len]);
+    st.ring.push(&st.rec, &conn::try_drain);
+}
+
 /// Copies up to `out.len()` bytes at `addr` without trusting the pointer: the program may
 /// pass one its callee rejects with EFAULT. Returns how many bytes were readable.
 fn read_own(addr: u64, out: &mut [u8]) -> usize {
@@ -625,7 +641,16 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
             .and_then(|h| h.proto)
             .is_some_and(|p| p.ret.is_vector());
         let ret = if vector { xmm0 } else { ret };
-        push_exit(st, Some(ret));
+        let proto = hook.and_then(|h| h.proto);
+        let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
+        // A returned string is read here, at the return, as ltrace shows it: later the
+        // buffer may hold something else (strerror's, a strchr into the caller's).
+        let text =
+            proto.and_then(|p| wire::protos::capture_return(p, ret, limit, &mut st.data, read_own));
+        match text {
+            Some((len, truncated)) => push_exit_string(st, ret, len, truncated),
+            None => push_exit(st, Some(ret)),
+        }
     }
     tls.guard.set(false);
 }

@@ -280,6 +280,7 @@ mod tests {
                 ret,
                 out,
                 ts: None,
+                data: Vec::new(),
             }));
         }
         v
@@ -370,12 +371,14 @@ mod tests {
                 ret: Some(0x1000),
                 out: None,
                 ts: None,
+                data: Vec::new(),
             }),
             Record::Exit(Exit {
                 thread: 0,
                 ret: Some(0x1000),
                 out: None,
                 ts: None,
+                data: Vec::new(),
             }),
         ];
         let r = run(vec![recs]);

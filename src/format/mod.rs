@@ -17,7 +17,7 @@ pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// argument data and the timed exit record, version 5 the unknown exit status, version 6
 /// the call record and the time unit, version 7 the thread-coded call record; older files
 /// read unchanged).
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Metadata key: nanoseconds per stored time unit (version 6; 1 when absent).
 pub const META_TIME_UNIT: &str = "time-unit-ns";
 /// Metadata key: the `-l` patterns, one per line.
@@ -315,6 +315,9 @@ pub struct Exit {
     pub out: Option<u64>,
     /// When it returned (nanoseconds since the recording started), if known.
     pub ts: Option<u64>,
+    /// Memory captured at return: index 0 the string the return value points to (a
+    /// function whose prototype returns a string); kept only with `ts` (version 8).
+    pub data: Vec<ArgData>,
 }
 
 /// How a process came to be recorded.

@@ -608,26 +608,11 @@ fn decode_record(
                 args.push(d.uvar()?);
             }
             let stack = d.opt_id("stack")?;
-            let mut data = Vec::new();
-            if t == tag::ENTER_DATA {
-                let n = d.uvar()?;
-                if n == 0 || n > MAX_ARGS as u64 {
-                    return Err(d.error(format!("call with {n} argument captures")));
-                }
-                for _ in 0..n {
-                    let arg = d.u8()?;
-                    let truncated = match d.u8()? {
-                        0 => false,
-                        1 => true,
-                        f => return Err(d.error(format!("bad argument capture flags {f}"))),
-                    };
-                    data.push(ArgData {
-                        arg,
-                        truncated,
-                        bytes: d.bytes(MAX_ARG_DATA)?.to_vec(),
-                    });
-                }
-            }
+            let data = if t == tag::ENTER_DATA {
+                captures(d, "call")?
+            } else {
+                Vec::new()
+            };
             let exit = if t == tag::CALL {
                 let (ret, out) = exit_values(d)?;
                 let back = last_ts.wrapping_add(d.svar()? as u64);
@@ -646,21 +631,27 @@ fn decode_record(
             };
             entered(then, enter, exit)
         }
-        tag::EXIT | tag::EXIT_AT => {
+        tag::EXIT | tag::EXIT_AT | tag::EXIT_DATA => {
             let thread = d.uvar32()?;
-            let ts = if t == tag::EXIT_AT {
+            let ts = if t == tag::EXIT {
+                None
+            } else {
                 let ts = last_ts.wrapping_add(d.svar()? as u64);
                 *last_ts = ts;
                 Some(ns(ts))
-            } else {
-                None
             };
             let (ret, out) = exit_values(d)?;
+            let data = if t == tag::EXIT_DATA {
+                captures(d, "return")?
+            } else {
+                Vec::new()
+            };
             Record::Exit(Exit {
                 thread,
                 ret,
                 out,
                 ts,
+                data,
             })
         }
         tag::PROCESS_START => Record::ProcessStart(ProcessStart {
@@ -725,9 +716,33 @@ fn entered(
             ret,
             out,
             ts: Some(ts),
+            data: Vec::new(),
         }));
     }
     Record::Enter(enter)
+}
+
+/// The captures of an EnterData or ExitData record (`what` names the record in errors).
+fn captures(d: &mut Decoder, what: &str) -> Result<Vec<ArgData>, FormatError> {
+    let n = d.uvar()?;
+    if n == 0 || n > MAX_ARGS as u64 {
+        return Err(d.error(format!("{what} with {n} captures")));
+    }
+    let mut data = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let arg = d.u8()?;
+        let truncated = match d.u8()? {
+            0 => false,
+            1 => true,
+            f => return Err(d.error(format!("bad capture flags {f}"))),
+        };
+        data.push(ArgData {
+            arg,
+            truncated,
+            bytes: d.bytes(MAX_ARG_DATA)?.to_vec(),
+        });
+    }
+    Ok(data)
 }
 
 /// An exit's flags and the return and out values they announce.

@@ -70,6 +70,7 @@ fn sample_records() -> Vec<Record> {
             ret: Some(0x5555_0000_1000),
             out: None,
             ts: None,
+            data: Vec::new(),
         }),
         Record::Enter(Enter {
             thread: 0,
@@ -103,6 +104,27 @@ fn sample_records() -> Vec<Record> {
             ret: None,
             out: Some(7),
             ts: None,
+            data: Vec::new(),
+        }),
+        Record::Enter(Enter {
+            thread: 0,
+            ts: 1200,
+            func: 0,
+            args: vec![],
+            stack: None,
+            data: Vec::new(),
+        }),
+        // A returned string (version 8's ExitData).
+        Record::Exit(Exit {
+            thread: 0,
+            ret: Some(0x7ffc_0000_0010),
+            out: None,
+            ts: Some(1300),
+            data: vec![ArgData {
+                arg: 0,
+                truncated: true,
+                bytes: b"/root".to_vec(),
+            }],
         }),
         Record::Signal(SignalRec {
             thread: 0,
@@ -269,6 +291,7 @@ fn a_call_record_reads_as_its_entry_and_return() {
                 ret: Some(0x5555_0000_1000),
                 out: None,
                 ts: Some(1_250),
+                data: Vec::new(),
             }),
         ]
     );
@@ -445,6 +468,7 @@ fn expected_calls(calls: &[(CallRecord<'static>, Vec<u64>)]) -> Vec<Record> {
                 ret: c.ret,
                 out: c.out,
                 ts: Some(c.ts_out),
+                data: Vec::new(),
             }));
         }
         if i % 1000 == 999 {

@@ -23,6 +23,7 @@ pub(crate) mod tag {
     pub const EXIT_AT: u8 = 13;
     pub const CALL: u8 = 14;
     pub const THREAD_CALL: u8 = 15;
+    pub const EXIT_DATA: u8 = 16;
 }
 
 /// Bits of a thread-coded call's shape byte above its argument count.
@@ -243,6 +244,16 @@ impl<W: Write> Writer<W> {
 /// `ns / unit`; the usual units by constants, which the compiler divides by with a
 /// multiply (a 64-bit division per time was a sixth of coding a call).
 #[inline]
+/// The captures of an EnterData or ExitData record.
+fn put_captures(e: &mut Encoder, data: &[ArgData]) {
+    e.uvar(data.len() as u64);
+    for d in data {
+        e.u8(d.arg);
+        e.u8(u8::from(d.truncated));
+        e.bytes(&d.bytes);
+    }
+}
+
 fn quantise(ns: u64, unit: u64) -> u64 {
     match unit {
         1 => ns,
@@ -421,19 +432,14 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             }
             e.uvar(en.stack.map_or(0, |s| u64::from(s) + 1));
             if !en.data.is_empty() {
-                e.uvar(en.data.len() as u64);
-                for d in &en.data {
-                    e.u8(d.arg);
-                    e.u8(u8::from(d.truncated));
-                    e.bytes(&d.bytes);
-                }
+                put_captures(e, &en.data);
             }
         }
         Record::Exit(x) => {
-            e.u8(if x.ts.is_some() {
-                tag::EXIT_AT
-            } else {
-                tag::EXIT
+            e.u8(match (x.ts, x.data.is_empty()) {
+                (Some(_), false) => tag::EXIT_DATA,
+                (Some(_), true) => tag::EXIT_AT,
+                (None, _) => tag::EXIT,
             });
             e.uvar(x.thread.into());
             if let Some(ts) = x.ts {
@@ -447,6 +453,9 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             }
             if let Some(o) = x.out {
                 e.uvar(o);
+            }
+            if x.ts.is_some() && !x.data.is_empty() {
+                put_captures(e, &x.data);
             }
         }
         Record::ProcessStart(p) => {

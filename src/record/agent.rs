@@ -275,6 +275,8 @@ struct ImportEnter {
 struct ImportExit {
     ts: u64,
     ret: Option<u64>,
+    /// The string it returned, read at the return.
+    data: Vec<ArgData>,
 }
 
 /// Items released in the agent's order.
@@ -909,17 +911,32 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                 }),
             )
         }
-        wire::REC_EXIT => {
+        kind @ (wire::REC_EXIT | wire::REC_EXIT_DATA) => {
             let short = t("short import return");
             let seq = g.u64().map_err(short)?;
             let ts = g.u64().map_err(short)?;
             let flags = g.u8().map_err(short)?;
             let ret = g.u64().map_err(short)?;
+            let mut data = Vec::new();
+            if kind == wire::REC_EXIT_DATA {
+                let d_at = g.offset();
+                let truncated = g.u8().map_err(short)? != 0;
+                let len = g.u16().map_err(short)? as usize;
+                if len > wire::MAX_DATA {
+                    return Err(("returned string out of bounds", d_at));
+                }
+                data.push(ArgData {
+                    arg: 0,
+                    truncated,
+                    bytes: g.bytes(len).map_err(short)?.to_vec(),
+                });
+            }
             Record::Numbered(
                 seq,
                 Ordered::Exit(ImportExit {
                     ts,
                     ret: (flags & wire::CALL_RET != 0).then_some(ret),
+                    data,
                 }),
             )
         }
@@ -1295,7 +1312,8 @@ impl<W: io::Write> Recorder<'_, W> {
             Ordered::Exit(e) => {
                 let pid = self.images[id].pid;
                 let ts = self.clock.to_ns(e.ts);
-                self.sink.exit(pid, tid, e.ret, None, Some(ts))?;
+                self.sink
+                    .exit(pid, tid, e.ret, None, Some(ts), std::mem::take(&mut e.data))?;
                 Ok(())
             }
             Ordered::Modules(m) => self.modules(id, std::mem::take(m)),

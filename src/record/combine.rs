@@ -439,6 +439,7 @@ impl<W: Write> Merger<'_, W> {
                         ret: None,
                         out: None,
                         ts: exec,
+                        data: Vec::new(),
                     }))?;
                 }
             }
@@ -613,6 +614,7 @@ impl<W: Write> Merger<'_, W> {
                 ret: None,
                 out: None,
                 ts: x.ts,
+                data: Vec::new(),
             }))?;
         }
         self.push_timed(Record::Exit(Exit { thread, ..x }))
@@ -782,6 +784,7 @@ mod tests {
             ret: Some(0),
             out: None,
             ts: Some(ts),
+            data: Vec::new(),
         })
     }
 

@@ -62,6 +62,8 @@ pub enum Event {
         out: Option<u64>,
         /// When it returned, if known (recording nanoseconds).
         ts: Option<u64>,
+        /// Memory captured at return (see [`Exit::data`]).
+        data: Vec<ArgData>,
     },
 }
 
@@ -75,6 +77,7 @@ impl Event {
             ret: None,
             out: None,
             ts: None,
+            data: Vec::new(),
         }
     }
 }
@@ -194,6 +197,7 @@ impl<W: Write> Sink<W> {
         ret: Option<u64>,
         out: Option<u64>,
         ts: Option<u64>,
+        data: Vec<ArgData>,
     ) -> Result<(), FormatError> {
         let thread = self.thread(pid, tid)?;
         self.writer.push(&Record::Exit(Exit {
@@ -201,6 +205,7 @@ impl<W: Write> Sink<W> {
             ret,
             out,
             ts,
+            data,
         }))
     }
 
@@ -306,7 +311,8 @@ impl<W: Write> Sink<W> {
                 ret,
                 out,
                 ts,
-            } => self.exit(pid, tid, ret, out, ts),
+                data,
+            } => self.exit(pid, tid, ret, out, ts, data),
         }
     }
 

@@ -236,7 +236,9 @@ pub fn ret_text(defs: &Defs, e: &Enter, x: &Exit) -> String {
         if p.ret == crate::protos::Ty::Void {
             return " = <void>".to_string();
         }
-        return format!(" = {}", typed(Some(p.ret), r, None));
+        // A returned string, if the engine read it at the return (index 0).
+        let text = x.data.iter().find(|d| d.arg == 0);
+        return format!(" = {}", typed(Some(p.ret), r, text));
     }
     match (defs.class(e.func), x.ret) {
         (_, None) => " = <no return ...>".to_string(),

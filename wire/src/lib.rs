@@ -10,7 +10,7 @@ pub mod protos;
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Environment variable naming the recorder's socket.
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
@@ -202,6 +202,9 @@ pub const REC_ENTER: u8 = 3;
 /// flags u8, ret u64`); flag [`CALL_RET`] clear means it never returned (unwound past, or
 /// longjmp'ed over).
 pub const REC_EXIT: u8 = 4;
+/// Thread record: a [`REC_EXIT`] that returned a string (protocol version 4): its fields,
+/// then the string's `truncated u8, len u16, bytes`.
+pub const REC_EXIT_DATA: u8 = 5;
 /// Most captures per entry record.
 pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;
 /// Most bytes captured per argument.

@@ -784,6 +784,30 @@ impl Capture {
     }
 }
 
+/// The string a call of `proto` returned (`ret`, when its prototype returns `Str`), read
+/// into `buf` with `read`, `limit` bytes kept: its length in `buf` and whether it was cut;
+/// `None` for any other return type, a null pointer, or unreadable memory.
+pub fn capture_return(
+    proto: &Proto,
+    ret: u64,
+    limit: usize,
+    buf: &mut [u8],
+    read: impl FnOnce(u64, &mut [u8]) -> usize,
+) -> Option<(usize, bool)> {
+    if proto.ret != Str || ret == 0 {
+        return None;
+    }
+    let c = Capture {
+        addr: ret,
+        want: (limit + 1).min(buf.len()),
+        is_str: true,
+        limit,
+        format: false,
+    };
+    let got = read(ret, &mut buf[..c.want]);
+    c.keep(&buf[..got.min(c.want)])
+}
+
 /// The prototype of `name`, if the table has one.
 pub fn lookup(name: &str) -> Option<&'static Proto> {
     if let Some(call) = name.strip_prefix("SYS_") {

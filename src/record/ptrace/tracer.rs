@@ -1566,6 +1566,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                     ret,
                     out,
                     ts,
+                    data: Vec::new(),
                 },
             );
             space_rc.borrow_mut().free_slot(pc.slot);
@@ -1682,6 +1683,7 @@ impl<'s, W: Write> Tracer<'s, W> {
                             ret: Some(ret),
                             out: p.has_out.then_some(out),
                             ts: Some(self.clock.to_ns(tsc)),
+                            data: Vec::new(),
                         },
                     );
                     space.free_slot(p.slot);

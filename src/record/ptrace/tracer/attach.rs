@@ -405,6 +405,7 @@ impl<W: Write> Tracer<'_, W> {
                         ret: Some(ret),
                         out: pc.has_out.then_some(out),
                         ts: Some(self.clock.to_ns(tsc)),
+                        data: Vec::new(),
                     },
                 ),
                 None => {

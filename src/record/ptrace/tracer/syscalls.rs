@@ -117,6 +117,7 @@ impl<W: Write> Tracer<'_, W> {
                 ret: Some(rval as u64),
                 out: None,
                 ts: Some(ts),
+                data: Vec::new(),
             },
         );
         Ok(())
