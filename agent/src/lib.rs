@@ -461,38 +461,32 @@ fn settle(st: &mut ThreadState, sp: u64) {
             break;
         }
         st.open.pop();
-        push_exit(st, None);
+        push_exit(st, None, None);
     }
 }
 
-fn push_exit(st: &mut ThreadState, ret: Option<u64>) {
+/// Records the return of the thread's innermost import call: `ret` (`None`: it never
+/// returned), and with `text` the string it returned, the first `text.0` bytes of
+/// `st.data` (`text.1`: cut).
+fn push_exit(st: &mut ThreadState, ret: Option<u64>, text: Option<(usize, bool)>) {
     let seq = conn::SEQ.next();
-    let mut buf = [0u8; 1 + 8 + 8 + 1 + 8];
-    let mut w = wire::Put {
-        buf: &mut buf,
-        at: 0,
-    };
-    w.u8(wire::REC_EXIT);
-    w.u64(seq);
-    w.u64(now());
-    w.u8(if ret.is_some() { wire::CALL_RET } else { 0 });
-    w.u64(ret.unwrap_or(0));
-    st.ring.push(&buf, &conn::try_drain);
-}
-
-/// An import's return with the first `len` bytes of `st.data`, the string it returned.
-fn push_exit_string(st: &mut ThreadState, ret: u64, len: usize, truncated: bool) {
-    let seq = conn::SEQ.next();
-    let len = len.min(wire::MAX_DATA).min(st.data.len());
     st.rec.clear();
-    st.rec.push(wire::REC_EXIT_DATA);
+    st.rec.push(if text.is_some() {
+        wire::REC_EXIT_DATA
+    } else {
+        wire::REC_EXIT
+    });
     st.rec.extend_from_slice(&seq.to_le_bytes());
     st.rec.extend_from_slice(&now().to_le_bytes());
-    st.rec.push(wire::CALL_RET);
-    st.rec.extend_from_slice(&ret.to_le_bytes());
-    st.rec.push(u8::from(truncated));
-    st.rec.extend_from_slice(&(len as u16).to_le_bytes());
-    st.rec.extend_from_slice(&st.data[..len]);
+    st.rec.push(if ret.is_some() { wire::CALL_RET } else { 0 });
+    st.rec.extend_from_slice(&ret.unwrap_or(0).to_le_bytes());
+    if let Some((len, truncated)) = text {
+        let len = len.min(wire::MAX_DATA);
+        st.rec.push(0);
+        st.rec.push(u8::from(truncated));
+        st.rec.extend_from_slice(&(len as u16).to_le_bytes());
+        st.rec.extend_from_slice(&st.data[..len]);
+    }
     st.ring.push(&st.rec, &conn::try_drain);
 }
 
@@ -636,21 +630,16 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
         st.open.pop();
         // SAFETY: called by the trampoline of `frame`, after its callee returned.
         let (hook, xmm0) = unsafe { imports::returned(frame) };
-        // A `float` or `double` comes back in xmm0.
-        let vector = hook
-            .and_then(|h| h.proto)
-            .is_some_and(|p| p.ret.is_vector());
-        let ret = if vector { xmm0 } else { ret };
         let proto = hook.and_then(|h| h.proto);
+        // A `float` or `double` comes back in xmm0.
+        let vector = proto.is_some_and(|p| p.ret.is_vector());
+        let ret = if vector { xmm0 } else { ret };
         let limit = STRLEN.load(Ordering::Relaxed).min(wire::MAX_DATA);
         // A returned string is read here, at the return, as ltrace shows it: later the
         // buffer may hold something else (strerror's, a strchr into the caller's).
         let text =
             proto.and_then(|p| wire::protos::capture_return(p, ret, limit, &mut st.data, read_own));
-        match text {
-            Some((len, truncated)) => push_exit_string(st, ret, len, truncated),
-            None => push_exit(st, Some(ret)),
-        }
+        push_exit(st, Some(ret), text);
     }
     tls.guard.set(false);
 }

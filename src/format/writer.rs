@@ -241,9 +241,6 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// `ns / unit`; the usual units by constants, which the compiler divides by with a
-/// multiply (a 64-bit division per time was a sixth of coding a call).
-#[inline]
 /// The captures of an EnterData or ExitData record.
 fn put_captures(e: &mut Encoder, data: &[ArgData]) {
     e.uvar(data.len() as u64);
@@ -254,6 +251,9 @@ fn put_captures(e: &mut Encoder, data: &[ArgData]) {
     }
 }
 
+/// `ns / unit`; the usual units by constants, which the compiler divides by with a
+/// multiply (a 64-bit division per time was a sixth of coding a call).
+#[inline]
 fn quantise(ns: u64, unit: u64) -> u64 {
     match unit {
         1 => ns,
@@ -436,11 +436,12 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             }
         }
         Record::Exit(x) => {
-            e.u8(match (x.ts, x.data.is_empty()) {
+            let t = match (x.ts, x.data.is_empty()) {
                 (Some(_), false) => tag::EXIT_DATA,
                 (Some(_), true) => tag::EXIT_AT,
                 (None, _) => tag::EXIT,
-            });
+            };
+            e.u8(t);
             e.uvar(x.thread.into());
             if let Some(ts) = x.ts {
                 let ts = quantise(ts, unit);
@@ -454,7 +455,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             if let Some(o) = x.out {
                 e.uvar(o);
             }
-            if x.ts.is_some() && !x.data.is_empty() {
+            if t == tag::EXIT_DATA {
                 put_captures(e, &x.data);
             }
         }

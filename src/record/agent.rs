@@ -846,6 +846,28 @@ pub fn check_message(kind: u8, payload: &[u8]) -> Result<(), (&'static str, usiz
 }
 
 /// Decodes the batch record at the start of `p`; with the bytes it took.
+/// One capture of an agent record (`arg u8, truncated u8, len u16, bytes`); `short` makes
+/// the error of a record cut short, `bad` names one out of bounds.
+fn wire_capture(
+    g: &mut wire::Get,
+    short: impl Fn(wire::Truncated) -> (&'static str, usize),
+    bad: &'static str,
+) -> Result<ArgData, (&'static str, usize)> {
+    let d_at = g.offset();
+    let arg = g.u8().map_err(&short)?;
+    let truncated = g.u8().map_err(&short)? != 0;
+    let len = g.u16().map_err(&short)? as usize;
+    if len > wire::MAX_DATA || arg as usize >= wire::protos::CAPTURE_INDICES {
+        return Err((bad, d_at));
+    }
+    let bytes = g.bytes(len).map_err(&short)?.to_vec();
+    Ok(ArgData {
+        arg,
+        truncated,
+        bytes,
+    })
+}
+
 fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
     let mut g = wire::Get::new(p);
     let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);
@@ -886,19 +908,11 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
             }
             let mut data = Vec::with_capacity(nd);
             for _ in 0..nd {
-                let d_at = g.offset();
-                let arg = g.u8().map_err(short)?;
-                let truncated = g.u8().map_err(short)? != 0;
-                let len = g.u16().map_err(short)? as usize;
-                if len > wire::MAX_DATA || arg as usize >= wire::protos::CAPTURE_INDICES {
-                    return Err(("captured argument out of bounds", d_at));
-                }
-                let bytes = g.bytes(len).map_err(short)?.to_vec();
-                data.push(ArgData {
-                    arg,
-                    truncated,
-                    bytes,
-                });
+                data.push(wire_capture(
+                    &mut g,
+                    short,
+                    "captured argument out of bounds",
+                )?);
             }
             Record::Numbered(
                 seq,
@@ -919,17 +933,11 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
             let ret = g.u64().map_err(short)?;
             let mut data = Vec::new();
             if kind == wire::REC_EXIT_DATA {
-                let d_at = g.offset();
-                let truncated = g.u8().map_err(short)? != 0;
-                let len = g.u16().map_err(short)? as usize;
-                if len > wire::MAX_DATA {
-                    return Err(("returned string out of bounds", d_at));
-                }
-                data.push(ArgData {
-                    arg: 0,
-                    truncated,
-                    bytes: g.bytes(len).map_err(short)?.to_vec(),
-                });
+                data.push(wire_capture(
+                    &mut g,
+                    short,
+                    "returned string out of bounds",
+                )?);
             }
             Record::Numbered(
                 seq,

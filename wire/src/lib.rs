@@ -203,7 +203,8 @@ pub const REC_ENTER: u8 = 3;
 /// longjmp'ed over).
 pub const REC_EXIT: u8 = 4;
 /// Thread record: a [`REC_EXIT`] that returned a string (protocol version 4): its fields,
-/// then the string's `truncated u8, len u16, bytes`.
+/// then the string as one capture of [`REC_ENTER`]'s (`arg u8` 0, `truncated u8, len u16,
+/// bytes`).
 pub const REC_EXIT_DATA: u8 = 5;
 /// Most captures per entry record.
 pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;

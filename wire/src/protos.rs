@@ -53,8 +53,9 @@ pub struct Proto {
     pub args: &'static [Ty],
     /// Return type; `Void` for functions that return nothing, and for those that never
     /// return (`exit`), which is what the recorder needs to know. `Str` where ltrace's
-    /// table says `string`: the text is not captured at return, so it shows as a pointer,
-    /// but a null one as ltrace shows it, `nil` (an `addr` shows as `0`).
+    /// table says `string`: the agent captures the text at the return
+    /// ([`capture_return`]); uncaptured, it shows as a pointer, a null one as ltrace shows
+    /// it, `nil` (an `addr` shows as `0`).
     pub ret: Ty,
 }
 
