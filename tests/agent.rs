@@ -196,7 +196,7 @@ fn malformed_agent_streams_are_reported_not_trusted() {
         "unknown record kind at offset 26",
         "stack too deep at offset 26",
         // After the kind byte, seq, time, flags and return value.
-        "returned string out of bounds at offset 52",
+        "returned string out of bounds at offset 44",
         "message of 2147483647 bytes at offset 17",
     ] {
         assert!(err.contains(what), "{what}: {err}");

@@ -16,27 +16,11 @@ static FD: AtomicI32 = AtomicI32::new(-1);
 pub static SOCK: RwSpin = RwSpin::new();
 /// Serialises draining (the rings have one consumer at a time).
 pub static DRAIN: RwSpin = RwSpin::new();
-/// The process-wide call order: every call takes a number. Alone in its cache line:
-/// every hook increments it, and a read-mostly flag next to it (`ENABLED` was) would miss
-/// in every other core's cache on every call.
-#[repr(align(128))]
-pub struct Seq(AtomicU64);
-
-impl Seq {
-    /// Takes the next number.
-    #[inline(always)]
-    pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::AcqRel)
-    }
-
-    /// Starts again at 0 (a forked child's new stream).
-    pub fn reset(&self) {
-        self.0.store(0, Ordering::Release);
-    }
-}
-
-/// Process-wide call order.
-pub static SEQ: Seq = Seq(AtomicU64::new(0));
+/// The highest order key anything sent so far may carry (the counter after a drain pass
+/// that sent a batch, a module list's key): watermarks are sent until one passes it.
+static ACTIVITY: AtomicU64 = AtomicU64::new(0);
+/// The last watermark sent (only the drain-lock holder sends them).
+static SENT_MARK: AtomicU64 = AtomicU64::new(0);
 /// Set while a writer thread runs in this process.
 static WRITER: AtomicBool = AtomicBool::new(false);
 
@@ -107,6 +91,8 @@ pub fn abandon() {
         unsafe { libc::close(fd) };
     }
     WRITER.store(false, Ordering::Release);
+    ACTIVITY.store(0, Ordering::Relaxed);
+    SENT_MARK.store(0, Ordering::Relaxed);
 }
 
 /// The socket's descriptor, or -1.
@@ -254,11 +240,13 @@ pub fn read_choice(n: usize) -> Choice {
     choice
 }
 
-/// Sends the module list, ordered among the calls by a sequence number.
+/// Sends the module list, ordered among the calls by its order key, which is read while
+/// the socket is held: a watermark sent before the list is below the key, and one sent
+/// after it comes after the list.
 pub fn send_modules(mods: &[ModuleInfo]) {
-    let seq = SEQ.next();
-    let mut m = Vec::with_capacity(16 + mods.len() * 128);
-    m.extend_from_slice(&seq.to_le_bytes());
+    let mut m = Vec::with_capacity(HEAD + 16 + mods.len() * 128);
+    m.extend_from_slice(&[0; HEAD]);
+    m.extend_from_slice(&0u64.to_le_bytes());
     m.extend_from_slice(&(mods.len() as u32).to_le_bytes());
     for md in mods {
         m.extend_from_slice(&md.bias.to_le_bytes());
@@ -271,7 +259,14 @@ pub fn send_modules(mods: &[ModuleInfo]) {
         m.extend_from_slice(&(path.len() as u16).to_le_bytes());
         m.extend_from_slice(path);
     }
-    message(wire::MSG_MODULES, &[&m]);
+    let len = m.len() - HEAD;
+    put_head(&mut m, wire::MSG_MODULES, len);
+    SOCK.write();
+    let key = crate::order_now();
+    m[HEAD..HEAD + 8].copy_from_slice(&key.to_le_bytes());
+    ACTIVITY.fetch_max(key, Ordering::Relaxed);
+    send_all(&m);
+    SOCK.write_unlock();
 }
 
 /// Sends the exit status the program asked for.
@@ -319,11 +314,23 @@ fn drain_locked() -> usize {
     if buf.capacity() < ring::RING_BYTES + 8 + HEAD {
         buf.reserve(ring::RING_BYTES + 8 + HEAD);
     }
+    // Read before any ring's state or mark: a record not found below has a key above it,
+    // less what `ORDER_MARGIN` covers (the fence keeps the loads from starting early).
+    let start = crate::order_now();
+    // SAFETY: lfence only orders instructions; it has no memory effects.
+    unsafe { std::arch::x86_64::_mm_lfence() };
+    let mut mark = start.saturating_sub(wire::ORDER_MARGIN);
+    let mut sent = false;
     let mut most = 0;
     for r in ring::iter() {
         let state = r.state.load(Ordering::Acquire);
         if state == ring::FREE {
             continue;
+        }
+        // Before the ring is read: a thread seen idle had its records in the ring.
+        let busy = r.busy.load(Ordering::Acquire);
+        if busy != 0 {
+            mark = mark.min(busy);
         }
         buf.clear();
         buf.extend_from_slice(&[0; HEAD]);
@@ -345,7 +352,19 @@ fn drain_locked() -> usize {
             continue;
         }
         r.consume(n);
+        sent = true;
         most = most.max(n);
+    }
+    if sent {
+        // Records pushed during the pass may have gone with it.
+        ACTIVITY.fetch_max(crate::order_now(), Ordering::Relaxed);
+    }
+    // Until a watermark passes everything sent, each pass sends one (the recorder holds
+    // the records above the last until then).
+    let last = SENT_MARK.load(Ordering::Relaxed);
+    if mark > last && last <= ACTIVITY.load(Ordering::Relaxed) {
+        SENT_MARK.store(mark, Ordering::Relaxed);
+        message(wire::MSG_WATERMARK, &[&mark.to_le_bytes()]);
     }
     most
 }

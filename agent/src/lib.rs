@@ -120,6 +120,9 @@ struct ThreadState {
     /// Every import call gets an exit record, `void` ones too (the recorder defines
     /// imports as returning), so calls made inside a `void` one nest under it.
     open: Vec<u64>,
+    /// The order key of the thread's last record: the lower bound its ring's busy mark
+    /// gives while a hook runs.
+    last_key: u64,
 }
 
 /// A thread's agent words, in one thread-local: in a shared library every access to one
@@ -174,6 +177,15 @@ pub(crate) fn mark_agent_thread() {
 fn now() -> u64 {
     // SAFETY: rdtsc reads a counter; it has no memory effects.
     unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// The counter as an order key: `rdtscp` waits until the loads before it have completed,
+/// so a key read after taking a block another thread freed (or a pointer another thread
+/// stored) is above the key that thread read before giving it up (`wire::ORDER_MARGIN`).
+pub(crate) fn order_now() -> u64 {
+    let mut aux = 0u32;
+    // SAFETY: rdtscp reads the counter and the processor id into `aux`, a valid u32.
+    unsafe { std::arch::x86_64::__rdtscp(&mut aux) }
 }
 
 fn gettid() -> u32 {
@@ -232,6 +244,7 @@ fn state(tls: &Tls) -> Option<&'static mut ThreadState> {
         rec: Vec::with_capacity(256),
         data: vec![0; wire::MAX_DATA + 1],
         open: Vec::new(),
+        last_key: 1,
     }));
     tls.state.set(st);
     let key = KEY.load(Ordering::Acquire);
@@ -368,7 +381,6 @@ struct Open {
     st: &'static mut ThreadState,
     stack: u32,
     ts_in: u64,
-    seq: Option<u64>,
 }
 
 /// Takes the calling thread's guard and its state, or `None` if this call passes through
@@ -383,7 +395,13 @@ fn enter() -> Option<(&'static Tls, &'static mut ThreadState)> {
         return None;
     }
     match state(tls) {
-        Some(st) => Some((tls, st)),
+        Some(st) => {
+            // Before any order key is read: the drainer's watermark stays below this
+            // thread's next record until `leave`.
+            st.ring.busy.store(st.last_key, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            Some((tls, st))
+        }
         None => {
             tls.guard.set(false);
             None
@@ -391,37 +409,44 @@ fn enter() -> Option<(&'static Tls, &'static mut ThreadState)> {
     }
 }
 
-/// Starts recording a call, or `None` if this one passes through unrecorded.
+/// Ends a hook that `enter` let through: the thread is idle for the drainer again (its
+/// records are in its ring) and its own allocator calls are recorded again.
 #[inline(always)]
-fn begin(seq_at_entry: bool) -> Option<Open> {
+fn leave(tls: &Tls, st: &ThreadState) {
+    st.ring.busy.store(0, Ordering::Release);
+    tls.guard.set(false);
+}
+
+/// Starts recording a call, or `None` if this one passes through unrecorded; with
+/// `ordered_at_entry` (`free`), the entry time is the call's order key.
+#[inline(always)]
+fn begin(ordered_at_entry: bool) -> Option<Open> {
     let (tls, st) = enter()?;
     if !st.open.is_empty() {
         settle(st, registers().1);
     }
     let stack = capture_stack(st);
-    let seq = seq_at_entry.then(|| conn::SEQ.next());
     Some(Open {
         tls,
         st,
         stack,
-        ts_in: now(),
-        seq,
+        ts_in: if ordered_at_entry { order_now() } else { now() },
     })
 }
 
 /// Finishes recording a call.
 #[inline(always)]
 fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
-    // A call without a return value is recorded at its entry alone: its return time would
-    // be dropped (and reading the counter is a fifth of free's hook).
+    // A call without a return value is recorded at its entry alone (`free`, whose order
+    // key is its entry): its return time would be dropped (and reading the counter is a
+    // fifth of free's hook).
     let ts_out = if ret.is_none() && out.is_none() {
         o.ts_in
     } else {
-        now()
+        order_now()
     };
-    let seq = o.seq.unwrap_or_else(|| conn::SEQ.next());
+    o.st.last_key = ts_out;
     let mut c = wire::Call {
-        seq,
         func,
         flags: 0,
         nargs: args.len().min(wire::CALL_ARGS) as u8,
@@ -443,7 +468,7 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
         .push_with(wire::call_len(wire::CALL_ARGS), &conn::try_drain, |dst| {
             wire::put_call(dst, &c)
         });
-    o.tls.guard.set(false);
+    leave(o.tls, o.st);
 }
 
 // ---- calls through the main executable's imports ----
@@ -469,15 +494,15 @@ fn settle(st: &mut ThreadState, sp: u64) {
 /// returned), and with `text` the string it returned, the first `text.0` bytes of
 /// `st.data` (`text.1`: cut).
 fn push_exit(st: &mut ThreadState, ret: Option<u64>, text: Option<(usize, bool)>) {
-    let seq = conn::SEQ.next();
+    let key = order_now();
+    st.last_key = key;
     st.rec.clear();
     st.rec.push(if text.is_some() {
         wire::REC_EXIT_DATA
     } else {
         wire::REC_EXIT
     });
-    st.rec.extend_from_slice(&seq.to_le_bytes());
-    st.rec.extend_from_slice(&now().to_le_bytes());
+    st.rec.extend_from_slice(&key.to_le_bytes());
     st.rec.push(if ret.is_some() { wire::CALL_RET } else { 0 });
     st.rec.extend_from_slice(&ret.unwrap_or(0).to_le_bytes());
     if let Some((len, truncated)) = text {
@@ -592,7 +617,8 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     // Open calls at or below this frame were left without returning.
     settle(st, frame + 1);
     let stack = capture_stack(st);
-    let seq = conn::SEQ.next();
+    let key = order_now();
+    st.last_key = key;
     let gpr = r.args();
     let mut values = [0u64; wire::protos::MAX_VALUES];
     let nargs = match hook.proto {
@@ -605,9 +631,8 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     let args = &values[..nargs];
     st.rec.clear();
     st.rec.push(wire::REC_ENTER);
-    st.rec.extend_from_slice(&seq.to_le_bytes());
     st.rec.extend_from_slice(&(index as u16).to_le_bytes());
-    st.rec.extend_from_slice(&now().to_le_bytes());
+    st.rec.extend_from_slice(&key.to_le_bytes());
     st.rec.extend_from_slice(&stack.to_le_bytes());
     st.rec.push(nargs as u8);
     for a in args {
@@ -616,7 +641,7 @@ pub(crate) extern "C" fn import_enter(r: &imports::Regs) -> u64 {
     put_data(&mut st.rec, &mut st.data, hook.proto, args, r.stack_args());
     st.ring.push(&st.rec, &conn::try_drain);
     st.open.push(frame);
-    tls.guard.set(false);
+    leave(tls, st);
     hook.target
 }
 
@@ -641,7 +666,7 @@ pub(crate) extern "C" fn import_exit(ret: u64, frame: u64) {
             proto.and_then(|p| wire::protos::capture_return(p, ret, limit, &mut st.data, read_own));
         push_exit(st, Some(ret), text);
     }
-    tls.guard.set(false);
+    leave(tls, st);
 }
 
 // ---- the interposed functions ----
@@ -1072,6 +1097,7 @@ extern "C" fn fork_child() {
     let tid = gettid();
     for r in ring::iter() {
         r.clear();
+        r.busy.store(0, Ordering::Release);
         // SAFETY: `me` is this thread's state pointer (or null).
         let mine = !me.is_null() && std::ptr::eq(r, unsafe { (*me).ring });
         if mine {
@@ -1089,7 +1115,6 @@ extern "C" fn fork_child() {
             (*me).open.clear();
         }
     }
-    conn::SEQ.reset();
     // SAFETY: getpid has no preconditions.
     OWN_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     if was_enabled {

@@ -2,7 +2,7 @@
 //! whoever holds the drain lock (the agent's writer thread, or a producer whose ring is
 //! full and finds no writer) copies them to the recorder's socket.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::sync::{sleep_briefly, yield_now};
 
@@ -33,6 +33,9 @@ pub struct Ring {
     pub state: AtomicU8,
     /// Drain passes in a row that found nothing (the drainer's bookkeeping).
     pub idle: AtomicU32,
+    /// 0 while the owner is outside the agent's hooks; inside one, a lower bound of the
+    /// order key of any record it has yet to push (see `wire::ORDER_MARGIN`).
+    pub busy: AtomicU64,
     next: *mut Ring,
 }
 
@@ -55,6 +58,7 @@ pub fn acquire(tid: u32) -> Option<&'static Ring> {
         {
             r.tid.store(tid, Ordering::Release);
             r.idle.store(0, Ordering::Relaxed);
+            r.busy.store(0, Ordering::Release);
             return Some(r);
         }
     }
@@ -79,6 +83,7 @@ pub fn acquire(tid: u32) -> Option<&'static Ring> {
         tid: AtomicU32::new(tid),
         state: AtomicU8::new(LIVE),
         idle: AtomicU32::new(0),
+        busy: AtomicU64::new(0),
         next: std::ptr::null_mut(),
     }));
     let mut head = RINGS.load(Ordering::Acquire);

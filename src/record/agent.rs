@@ -1,6 +1,6 @@
 //! The agent engine, recorder side: starts the command with the preload agent, accepts
-//! one connection per process image, puts each image's calls back in the order the
-//! agent numbered them, and writes them to the recording.
+//! one connection per process image, puts each image's calls back in the order of the
+//! keys the agent gave them, and writes them to the recording.
 //!
 //! The agent's stream is untrusted: a program can write anything to its own socket. A
 //! malformed stream ends that connection with a note; it never panics the recorder.
@@ -109,6 +109,8 @@ enum Msg {
     Protos(Vec<crate::protos::Loaded>),
     Batch(RawBatch),
     Exit(ExitHow),
+    /// Every record with a smaller order key has been sent.
+    Watermark(u64),
     End,
     Closed(Option<String>),
 }
@@ -132,7 +134,7 @@ struct RawBatch {
     /// Offset in the connection's stream of `bytes[0]`, for error messages.
     base: u64,
     head: Head,
-    /// Number of the last numbered record decoded: a head that takes none sorts there.
+    /// Order key of the last keyed record decoded: a head without one sorts there.
     last: u64,
     numbered: bool,
 }
@@ -217,7 +219,7 @@ struct Head {
     rec: Option<Ordered>,
 }
 
-/// The runs of an image's merge: threads' batches, and module lists (numbered too).
+/// The runs of an image's merge: threads' batches, and module lists (keyed too).
 enum ImageRun {
     Batch(RawBatch),
     Modules(VecRun<Head>),
@@ -293,7 +295,7 @@ enum Ordered {
 enum Record {
     /// A stack definition: the agent's id and the return addresses.
     Stack(u32, Vec<u64>),
-    /// A record in the agent's order, with its number.
+    /// A record in the agent's order, with its order key.
     Numbered(u64, Ordered),
 }
 
@@ -845,7 +847,6 @@ pub fn check_message(kind: u8, payload: &[u8]) -> Result<(), (&'static str, usiz
     Ok(())
 }
 
-/// Decodes the batch record at the start of `p`; with the bytes it took.
 /// One capture of an agent record (`arg u8, truncated u8, len u16, bytes`); `short` makes
 /// the error of a record cut short, `bad` names one out of bounds.
 fn wire_capture(
@@ -868,6 +869,7 @@ fn wire_capture(
     })
 }
 
+/// Decodes the batch record at the start of `p`; with the bytes it took.
 fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
     let mut g = wire::Get::new(p);
     let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);
@@ -886,11 +888,10 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
         }
         wire::REC_CALL => {
             let c = g.call().map_err(t("short call"))?;
-            Record::Numbered(c.seq, Ordered::Call(c))
+            Record::Numbered(c.ts_out, Ordered::Call(c))
         }
         wire::REC_ENTER => {
             let short = t("short import entry");
-            let seq = g.u64().map_err(short)?;
             let import = g.u16().map_err(short)?;
             let ts = g.u64().map_err(short)?;
             let stack = g.u32().map_err(short)?;
@@ -915,7 +916,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                 )?);
             }
             Record::Numbered(
-                seq,
+                ts,
                 Ordered::Enter(ImportEnter {
                     import,
                     ts,
@@ -927,7 +928,6 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
         }
         kind @ (wire::REC_EXIT | wire::REC_EXIT_DATA) => {
             let short = t("short import return");
-            let seq = g.u64().map_err(short)?;
             let ts = g.u64().map_err(short)?;
             let flags = g.u8().map_err(short)?;
             let ret = g.u64().map_err(short)?;
@@ -940,7 +940,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                 )?);
             }
             Record::Numbered(
-                seq,
+                ts,
                 Ordered::Exit(ImportExit {
                     ts,
                     ret: (flags & wire::CALL_RET != 0).then_some(ret),
@@ -958,7 +958,7 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
     let t = |what: &'static str| move |e: wire::Truncated| (what, e.at);
     Ok(match kind {
         wire::MSG_MODULES => {
-            let seq = g.u64().map_err(t("short module list"))?;
+            let key = g.u64().map_err(t("short module list"))?;
             let n = g.u32().map_err(t("short module list"))?;
             let mut mods = Vec::new();
             for _ in 0..n {
@@ -984,7 +984,7 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
                 }
                 mods.push(m);
             }
-            Msg::Modules(seq, mods)
+            Msg::Modules(key, mods)
         }
         wire::MSG_EXIT => {
             let b = g.bytes(4).map_err(t("short exit"))?;
@@ -997,6 +997,7 @@ fn decode(kind: u8, p: &[u8]) -> Result<Msg, (&'static str, usize)> {
             ])))
         }
         wire::MSG_END => Msg::End,
+        wire::MSG_WATERMARK => Msg::Watermark(g.u64().map_err(t("short watermark"))?),
         wire::MSG_IMPORTS => {
             let short = t("short import list");
             let n = g.u32().map_err(short)? as usize;
@@ -1194,12 +1195,12 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.start_image(id, earlier, pid, parent, cause, &exe)?;
             }
-            Msg::Modules(seq, mods) => {
+            Msg::Modules(key, mods) => {
                 let head = Head {
                     stacks: Vec::new(),
                     rec: Some(Ordered::Modules(mods)),
                 };
-                self.enqueue(id, ImageRun::Modules(VecRun::new(0, vec![(seq, head)])))?
+                self.enqueue(id, ImageRun::Modules(VecRun::new(0, vec![(key, head)])))?
             }
             Msg::Protos(found) => self.sink.prototypes(&found)?,
             Msg::Imports(names) => {
@@ -1214,6 +1215,12 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             Msg::Batch(_) => {}
             Msg::Exit(s) => self.image(id).exit = Some(s),
+            Msg::Watermark(w) => {
+                self.image(id).order.watermark(w);
+                if self.image(id).started {
+                    self.release(id, false)?;
+                }
+            }
             Msg::End => self.close(id, true, None)?,
             Msg::Closed(err) => self.close(id, false, err)?,
         }
@@ -1260,7 +1267,7 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(())
     }
 
-    /// Queues a run of numbered records and writes whatever's turn has come.
+    /// Queues a run of keyed records and writes whatever's turn has come.
     fn enqueue(&mut self, id: usize, run: ImageRun) -> Result<(), AgentError> {
         let img = self.image(id);
         if !img.started {
@@ -1271,8 +1278,7 @@ impl<W: io::Write> Recorder<'_, W> {
     }
 
     /// Writes every item whose turn has come; with `all`, everything still waiting (the
-    /// stream ended: numbers never used belong to calls that were still running when the
-    /// process ended, and have no record).
+    /// stream ended: no record of it can come any more).
     fn release(&mut self, id: usize, all: bool) -> Result<(), AgentError> {
         // The merge lends each record in place; it is out of the image meanwhile.
         let mut order = std::mem::take(&mut self.images[id].order);
@@ -1453,13 +1459,21 @@ impl<W: io::Write> Recorder<'_, W> {
         }
         let img = &mut self.images[id];
         img.ended = true;
-        let (pid, lost, started) = (img.pid, img.lost + img.order.lost, img.started);
+        let (pid, lost, forced, started) = (img.pid, img.lost, img.order.forced, img.started);
         if lost > 0 {
             self.sink.note(
                 pid,
+                format!("{lost} calls of process {pid} named an import the agent never listed"),
+            )?;
+        }
+        if forced > 0 {
+            self.sink.note(
+                pid,
                 format!(
-                    "{lost} calls of process {pid} were never received (a thread stopped \
-                     between numbering and writing a record); later calls were released"
+                    "{forced} records of process {pid} were written before the agent said \
+                     their turn had come (a thread stalled inside a hook while more than \
+                     {} MiB waited): calls of other threads near them may be out of order",
+                    crate::record::merge::MAX_WAITING >> 20
                 ),
             )?;
         }
@@ -1516,17 +1530,17 @@ impl<W: io::Write> Recorder<'_, W> {
 mod tests {
     use super::*;
 
-    fn call(seq: u64, stack: u32) -> Vec<u8> {
+    /// A malloc call record whose order key (its return time) is `key`.
+    fn call(key: u64, stack: u32) -> Vec<u8> {
         let c = wire::Call {
-            seq,
             func: wire::func::MALLOC,
             flags: wire::CALL_RET,
             nargs: 1,
             args: [32, 0, 0],
-            ret: 0x5555_0000 + seq,
+            ret: 0x5555_0000 + key,
             out: 0,
-            ts_in: 1000 + seq,
-            ts_out: 1010 + seq,
+            ts_in: key.saturating_sub(10),
+            ts_out: key,
             stack,
         };
         let mut buf = vec![0u8; wire::call_len(1)];
@@ -1553,22 +1567,22 @@ mod tests {
         b
     }
 
-    /// What the merge lends, in order: (thread, stack ids defined, call number).
+    /// What the merge lends, in order: (thread, stack ids defined, call's key).
     fn drain(m: &mut Merge<ImageRun>) -> Vec<(u32, Vec<u32>, Option<u64>)> {
         let mut out = Vec::new();
         while let Some((tid, head)) = m.pop(false) {
             let defs = head.stacks.iter().map(|(id, _)| *id).collect();
-            let seq = match &head.rec {
-                Some(Ordered::Call(c)) => Some(c.seq),
+            let key = match &head.rec {
+                Some(Ordered::Call(c)) => Some(c.ts_out),
                 _ => None,
             };
-            out.push((tid, defs, seq));
+            out.push((tid, defs, key));
         }
         out
     }
 
     #[test]
-    fn batches_decode_in_number_order_with_their_stack_definitions() {
+    fn batches_decode_in_key_order_with_their_stack_definitions() {
         let a = batch(
             7,
             &[
@@ -1581,8 +1595,11 @@ mod tests {
         let b = batch(8, &[call(1, wire::NO_STACK), call(3, wire::NO_STACK)]);
         let mut m = Merge::default();
         m.push(ImageRun::Batch(RawBatch::new(a, 0).unwrap()));
+        m.watermark(1);
         assert_eq!(drain(&mut m), [(7, vec![0], Some(0))]);
         m.push(ImageRun::Batch(RawBatch::new(b, 0).unwrap()));
+        assert_eq!(drain(&mut m), []);
+        m.watermark(4);
         // The definition left at the end of 7's batch goes out right after its last call.
         assert_eq!(
             drain(&mut m),
@@ -1605,8 +1622,9 @@ mod tests {
         // id and the good call.
         let mut m = Merge::default();
         m.push(ImageRun::Batch(RawBatch::new(bytes.clone(), 500).unwrap()));
+        m.watermark(u64::MAX);
         let (_, first) = m.pop(false).unwrap();
-        assert!(matches!(first.rec, Some(Ordered::Call(ref c)) if c.seq == 0));
+        assert!(matches!(first.rec, Some(Ordered::Call(ref c)) if c.ts_out == 0));
         let (_, second) = m.pop(false).unwrap();
         match second.rec {
             Some(Ordered::Corrupt(what, at)) => {

@@ -1,38 +1,39 @@
 //! Puts one process image's records back in call order. Every record the agent sends
-//! carries a number from a process-wide counter; each batch holds one thread's records in
-//! the order that thread numbered them, and batches of different threads interleave. The
-//! merge keeps each batch as it arrived (a run) and hands out the head with the smallest
-//! number once its turn has come: the number after the last one handed out. A run decodes
+//! carries an order key (the time stamp counter at the point that orders it against other
+//! threads' calls; see `wire::ORDER_MARGIN`); each batch holds one thread's records in
+//! the order of their keys, and batches of different threads interleave. The merge keeps
+//! each batch as it arrived (a run) and hands out the head with the smallest key once its
+//! turn has come: once the agent's last watermark, which says every record with a
+//! smaller key has been sent, is above it. A run decodes
 //! its records one at a time as the merge reaches them, and each is lent where it lies:
 //! decoding a whole batch into records first, on the connection's thread, wrote and then
 //! read back three times the bytes the wire holds, through another core's cache.
 //!
-//! A number that never comes (a thread stopped between numbering a call and writing it)
-//! would hold everything back: once more than [`MAX_WAITING`] bytes of runs wait, the
-//! merge gives up on the missing numbers before the smallest head and counts them as
-//! lost. At the end of a stream, the rest is handed out in order, gaps ignored (numbers
-//! taken by calls still running when the process ended).
+//! A watermark that stops moving (a thread stopped inside a hook) would hold everything
+//! back: once more than [`MAX_WAITING`] bytes of runs wait, the merge hands out the
+//! smallest heads without waiting and counts them. At the end of a stream, the rest is
+//! handed out in order.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-/// Most bytes of runs held back waiting for a missing number.
+/// Most bytes of runs held back waiting for the watermark.
 pub const MAX_WAITING: usize = 32 << 20;
 
-/// One batch of a thread's records, in the order the thread numbered them.
+/// One batch of a thread's records, in the order of their keys.
 pub trait Run {
     /// What the run hands out.
     type Item;
     /// The thread whose records these are.
     fn tid(&self) -> u32;
-    /// Moves to the next record and returns its number; `None` once the run is spent.
+    /// Moves to the next record and returns its key; `None` once the run is spent.
     /// Called once before the first head is looked at.
     fn advance(&mut self) -> Option<u64>;
     /// The current head.
     fn item(&mut self) -> &mut Self::Item;
-    /// Whether the current head took a number of the stream's count (a head that did not,
-    /// such as definitions left at a batch's end, goes out once it is the smallest and
-    /// moves the count nowhere).
+    /// Whether the current head has a key of its own (a head that has not, such as
+    /// definitions left at a batch's end, sorts at the key before it and goes out once it
+    /// is the smallest, without waiting for the watermark).
     fn numbered(&self) -> bool {
         true
     }
@@ -40,7 +41,7 @@ pub trait Run {
     fn size(&self) -> usize;
 }
 
-/// A run of records decoded already, each with its number.
+/// A run of records decoded already, each with its key.
 pub struct VecRun<T> {
     tid: u32,
     items: Vec<(u64, T)>,
@@ -87,16 +88,17 @@ impl<T> Run for VecRun<T> {
 pub struct Merge<R> {
     runs: Vec<Option<R>>,
     free: Vec<usize>,
-    /// (number of a run's head, run slot), smallest first.
+    /// (key of a run's head, run slot), smallest first.
     heads: BinaryHeap<Reverse<(u64, usize)>>,
     /// The run whose head was lent by the last `pop`: it moves on at the next call (to
     /// `pop` or `push`), so that the head stays where it lies meanwhile. Its entry is the
     /// top of `heads` until then.
     lent: Option<usize>,
-    next: u64,
+    /// Every record with a smaller key has been received.
+    watermark: u64,
     waiting: usize,
-    /// Numbers given up on (never received while later records waited).
-    pub lost: u64,
+    /// Records handed out before the watermark passed them, since too much waited.
+    pub forced: u64,
 }
 
 impl<R> Default for Merge<R> {
@@ -106,9 +108,9 @@ impl<R> Default for Merge<R> {
             free: Vec::new(),
             heads: BinaryHeap::new(),
             lent: None,
-            next: 0,
+            watermark: 0,
             waiting: 0,
-            lost: 0,
+            forced: 0,
         }
     }
 }
@@ -156,30 +158,28 @@ impl<R: Run> Merge<R> {
         }
     }
 
+    /// Notes the agent's word that every record with a key below `w` has been sent.
+    pub fn watermark(&mut self, w: u64) {
+        self.watermark = self.watermark.max(w);
+    }
+
     /// The next record whose turn has come, with its thread; with `all` (the stream
-    /// ended), the next one in order whatever is missing before it. The record is lent
+    /// ended), the next one in order, whatever the watermark. The record is lent
     /// where it lies, not moved: copying records this size out of their batch, through
     /// the stack, was most of the merge's time.
     pub fn pop(&mut self, all: bool) -> Option<(u32, &mut R::Item)> {
         self.settle();
-        let &Reverse((seq, slot)) = self.heads.peek()?;
+        let &Reverse((key, slot)) = self.heads.peek()?;
         let run = self.runs.get_mut(slot)?.as_mut()?;
-        if run.numbered() {
-            if seq > self.next {
-                if all {
-                    self.next = seq;
-                } else if self.waiting > MAX_WAITING {
-                    self.lost += seq - self.next;
-                    self.next = seq;
-                } else {
-                    return None;
-                }
+        // A key below the watermark goes out at once, behind the ones handed out or not
+        // (only a confused stream sends one behind).
+        if run.numbered() && key >= self.watermark && !all {
+            if self.waiting <= MAX_WAITING {
+                return None;
             }
-            // A number behind the ones handed out (only a confused stream sends one) goes
-            // out at once and moves nothing.
-            if seq >= self.next {
-                self.next = seq.saturating_add(1);
-            }
+            // Committed: what comes below it later is late.
+            self.forced += 1;
+            self.watermark = key.saturating_add(1);
         }
         self.lent = Some(slot);
         Some((run.tid(), run.item()))
@@ -200,44 +200,57 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_threads_come_out_in_number_order() {
+    fn interleaved_threads_come_out_in_key_order_below_the_watermark() {
         let mut m = Merge::default();
         m.push(VecRun::new(1, vec![(0, "a0"), (2, "a2"), (3, "a3")]));
-        // 1 is missing: nothing past 0 may go.
+        m.watermark(1);
+        // 1 may still come: nothing from 1 on may go.
         assert_eq!(drain(&mut m, false), [(1, "a0")]);
         m.push(VecRun::new(2, vec![(1, "b1"), (4, "b4")]));
+        assert_eq!(drain(&mut m, false), []);
+        m.watermark(5);
         assert_eq!(
             drain(&mut m, false),
             [(2, "b1"), (1, "a2"), (1, "a3"), (2, "b4")]
         );
+        // A watermark never moves back.
+        m.watermark(2);
+        m.push(VecRun::new(3, vec![(4, "c4")]));
+        assert_eq!(drain(&mut m, false), [(3, "c4")]);
         assert_eq!(m.waiting(), 0);
-        assert_eq!(m.lost, 0);
+        assert_eq!(m.forced, 0);
     }
 
     #[test]
-    fn the_end_of_a_stream_releases_past_gaps_without_counting_them() {
+    fn the_end_of_a_stream_releases_everything_in_order() {
         let mut m = Merge::default();
         m.push(VecRun::new(1, vec![(0, "x"), (5, "y")]));
+        m.push(VecRun::new(2, vec![(3, "z")]));
+        m.watermark(1);
         assert_eq!(drain(&mut m, false), [(1, "x")]);
-        assert_eq!(drain(&mut m, true), [(1, "y")]);
-        assert_eq!(m.lost, 0);
+        assert_eq!(drain(&mut m, true), [(2, "z"), (1, "y")]);
+        assert_eq!(m.forced, 0);
     }
 
     #[test]
-    fn a_number_that_never_comes_is_given_up_once_too_much_waits() {
+    fn a_stalled_watermark_is_passed_once_too_much_waits() {
         let mut m = Merge::default();
         let per = std::mem::size_of::<(u64, &str)>();
         let n = (MAX_WAITING / per) as u64 + 1;
-        // Just under the limit: the missing 0 holds everything back.
+        // Just under the limit: without a watermark everything is held back.
         m.push(VecRun::new(7, (1..n).map(|k| (k, "r")).collect()));
         assert!(m.pop(false).is_none());
-        // One more record is past it: the merge moves past the missing 0 and the rest
-        // follow in order.
+        // One more record is past it: the merge hands out the smallest heads in order
+        // until the rest fits again.
         m.push(VecRun::new(8, vec![(n, "s")]));
         let out = drain(&mut m, false);
-        assert_eq!(out.len() as u64, n);
-        assert_eq!(out.last(), Some(&(8, "s")));
-        assert_eq!(m.lost, 1);
+        assert_eq!(out.len() as u64, n - 1);
+        assert!(out.iter().all(|&(t, r)| (t, r) == (7, "r")));
+        assert_eq!(m.forced, n - 1);
+        // The handed-out keys count as passed: a later watermark just above them
+        // releases the rest.
+        m.watermark(n + 1);
+        assert_eq!(drain(&mut m, false), [(8, "s")]);
     }
 
     #[test]
@@ -248,6 +261,7 @@ mod tests {
                 (n % 3) as u32,
                 vec![(2 * n, format!("a{n}")), (2 * n + 1, format!("b{n}"))],
             ));
+            m.watermark(2 * n + 2);
             let (_, first) = m.pop(false).unwrap();
             let taken = std::mem::take(first);
             assert_eq!(taken, format!("a{n}"));
@@ -268,9 +282,11 @@ mod tests {
         let mut m = Merge::default();
         m.push(VecRun::new(1, vec![(1, "a1"), (4, "a4")]));
         m.push(VecRun::new(2, vec![(0, "b0")]));
+        m.watermark(1);
         assert_eq!(m.pop(false).map(|(t, s)| (t, *s)), Some((2, "b0")));
         // Lent b0's run is spent; the new run's head 2 waits behind a1.
         m.push(VecRun::new(3, vec![(2, "c2"), (3, "c3")]));
+        m.watermark(5);
         assert_eq!(
             drain(&mut m, false),
             [(1, "a1"), (3, "c2"), (3, "c3"), (1, "a4")]
@@ -306,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_without_a_number_goes_out_in_place_and_moves_no_count() {
+    fn a_head_without_a_key_goes_out_in_place_without_waiting() {
         let mut m = Merge::default();
         // A batch holding only definitions, ahead of the stream's first number.
         m.push(Marked {
@@ -317,16 +333,17 @@ mod tests {
             items: vec![(1, true, "one"), (1, false, "tail")],
             next: 0,
         });
-        // 0 has not come: "defs" goes (it waits for nothing), "one" does not.
+        // No watermark yet: "defs" goes (it waits for nothing), "one" does not.
         let out: Vec<&str> = std::iter::from_fn(|| m.pop(false).map(|(_, s)| *s)).collect();
         assert_eq!(out, ["defs"]);
         m.push(Marked {
             items: vec![(0, true, "zero")],
             next: 0,
         });
+        m.watermark(2);
         let out: Vec<&str> = std::iter::from_fn(|| m.pop(false).map(|(_, s)| *s)).collect();
         assert_eq!(out, ["zero", "one", "tail"]);
-        assert_eq!(m.lost, 0);
+        assert_eq!(m.forced, 0);
     }
 
     #[test]

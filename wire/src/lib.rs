@@ -10,7 +10,7 @@ pub mod protos;
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Environment variable naming the recorder's socket.
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
@@ -168,7 +168,8 @@ pub fn glob(pattern: &str, text: &str) -> bool {
         .is_some_and(|rest| rest.chars().all(|c| c == '*'))
 }
 
-/// Message: module list snapshot (`seq u64, count u32, modules`).
+/// Message: module list snapshot (`key u64, count u32, modules`); `key` is its order
+/// key (see [`ORDER_MARGIN`]).
 pub const MSG_MODULES: u8 = 1;
 /// Message: records of one thread (`tid u32, records`).
 pub const MSG_BATCH: u8 = 2;
@@ -178,6 +179,10 @@ pub const MSG_EXIT: u8 = 3;
 pub const MSG_END: u8 = 4;
 /// Message: the process is about to die of a signal (`signo i32`).
 pub const MSG_KILLED: u8 = 5;
+/// Message: every record of the process with an order key below `key u64` has been sent,
+/// in a batch or module list before this message (protocol version 5; see
+/// [`ORDER_MARGIN`]).
+pub const MSG_WATERMARK: u8 = 7;
 /// Message: the main executable's imported functions the agent traces, numbered from 0
 /// in this order (`count u32`, then per function `flags u8`, `len u16`, name bytes). Sent
 /// once, before any record that uses the numbers.
@@ -194,11 +199,11 @@ pub const MAX_NAME: usize = 1024;
 pub const REC_STACK: u8 = 1;
 /// Thread record: a finished call (see [`Call`]).
 pub const REC_CALL: u8 = 2;
-/// Thread record: entry into an imported function (`seq u64, import u16, ts u64, stack u32,
+/// Thread record: entry into an imported function (`import u16, ts u64, stack u32,
 /// nargs u8, nargs × u64, ndata u8`, then per captured argument `arg u8, truncated u8,
 /// len u16, bytes`).
 pub const REC_ENTER: u8 = 3;
-/// Thread record: return from the thread's innermost open import call (`seq u64, ts u64,
+/// Thread record: return from the thread's innermost open import call (`ts u64,
 /// flags u8, ret u64`); flag [`CALL_RET`] clear means it never returned (unwound past, or
 /// longjmp'ed over).
 pub const REC_EXIT: u8 = 4;
@@ -210,6 +215,22 @@ pub const REC_EXIT_DATA: u8 = 5;
 pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;
 /// Most bytes captured per argument.
 pub const MAX_DATA: usize = 4096;
+
+/// How far behind the time stamp counter read at the start of a drain pass the watermark
+/// the agent sends after the pass stays, in counter ticks (about 0.3 ms at 3 GHz).
+///
+/// Records are ordered across threads by an *order key*: the time stamp counter, read
+/// with `rdtscp` (which waits for the loads before it) at the point that orders a call
+/// against other threads': before the real `free`, after the real allocation (a
+/// [`Call`]'s `ts_out`), at an import's entry and return (their `ts`), when a module list
+/// is read. A block freed by one thread and returned to another by `malloc` is then never
+/// seen allocated twice, as with the process-wide counter the keys replace (whose cache
+/// line moved between the cores at every call: a quarter of the hooks' cost). A thread
+/// marks itself busy before it reads a key and idle once the record is in its ring; the
+/// drainer reads the counter, then every ring's mark, so a record it did not find has a
+/// key above the counter it read, less the time a store takes to become visible, which
+/// the margin covers many times over.
+pub const ORDER_MARGIN: u64 = 1 << 20;
 
 /// Call flag: the return value is meaningful.
 pub const CALL_RET: u8 = 1;
@@ -232,8 +253,6 @@ pub const CALL_ARGS: usize = 3;
 /// A finished call as the agent reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
-    /// Process-wide order: calls are released to the recording in this order.
-    pub seq: u64,
     /// Index into the allocator family table.
     pub func: u8,
     /// [`CALL_RET`] | [`CALL_OUT`].
@@ -248,7 +267,8 @@ pub struct Call {
     pub out: u64,
     /// Time stamp counter at entry (the recorder converts it to recording time).
     pub ts_in: u64,
-    /// Time stamp counter at return.
+    /// Time stamp counter at return (at entry for a call recorded there, such as `free`):
+    /// the call's order key.
     pub ts_out: u64,
     /// Thread-local stack id, or [`NO_STACK`].
     pub stack: u32,
@@ -256,20 +276,19 @@ pub struct Call {
 
 /// Most bytes a call with `nargs` arguments takes, kind byte included.
 pub const fn call_len(nargs: usize) -> usize {
-    1 + 10 + 3 + 10 * nargs + 10 + 10 + 8 + 10 + 5
+    1 + 3 + 10 * nargs + 10 + 10 + 8 + 10 + 5
 }
 
 /// Writes `c` (kind byte included) at the start of `out`, which must hold
 /// [`call_len`]`(c.nargs)` bytes; returns the length written. Compact, since every call
-/// passes through the ring, the socket and the recorder's decoder (protocol version 3):
-/// `seq uvar, func u8, flags u8, nargs u8, nargs × uvar, [ret uvar], [out uvar],
+/// passes through the ring, the socket and the recorder's decoder (protocol version 5):
+/// `func u8, flags u8, nargs u8, nargs × uvar, [ret uvar], [out uvar],
 /// ts_in u64, ts_out - ts_in uvar, stack + 1 uvar` (0: no stack); `ret` and `out` only
 /// when their flag is set.
 #[inline]
 pub fn put_call(out: &mut [u8], c: &Call) -> usize {
     let mut w = Put { buf: out, at: 0 };
     w.u8(REC_CALL);
-    w.uvar(c.seq);
     w.u8(c.func);
     w.u8(c.flags);
     let n = (c.nargs as usize).min(CALL_ARGS);
@@ -527,7 +546,6 @@ impl<'a> Get<'a> {
     /// Takes a call record whose kind byte was already read (see [`put_call`]).
     #[inline]
     pub fn call(&mut self) -> Result<Call, Truncated> {
-        let seq = self.uvar()?;
         let func = self.u8()?;
         let flags = self.u8()?;
         let at = self.at;
@@ -560,7 +578,6 @@ impl<'a> Get<'a> {
                 .ok_or(Truncated { at })?,
         };
         Ok(Call {
-            seq,
             func,
             flags,
             nargs,
@@ -667,7 +684,6 @@ mod tests {
     #[test]
     fn calls_round_trip_within_their_stated_length() {
         let base = Call {
-            seq: 7,
             func: 3,
             flags: CALL_RET,
             nargs: 2,
@@ -680,7 +696,6 @@ mod tests {
         };
         // Extremes: every field at its largest, no stack, a clock that wrapped.
         let extreme = Call {
-            seq: u64::MAX,
             func: 255,
             flags: CALL_RET | CALL_OUT,
             nargs: CALL_ARGS as u8,
