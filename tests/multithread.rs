@@ -193,3 +193,67 @@ fn a_call_parked_for_100000_calls_does_not_hold_events_back() {
         "{groups:?}"
     );
 }
+
+/// A block freed by one thread and handed back by malloc to another nanoseconds later:
+/// the recording must order that free before that malloc, or the leak report shows blocks
+/// allocated twice. Without the thread cache the arena returns the block at once, so this
+/// happens thousands of times a run.
+#[test]
+fn a_block_freed_and_reallocated_across_threads_is_ordered() {
+    let src = repo().join("tests/fixtures/c/handoff.c");
+    let bin = build_c("handoff", "handoff.c", &["-O1", "-g", "-pthread"]);
+    let at = |m: &str| format!("handoff.c:{}", marker_line(&src, m));
+    let (leak_at, malloc_at) = (at("HANDOFF: leak"), at("HANDOFF: malloc"));
+    let create_lines = [at("pthread_create(&p"), at("pthread_create(&c")];
+    let dir = scratch("handoff");
+    for (round, engine) in ["agent"; 5].into_iter().chain(["ptrace"]).enumerate() {
+        let rec = dir.join(format!("r{round}.rlt"));
+        let o = rltrace()
+            .args(["record", "--engine", engine, "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "round {round} ({engine}): {err}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
+        let r = rltrace()
+            .arg("replay")
+            .arg("--leaks")
+            .arg(&rec)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "round {round} ({engine}): {err}");
+        assert!(
+            !err.contains("written before the agent said") && !err.contains("internal:"),
+            "round {round} ({engine}): {err}"
+        );
+        let report = String::from_utf8(r.stdout).unwrap();
+        let groups = parse_leaks(&report);
+        let ours: Vec<_> = groups
+            .iter()
+            .filter(|g| g.caller_fn == "producer")
+            .collect();
+        assert_eq!(ours.len(), 1, "round {round} ({engine}): {report}");
+        assert_eq!(ours[0].at, leak_at, "round {round} ({engine}): {report}");
+        assert_eq!(
+            (ours[0].blocks, ours[0].bytes),
+            (100, 7200),
+            "round {round} ({engine}): {report}"
+        );
+        assert!(
+            groups.iter().all(|g| g.at != malloc_at),
+            "round {round} ({engine}): a handed-off block looks leaked: {report}"
+        );
+        for g in groups.iter().filter(|g| g.caller_fn != "producer") {
+            assert!(
+                create_lines.contains(&g.at),
+                "round {round} ({engine}): unexpected leak group {g:?}"
+            );
+        }
+    }
+}
