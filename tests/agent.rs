@@ -168,6 +168,56 @@ fn the_engine_is_chosen_and_explained() {
     assert!(err.contains("--engine agent cannot record this: "), "{err}");
 }
 
+/// On a machine whose kernel has withdrawn `tsc` from its clocksources (faked here by
+/// mounting another list over the kernel's, in a mount namespace of the test's own), the
+/// agent's order keys would not compare across CPUs: ptrace records instead, with the
+/// reason, and `--engine agent` refuses.
+#[test]
+fn an_untrusted_time_stamp_counter_keeps_the_agent_out() {
+    let dir = scratch("untrusted-tsc");
+    let fake = dir.join("available_clocksource");
+    std::fs::write(&fake, "hpet acpi_pm \n").unwrap();
+    let rec = dir.join("t.rlt");
+    let script = format!(
+        "mount --bind '{}' /sys/devices/system/clocksource/clocksource0/available_clocksource \
+         && RLTRACE='{}' && \"$RLTRACE\" record -o '{}' -- '{}' && \
+         ! \"$RLTRACE\" record --engine agent -o '{}' -- '{}'",
+        fake.display(),
+        env!("CARGO_BIN_EXE_rltrace"),
+        rec.display(),
+        leaks_c().display(),
+        dir.join("refused.rlt").display(),
+        leaks_c().display(),
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("DEBUGINFOD_URLS")
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let why = "the kernel's clocksources are hpet, acpi_pm, not tsc: it does not trust the \
+               time stamp counter, by which the agent orders threads' calls";
+    assert!(
+        err.contains(&format!("rltrace: engine: ptrace ({why})")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--engine agent cannot record this: {why}")),
+        "{err}"
+    );
+    assert!(!dir.join("refused.rlt").exists());
+    let groups = parse_leaks(&replay(&rec, &["--leaks"]));
+    assert_eq!(
+        groups
+            .iter()
+            .filter(|g| g.at.starts_with("leaks.c:"))
+            .count(),
+        6,
+        "{groups:?}"
+    );
+}
+
 /// `rltrace record --engine agent` on `cmd`: asserts it refuses (status 2); its stderr.
 fn agent_refusal(out: &std::path::Path, cmd: &std::path::Path) -> String {
     let o = rltrace()

@@ -122,6 +122,56 @@ impl TscClock {
     }
 }
 
+/// Why this machine's time stamp counter cannot order the agent's records across threads,
+/// if it cannot: read from `/proc/cpuinfo` and the kernel's clocksource list.
+pub fn order_problem() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let sources = std::fs::read_to_string(
+        "/sys/devices/system/clocksource/clocksource0/available_clocksource",
+    )
+    .ok();
+    tsc_problem(&cpuinfo, sources.as_deref())
+}
+
+/// What [`order_problem`] finds in the text of `/proc/cpuinfo` and of the clocksource
+/// list. The agent keys records by `rdtscp` and compares keys taken on different CPUs,
+/// so it needs the instruction, a counter that ticks at one rate whatever the power
+/// state (`constant_tsc`, `nonstop_tsc`), and one the kernel found synchronized across
+/// CPUs: Linux withdraws `tsc` from the clocksources it lists when it finds it is not
+/// (at boot, or later by its watchdog).
+fn tsc_problem(cpuinfo: &str, clocksources: Option<&str>) -> Option<String> {
+    let mut cpus = 0;
+    for flags in cpuinfo.lines().filter_map(|l| {
+        l.strip_prefix("flags")
+            .and_then(|r| r.trim_start().strip_prefix(':'))
+    }) {
+        cpus += 1;
+        let have: Vec<&str> = flags.split_whitespace().collect();
+        let missing: Vec<&str> = ["rdtscp", "constant_tsc", "nonstop_tsc"]
+            .into_iter()
+            .filter(|f| !have.contains(f))
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!(
+                "the CPU lacks {} (the agent orders threads' calls by the time stamp counter)",
+                missing.join(", ")
+            ));
+        }
+    }
+    if cpus == 0 {
+        // Not an x86 /proc/cpuinfo we can read: nothing to judge by.
+        return None;
+    }
+    match clocksources {
+        Some(list) if !list.split_whitespace().any(|c| c == "tsc") => Some(format!(
+            "the kernel's clocksources are {}, not tsc: it does not trust the time stamp \
+             counter, by which the agent orders threads' calls",
+            list.split_whitespace().collect::<Vec<_>>().join(", ")
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +222,23 @@ mod tests {
         assert_eq!(c.to_ns(1_000), 10);
         assert!(c.to_ns(1_500_001_000).abs_diff(500_000_010) < 2);
         assert!(c.ticks_in(1_000).abs_diff(3_000) < 2);
+    }
+
+    #[test]
+    fn the_agent_needs_a_synchronized_invariant_counter() {
+        let good = "processor\t: 0\nflags\t\t: fpu tsc rdtscp constant_tsc nonstop_tsc\n\n\
+                    processor\t: 1\nflags\t\t: fpu tsc rdtscp constant_tsc nonstop_tsc\n";
+        assert_eq!(tsc_problem(good, Some("tsc kvm-clock \n")), None);
+        assert_eq!(tsc_problem(good, None), None);
+        let why = tsc_problem(good, Some("kvm-clock hpet acpi_pm\n")).unwrap_or_default();
+        assert!(
+            why.contains("clocksources: kvm-clock hpet acpi_pm"),
+            "{why}"
+        );
+        // One CPU without the flag is enough to refuse.
+        let old = good.replacen("rdtscp constant_tsc nonstop_tsc", "constant_tsc", 1);
+        let why = tsc_problem(&old, Some("tsc")).unwrap_or_default();
+        assert!(why.contains("lacks rdtscp, nonstop_tsc"), "{why}");
+        assert_eq!(tsc_problem("", Some("hpet")), None);
     }
 }

@@ -185,6 +185,7 @@ fn choose_engine(req: &RecordRequest) -> Result<(Choice, String), RecordError> {
             )
         })
     });
+    let refusal = refusal.or_else(clock::order_problem);
     let beyond = req.select.as_ref().is_some_and(|s| !agent_interposes(s));
     match (req.engine, refusal, library) {
         (Engine::Ptrace, _, _) => Ok((Choice::Ptrace, "asked for with --engine".into())),
