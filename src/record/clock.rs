@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(tsc_problem(good, None), None);
         let why = tsc_problem(good, Some("kvm-clock hpet acpi_pm\n")).unwrap_or_default();
         assert!(
-            why.contains("clocksources: kvm-clock hpet acpi_pm"),
+            why.contains("clocksources are kvm-clock, hpet, acpi_pm, not tsc"),
             "{why}"
         );
         // One CPU without the flag is enough to refuse.
