@@ -410,9 +410,10 @@ fn enter() -> Option<(&'static Tls, &'static mut ThreadState)> {
             // Before any order key is read: the drainer's watermark stays below this
             // thread's next record until `leave`. Less the margin, since a key read by
             // `rdtsc` may be read a little before an earlier `rdtscp` of this thread; 0
-            // would mean idle.
+            // would mean idle. Release (a plain store on x86): a drainer that reads this
+            // mark also finds the records this thread pushed before it.
             let mark = st.last_key.saturating_sub(wire::ORDER_MARGIN).max(1);
-            st.ring.busy.store(mark, Ordering::Relaxed);
+            st.ring.busy.store(mark, Ordering::Release);
             std::sync::atomic::compiler_fence(Ordering::SeqCst);
             Some((tls, st))
         }
