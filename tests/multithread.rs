@@ -263,3 +263,82 @@ fn a_block_freed_and_reallocated_across_threads_is_ordered() {
         }
     }
 }
+
+/// A free that stalls in the real `free` after the block is back in the C library's free
+/// lists (stall_free.c, in front of libc), while another thread allocates the block again:
+/// the agent must not let the recorder write that allocation before the stalled free,
+/// whose record reaches its ring 30 ms later. The busy mark of the stalled thread holds
+/// the watermark back; without it the report shows 1 block instead of 5.
+#[test]
+fn an_allocation_after_a_free_still_inside_its_hook_waits_for_the_free() {
+    let src = repo().join("tests/fixtures/c/stall.c");
+    let lib = build_c(
+        "libstallfree.so",
+        "stall_free.c",
+        &["-O1", "-g", "-shared", "-fPIC"],
+    );
+    let dir = lib.parent().unwrap().display().to_string();
+    let bin = build_c(
+        "stall",
+        "stall.c",
+        &[
+            "-O1",
+            "-g",
+            "-pthread",
+            &format!("-L{dir}"),
+            &format!("-Wl,-rpath,{dir}"),
+            "-Wl,--no-as-needed",
+            "-lstallfree",
+        ],
+    );
+    let at = |m: &str| format!("stall.c:{}", marker_line(&src, m));
+    let (leak_at, malloc_at) = (at("STALL: leak"), at("STALL: malloc"));
+    let scratch = scratch("stall");
+    for (round, engine) in ["agent"; 3].into_iter().chain(["ptrace"]).enumerate() {
+        let rec = scratch.join(format!("r{round}.rlt"));
+        let o = rltrace()
+            .args(["record", "--engine", engine, "-o"])
+            .arg(&rec)
+            .arg("--")
+            .arg(&bin)
+            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "round {round} ({engine}): {err}");
+        // The race this is about happened: the second allocation got the block back.
+        let out = String::from_utf8_lossy(&o.stdout);
+        let reused: u32 = out
+            .strip_prefix("reused ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: {out}"));
+        assert!(reused >= 1, "round {round} ({engine}): {out}");
+        let r = rltrace()
+            .arg("replay")
+            .arg("--leaks")
+            .arg(&rec)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "round {round} ({engine}): {err}");
+        assert!(
+            !err.contains("written before the agent said") && !err.contains("internal:"),
+            "round {round} ({engine}): {err}"
+        );
+        let report = String::from_utf8(r.stdout).unwrap();
+        let groups = parse_leaks(&report);
+        let ours: Vec<_> = groups.iter().filter(|g| g.at == leak_at).collect();
+        assert_eq!(ours.len(), 1, "round {round} ({engine}): {report}");
+        assert_eq!(
+            (ours[0].blocks, ours[0].bytes),
+            (5, 200),
+            "round {round} ({engine}): {report}"
+        );
+        assert!(
+            groups.iter().all(|g| g.at != malloc_at),
+            "round {round} ({engine}): {report}"
+        );
+    }
+}
