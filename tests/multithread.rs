@@ -209,56 +209,34 @@ fn a_block_freed_and_reallocated_across_threads_is_ordered() {
     let dir = scratch("handoff");
     for (round, engine) in ["agent"; 5].into_iter().chain(["ptrace"]).enumerate() {
         let rec = dir.join(format!("r{round}.rlt"));
-        let o = rltrace()
-            .args(["record", "--engine", engine, "-o"])
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .arg(if engine == "ptrace" {
-                "20000"
-            } else {
-                "100000"
-            })
-            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "round {round} ({engine}): {err}");
-        assert_eq!(String::from_utf8_lossy(&o.stdout), "done\n");
-        let r = rltrace()
-            .arg("replay")
-            .arg("--leaks")
-            .arg(&rec)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(r.status.success(), "round {round} ({engine}): {err}");
-        assert!(
-            !err.contains("written before the agent said") && !err.contains("internal:"),
-            "round {round} ({engine}): {err}"
-        );
-        let report = String::from_utf8(r.stdout).unwrap();
-        let groups = parse_leaks(&report);
+        let ctx = format!("round {round} ({engine})");
+        let blocks = if engine == "ptrace" {
+            "20000"
+        } else {
+            "100000"
+        };
+        let out = record_without_tcache(engine, &rec, &bin, &[blocks], &ctx);
+        assert_eq!(out, "done\n");
+        let (report, groups) = ordered_leaks(&rec, &ctx);
         let ours: Vec<_> = groups
             .iter()
             .filter(|g| g.caller_fn == "producer")
             .collect();
-        assert_eq!(ours.len(), 1, "round {round} ({engine}): {report}");
-        assert_eq!(ours[0].at, leak_at, "round {round} ({engine}): {report}");
+        assert_eq!(ours.len(), 1, "{ctx}: {report}");
+        assert_eq!(ours[0].at, leak_at, "{ctx}: {report}");
         assert_eq!(
             (ours[0].blocks, ours[0].bytes),
             (100, 7200),
-            "round {round} ({engine}): {report}"
+            "{ctx}: {report}"
         );
         assert!(
             groups.iter().all(|g| g.at != malloc_at),
-            "round {round} ({engine}): a handed-off block looks leaked: {report}"
+            "{ctx}: a handed-off block looks leaked: {report}"
         );
         for g in groups.iter().filter(|g| g.caller_fn != "producer") {
             assert!(
                 create_lines.contains(&g.at),
-                "round {round} ({engine}): unexpected leak group {g:?}"
+                "{ctx}: unexpected leak group {g:?}"
             );
         }
     }
@@ -296,49 +274,67 @@ fn an_allocation_after_a_free_still_inside_its_hook_waits_for_the_free() {
     let scratch = scratch("stall");
     for (round, engine) in ["agent"; 3].into_iter().chain(["ptrace"]).enumerate() {
         let rec = scratch.join(format!("r{round}.rlt"));
-        let o = rltrace()
-            .args(["record", "--engine", engine, "-o"])
-            .arg(&rec)
-            .arg("--")
-            .arg(&bin)
-            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "round {round} ({engine}): {err}");
+        let ctx = format!("round {round} ({engine})");
+        let out = record_without_tcache(engine, &rec, &bin, &[], &ctx);
         // The race this is about happened: the second allocation got the block back.
-        let out = String::from_utf8_lossy(&o.stdout);
         let reused: u32 = out
             .strip_prefix("reused ")
             .and_then(|r| r.split(' ').next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("round {round}: {out}"));
-        assert!(reused >= 1, "round {round} ({engine}): {out}");
-        let r = rltrace()
-            .arg("replay")
-            .arg("--leaks")
-            .arg(&rec)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(r.status.success(), "round {round} ({engine}): {err}");
-        assert!(
-            !err.contains("written before the agent said") && !err.contains("internal:"),
-            "round {round} ({engine}): {err}"
-        );
-        let report = String::from_utf8(r.stdout).unwrap();
-        let groups = parse_leaks(&report);
+            .unwrap_or_else(|| panic!("{ctx}: {out}"));
+        assert!(reused >= 1, "{ctx}: {out}");
+        let (report, groups) = ordered_leaks(&rec, &ctx);
         let ours: Vec<_> = groups.iter().filter(|g| g.at == leak_at).collect();
-        assert_eq!(ours.len(), 1, "round {round} ({engine}): {report}");
-        assert_eq!(
-            (ours[0].blocks, ours[0].bytes),
-            (5, 200),
-            "round {round} ({engine}): {report}"
-        );
-        assert!(
-            groups.iter().all(|g| g.at != malloc_at),
-            "round {round} ({engine}): {report}"
-        );
+        assert_eq!(ours.len(), 1, "{ctx}: {report}");
+        assert_eq!((ours[0].blocks, ours[0].bytes), (5, 200), "{ctx}: {report}");
+        assert!(groups.iter().all(|g| g.at != malloc_at), "{ctx}: {report}");
     }
+}
+
+/// Records `bin ARGS` with `engine` and the C library's thread cache off, so that a freed
+/// block goes straight back to its arena for the next allocation; asserts success and
+/// returns the program's output.
+fn record_without_tcache(
+    engine: &str,
+    rec: &std::path::Path,
+    bin: &std::path::Path,
+    args: &[&str],
+    ctx: &str,
+) -> String {
+    let o = rltrace()
+        .args(["record", "--engine", engine, "-o"])
+        .arg(rec)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{ctx}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The leak report of `rec` and its groups, asserting that the recorder never had to
+/// write records before their turn and that replay found no bookkeeping anomaly.
+fn ordered_leaks(rec: &std::path::Path, ctx: &str) -> (String, Vec<Group>) {
+    let r = rltrace()
+        .arg("replay")
+        .arg("--leaks")
+        .arg(rec)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{ctx}: {err}");
+    assert!(
+        !err.contains("written before the agent said") && !err.contains("internal:"),
+        "{ctx}: {err}"
+    );
+    let report = String::from_utf8(r.stdout).unwrap();
+    let groups = parse_leaks(&report);
+    (report, groups)
 }
