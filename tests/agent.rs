@@ -245,7 +245,7 @@ fn malformed_agent_streams_are_reported_not_trusted() {
         // 17 bytes of hello, 5 of message header, 4 of thread id.
         "unknown record kind at offset 26",
         "stack too deep at offset 26",
-        // After the kind byte, seq, time, flags and return value.
+        // After the kind byte, time, flags and return value.
         "returned string out of bounds at offset 44",
         "message of 2147483647 bytes at offset 17",
     ] {

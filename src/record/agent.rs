@@ -136,7 +136,7 @@ struct RawBatch {
     head: Head,
     /// Order key of the last keyed record decoded: a head without one sorts there.
     last: u64,
-    numbered: bool,
+    keyed: bool,
 }
 
 impl RawBatch {
@@ -153,7 +153,7 @@ impl RawBatch {
             base,
             head: Head::default(),
             last: 0,
-            numbered: false,
+            keyed: false,
         })
     }
 }
@@ -172,7 +172,7 @@ impl Run for RawBatch {
             let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) else {
                 // Definitions after the last record still count: a later batch's records
                 // may use them.
-                self.numbered = false;
+                self.keyed = false;
                 return (!self.head.stacks.is_empty()).then_some(self.last);
             };
             match decode_record(rest) {
@@ -180,18 +180,18 @@ impl Run for RawBatch {
                     self.at += n;
                     self.head.stacks.push((id, frames));
                 }
-                Ok((Record::Numbered(seq, rec), n)) => {
+                Ok((Record::Keyed(key, rec), n)) => {
                     self.at += n;
                     self.head.rec = Some(rec);
-                    self.last = seq;
-                    self.numbered = true;
-                    return Some(seq);
+                    self.last = key;
+                    self.keyed = true;
+                    return Some(key);
                 }
                 Err((what, o)) => {
                     let at = self.at + o;
                     self.at = self.bytes.len();
                     self.head.rec = Some(Ordered::Corrupt(what, self.base + at as u64));
-                    self.numbered = false;
+                    self.keyed = false;
                     return Some(self.last);
                 }
             }
@@ -202,8 +202,8 @@ impl Run for RawBatch {
         &mut self.head
     }
 
-    fn numbered(&self) -> bool {
-        self.numbered
+    fn keyed(&self) -> bool {
+        self.keyed
     }
 
     fn size(&self) -> usize {
@@ -249,10 +249,10 @@ impl Run for ImageRun {
         }
     }
 
-    fn numbered(&self) -> bool {
+    fn keyed(&self) -> bool {
         match self {
-            ImageRun::Batch(b) => b.numbered(),
-            ImageRun::Modules(m) => m.numbered(),
+            ImageRun::Batch(b) => b.keyed(),
+            ImageRun::Modules(m) => m.keyed(),
         }
     }
 
@@ -296,7 +296,7 @@ enum Record {
     /// A stack definition: the agent's id and the return addresses.
     Stack(u32, Vec<u64>),
     /// A record in the agent's order, with its order key.
-    Numbered(u64, Ordered),
+    Keyed(u64, Ordered),
 }
 
 struct Stack {
@@ -888,7 +888,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
         }
         wire::REC_CALL => {
             let c = g.call().map_err(t("short call"))?;
-            Record::Numbered(c.ts_out, Ordered::Call(c))
+            Record::Keyed(c.ts_out, Ordered::Call(c))
         }
         wire::REC_ENTER => {
             let short = t("short import entry");
@@ -915,7 +915,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                     "captured argument out of bounds",
                 )?);
             }
-            Record::Numbered(
+            Record::Keyed(
                 ts,
                 Ordered::Enter(ImportEnter {
                     import,
@@ -939,7 +939,7 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
                     "returned string out of bounds",
                 )?);
             }
-            Record::Numbered(
+            Record::Keyed(
                 ts,
                 Ordered::Exit(ImportExit {
                     ts,

@@ -134,8 +134,8 @@ pub fn order_problem() -> Option<String> {
 }
 
 /// What [`order_problem`] finds in the text of `/proc/cpuinfo` and of the clocksource
-/// list. The agent keys records by `rdtscp` and compares keys taken on different CPUs,
-/// so it needs the instruction, a counter that ticks at one rate whatever the power
+/// list. The agent keys records by the counter (`rdtsc`, `rdtscp`) and compares keys
+/// taken on different CPUs, so it needs `rdtscp`, a counter that ticks at one rate whatever the power
 /// state (`constant_tsc`, `nonstop_tsc`), and one the kernel found synchronized across
 /// CPUs: Linux withdraws `tsc` from the clocksources it lists when it finds it is not
 /// (at boot, or later by its watchdog).

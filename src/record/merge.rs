@@ -34,7 +34,7 @@ pub trait Run {
     /// Whether the current head has a key of its own (a head that has not, such as
     /// definitions left at a batch's end, sorts at the key before it and goes out once it
     /// is the smallest, without waiting for the watermark).
-    fn numbered(&self) -> bool {
+    fn keyed(&self) -> bool {
         true
     }
     /// Bytes the run holds, counted against [`MAX_WAITING`].
@@ -173,7 +173,7 @@ impl<R: Run> Merge<R> {
         let run = self.runs.get_mut(slot)?.as_mut()?;
         // A key below the watermark goes out at once, behind the ones handed out or not
         // (only a confused stream sends one behind).
-        if run.numbered() && key >= self.watermark && !all {
+        if run.keyed() && key >= self.watermark && !all {
             if self.waiting <= MAX_WAITING {
                 return None;
             }
@@ -293,7 +293,7 @@ mod tests {
         );
     }
 
-    /// A run whose heads alternate: numbered, then one that took no number (as stack
+    /// A run whose heads alternate: keyed, then one without a key (as stack
     /// definitions left at a batch's end are).
     struct Marked {
         items: Vec<(u64, bool, &'static str)>,
@@ -313,7 +313,7 @@ mod tests {
         fn item(&mut self) -> &mut &'static str {
             &mut self.items[self.next - 1].2
         }
-        fn numbered(&self) -> bool {
+        fn keyed(&self) -> bool {
             self.items[self.next - 1].1
         }
         fn size(&self) -> usize {
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_head_without_a_key_goes_out_in_place_without_waiting() {
         let mut m = Merge::default();
-        // A batch holding only definitions, ahead of the stream's first number.
+        // A batch holding only definitions, ahead of the stream's first key.
         m.push(Marked {
             items: vec![(0, false, "defs")],
             next: 0,

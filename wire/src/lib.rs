@@ -219,13 +219,14 @@ pub const MAX_DATA: usize = 4096;
 /// How far behind the time stamp counter read at the start of a drain pass the watermark
 /// the agent sends after the pass stays, in counter ticks (about 0.3 ms at 3 GHz).
 ///
-/// Records are ordered across threads by an *order key*: the time stamp counter, read
-/// with `rdtscp` (which waits for the loads before it) at the point that orders a call
-/// against other threads': before the real `free`, after the real allocation (a
-/// [`Call`]'s `ts_out`), at an import's entry and return (their `ts`), when a module list
-/// is read. A block freed by one thread and returned to another by `malloc` is then never
-/// seen allocated twice, as with the process-wide counter the keys replace (whose cache
-/// line moved between the cores at every call: a quarter of the hooks' cost). A thread
+/// Records are ordered across threads by an *order key*: the time stamp counter, read at
+/// the point that orders a call against other threads': with `rdtsc` before what the
+/// thread does next (the real `free`, an import's entry), with `rdtscp` (which waits for
+/// the loads before it) after what it just did (the real allocation: a [`Call`]'s
+/// `ts_out`; an import's return; reading a module list). A block freed by one thread and
+/// returned to another by `malloc` is then never seen allocated twice, as with the
+/// process-wide counter the keys replace (whose cache line moved between the cores at
+/// every call: nearly half of what the agent cost). A thread
 /// marks itself busy before it reads a key and idle once the record is in its ring; the
 /// drainer reads the counter, then every ring's mark, so a record it did not find has a
 /// key above the counter it read, less the time a store takes to become visible, which
