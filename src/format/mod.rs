@@ -15,9 +15,10 @@ pub const MAGIC: &[u8; 8] = b"RLTRACE\0";
 /// The format version this build writes and the newest it reads (version 2 added the
 /// signal record, version 3 the attach start cause, version 4 the enter record with
 /// argument data and the timed exit record, version 5 the unknown exit status, version 6
-/// the call record and the time unit, version 7 the thread-coded call record; older files
+/// the call record and the time unit, version 7 the thread-coded call record, version 8 the
+/// exit record with data, version 9 the agent's coded calls; older files
 /// read unchanged).
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 /// Metadata key: nanoseconds per stored time unit (version 6; 1 when absent).
 pub const META_TIME_UNIT: &str = "time-unit-ns";
 /// Metadata key: the `-l` patterns, one per line.

@@ -12,132 +12,95 @@
 
 use std::collections::HashMap;
 
-use super::codec::{unzigzag, zigzag, Decoder, Encoder};
+use rltrace_wire::coded::{to_front, CodeError};
+pub use rltrace_wire::coded::{Coder, RECENT, SLOT_RET};
+
+#[cfg(test)]
+use rltrace_wire::coded::POINTER_MIN;
+
+use super::codec::{Decoder, Encoder};
 use super::FormatError;
 
-/// Values and stacks each thread remembers, most recent first.
-pub const RECENT: usize = 8;
-/// Values from this up are pointer-like: remembered, and coded as a hit or a delta.
-pub const POINTER_MIN: u64 = 1 << 32;
-/// Size of a thread's table of last small values.
-const SMALL_SLOTS: usize = 32;
-/// The value slot of a return value and of an out value.
-pub const SLOT_RET: usize = 3;
 /// Most threads one chunk may code (the writer seals the chunk before exceeding it).
 pub const MAX_THREADS_PER_CHUNK: usize = 1024;
 
 /// What one thread's calls in the current chunk are coded against.
+#[derive(Default)]
 pub struct ThreadState {
     /// The thread's last time in the chunk, in stored units (0 before its first call).
     pub ts: u64,
-    values: [u64; RECENT],
-    /// The last small value seen per (function, value slot), hashed into a small table.
-    small: [u64; SMALL_SLOTS],
-    stacks: [Option<u32>; RECENT],
+    /// Its recent values and stacks (the state machine the agent's coded calls share).
+    pub coder: Coder,
 }
 
-impl Default for ThreadState {
-    fn default() -> Self {
-        ThreadState {
-            ts: 0,
-            values: [0; RECENT],
-            small: [0; SMALL_SLOTS],
-            stacks: [None; RECENT],
-        }
+/// A value or stack code that did not decode, or the bytes that ended first.
+enum Bad {
+    Code(CodeError),
+    Format(FormatError),
+}
+
+impl From<CodeError> for Bad {
+    fn from(e: CodeError) -> Self {
+        Bad::Code(e)
     }
 }
 
-/// Where a function's value slot (argument index, or `SLOT_RET`) keeps its last small value.
-fn small_slot(func: u32, slot: usize) -> usize {
-    (func as usize % (SMALL_SLOTS / 4)) * 4 + slot.min(3)
+/// Codes a value of `func`'s value `slot` with `coder` (see [`Coder::value`]).
+pub fn put_value(coder: &mut Coder, e: &mut Encoder, func: u32, slot: usize, v: u64) {
+    let (code, far) = coder.value(func, slot, v);
+    e.uvar(code);
+    if let Some(d) = far {
+        e.svar(d);
+    }
+}
+
+/// Decodes a value coded by [`put_value`].
+pub fn get_value(
+    coder: &mut Coder,
+    d: &mut Decoder,
+    func: u32,
+    slot: usize,
+) -> Result<u64, FormatError> {
+    let code = d.uvar()?;
+    let v = coder.get_value(func, slot, code, || d.svar().map_err(Bad::Format));
+    v.map_err(|b| match b {
+        Bad::Code(c) => d.error(c.to_string()),
+        Bad::Format(f) => f,
+    })
+}
+
+/// Decodes a stack code written by [`Coder::stack`].
+pub fn get_stack(coder: &mut Coder, d: &mut Decoder) -> Result<Option<u32>, FormatError> {
+    let code = d.uvar()?;
+    coder.get_stack(code).map_err(|c| d.error(c.to_string()))
 }
 
 impl ThreadState {
-    /// Codes a value of `func`'s value `slot` (argument index, or `SLOT_RET`): a hit in
-    /// the recent values, a pointer-like value as its distance from the most recent one,
-    /// or a small value as its distance from the slot's last small value (sizes repeat,
-    /// or step, from one call of a loop to the next).
+    /// Codes a value of `func`'s value `slot` (argument index, or `SLOT_RET`).
     pub fn put_value(&mut self, e: &mut Encoder, func: u32, slot: usize, v: u64) {
-        if v >= POINTER_MIN {
-            if let Some(k) = self.values.iter().position(|&x| x == v) {
-                e.uvar(2 * k as u64 + 1);
-            } else {
-                e.uvar(2 * RECENT as u64 + 1);
-                e.svar(v.wrapping_sub(self.values[0]) as i64);
-            }
-        } else {
-            let d = v.wrapping_sub(self.small[small_slot(func, slot)]) as i64;
-            // Both below 2^32: the zigzag distance fits 33 bits, the shifted code 34.
-            e.uvar(zigzag(d) << 1);
-        }
-        self.remember_value(func, slot, v);
+        put_value(&mut self.coder, e, func, slot, v)
     }
 
     /// Decodes a value coded by `put_value`.
+    #[cfg(test)]
     pub fn get_value(
         &mut self,
         d: &mut Decoder,
         func: u32,
         slot: usize,
     ) -> Result<u64, FormatError> {
-        let code = d.uvar()?;
-        let v = if code & 1 == 0 {
-            let delta = unzigzag(code >> 1);
-            self.small[small_slot(func, slot)].wrapping_add(delta as u64)
-        } else {
-            let k = (code >> 1) as usize;
-            match k.cmp(&RECENT) {
-                std::cmp::Ordering::Less => self.values[k],
-                std::cmp::Ordering::Equal => self.values[0].wrapping_add(d.svar()? as u64),
-                std::cmp::Ordering::Greater => {
-                    return Err(d.error(format!("bad value code {code}")))
-                }
-            }
-        };
-        self.remember_value(func, slot, v);
-        Ok(v)
-    }
-
-    fn remember_value(&mut self, func: u32, slot: usize, v: u64) {
-        if v < POINTER_MIN {
-            self.small[small_slot(func, slot)] = v;
-        } else {
-            let at = self.values.iter().position(|&x| x == v);
-            to_front(&mut self.values, at, v);
-        }
+        get_value(&mut self.coder, d, func, slot)
     }
 
     /// Codes a stack id: a hit in the recent stacks, none, or the id.
     pub fn put_stack(&mut self, e: &mut Encoder, stack: Option<u32>) {
-        let Some(s) = stack else {
-            e.uvar(RECENT as u64);
-            return;
-        };
-        let at = self.stacks.iter().position(|&x| x == Some(s));
-        match at {
-            Some(k) => e.uvar(k as u64),
-            None => e.uvar(RECENT as u64 + 1 + u64::from(s)),
-        }
-        to_front(&mut self.stacks, at, Some(s));
+        e.uvar(self.coder.stack(stack));
     }
 
     /// Decodes a stack id coded by `put_stack`.
+    #[cfg(test)]
     pub fn get_stack(&mut self, d: &mut Decoder) -> Result<Option<u32>, FormatError> {
-        let code = d.uvar()?;
-        let (at, s) = if code < RECENT as u64 {
-            let s = self.stacks[code as usize]
-                .ok_or_else(|| d.error(format!("stack code {code} names no recent stack")))?;
-            (Some(code as usize), s)
-        } else if code == RECENT as u64 {
-            return Ok(None);
-        } else {
-            let id = code - RECENT as u64 - 1;
-            let s =
-                u32::try_from(id).map_err(|_| d.error(format!("stack id {id} out of range")))?;
-            (self.stacks.iter().position(|&x| x == Some(s)), s)
-        };
-        to_front(&mut self.stacks, at, Some(s));
-        Ok(Some(s))
+        get_stack(&mut self.coder, d)
     }
 }
 
@@ -169,20 +132,6 @@ pub fn get_times(d: &mut Decoder) -> Result<(u64, u64), FormatError> {
         let c = u64::from(c);
         Ok((c / (SHORT_DURATION + 1), c % (SHORT_DURATION + 1)))
     }
-}
-
-/// Puts `v` first in a most-recent-first `list`: moved from `at`, its place if it is
-/// there, or pushing the last entry out.
-#[inline]
-fn to_front<T: Copy>(list: &mut [T], at: Option<usize>, v: T) {
-    let k = at.unwrap_or(list.len() - 1).min(list.len() - 1);
-    // A copy loop, not `rotate_right`: on these eight-entry lists its general algorithm
-    // called `memmove` for every value, stack and thread coded (2.5% of a recording's
-    // CPU).
-    for i in (1..=k).rev() {
-        list[i] = list[i - 1];
-    }
-    list[0] = v;
 }
 
 /// The prediction state of every thread seen in the current chunk.

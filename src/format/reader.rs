@@ -1,10 +1,10 @@
 //! Streams records out of a recording, validating every chunk; never trusts a size it reads.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 
 use super::codec::Decoder;
-use super::predict::{get_times, Threads, SLOT_RET};
+use super::predict::{get_stack, get_times, get_value, Coder, Threads, SLOT_RET};
 use super::writer::{shape, tag};
 use super::*;
 
@@ -57,6 +57,23 @@ pub struct Reader<R: Read> {
     finished: bool,
     summary: Option<Summary>,
     warnings: Vec<String>,
+    /// The coders of coded calls, whose state runs on across chunks.
+    stream: StreamState,
+}
+
+/// Most coders a recording may define (each keeps its state to the end of the file).
+const MAX_CODERS: usize = 1 << 20;
+/// Most stack aliases a recording may define.
+const MAX_ALIASES: usize = 1 << 24;
+
+/// What coded calls (tag 17) are decoded against: the state of each coder, from its
+/// definition (tag 18) to the end of the recording, and the stacks its ids stand for.
+#[derive(Default)]
+struct StreamState {
+    /// Per coder: its thread and its coding state.
+    coders: HashMap<u32, (u32, Coder)>,
+    /// (coder, the coder's stack id) to the recording's stack.
+    aliases: HashMap<(u32, u32), Option<u32>>,
 }
 
 enum Fill {
@@ -122,6 +139,7 @@ impl<R: Read> Reader<R> {
             finished: false,
             summary: None,
             warnings: Vec::new(),
+            stream: StreamState::default(),
         };
         let chunk = match reader.read_chunk()? {
             Some(c) if c.kind == CHUNK_META => c,
@@ -187,17 +205,23 @@ impl<R: Read> Reader<R> {
                         &mut d,
                         times.as_mut(),
                         &mut cur.state,
+                        &mut self.stream,
                         self.unit,
                         &mut self.pending,
                     );
                     cur.pos = d.pos();
                     cur.times = times.map(|t| t.pos());
-                    if rec.is_err() {
-                        // Nothing after a record that does not decode can be trusted.
-                        cur.pos = cur.end;
-                        cur.times = None;
+                    match rec {
+                        Ok(Some(r)) => return Ok(Some(r)),
+                        // A definition readers keep to themselves.
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // Nothing after a record that does not decode can be trusted.
+                            cur.pos = cur.end;
+                            cur.times = None;
+                            return Err(e);
+                        }
                     }
-                    return rec.map(Some);
                 }
                 let left = cur.times.filter(|&at| at < cur.data.len());
                 let offset = cur.offset;
@@ -483,69 +507,86 @@ struct ChunkState {
     last_ts: u64,
     /// Per-thread prediction state of thread-coded calls.
     threads: Threads,
+    /// The coders of the chunk's coded calls, by recency, with their last times.
+    coders: Threads,
 }
 
 /// Decodes the record at `d`, taking a thread-coded call's times from `times` (the time
 /// column of a call chunk). A call record (an entry and its return) gives its Enter and
-/// queues its Exit in `then`.
+/// queues its Exit in `then`. A definition that only the reader uses (a coder, a stack
+/// alias) gives nothing.
 fn decode_record(
     d: &mut Decoder,
     times: Option<&mut Decoder>,
     state: &mut ChunkState,
+    stream: &mut StreamState,
     unit: u64,
     then: &mut VecDeque<Record>,
-) -> Result<Record, FormatError> {
+) -> Result<Option<Record>, FormatError> {
     let ns = |units: u64| units.saturating_mul(unit);
     let last_ts = &mut state.last_ts;
     let t = d.u8()?;
-    Ok(match t {
-        tag::THREAD_CALL => {
+    Ok(Some(match t {
+        tag::THREAD_CALL | tag::CODED_CALL => {
             let Some(times) = times else {
                 return Err(d.error("thread-coded call outside a call chunk"));
             };
-            let (thread, t) = state.threads.get_thread(d)?;
-            let (delta, duration) = get_times(times)?;
-            let ts = t.ts.wrapping_add(delta);
-            let back = ts.wrapping_add(duration);
-            t.ts = back;
-            let func = d.uvar32()?;
-            let form = d.u8()?;
-            let n = usize::from(form & shape::ARGS);
-            if n > MAX_ARGS {
-                return Err(d.error(format!(
-                    "call with {n} arguments exceeds the limit of {MAX_ARGS}"
-                )));
-            }
-            let exits = form & shape::EXIT != 0;
-            if !exits && (form & (shape::RET | shape::OUT) != 0 || duration != 0) {
-                return Err(d.error(format!(
-                    "call of shape {form:#x} without a return has a return value or duration"
-                )));
-            }
-            let mut args = Vec::with_capacity(n);
-            for i in 0..n {
-                args.push(t.get_value(d, func, i)?);
-            }
-            let stack = t.get_stack(d)?;
-            let ret = if form & shape::RET != 0 {
-                Some(t.get_value(d, func, SLOT_RET)?)
+            let threads = if t == tag::THREAD_CALL {
+                &mut state.threads
             } else {
-                None
+                &mut state.coders
             };
-            let out = if form & shape::OUT != 0 {
-                Some(t.get_value(d, func, SLOT_RET)?)
+            let (who, ts) = threads.get_thread(d)?;
+            let (delta, duration) = get_times(times)?;
+            let at = ts.ts.wrapping_add(delta);
+            let back = at.wrapping_add(duration);
+            ts.ts = back;
+            let (thread, coder, coded) = if t == tag::THREAD_CALL {
+                (who, &mut ts.coder, None)
             } else {
-                None
+                match stream.coders.get_mut(&who) {
+                    Some((thread, c)) => (*thread, c, Some(who)),
+                    None => return Err(d.error(format!("coded call of undefined coder {who}"))),
+                }
+            };
+            let (call, exits) = coded_call(d, coder, duration, coded.is_some())?;
+            let stack = match coded {
+                // The recorder stores the agent's coding without decoding it: a stack it
+                // never defined reads as none rather than making the file unreadable.
+                Some(c) => call
+                    .stack
+                    .and_then(|l| stream.aliases.get(&(c, l)).copied().flatten()),
+                None => call.stack,
             };
             let enter = Enter {
                 thread,
-                ts: ns(ts),
-                func,
-                args,
+                ts: ns(at),
+                func: call.func,
+                args: call.args,
                 stack,
                 data: Vec::new(),
             };
-            entered(then, enter, exits.then(|| (ret, out, ns(back))))
+            entered(then, enter, exits.then(|| (call.ret, call.out, ns(back))))
+        }
+        tag::CODER => {
+            let coder = d.uvar32()?;
+            let thread = d.uvar32()?;
+            if stream.coders.len() >= MAX_CODERS && !stream.coders.contains_key(&coder) {
+                return Err(d.error(format!("more than {MAX_CODERS} coders")));
+            }
+            stream.coders.insert(coder, (thread, Coder::default()));
+            return Ok(None);
+        }
+        tag::STACK_ALIAS => {
+            let coder = d.uvar32()?;
+            let local = d.uvar32()?;
+            let stack = d.opt_id("stack")?;
+            if stream.aliases.len() >= MAX_ALIASES && !stream.aliases.contains_key(&(coder, local))
+            {
+                return Err(d.error(format!("more than {MAX_ALIASES} stack aliases")));
+            }
+            stream.aliases.insert((coder, local), stack);
+            return Ok(None);
         }
         tag::MODULE => Record::Module(ModuleDef {
             id: d.uvar32()?,
@@ -701,7 +742,74 @@ fn decode_record(
             })
         }
         other => return Err(d.error(format!("unknown record tag {other}"))),
-    })
+    }))
+}
+
+/// The fields of a thread-coded call after its thread or coder.
+struct CodedFields {
+    func: u32,
+    args: Vec<u64>,
+    stack: Option<u32>,
+    ret: Option<u64>,
+    out: Option<u64>,
+}
+
+/// Decodes a thread-coded call's fields from its function id on, against `coder`; with
+/// `lenient`, a stack code naming a recent stack the coder does not have reads as none.
+/// Returns them and whether the call returned.
+fn coded_call(
+    d: &mut Decoder,
+    coder: &mut Coder,
+    duration: u64,
+    lenient: bool,
+) -> Result<(CodedFields, bool), FormatError> {
+    let func = d.uvar32()?;
+    let form = d.u8()?;
+    let n = usize::from(form & shape::ARGS);
+    if n > MAX_ARGS {
+        return Err(d.error(format!(
+            "call with {n} arguments exceeds the limit of {MAX_ARGS}"
+        )));
+    }
+    let exits = form & shape::EXIT != 0;
+    if !exits && (form & (shape::RET | shape::OUT) != 0 || duration != 0) {
+        return Err(d.error(format!(
+            "call of shape {form:#x} without a return has a return value or duration"
+        )));
+    }
+    let mut args = Vec::with_capacity(n);
+    for i in 0..n {
+        args.push(get_value(coder, d, func, i)?);
+    }
+    let stack = if lenient {
+        let code = d.uvar()?;
+        match coder.get_stack(code) {
+            Ok(s) => s,
+            Err(rltrace_wire::coded::CodeError::NoRecentStack(_)) => None,
+            Err(e) => return Err(d.error(e.to_string())),
+        }
+    } else {
+        get_stack(coder, d)?
+    };
+    let mut value = |present: bool| -> Result<Option<u64>, FormatError> {
+        Ok(if present {
+            Some(get_value(coder, d, func, SLOT_RET)?)
+        } else {
+            None
+        })
+    };
+    let ret = value(form & shape::RET != 0)?;
+    let out = value(form & shape::OUT != 0)?;
+    Ok((
+        CodedFields {
+            func,
+            args,
+            stack,
+            ret,
+            out,
+        },
+        exits,
+    ))
 }
 
 /// A call's entry, its return (return value, out value, time) queued to follow it.

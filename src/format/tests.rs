@@ -228,9 +228,9 @@ fn every_flipped_byte_is_detected_or_harmless() {
 #[test]
 fn newer_version_is_named() {
     let mut bytes = write(&sample_records(), true);
-    bytes[8] = 9;
+    bytes[8] = 10;
     let err = Reader::new(bytes.as_slice()).err().unwrap().to_string();
-    assert!(err.contains("version 9"), "{err}");
+    assert!(err.contains("version 10"), "{err}");
 }
 
 #[test]
@@ -654,4 +654,137 @@ fn version_six_call_records_still_read() {
         .count();
     // `rltrace info` of that file: 24 calls, one of them posix_memalign.
     assert_eq!((enters, outs), (24, 1));
+}
+
+/// Agent-coded calls of `coders` coders (each a thread's coding state; the last two are
+/// one thread's, as after its ring changed hands), coded as the agent codes them, with
+/// the records a reader must give back for them. Local stacks 0..6 are aliased (5 to no
+/// stack), 7 never is.
+fn agent_coded(n: u64, coders: u32) -> (Vec<u8>, Vec<Record>) {
+    use rltrace_wire::coded::{get_coded_head, put_coded, Coder as AgentCoder, CODED_LEN};
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    let thread_of = |c: u32| c.min(coders.saturating_sub(2));
+    let alias = |c: u32, local: u32| (local != 5).then_some(c * 10 + local);
+    let mut states: Vec<(AgentCoder, u64, u64)> =
+        (0..coders).map(|_| (AgentCoder::default(), 0, 0)).collect();
+    for c in 0..coders {
+        w.coder(c, thread_of(c)).unwrap();
+        for local in 0..7 {
+            w.stack_alias(c, local, alias(c, local)).unwrap();
+        }
+    }
+    let mut seed = 0x5851_f42d_4c95_7f2du64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut expected = Vec::new();
+    let mut ts = 1_000u64;
+    for i in 0..n {
+        let c = (rand() % u64::from(coders)) as u32;
+        let (coder, last_key, _) = &mut states[c as usize];
+        let ptr = 0x7f00_0000_0000 + u64::from(c) * 0x10_0000 + (rand() % 6) * 0x40;
+        let (func, args, ret, out): (u8, Vec<u64>, Option<u64>, Option<u64>) = match rand() % 5 {
+            0 => (0, vec![16 + i % 64], Some(ptr), None),
+            1 => (4, vec![ptr], None, None),
+            2 => (5, vec![0x7ffc_0000_0010, 64, 4096], Some(0), Some(ptr)),
+            3 => (2, vec![ptr, rand() % 100_000], Some(ptr + 0x40), None),
+            _ => (1, vec![u64::MAX, 1 << 63], Some(u64::MAX - 1), None),
+        };
+        let local = match rand() % 9 {
+            8 => rltrace_wire::NO_STACK,
+            l => l as u32,
+        };
+        ts += 1 + rand() % 400;
+        let ts_in = ts;
+        ts += rand() % 300;
+        let mut a = [0; rltrace_wire::CALL_ARGS];
+        a[..args.len()].copy_from_slice(&args);
+        let call = rltrace_wire::Call {
+            func,
+            flags: ret.map_or(0, |_| rltrace_wire::CALL_RET)
+                | out.map_or(0, |_| rltrace_wire::CALL_OUT),
+            nargs: args.len() as u8,
+            args: a,
+            ret: ret.unwrap_or(0),
+            out: out.unwrap_or(0),
+            ts_in,
+            ts_out: ts,
+            stack: local,
+        };
+        let mut buf = [0u8; CODED_LEN];
+        let len = put_coded(&mut buf, &call, coder, last_key);
+        let h = get_coded_head(&buf[..len], states[c as usize].2).unwrap();
+        states[c as usize].2 = h.key;
+        w.coded_call(c, h.ts_in, h.key, h.exits, &buf[h.body..], h.len)
+            .unwrap();
+        let thread = thread_of(c);
+        let stack = (local != rltrace_wire::NO_STACK)
+            .then(|| alias(c, local).filter(|_| local < 7))
+            .flatten();
+        expected.push(Record::Enter(Enter {
+            thread,
+            ts: ts_in,
+            func: u32::from(func),
+            args,
+            stack,
+            data: Vec::new(),
+        }));
+        if h.exits {
+            expected.push(Record::Exit(Exit {
+                thread,
+                ret,
+                out,
+                ts: Some(ts),
+                data: Vec::new(),
+            }));
+        }
+    }
+    (w.finish().unwrap().0, expected)
+}
+
+#[test]
+fn agent_coded_calls_read_back_across_chunks() {
+    // 300,000 calls are about 3 MB before compression, so several sealed chunks: the
+    // coders' states and the stack aliases carry over from one chunk to the next.
+    let (bytes, expected) = agent_coded(300_000, 4);
+    let mut r = Reader::new(bytes.as_slice()).unwrap();
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        got.push(rec);
+    }
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "records differ");
+    // Definitions are not records: the summary counts only the calls.
+    assert_eq!(r.summary().unwrap().records, 300_000);
+}
+
+#[test]
+fn a_coded_call_of_an_undefined_coder_is_an_error_naming_it() {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    // malloc(48) with no stack, coded for a coder never defined.
+    let body = [0u8, 0x61, 48, 8, 0];
+    w.coded_call(7, 10, 20, true, &body, body.len()).unwrap();
+    let bytes = w.finish().unwrap().0;
+    let err = read_all(&bytes).unwrap_err().to_string();
+    assert!(err.contains("coded call of undefined coder 7"), "{err}");
+    assert!(err.contains("offset"), "{err}");
+}
+
+#[test]
+fn damaged_agent_coded_chunks_are_errors_or_harmless_never_panics() {
+    let (bytes, _) = agent_coded(400, 3);
+    for cut in 0..bytes.len() {
+        let _ = read_all(&bytes[..cut]);
+    }
+    for i in FILE_HEADER_LEN..bytes.len() {
+        for flip in [0x01, 0x41, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            let _ = read_all(&b);
+        }
+    }
 }

@@ -24,15 +24,13 @@ pub(crate) mod tag {
     pub const CALL: u8 = 14;
     pub const THREAD_CALL: u8 = 15;
     pub const EXIT_DATA: u8 = 16;
+    pub const CODED_CALL: u8 = 17;
+    pub const CODER: u8 = 18;
+    pub const STACK_ALIAS: u8 = 19;
 }
 
 /// Bits of a thread-coded call's shape byte above its argument count.
-pub(crate) mod shape {
-    pub const ARGS: u8 = 0x1f;
-    pub const EXIT: u8 = 0x20;
-    pub const RET: u8 = 0x40;
-    pub const OUT: u8 = 0x80;
-}
+pub(crate) use rltrace_wire::coded::shape;
 
 /// Raw payload size at which a records chunk is sealed.
 const CHUNK_TARGET: usize = 1 << 20;
@@ -69,8 +67,12 @@ pub struct Writer<W: Write> {
     last_ts: u64,
     /// Nanoseconds per stored time unit (the `time-unit-ns` metadata).
     unit: u64,
+    /// The same, ready to divide by.
+    quantum: Unit,
     /// What the chunk's thread-coded calls are predicted from.
     threads: Threads,
+    /// The chunk's coders of coded calls (tag 17), each with its last time.
+    coders: Threads,
     /// The chunk's time column: the time codes of its thread-coded calls, in order.
     times: Encoder,
     summary: Summary,
@@ -106,7 +108,9 @@ impl<W: Write> Writer<W> {
             enc: Encoder::default(),
             last_ts: 0,
             unit,
+            quantum: Unit::new(unit),
             threads: Threads::default(),
+            coders: Threads::default(),
             times: Encoder::default(),
             summary: Summary::default(),
             zstd: None,
@@ -123,8 +127,8 @@ impl<W: Write> Writer<W> {
             self.seal()?;
         }
         // Both ends quantised on the absolute clock: durations average out right.
-        let ts_in = quantise(c.ts_in, self.unit);
-        let ts_out = quantise(c.ts_out, self.unit);
+        let ts_in = self.quantum.of(c.ts_in);
+        let ts_out = self.quantum.of(c.ts_out);
         // Beyond the format's limit the reader would refuse the record anyway.
         let args = &c.args[..c.args.len().min(MAX_ARGS)];
         let exits = c.ret.is_some() || c.out.is_some();
@@ -152,9 +156,75 @@ impl<W: Write> Writer<W> {
         self.counted()
     }
 
+    /// Defines (or starts afresh) coder `coder`, whose coded calls are thread `thread`'s
+    /// (tag 18): the agent's coding state of one thread, which runs on from chunk to chunk.
+    pub fn coder(&mut self, coder: u32, thread: u32) -> Result<(), FormatError> {
+        self.enc.u8(tag::CODER);
+        self.enc.uvar(coder.into());
+        self.enc.uvar(thread.into());
+        self.grown()
+    }
+
+    /// Says that coder `coder`'s stack `local` is the recording's stack `stack` (tag 19).
+    pub fn stack_alias(
+        &mut self,
+        coder: u32,
+        local: u32,
+        stack: Option<u32>,
+    ) -> Result<(), FormatError> {
+        self.enc.u8(tag::STACK_ALIAS);
+        self.enc.uvar(coder.into());
+        self.enc.uvar(local.into());
+        self.enc.uvar(stack.map_or(0, |s| u64::from(s) + 1));
+        self.grown()
+    }
+
+    /// Appends a finished call that the agent coded against coder `coder`'s state (tag
+    /// 17): its body, `from[..len]`, is stored as it is, its times (nanoseconds) go to
+    /// the time column. `from` may run on past the body: a short body is then copied
+    /// in one 16-byte move (through a buffer on the stack, the move waited for the
+    /// stores that filled it). The recorder checked the body's structure
+    /// (`rltrace_wire::coded::get_coded`).
+    pub fn coded_call(
+        &mut self,
+        coder: u32,
+        ts_in: u64,
+        ts_out: u64,
+        exits: bool,
+        from: &[u8],
+        len: usize,
+    ) -> Result<(), FormatError> {
+        if self.coders.is_full_for(coder) {
+            self.seal()?;
+        }
+        let ts_in = self.quantum.of(ts_in);
+        let ts_out = self.quantum.of(ts_out);
+        let e = &mut self.enc;
+        e.u8(tag::CODED_CALL);
+        let t = self.coders.put_thread(e, coder);
+        let duration = if exits { ts_out.wrapping_sub(ts_in) } else { 0 };
+        put_times(&mut self.times, ts_in.wrapping_sub(t.ts), duration);
+        t.ts = ts_in.wrapping_add(duration);
+        let len = len.min(from.len());
+        match from.first_chunk::<16>() {
+            Some(w) if len <= 16 => {
+                let at = e.buf.len();
+                e.buf.extend_from_slice(w);
+                e.buf.truncate(at + len);
+            }
+            _ => e.buf.extend_from_slice(&from[..len]),
+        }
+        self.counted()
+    }
+
     /// Counts the record just encoded; seals the chunk when it is large enough.
     fn counted(&mut self) -> Result<(), FormatError> {
         self.summary.records += 1;
+        self.grown()
+    }
+
+    /// Seals the chunk when it is large enough (after a record readers do not hand out).
+    fn grown(&mut self) -> Result<(), FormatError> {
         if self.enc.buf.len() + self.times.buf.len() >= CHUNK_TARGET {
             self.seal()?;
         }
@@ -226,6 +296,7 @@ impl<W: Write> Writer<W> {
         self.times.buf.clear();
         self.last_ts = 0;
         self.threads.clear();
+        self.coders.clear();
         Ok(())
     }
 
@@ -251,16 +322,44 @@ fn put_captures(e: &mut Encoder, data: &[ArgData]) {
     }
 }
 
-/// `ns / unit`; the usual units by constants, which the compiler divides by with a
-/// multiply (a 64-bit division per time was a sixth of coding a call).
+/// A stored time unit, chosen once: the usual units divide by a constant, which the
+/// compiler turns into a multiply (a 64-bit division per time was a sixth of coding a
+/// call). A `match` on the unit's value instead let LLVM fold every arm back into one
+/// division.
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    Ns,
+    Us,
+    Ms,
+    Other(u64),
+}
+
+impl Unit {
+    fn new(unit: u64) -> Self {
+        match unit {
+            1 => Unit::Ns,
+            1_000 => Unit::Us,
+            1_000_000 => Unit::Ms,
+            u => Unit::Other(u.max(1)),
+        }
+    }
+
+    /// `ns` in this unit, rounded down.
+    #[inline]
+    fn of(self, ns: u64) -> u64 {
+        match self {
+            Unit::Ns => ns,
+            Unit::Us => ns / 1_000,
+            Unit::Ms => ns / 1_000_000,
+            Unit::Other(u) => ns / u,
+        }
+    }
+}
+
+/// `ns / unit`.
 #[inline]
 fn quantise(ns: u64, unit: u64) -> u64 {
-    match unit {
-        1 => ns,
-        1_000 => ns / 1_000,
-        1_000_000 => ns / 1_000_000,
-        u => ns / u.max(1),
-    }
+    Unit::new(unit).of(ns)
 }
 
 fn write_chunk<W: Write>(out: &mut W, kind: u8, raw: &[u8]) -> Result<(), FormatError> {

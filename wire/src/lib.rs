@@ -5,6 +5,7 @@
 
 #![no_std]
 
+pub mod coded;
 pub mod protos;
 
 /// First bytes of a connection.
@@ -211,6 +212,9 @@ pub const REC_EXIT: u8 = 4;
 /// then the string as one capture of [`REC_ENTER`]'s (`arg u8` 0, `truncated u8, len u16,
 /// bytes`).
 pub const REC_EXIT_DATA: u8 = 5;
+/// Thread record: a finished allocator call coded against its thread's previous calls
+/// (see [`coded::put_coded`]), which the recorder can store as it is.
+pub const REC_CODED: u8 = 6;
 /// Most captures per entry record.
 pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;
 /// Most bytes captured per argument.
