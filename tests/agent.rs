@@ -242,11 +242,13 @@ fn malformed_agent_streams_are_reported_not_trusted() {
     let err = String::from_utf8_lossy(&r.stderr);
     for what in [
         "bad magic at offset 0",
-        // 17 bytes of hello, 5 of message header, 4 of thread id.
-        "unknown record kind at offset 26",
-        "stack too deep at offset 26",
+        // 17 bytes of hello, 5 of message header, 16 of batch header.
+        "unknown record kind at offset 38",
+        "stack too deep at offset 38",
         // After the kind byte, time, flags and return value.
-        "returned string out of bounds at offset 44",
+        "returned string out of bounds at offset 56",
+        // The body, after the kind, length, key and duration bytes.
+        "malformed coded call at offset 42",
         "message of 2147483647 bytes at offset 17",
     ] {
         assert!(err.contains(what), "{what}: {err}");

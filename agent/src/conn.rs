@@ -311,8 +311,8 @@ fn drain_locked() -> usize {
     let buf = unsafe { &mut *SCRATCH.0.get() };
     // Sized once for the largest batch, so that a drain from a fatal signal's handler
     // never needs the allocator.
-    if buf.capacity() < ring::RING_BYTES + 8 + HEAD {
-        buf.reserve(ring::RING_BYTES + 8 + HEAD);
+    if buf.capacity() < ring::RING_BYTES + 16 + HEAD {
+        buf.reserve(ring::RING_BYTES + 16 + HEAD);
     }
     // Read before any ring's state or mark: a record not found below has a key above it,
     // less what `ORDER_MARGIN` covers (the fence keeps the loads from starting early).
@@ -335,7 +335,14 @@ fn drain_locked() -> usize {
         buf.clear();
         buf.extend_from_slice(&[0; HEAD]);
         buf.extend_from_slice(&r.tid.load(Ordering::Acquire).to_le_bytes());
-        let n = r.peek(buf);
+        buf.extend_from_slice(&r.coder.load(Ordering::Acquire).to_le_bytes());
+        buf.extend_from_slice(&r.sent_key().to_le_bytes());
+        let Some((n, key)) = r.peek(buf) else {
+            // Its owner was pushing all along: next pass. Nothing above the records
+            // left behind may be promised.
+            mark = 1;
+            continue;
+        };
         if n == 0 {
             if state == ring::DEAD {
                 r.state.store(ring::FREE, Ordering::Release);
@@ -348,10 +355,10 @@ fn drain_locked() -> usize {
         r.idle.store(0, Ordering::Relaxed);
         if !message_framed(wire::MSG_BATCH, buf) {
             // Nobody listens any more: discard so producers never wait for ever.
-            r.consume(n);
+            r.consume(n, key);
             continue;
         }
-        r.consume(n);
+        r.consume(n, key);
         sent = true;
         most = most.max(n);
     }

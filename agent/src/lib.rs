@@ -123,6 +123,10 @@ struct ThreadState {
     /// The order key of the thread's last record: the lower bound its ring's busy mark
     /// gives while a hook runs.
     last_key: u64,
+    /// What its allocator calls are coded against (`wire::coded`), for its ring's coder
+    /// number, and the key of its last coded call.
+    coder: wire::coded::Coder,
+    coded_key: u64,
 }
 
 /// A thread's agent words, in one thread-local: in a shared library every access to one
@@ -256,6 +260,8 @@ fn state(tls: &Tls) -> Option<&'static mut ThreadState> {
         data: vec![0; wire::MAX_DATA + 1],
         open: Vec::new(),
         last_key: 1,
+        coder: wire::coded::Coder::default(),
+        coded_key: 0,
     }));
     tls.state.set(st);
     let key = KEY.load(Ordering::Acquire);
@@ -483,9 +489,10 @@ fn end(o: Open, func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>) {
     if out.is_some() {
         c.flags |= wire::CALL_OUT;
     }
-    o.st.ring
-        .push_with(wire::call_len(wire::CALL_ARGS), &conn::try_drain, |dst| {
-            wire::put_call(dst, &c)
+    let st = &mut *o.st;
+    st.ring
+        .push_keyed(wire::coded::CODED_LEN, &conn::try_drain, ts_out, |dst| {
+            wire::coded::put_coded(dst, &c, &mut st.coder, &mut st.coded_key)
         });
     leave(o.tls, o.st);
 }
@@ -1121,6 +1128,7 @@ extern "C" fn fork_child() {
         let mine = !me.is_null() && std::ptr::eq(r, unsafe { (*me).ring });
         if mine {
             r.tid.store(tid, Ordering::Release);
+            r.restart_chain();
         } else {
             r.state.store(ring::FREE, Ordering::Release);
         }
@@ -1132,6 +1140,9 @@ extern "C" fn fork_child() {
             (*me).stacks.clear();
             (*me).unwinds.clear();
             (*me).open.clear();
+            // The child's stream starts its coded calls from nothing.
+            (*me).coder = wire::coded::Coder::default();
+            (*me).coded_key = 0;
         }
     }
     // SAFETY: getpid has no preconditions.

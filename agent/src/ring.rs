@@ -36,6 +36,17 @@ pub struct Ring {
     /// 0 while the owner is outside the agent's hooks; inside one, a lower bound of the
     /// order key of any record it has yet to push (see `wire::ORDER_MARGIN`).
     pub busy: AtomicU64,
+    /// The number of its owner's coding state, new with every owner: the recorder keeps
+    /// one chain of coded calls per number (see `wire::coded`), so that the records of a
+    /// thread's retired state, still in a dead ring, never mix with its next state's.
+    pub coder: AtomicU32,
+    /// The key of the last coded call below `head`, published with it under `seq` (odd
+    /// while the two change): the drainer tells the recorder the key its batch's first
+    /// coded call is coded from, so that batches decode without the ones before them.
+    key: AtomicU64,
+    seq: AtomicU32,
+    /// The drainer's: the key of the last coded call below `tail`.
+    sent_key: AtomicU64,
     next: *mut Ring,
 }
 
@@ -48,6 +59,9 @@ unsafe impl Send for Ring {}
 
 static RINGS: AtomicPtr<Ring> = AtomicPtr::new(std::ptr::null_mut());
 
+/// The next coding state's number.
+static NEXT_CODER: AtomicU32 = AtomicU32::new(0);
+
 /// Takes a free ring for thread `tid`, or makes a new one; `None` if memory ran out.
 pub fn acquire(tid: u32) -> Option<&'static Ring> {
     for r in iter() {
@@ -59,6 +73,11 @@ pub fn acquire(tid: u32) -> Option<&'static Ring> {
             r.tid.store(tid, Ordering::Release);
             r.idle.store(0, Ordering::Relaxed);
             r.busy.store(0, Ordering::Release);
+            r.coder.store(
+                NEXT_CODER.fetch_add(1, Ordering::Relaxed),
+                Ordering::Release,
+            );
+            r.restart_chain();
             return Some(r);
         }
     }
@@ -84,6 +103,10 @@ pub fn acquire(tid: u32) -> Option<&'static Ring> {
         state: AtomicU8::new(LIVE),
         idle: AtomicU32::new(0),
         busy: AtomicU64::new(0),
+        coder: AtomicU32::new(NEXT_CODER.fetch_add(1, Ordering::Relaxed)),
+        key: AtomicU64::new(0),
+        seq: AtomicU32::new(0),
+        sent_key: AtomicU64::new(0),
         next: std::ptr::null_mut(),
     }));
     let mut head = RINGS.load(Ordering::Acquire);
@@ -127,13 +150,14 @@ impl Ring {
     /// into the slice it is given, returning its length: straight into the ring when
     /// the space before the buffer's end allows, so a call record costs no copy (and not
     /// the two `memmove` calls of a few bytes each that a copy made), else through a
-    /// bounce buffer. Waits like [`Ring::push`].
-    #[inline]
-    pub fn push_with(
+    /// bounce buffer. Waits like [`Ring::push`]; the new position is published with `publish`.
+    #[inline(always)]
+    fn push_published(
         &self,
         max: usize,
         drain: &dyn Fn(),
         put: impl FnOnce(&mut [u8]) -> usize,
+        publish: impl FnOnce(usize),
     ) -> bool {
         if max > BOUNCE {
             return false;
@@ -152,7 +176,7 @@ impl Ring {
             self.copy_in(head, &tmp[..n]);
             n
         };
-        self.head.store(head + n, Ordering::Release);
+        publish(head + n);
         true
     }
 
@@ -188,11 +212,32 @@ impl Ring {
         }
     }
 
-    /// Copies every published byte to `out`; returns how many (pass it to [`Ring::consume`]
-    /// once they are sent). Only the drain-lock holder calls this.
-    pub fn peek(&self, out: &mut Vec<u8>) -> usize {
+    /// Appends one record of at most `max` bytes as `push_published` does, a coded
+    /// call whose order key is `key`: published with the bytes, as the last coded key.
+    pub fn push_keyed(
+        &self,
+        max: usize,
+        drain: &dyn Fn(),
+        key: u64,
+        put: impl FnOnce(&mut [u8]) -> usize,
+    ) -> bool {
+        self.push_published(max, drain, put, |head| {
+            let s = self.seq.load(Ordering::Relaxed);
+            self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Release);
+            self.key.store(key, Ordering::Relaxed);
+            self.head.store(head, Ordering::Release);
+            self.seq.store(s.wrapping_add(2), Ordering::Release);
+        })
+    }
+
+    /// Copies every published byte to `out`; returns how many and the key of the last
+    /// coded call among them (pass both to [`Ring::consume`] once they are sent), or
+    /// `None` if the producer kept changing them (try again on the next pass). Only the
+    /// drain-lock holder calls this.
+    pub fn peek(&self, out: &mut Vec<u8>) -> Option<(usize, u64)> {
         let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Acquire);
+        let (head, key) = self.published()?;
         let n = head - tail;
         let at = tail % RING_BYTES;
         let first = n.min(RING_BYTES - at);
@@ -202,11 +247,34 @@ impl Ring {
             out.extend_from_slice(std::slice::from_raw_parts(self.buf.add(at), first));
             out.extend_from_slice(std::slice::from_raw_parts(self.buf, n - first));
         }
-        n
+        Some((n, key))
     }
 
-    /// Releases `n` drained bytes to the producer.
-    pub fn consume(&self, n: usize) {
+    /// The producer's position and the last coded key below it, read consistently.
+    fn published(&self) -> Option<(usize, u64)> {
+        for _ in 0..1000 {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let head = self.head.load(Ordering::Acquire);
+                let key = self.key.load(Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return Some((head, key));
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// The key the next batch's coded calls are coded from.
+    pub fn sent_key(&self) -> u64 {
+        self.sent_key.load(Ordering::Relaxed)
+    }
+
+    /// Releases `n` drained bytes to the producer; `key` is the last coded key in them.
+    pub fn consume(&self, n: usize, key: u64) {
+        self.sent_key.store(key, Ordering::Relaxed);
         self.tail.fetch_add(n, Ordering::Release);
     }
 
@@ -214,6 +282,13 @@ impl Ring {
     pub fn clear(&self) {
         self.tail
             .store(self.head.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Starts the chain of coded keys afresh (a new owner, or the child of `fork`, whose
+    /// coding state starts from nothing): only while nobody pushes or drains.
+    pub fn restart_chain(&self) {
+        self.key.store(0, Ordering::Relaxed);
+        self.sent_key.store(0, Ordering::Relaxed);
     }
 }
 
@@ -227,6 +302,7 @@ mod tests {
         let mut sent = Vec::new();
         let mut got = Vec::new();
         let mut out = Vec::new();
+        let mut last = 0;
         // Records of 1 to 87 bytes: positions drift over the buffer's end many times.
         for i in 0..40_000usize {
             let len = 1 + i % 87;
@@ -234,7 +310,8 @@ mod tests {
             let pushed = if i % 3 == 0 {
                 ring.push(&rec, &|| {})
             } else {
-                ring.push_with(BOUNCE, &|| {}, |dst| {
+                last = i as u64;
+                ring.push_keyed(BOUNCE, &|| {}, last, |dst| {
                     dst[..len].copy_from_slice(&rec);
                     len
                 })
@@ -243,19 +320,21 @@ mod tests {
             sent.extend_from_slice(&rec);
             if i % 1000 == 999 {
                 out.clear();
-                let n = ring.peek(&mut out);
+                let (n, key) = ring.peek(&mut out).unwrap();
+                // The last keyed record's key comes with the bytes.
+                assert_eq!(key, last);
                 got.extend_from_slice(&out);
-                ring.consume(n);
+                ring.consume(n, key);
             }
         }
         out.clear();
-        let n = ring.peek(&mut out);
+        let (n, key) = ring.peek(&mut out).unwrap();
         got.extend_from_slice(&out);
-        ring.consume(n);
+        ring.consume(n, key);
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "bytes differ");
         assert!(
-            !ring.push_with(BOUNCE + 1, &|| {}, |_| 0),
+            !ring.push_keyed(BOUNCE + 1, &|| {}, 0, |_| 0),
             "too large is refused"
         );
     }

@@ -125,33 +125,45 @@ struct AgentModule {
 }
 
 /// One thread's batch as it came off the wire: its records are decoded one at a time, by
-/// the merge, when their turn is near (see src/record/merge.rs for why).
+/// the merge, when their turn is near (see src/record/merge.rs for why). Its coded calls
+/// are checked, not decoded: their bodies go to the recording as they are.
 struct RawBatch {
     tid: u32,
-    bytes: Vec<u8>,
-    /// Offset in `bytes` of the first record not decoded yet.
+    /// Offset in the batch of the first record not decoded yet.
     at: usize,
-    /// Offset in the connection's stream of `bytes[0]`, for error messages.
+    /// Offset in the connection's stream of the batch's first byte, for error messages.
     base: u64,
+    /// The key of the coder's last coded call before the record at `at`.
+    chain: u64,
     head: Head,
     /// Order key of the last keyed record decoded: a head without one sorts there.
     last: u64,
     keyed: bool,
 }
 
+/// Bytes of a batch's header: thread id, the agent's coder number, the key its first
+/// coded call is coded from.
+const BATCH_HEAD: usize = 4 + 4 + 8;
+
 impl RawBatch {
     /// The batch in `payload` (a `MSG_BATCH` message), which starts at `base` in its
     /// stream.
     fn new(payload: Vec<u8>, base: u64) -> Result<RawBatch, (&'static str, usize)> {
-        let tid = wire::Get::new(&payload)
-            .u32()
-            .map_err(|e| ("short batch", e.at))?;
+        let mut g = wire::Get::new(&payload);
+        let short = |e: wire::Truncated| ("short batch", e.at);
+        let tid = g.u32().map_err(short)?;
+        let coder = g.u32().map_err(short)?;
+        let chain = g.u64().map_err(short)?;
         Ok(RawBatch {
             tid,
-            bytes: payload,
-            at: 4,
+            at: BATCH_HEAD,
             base,
-            head: Head::default(),
+            chain,
+            head: Head {
+                coder,
+                bytes: payload,
+                ..Head::default()
+            },
             last: 0,
             keyed: false,
         })
@@ -168,14 +180,35 @@ impl Run for RawBatch {
     fn advance(&mut self) -> Option<u64> {
         self.head.stacks.clear();
         self.head.rec = None;
+        self.head.coded = None;
         loop {
-            let Some(rest) = self.bytes.get(self.at..).filter(|r| !r.is_empty()) else {
+            let Some(rest) = self.head.bytes.get(self.at..).filter(|r| !r.is_empty()) else {
                 // Definitions after the last record still count: a later batch's records
                 // may use them.
                 self.keyed = false;
                 return (!self.head.stacks.is_empty()).then_some(self.last);
             };
-            match decode_record(rest) {
+            let decoded = if rest[0] == wire::REC_CODED {
+                match wire::coded::get_coded(rest, self.chain) {
+                    Ok(h) => {
+                        self.chain = h.key;
+                        self.head.body = self.at + h.body..self.at + h.body + h.len;
+                        self.at += h.body + h.len;
+                        self.head.coded = Some(Coded {
+                            ts_in: h.ts_in,
+                            ts_out: h.key,
+                            exits: h.exits,
+                        });
+                        self.last = h.key;
+                        self.keyed = true;
+                        return Some(h.key);
+                    }
+                    Err(e) => Err(("malformed coded call", e.at)),
+                }
+            } else {
+                decode_record(rest)
+            };
+            match decoded {
                 Ok((Record::Stack(id, frames), n)) => {
                     self.at += n;
                     self.head.stacks.push((id, frames));
@@ -189,7 +222,7 @@ impl Run for RawBatch {
                 }
                 Err((what, o)) => {
                     let at = self.at + o;
-                    self.at = self.bytes.len();
+                    self.at = self.head.bytes.len();
                     self.head.rec = Some(Ordered::Corrupt(what, self.base + at as u64));
                     self.keyed = false;
                     return Some(self.last);
@@ -207,16 +240,32 @@ impl Run for RawBatch {
     }
 
     fn size(&self) -> usize {
-        self.bytes.len()
+        self.head.bytes.len()
     }
+}
+
+/// A coded call's times (counter ticks); its body is the head's.
+#[derive(Clone, Copy)]
+struct Coded {
+    ts_in: u64,
+    ts_out: u64,
+    exits: bool,
 }
 
 /// What an image's merge lends: a record in the agent's order, after the stack
 /// definitions that came before it in its thread's stream (none at a batch's end).
 #[derive(Default)]
 struct Head {
+    /// The coder of the batch it came from: the agent's number until the batch is
+    /// queued, the file's after.
+    coder: u32,
     stacks: Vec<(u32, Vec<u64>)>,
     rec: Option<Ordered>,
+    coded: Option<Coded>,
+    /// The batch the head lies in (a batch's head lends it, so that a coded call's body
+    /// is written from where it lies), and where in it a coded call's body is.
+    bytes: Vec<u8>,
+    body: std::ops::Range<usize>,
 }
 
 /// The runs of an image's merge: threads' batches, and module lists (keyed too).
@@ -283,7 +332,6 @@ struct ImportExit {
 
 /// Items released in the agent's order.
 enum Ordered {
-    Call(wire::Call),
     Enter(ImportEnter),
     Exit(ImportExit),
     Modules(Vec<AgentModule>),
@@ -301,7 +349,10 @@ enum Record {
 
 struct Stack {
     raw: Vec<u64>,
-    id: Option<Option<u32>>,
+    /// The recording's stack, for the image's current modules.
+    id: Option<u32>,
+    /// The recording's coder whose stack ids this one is among.
+    coder: u32,
 }
 
 /// Stack ids below this are looked up by index: the agent numbers its stacks from 0 for
@@ -342,12 +393,13 @@ impl Stacks {
         }
     }
 
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Stack> {
+    /// Every stack with the agent's id of it.
+    fn entries_mut(&mut self) -> impl Iterator<Item = (u32, &mut Stack)> {
         self.dense
             .iter_mut()
-            .flatten()
-            .map(|(_, s)| s)
-            .chain(self.sparse.values_mut())
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|(_, s)| (i as u32, s)))
+            .chain(self.sparse.iter_mut().map(|(&(_, sid), s)| (sid, s)))
     }
 }
 
@@ -365,6 +417,9 @@ struct Image {
     /// Set once a batch of this image did not decode: the rest of its stream is dropped.
     corrupt: bool,
     stacks: Stacks,
+    /// The recording's coder of each of the agent's coding states, by (thread, the
+    /// agent's number).
+    coders: HashMap<u64, u32, BuildHasherDefault<wire::FastHasher>>,
     exit: Option<ExitHow>,
     ended: bool,
     lost: u64,
@@ -886,10 +941,6 @@ fn decode_record(p: &[u8]) -> Result<(Record, usize), (&'static str, usize)> {
             }
             Record::Stack(id, frames)
         }
-        wire::REC_CALL => {
-            let c = g.call().map_err(t("short call"))?;
-            Record::Keyed(c.ts_out, Ordered::Call(c))
-        }
         wire::REC_ENTER => {
             let short = t("short import entry");
             let import = g.u16().map_err(short)?;
@@ -1197,8 +1248,8 @@ impl<W: io::Write> Recorder<'_, W> {
             }
             Msg::Modules(key, mods) => {
                 let head = Head {
-                    stacks: Vec::new(),
                     rec: Some(Ordered::Modules(mods)),
+                    ..Head::default()
                 };
                 self.enqueue(id, ImageRun::Modules(VecRun::new(0, vec![(key, head)])))?
             }
@@ -1210,7 +1261,9 @@ impl<W: io::Write> Recorder<'_, W> {
                 }
                 self.image(id).imports = ids;
             }
-            Msg::Batch(batch) if !self.image(id).corrupt => {
+            Msg::Batch(mut batch) if !self.image(id).corrupt => {
+                // Once a batch, not once a call: the file's coder for the agent's.
+                batch.head.coder = self.coder(id, batch.tid, batch.head.coder)?;
                 self.enqueue(id, ImageRun::Batch(batch))?
             }
             Msg::Batch(_) => {}
@@ -1295,23 +1348,40 @@ impl<W: io::Write> Recorder<'_, W> {
 
     fn write_item(&mut self, id: usize, tid: u32, head: &mut Head) -> Result<(), AgentError> {
         if !head.stacks.is_empty() {
-            let img = &mut self.images[id];
+            let coder = head.coder;
             for (sid, raw) in head.stacks.drain(..) {
-                img.stacks.insert(tid, sid, Stack { raw, id: None });
+                // Resolved at once: the coded calls that use it are not decoded here,
+                // so the reader learns what the agent's id stands for first.
+                let stack = self.resolve(id, &raw)?;
+                self.sink.stack_alias(coder, sid, stack)?;
+                let st = Stack {
+                    raw,
+                    id: stack,
+                    coder,
+                };
+                self.images[id].stacks.insert(tid, sid, st);
             }
+        }
+        if let Some(c) = head.coded {
+            let coder = head.coder;
+            let (ts_in, ts_out) = (self.clock.to_ns(c.ts_in), self.clock.to_ns(c.ts_out));
+            let from = head.bytes.get(head.body.start..).unwrap_or_default();
+            let len = head.body.len();
+            self.sink
+                .coded_call(coder, ts_in, ts_out, c.exits, from, len)?;
+            return Ok(());
         }
         let Some(item) = &mut head.rec else {
             return Ok(());
         };
         match item {
-            Ordered::Call(c) => self.write_call(id, tid, c),
             Ordered::Enter(e) => {
                 let pid = self.images[id].pid;
                 let Some(&func) = self.images[id].imports.get(e.import as usize) else {
                     self.images[id].lost += 1;
                     return Ok(());
                 };
-                let stack = self.resolve_stack(id, tid, e.stack)?;
+                let stack = self.resolve_stack(id, tid, e.stack);
                 self.sink.enter(
                     pid,
                     tid,
@@ -1361,51 +1431,41 @@ impl<W: io::Write> Recorder<'_, W> {
         Ok(f)
     }
 
-    fn write_call(&mut self, id: usize, tid: u32, c: &wire::Call) -> Result<(), AgentError> {
+    /// The recording's coder of the agent's coding state `agent` of thread `tid`,
+    /// defining it the first time.
+    fn coder(&mut self, id: usize, tid: u32, agent: u32) -> Result<u32, AgentError> {
+        let key = u64::from(tid) << 32 | u64::from(agent);
+        if let Some(&c) = self.images[id].coders.get(&key) {
+            return Ok(c);
+        }
         let pid = self.images[id].pid;
-        let stack = self.resolve_stack(id, tid, c.stack)?;
-        let n = (c.nargs as usize).min(wire::CALL_ARGS);
-        self.sink.call(
-            pid,
-            tid,
-            c.func as u32,
-            &c.args[..n],
-            stack,
-            self.clock.to_ns(c.ts_in),
-            (c.flags & wire::CALL_RET != 0).then_some(c.ret),
-            (c.flags & wire::CALL_OUT != 0).then_some(c.out),
-            self.clock.to_ns(c.ts_out),
-        )?;
-        Ok(())
+        let c = self.sink.coder(pid, tid)?;
+        self.images[id].coders.insert(key, c);
+        Ok(c)
+    }
+
+    /// The recording's stack of return addresses `raw` of image `id`.
+    fn resolve(&mut self, id: usize, raw: &[u64]) -> Result<Option<u32>, AgentError> {
+        let modules = &self.images[id].modules;
+        let frames: Vec<Frame> = raw
+            .iter()
+            .map(|&a| match modules.range(..=a).next_back() {
+                Some((_, (mid, m))) if a < m.end => Frame {
+                    module: Some(*mid),
+                    addr: a.wrapping_sub(m.bias),
+                },
+                _ => Frame {
+                    module: None,
+                    addr: a,
+                },
+            })
+            .collect();
+        Ok(self.sink.stack(frames)?)
     }
 
     /// The recording's id of a stack the agent defined for thread `tid`.
-    fn resolve_stack(&mut self, id: usize, tid: u32, sid: u32) -> Result<Option<u32>, AgentError> {
-        let img = &mut self.images[id];
-        let stack = match img.stacks.get_mut(tid, sid) {
-            Some(Stack { id: Some(s), .. }) => *s,
-            Some(st) => {
-                let frames: Vec<Frame> = st
-                    .raw
-                    .iter()
-                    .map(|&a| match img.modules.range(..=a).next_back() {
-                        Some((_, (mid, m))) if a < m.end => Frame {
-                            module: Some(*mid),
-                            addr: a.wrapping_sub(m.bias),
-                        },
-                        _ => Frame {
-                            module: None,
-                            addr: a,
-                        },
-                    })
-                    .collect();
-                let s = self.sink.stack(frames)?;
-                st.id = Some(s);
-                s
-            }
-            None => None,
-        };
-        Ok(stack)
+    fn resolve_stack(&mut self, id: usize, tid: u32, sid: u32) -> Option<u32> {
+        self.images[id].stacks.get_mut(tid, sid).and_then(|s| s.id)
     }
 
     fn modules(&mut self, id: usize, mods: Vec<AgentModule>) -> Result<(), AgentError> {
@@ -1434,11 +1494,28 @@ impl<W: io::Write> Recorder<'_, W> {
                 .module(pid, &m.path, &m.build_id, m.bias, m.start, m.end)?;
             self.images[id].modules.insert(m.start, (mid, m));
         }
-        // Stacks resolved against the old list may now resolve differently.
-        for st in self.images[id].stacks.values_mut() {
-            st.id = None;
+        // Stacks resolved against the old list may now resolve differently: the reader
+        // learns the new meaning of each that does, before any call that uses it.
+        let mut stacks = std::mem::take(&mut self.images[id].stacks);
+        let mut done = Ok(());
+        for (sid, st) in stacks.entries_mut() {
+            let s = match self.resolve(id, &st.raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    done = Err(e);
+                    break;
+                }
+            };
+            if s != st.id {
+                st.id = s;
+                if let Err(e) = self.sink.stack_alias(st.coder, sid, s) {
+                    done = Err(e.into());
+                    break;
+                }
+            }
         }
-        Ok(())
+        self.images[id].stacks = stacks;
+        done
     }
 
     fn close(&mut self, id: usize, clean: bool, err: Option<String>) -> Result<(), AgentError> {
@@ -1530,8 +1607,11 @@ impl<W: io::Write> Recorder<'_, W> {
 mod tests {
     use super::*;
 
-    /// A malloc call record whose order key (its return time) is `key`.
-    fn call(key: u64, stack: u32) -> Vec<u8> {
+    /// A thread's coding state and the key of its last coded call.
+    type Chain = (wire::coded::Coder, u64);
+
+    /// A malloc call record whose order key (its return time) is `key`, coded on `chain`.
+    fn call(chain: &mut Chain, key: u64, stack: u32) -> Vec<u8> {
         let c = wire::Call {
             func: wire::func::MALLOC,
             flags: wire::CALL_RET,
@@ -1543,8 +1623,8 @@ mod tests {
             ts_out: key,
             stack,
         };
-        let mut buf = vec![0u8; wire::call_len(1)];
-        let n = wire::put_call(&mut buf, &c);
+        let mut buf = vec![0u8; wire::coded::CODED_LEN];
+        let n = wire::coded::put_coded(&mut buf, &c, &mut chain.0, &mut chain.1);
         buf.truncate(n);
         buf
     }
@@ -1559,8 +1639,11 @@ mod tests {
         b
     }
 
-    fn batch(tid: u32, records: &[Vec<u8>]) -> Vec<u8> {
+    /// Thread `tid`'s batch of `records`, the first of its coded calls coded from `from`.
+    fn batch(tid: u32, from: u64, records: &[Vec<u8>]) -> Vec<u8> {
         let mut b = tid.to_le_bytes().to_vec();
+        b.extend_from_slice(&(tid + 100).to_le_bytes());
+        b.extend_from_slice(&from.to_le_bytes());
         for r in records {
             b.extend_from_slice(r);
         }
@@ -1572,10 +1655,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some((tid, head)) = m.pop(false) {
             let defs = head.stacks.iter().map(|(id, _)| *id).collect();
-            let key = match &head.rec {
-                Some(Ordered::Call(c)) => Some(c.ts_out),
-                _ => None,
-            };
+            let key = head.coded.map(|c| c.ts_out);
             out.push((tid, defs, key));
         }
         out
@@ -1583,70 +1663,79 @@ mod tests {
 
     #[test]
     fn batches_decode_in_key_order_with_their_stack_definitions() {
+        let (mut t7, mut t8) = (Chain::default(), Chain::default());
         let a = batch(
             7,
+            0,
             &[
                 stack(0, &[0x1000, 0x2000]),
-                call(0, 0),
-                call(2, 0),
+                call(&mut t7, 5, 0),
+                call(&mut t7, 20, 0),
                 stack(1, &[0x3000]),
             ],
         );
-        let b = batch(8, &[call(1, wire::NO_STACK), call(3, wire::NO_STACK)]);
+        let b = batch(8, 0, &[call(&mut t8, 10, wire::NO_STACK)]);
+        // The second batch of thread 8 is coded on from the first, as its header says:
+        // it decodes before the first one has.
+        let c = batch(8, 10, &[call(&mut t8, 30, wire::NO_STACK)]);
         let mut m = Merge::default();
         m.push(ImageRun::Batch(RawBatch::new(a, 0).unwrap()));
-        m.watermark(1);
-        assert_eq!(drain(&mut m), [(7, vec![0], Some(0))]);
+        m.watermark(6);
+        assert_eq!(drain(&mut m), [(7, vec![0], Some(5))]);
         m.push(ImageRun::Batch(RawBatch::new(b, 0).unwrap()));
+        m.push(ImageRun::Batch(RawBatch::new(c, 0).unwrap()));
         assert_eq!(drain(&mut m), []);
-        m.watermark(4);
+        m.watermark(40);
         // The definition left at the end of 7's batch goes out right after its last call.
         assert_eq!(
             drain(&mut m),
             [
-                (8, vec![], Some(1)),
-                (7, vec![], Some(2)),
+                (8, vec![], Some(10)),
+                (7, vec![], Some(20)),
                 (7, vec![1], None),
-                (8, vec![], Some(3)),
+                (8, vec![], Some(30)),
             ]
         );
     }
 
     #[test]
     fn a_malformed_record_ends_its_batch_with_its_offset_in_the_stream() {
-        let good = call(0, wire::NO_STACK);
-        let mut bad = call(1, wire::NO_STACK);
-        bad.truncate(bad.len() - 3);
-        let bytes = batch(7, &[good.clone(), bad]);
-        // At offset 500 of its connection's stream; the bad call starts after the thread
-        // id and the good call.
+        let mut t = Chain::default();
+        let good = call(&mut t, 1, wire::NO_STACK);
+        let mut bad = call(&mut t, 2, wire::NO_STACK);
+        // A return value code past the far one.
+        let last = bad.len() - 1;
+        bad[last] = 19;
+        let bytes = batch(7, 0, &[good.clone(), bad]);
+        // At offset 500 of its connection's stream; the bad call starts after the batch's
+        // header and the good call.
         let mut m = Merge::default();
-        m.push(ImageRun::Batch(RawBatch::new(bytes.clone(), 500).unwrap()));
+        let run = RawBatch::new(bytes.clone(), 500).unwrap();
+        m.push(ImageRun::Batch(run));
         m.watermark(u64::MAX);
         let (_, first) = m.pop(false).unwrap();
-        assert!(matches!(first.rec, Some(Ordered::Call(ref c)) if c.ts_out == 0));
+        assert!(matches!(first.coded, Some(c) if c.ts_out == 1));
         let (_, second) = m.pop(false).unwrap();
         match second.rec {
             Some(Ordered::Corrupt(what, at)) => {
-                assert_eq!(what, "short call");
-                assert!(at > 500 + 4 + good.len() as u64, "{at}");
-                assert!(at <= 500 + bytes.len() as u64, "{at}");
+                assert_eq!(what, "malformed coded call");
+                assert_eq!(at, 500 + bytes.len() as u64 - 1);
             }
             _ => panic!("not a corrupt record"),
         }
         assert!(m.pop(false).is_none());
         assert!(matches!(
             check_message(wire::MSG_BATCH, &bytes),
-            Err(("short call", _))
+            Err(("malformed coded call", _))
         ));
-        assert!(check_message(wire::MSG_BATCH, &batch(7, &[good])).is_ok());
+        assert!(check_message(wire::MSG_BATCH, &batch(7, 0, &[good])).is_ok());
         assert!(matches!(
-            check_message(wire::MSG_BATCH, &[1, 2]),
+            check_message(wire::MSG_BATCH, &[1, 2, 3, 4, 5]),
             Err(("short batch", _))
         ));
         assert!(matches!(
-            check_message(wire::MSG_BATCH, &batch(7, &[vec![0xee]])),
-            Err(("unknown record kind", 4))
+            check_message(wire::MSG_BATCH, &batch(7, 0, &[vec![0xee]])),
+            Err(("unknown record kind", 16))
         ));
     }
 }

@@ -91,6 +91,7 @@ pub struct Sink<W: Write> {
     last_thread: Option<((u32, u32), u32)>,
     next_module: u32,
     next_function: u32,
+    next_coder: u32,
     start: Instant,
     seal_at: Instant,
     /// Times are counter ticks, not nanoseconds (see [`Sink::in_ticks`]).
@@ -114,6 +115,7 @@ impl<W: Write> Sink<W> {
             last_thread: None,
             next_module: 0,
             next_function: 0,
+            next_coder: 0,
             start: now,
             seal_at: now,
             ticks: false,
@@ -344,6 +346,39 @@ impl<W: Write> Sink<W> {
             ret,
             out,
         })
+    }
+
+    /// Defines a new coder of thread `tid`'s coded calls and returns its number.
+    pub fn coder(&mut self, pid: u32, tid: u32) -> Result<u32, FormatError> {
+        let thread = self.thread(pid, tid)?;
+        let c = self.next_coder;
+        self.next_coder += 1;
+        self.writer.coder(c, thread)?;
+        Ok(c)
+    }
+
+    /// Says what coder `coder`'s stack `local` is in the recording.
+    pub fn stack_alias(
+        &mut self,
+        coder: u32,
+        local: u32,
+        stack: Option<u32>,
+    ) -> Result<(), FormatError> {
+        self.writer.stack_alias(coder, local, stack)
+    }
+
+    /// Records a finished call the agent coded for `coder` (times in recording time).
+    pub fn coded_call(
+        &mut self,
+        coder: u32,
+        ts_in: u64,
+        ts_out: u64,
+        exits: bool,
+        from: &[u8],
+        len: usize,
+    ) -> Result<(), FormatError> {
+        self.writer
+            .coded_call(coder, ts_in, ts_out, exits, from, len)
     }
 
     /// Records a newly mapped module and returns its id.

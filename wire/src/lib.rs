@@ -11,7 +11,7 @@ pub mod protos;
 /// First bytes of a connection.
 pub const MAGIC: [u8; 4] = *b"RLTA";
 /// Protocol version; the recorder refuses others (agent and recorder ship together).
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Environment variable naming the recorder's socket.
 pub const ENV_SOCKET: &str = "RLTRACE_AGENT_SOCKET";
 /// Environment variable holding the largest number of frames to capture.
@@ -198,8 +198,8 @@ pub const MAX_NAME: usize = 1024;
 /// Thread record: a stack definition (`id u32, n u16, n × u64`); ids are unique in the
 /// stream (a thread that records again after its state was retired keeps them apart).
 pub const REC_STACK: u8 = 1;
-/// Thread record: a finished call (see [`Call`]).
-pub const REC_CALL: u8 = 2;
+/// Thread record 2, a finished call in plain varints, was protocol version 5's; version
+/// 6 sends [`REC_CODED`] instead.
 /// Thread record: entry into an imported function (`import u16, ts u64, stack u32,
 /// nargs u8, nargs × u64, ndata u8`, then per captured argument `arg u8, truncated u8,
 /// len u16, bytes`).
@@ -213,7 +213,7 @@ pub const REC_EXIT: u8 = 4;
 /// bytes`).
 pub const REC_EXIT_DATA: u8 = 5;
 /// Thread record: a finished allocator call coded against its thread's previous calls
-/// (see [`coded::put_coded`]), which the recorder can store as it is.
+/// (protocol version 6; see [`coded::put_coded`]), which the recorder stores as it is.
 pub const REC_CODED: u8 = 6;
 /// Most captures per entry record.
 pub const MAX_DATA_ARGS: usize = protos::MAX_CAPTURES;
@@ -277,44 +277,6 @@ pub struct Call {
     pub ts_out: u64,
     /// Thread-local stack id, or [`NO_STACK`].
     pub stack: u32,
-}
-
-/// Most bytes a call with `nargs` arguments takes, kind byte included.
-pub const fn call_len(nargs: usize) -> usize {
-    1 + 3 + 10 * nargs + 10 + 10 + 8 + 10 + 5
-}
-
-/// Writes `c` (kind byte included) at the start of `out`, which must hold
-/// [`call_len`]`(c.nargs)` bytes; returns the length written. Compact, since every call
-/// passes through the ring, the socket and the recorder's decoder (protocol version 5):
-/// `func u8, flags u8, nargs u8, nargs × uvar, [ret uvar], [out uvar],
-/// ts_in u64, ts_out - ts_in uvar, stack + 1 uvar` (0: no stack); `ret` and `out` only
-/// when their flag is set.
-#[inline]
-pub fn put_call(out: &mut [u8], c: &Call) -> usize {
-    let mut w = Put { buf: out, at: 0 };
-    w.u8(REC_CALL);
-    w.u8(c.func);
-    w.u8(c.flags);
-    let n = (c.nargs as usize).min(CALL_ARGS);
-    w.u8(n as u8);
-    for a in &c.args[..n] {
-        w.uvar(*a);
-    }
-    if c.flags & CALL_RET != 0 {
-        w.uvar(c.ret);
-    }
-    if c.flags & CALL_OUT != 0 {
-        w.uvar(c.out);
-    }
-    w.u64(c.ts_in);
-    w.uvar(c.ts_out.wrapping_sub(c.ts_in));
-    w.uvar(if c.stack == NO_STACK {
-        0
-    } else {
-        u64::from(c.stack) + 1
-    });
-    w.at
 }
 
 /// Why an unsigned LEB128 varint does not decode, with the bytes looked at.
@@ -548,52 +510,6 @@ impl<'a> Get<'a> {
         self.at += n;
         Ok(v)
     }
-    /// Takes a call record whose kind byte was already read (see [`put_call`]).
-    #[inline]
-    pub fn call(&mut self) -> Result<Call, Truncated> {
-        let func = self.u8()?;
-        let flags = self.u8()?;
-        let at = self.at;
-        let nargs = self.u8()?;
-        if nargs as usize > CALL_ARGS {
-            return Err(Truncated { at });
-        }
-        let mut args = [0u64; CALL_ARGS];
-        for a in args.iter_mut().take(nargs as usize) {
-            *a = self.uvar()?;
-        }
-        let ret = if flags & CALL_RET != 0 {
-            self.uvar()?
-        } else {
-            0
-        };
-        let out = if flags & CALL_OUT != 0 {
-            self.uvar()?
-        } else {
-            0
-        };
-        let ts_in = self.u64()?;
-        let ts_out = ts_in.wrapping_add(self.uvar()?);
-        let at = self.at;
-        let stack = match self.uvar()? {
-            0 => NO_STACK,
-            s => u32::try_from(s - 1)
-                .ok()
-                .filter(|&s| s != NO_STACK)
-                .ok_or(Truncated { at })?,
-        };
-        Ok(Call {
-            func,
-            flags,
-            nargs,
-            args,
-            ret,
-            out,
-            ts_in,
-            ts_out,
-            stack,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -684,51 +600,6 @@ mod tests {
         // A run of continuation bytes decodes as before: refused at its first byte.
         let long = [0x80u8; 16];
         assert_eq!(Get::new(&long).uvar(), Err(Truncated { at: 0 }));
-    }
-
-    #[test]
-    fn calls_round_trip_within_their_stated_length() {
-        let base = Call {
-            func: 3,
-            flags: CALL_RET,
-            nargs: 2,
-            args: [0x10, 32, 0],
-            ret: 0x5555_0000,
-            out: 0,
-            ts_in: 100,
-            ts_out: 150,
-            stack: 4,
-        };
-        // Extremes: every field at its largest, no stack, a clock that wrapped.
-        let extreme = Call {
-            func: 255,
-            flags: CALL_RET | CALL_OUT,
-            nargs: CALL_ARGS as u8,
-            args: [u64::MAX; CALL_ARGS],
-            ret: u64::MAX,
-            out: u64::MAX,
-            ts_in: u64::MAX,
-            ts_out: 3,
-            stack: NO_STACK,
-        };
-        // Without its flag a return value is not sent (it means nothing).
-        let bare = Call {
-            flags: 0,
-            ret: 0,
-            stack: NO_STACK - 1,
-            ..base
-        };
-        for c in [base, extreme, bare] {
-            let mut buf = [0u8; 256];
-            let n = put_call(&mut buf, &c);
-            assert!(n <= call_len(c.nargs as usize), "{n} bytes");
-            let mut g = Get::new(&buf[..n]);
-            assert_eq!(g.u8(), Ok(REC_CALL));
-            assert_eq!(g.call(), Ok(c));
-            assert!(g.is_empty());
-            let mut short = Get::new(&buf[1..n - 1]);
-            assert!(short.call().is_err());
-        }
     }
 
     #[test]
