@@ -305,10 +305,13 @@ pub fn get_coded(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Truncate
     let (body, end) = (h.body, h.body + h.len);
     // Read from the whole record on, so that varints are read a word at a time; a field
     // that runs past the body shows as a body that does not end where it should.
-    let mut v = crate::Get::new(rec);
-    v.bytes(body)?;
-    let func = v.uvar()?;
-    if func >= crate::FUNCTIONS.len() as u64 {
+    let mut v = crate::Get { buf: rec, at: body };
+    // Checked by the varints' first bytes and lengths, without their values: putting
+    // values together was most of the recorder's time per call. What the agent writes is
+    // always in shortest form, so a value that needs more bytes than its first is at
+    // least 128.
+    let (func, n) = v.skip_uvar()?;
+    if n > 1 || usize::from(func) >= crate::FUNCTIONS.len() {
         return Err(bad(body));
     }
     let form = v.u8()?;
@@ -317,33 +320,49 @@ pub fn get_coded(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Truncate
     if n > crate::CALL_ARGS || (!exits && form & (shape::RET | shape::OUT) != 0) {
         return Err(bad(body + 1));
     }
-    let values = n + usize::from(form & shape::RET != 0) + usize::from(form & shape::OUT != 0);
-    let value = |v: &mut crate::Get| -> Result<(), crate::Truncated> {
-        let start = v.offset();
-        let code = v.uvar()?;
-        if code & 1 == 1 && code > FAR_VALUE {
-            return Err(bad(start));
-        }
-        if code == FAR_VALUE {
-            v.uvar()?;
-        }
-        Ok(())
-    };
     for _ in 0..n {
-        value(&mut v)?;
+        check_value(&mut v)?;
     }
     let start = v.offset();
-    let stack = v.uvar()?;
-    if stack > NO_STACK_CODE + u64::from(u32::MAX) {
-        return Err(bad(start));
+    let (_, len) = v.skip_uvar()?;
+    // Up to four bytes is below 2^28: only a longer stack code can be past its range.
+    if len > 4 {
+        v = crate::Get {
+            buf: rec,
+            at: start,
+        };
+        if v.uvar()? > NO_STACK_CODE + u64::from(u32::MAX) {
+            return Err(bad(start));
+        }
     }
-    for _ in n..values {
-        value(&mut v)?;
+    if form & shape::RET != 0 {
+        check_value(&mut v)?;
+    }
+    if form & shape::OUT != 0 {
+        check_value(&mut v)?;
     }
     if v.offset() != end {
         return Err(bad(v.offset().min(end)));
     }
     Ok(h)
+}
+
+/// Checks the value code at `v` (and the distance after a [`FAR_VALUE`]) and steps over
+/// it: an even code is a small value's distance, an odd one a recent value up to
+/// `FAR_VALUE`.
+#[inline(always)]
+fn check_value(v: &mut crate::Get) -> Result<(), crate::Truncated> {
+    let start = v.offset();
+    let (first, n) = v.skip_uvar()?;
+    if first & 1 == 1 {
+        if n > 1 || u64::from(first) > FAR_VALUE {
+            return Err(crate::Truncated { at: start });
+        }
+        if u64::from(first) == FAR_VALUE {
+            v.skip_uvar()?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -472,11 +491,13 @@ mod tests {
         let ok = rec(&[0, 0x61, 48, 8, 0]);
         assert!(get_coded(&ok, 0).is_ok());
         for (body, at) in [
-            (&[10u8, 0x41, 48, 8, 0][..], 4), // no such function
-            (&[0, 0x44, 48, 8, 0][..], 5),    // four arguments
-            (&[4, 0x41, 48, 8][..], 5),       // a return value without a return
-            (&[0, 0x61, 19, 8, 0][..], 6),    // odd value code past the far one
-            (&[0, 0x61, 48, 8, 0, 0][..], 9), // a byte left over
+            (&[10u8, 0x41, 48, 8, 0][..], 4),   // no such function
+            (&[0, 0x44, 48, 8, 0][..], 5),      // four arguments
+            (&[4, 0x41, 48, 8][..], 5),         // a return value without a return
+            (&[0, 0x61, 19, 8, 0][..], 6),      // odd value code past the far one
+            (&[0, 0x61, 0x83, 1, 8, 0][..], 6), // an odd code of two bytes (131)
+            (&[0, 0x61, 17, 0x80][..], 7),      // the far value's distance cut short
+            (&[0, 0x61, 48, 8, 0, 0][..], 9),   // a byte left over
             (&[0, 0x61, 48, 0xff, 0xff, 0xff, 0xff, 0x7f, 0][..], 7), // stack id past 32 bits
         ] {
             let r = rec(body);
