@@ -161,6 +161,13 @@ impl Threads {
     /// Codes a thread number, its place among the recent threads or the number, and
     /// returns its state (callers check `is_full_for` first).
     pub fn put_thread(&mut self, e: &mut Encoder, thread: u32) -> &mut ThreadState {
+        // A thread's calls come several in a row: then it is first already, code 0.
+        if let Some((t, at)) = self.recent[0] {
+            if t == thread {
+                e.u8(0);
+                return &mut self.states[at];
+            }
+        }
         let k = self.place(thread);
         match k {
             Some(k) => e.uvar(k as u64),
