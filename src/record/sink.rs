@@ -7,9 +7,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::format::{
-    ArgData, CallRecord, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta,
-    ModuleDef, Note, Origin, ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause,
-    Summary, ThreadDef, Writer,
+    ArgData, Enter, Exit, ExitHow, FnClass, FormatError, Frame, FunctionDef, Meta, ModuleDef, Note,
+    Origin, ProcessExit, ProcessStart, Record, SignalRec, StackDef, StartCause, Summary, ThreadDef,
+    Writer,
 };
 use crate::record::funcs::TracedFn;
 
@@ -316,36 +316,6 @@ impl<W: Write> Sink<W> {
                 data,
             } => self.exit(pid, tid, ret, out, ts, data),
         }
-    }
-
-    /// Writes a finished call whose stack is already interned (the agent engine's path:
-    /// it reports entry and return together). A call without a return value (`free`) is
-    /// its entry alone, as the ptrace engine records it: replay pairs a return with the
-    /// innermost call that expects one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn call(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        func: u32,
-        args: &[u64],
-        stack: Option<u32>,
-        ts_in: u64,
-        ret: Option<u64>,
-        out: Option<u64>,
-        ts_out: u64,
-    ) -> Result<(), FormatError> {
-        let thread = self.thread(pid, tid)?;
-        self.writer.call(&CallRecord {
-            thread,
-            func,
-            args,
-            stack,
-            ts_in,
-            ts_out,
-            ret,
-            out,
-        })
     }
 
     /// Defines a new coder of thread `tid`'s coded calls and returns its number.
