@@ -385,18 +385,22 @@ fn a_chunk_of_small_records_is_read_one_record_at_a_time() {
     assert_eq!(count, n);
 }
 
+/// A xorshift generator: the same calls in every run, without a dependency.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// Calls of many interleaved threads, with the patterns the prediction codes (pointers
 /// freed after their allocation, reused, small values that repeat and step) and the cases
 /// it must not lose (void calls, out values, no stack, huge values, times out of order).
 fn thread_coded_calls(threads: u32, n: u64) -> Vec<(CallRecord<'static>, Vec<u64>)> {
     let mut out = Vec::new();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rand = xorshift(0x2545_f491_4f6c_dd1du64);
     for i in 0..n {
         let thread = (rand() % u64::from(threads)) as u32;
         let base = 0x7f00_0000_0000 + u64::from(thread) * 0x10_0000;
@@ -500,11 +504,9 @@ fn repeated_calls_of_interleaved_threads_cost_less_than_plain_records() {
     // does not see them.
     let mut calls = Vec::new();
     let mut done = [0u64; 2];
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
     for i in 0..200_000u64 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let seed = rand();
         let thread = (seed >> 40) as usize % 2;
         let k = done[thread];
         done[thread] += 1;
@@ -673,13 +675,7 @@ fn agent_coded(n: u64, coders: u32) -> (Vec<u8>, Vec<Record>) {
             w.stack_alias(c, local, alias(c, local)).unwrap();
         }
     }
-    let mut seed = 0x5851_f42d_4c95_7f2du64;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rand = xorshift(0x5851_f42d_4c95_7f2du64);
     let mut expected = Vec::new();
     let mut ts = 1_000u64;
     for i in 0..n {
