@@ -248,7 +248,7 @@ fn malformed_agent_streams_are_reported_not_trusted() {
         // After the kind byte, time, flags and return value.
         "returned string out of bounds at offset 56",
         // The body, after the kind, length, key and duration bytes.
-        "malformed coded call at offset 42",
+        "malformed coded call at offset 46",
         "message of 2147483647 bytes at offset 17",
     ] {
         assert!(err.contains(what), "{what}: {err}");

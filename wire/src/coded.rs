@@ -202,23 +202,44 @@ pub fn to_front<T: Copy>(list: &mut [T], at: Option<usize>, v: T) {
 /// return and out values.
 pub const MAX_BODY: usize = 1 + 1 + 3 * 20 + 5 + 2 * 20;
 
-/// Most bytes a coded call record takes: kind, body length, key and duration, body.
-pub const CODED_LEN: usize = 1 + 1 + 10 + 10 + MAX_BODY;
+/// Most bytes a coded call record takes: kind, body length, key and duration (each with
+/// its escape), body.
+pub const CODED_LEN: usize = 1 + 1 + 4 + 8 + 2 + 8 + MAX_BODY;
+
+/// The key distance that says the key itself follows (`u64`).
+const FAR_KEY: i32 = i32::MIN;
+/// The duration that says the duration itself follows (`u64`).
+const LONG_DURATION: u16 = u16::MAX;
 
 /// Writes `c` as a coded call record (kind byte included) at the start of `out`, which
 /// must hold [`CODED_LEN`] bytes, coding it against `coder` and `last_key` (the key of
 /// the coder's previous coded call, 0 before the first); returns the length written.
 ///
-/// `kind u8, body length u8, svar key - last_key, uvar key - entry time, body`; the body
-/// is the format's thread-coded call from its function id on (docs/FORMAT.md), its stack
-/// code naming the agent's stack ids.
+/// `kind u8, body length u8, i32 key - last_key, u16 key - entry time, body`; a key
+/// distance outside `i32` is `i32::MIN` and the key (`u64`), a duration from `u16::MAX`
+/// on is `u16::MAX` and the duration (`u64`). The body is the format's thread-coded call
+/// from its function id on (docs/FORMAT.md), its stack code naming the agent's stack
+/// ids. The header is fixed-size, not varints, so that the recorder finds the body
+/// without waiting for two varints' lengths.
 #[inline(always)]
 pub fn put_coded(out: &mut [u8], c: &crate::Call, coder: &mut Coder, last_key: &mut u64) -> usize {
     let mut w = crate::Put { buf: out, at: 0 };
     w.u8(crate::REC_CODED);
     w.u8(0);
-    w.uvar(zigzag(c.ts_out.wrapping_sub(*last_key) as i64));
-    w.uvar(c.ts_out.wrapping_sub(c.ts_in));
+    match i32::try_from(c.ts_out.wrapping_sub(*last_key) as i64) {
+        Ok(d) if d != FAR_KEY => w.u32(d as u32),
+        _ => {
+            w.u32(FAR_KEY as u32);
+            w.u64(c.ts_out);
+        }
+    }
+    match u16::try_from(c.ts_out.wrapping_sub(c.ts_in)) {
+        Ok(d) if d != LONG_DURATION => w.u16(d),
+        _ => {
+            w.u16(LONG_DURATION);
+            w.u64(c.ts_out.wrapping_sub(c.ts_in));
+        }
+    }
     *last_key = c.ts_out;
     let body = w.at;
     let func = u32::from(c.func);
@@ -279,8 +300,14 @@ pub fn get_coded_head(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Tru
     let mut g = crate::Get::new(rec);
     g.u8()?;
     let len = g.u8()? as usize;
-    let key = last_key.wrapping_add(unzigzag(g.uvar()?) as u64);
-    let ts_in = key.wrapping_sub(g.uvar()?);
+    let key = match g.u32()? as i32 {
+        FAR_KEY => g.u64()?,
+        d => last_key.wrapping_add(d as i64 as u64),
+    };
+    let ts_in = key.wrapping_sub(match g.u16()? {
+        LONG_DURATION => g.u64()?,
+        d => u64::from(d),
+    });
     let body = g.offset();
     let b = g.bytes(len)?;
     // The function id is below 128 in a checked body: one byte, then the shape.
@@ -446,6 +473,18 @@ mod tests {
                 310,
                 320,
             ),
+            // A key far from the last and a long call: both escaped.
+            (
+                call(0, &[24], Some(0x5555_0000_3000), None, 3),
+                400,
+                1 << 40,
+            ),
+            // A key a little behind the last (an `rdtsc` ahead of an `rdtscp`).
+            (
+                call(4, &[0x5555_0000_3000], None, None, 3),
+                (1 << 40) - 7,
+                (1 << 40) - 7,
+            ),
         ];
         let (mut enc, mut dec) = (Coder::default(), Coder::default());
         let (mut key, mut last) = (0, 0);
@@ -482,23 +521,23 @@ mod tests {
 
     #[test]
     fn bodies_that_do_not_decode_are_refused_with_their_offset() {
-        // kind, length, key, duration, then a body.
+        // kind, length, key distance (i32), duration (u16), then a body.
         let rec = |body: &[u8]| {
-            let mut r = vec![crate::REC_CODED, body.len() as u8, 2, 0];
+            let mut r = vec![crate::REC_CODED, body.len() as u8, 2, 0, 0, 0, 0, 0];
             r.extend_from_slice(body);
             r
         };
         let ok = rec(&[0, 0x61, 48, 8, 0]);
         assert!(get_coded(&ok, 0).is_ok());
         for (body, at) in [
-            (&[10u8, 0x41, 48, 8, 0][..], 4),   // no such function
-            (&[0, 0x44, 48, 8, 0][..], 5),      // four arguments
-            (&[4, 0x41, 48, 8][..], 5),         // a return value without a return
-            (&[0, 0x61, 19, 8, 0][..], 6),      // odd value code past the far one
-            (&[0, 0x61, 0x83, 1, 8, 0][..], 6), // an odd code of two bytes (131)
-            (&[0, 0x61, 17, 0x80][..], 7),      // the far value's distance cut short
-            (&[0, 0x61, 48, 8, 0, 0][..], 9),   // a byte left over
-            (&[0, 0x61, 48, 0xff, 0xff, 0xff, 0xff, 0x7f, 0][..], 7), // stack id past 32 bits
+            (&[10u8, 0x41, 48, 8, 0][..], 8),    // no such function
+            (&[0, 0x44, 48, 8, 0][..], 9),       // four arguments
+            (&[4, 0x41, 48, 8][..], 9),          // a return value without a return
+            (&[0, 0x61, 19, 8, 0][..], 10),      // odd value code past the far one
+            (&[0, 0x61, 0x83, 1, 8, 0][..], 10), // an odd code of two bytes (131)
+            (&[0, 0x61, 17, 0x80][..], 11),      // the far value's distance cut short
+            (&[0, 0x61, 48, 8, 0, 0][..], 13),   // a byte left over
+            (&[0, 0x61, 48, 0xff, 0xff, 0xff, 0xff, 0x7f, 0][..], 11), // stack id past 32 bits
         ] {
             let r = rec(body);
             let e = get_coded(&r, 0).unwrap_err();
