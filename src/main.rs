@@ -486,7 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 println!("{rec:?}");
             }
-            for w in r.warnings() {
+            for w in r.warnings().iter().chain(r.notes()) {
                 eprintln!("rltrace: warning: {w}");
             }
             Ok(ExitCode::SUCCESS)

@@ -476,6 +476,7 @@ pub fn replay(
     let mut warnings = std::mem::take(&mut cx.notes);
     let mut incomplete = !reader.warnings().is_empty();
     warnings.extend(reader.warnings().iter().cloned());
+    warnings.extend(reader.notes().iter().cloned());
     let sym_warnings = cx.sym.take_warnings();
     incomplete |= !sym_warnings.is_empty();
     warnings.extend(sym_warnings);
@@ -779,8 +780,9 @@ pub fn info(path: &Path, out: &mut dyn Write) -> Result<ReplayReport, ReplayErro
         b.add(&rec);
     }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let warnings = reader.warnings().to_vec();
+    let mut warnings = reader.warnings().to_vec();
     let complete = warnings.is_empty();
+    warnings.extend(reader.notes().iter().cloned());
     let meta = reader.meta().clone();
     render::info::write_info(out, &shown, size, &meta, &b.finish(), complete, &warnings)?;
     out.flush()?;

@@ -74,6 +74,23 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Splits off the next `len` bytes as a decoder of their own, whose errors still name
+    /// their place in the chunk; this one moves past them.
+    pub fn take(&mut self, len: usize) -> Result<Decoder<'a>, FormatError> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| self.error("record runs past the end of its chunk"))?;
+        let sub = Decoder {
+            data: &self.data[..end],
+            pos: self.pos,
+            chunk_offset: self.chunk_offset,
+        };
+        self.pos = end;
+        Ok(sub)
+    }
+
     /// Bytes consumed so far.
     pub fn pos(&self) -> usize {
         self.pos

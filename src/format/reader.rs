@@ -1,6 +1,6 @@
 //! Streams records out of a recording, validating every chunk; never trusts a size it reads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 
 use super::codec::Decoder;
@@ -66,6 +66,9 @@ const MAX_CODERS: usize = 1 << 20;
 /// Most stack aliases a recording may define.
 const MAX_ALIASES: usize = 1 << 24;
 
+/// Most coders whose dropped calls get a warning each.
+const MAX_DROPPED_CODER_WARNINGS: usize = 16;
+
 /// What coded calls (tag 17) are decoded against: the state of each coder, from its
 /// definition (tag 18) to the end of the recording, and the stacks its ids stand for.
 #[derive(Default)]
@@ -74,6 +77,33 @@ struct StreamState {
     coders: HashMap<u32, (u32, Coder)>,
     /// (coder, the coder's stack id) to the recording's stack.
     aliases: HashMap<(u32, u32), Option<u32>>,
+    /// Coders one of whose calls did not decode: their state is not the agent's any
+    /// more, so their later calls are dropped.
+    dropped: HashSet<u32>,
+    /// How many times a coder's calls were dropped: only the first few get a warning.
+    drops: usize,
+    /// What the agent sent that could not be read: the recording itself is whole.
+    notes: Vec<String>,
+}
+
+impl StreamState {
+    /// Drops coder `coder`'s calls from here on, since this one did not decode (`why`).
+    fn drop_coder(&mut self, coder: u32, why: FormatError) {
+        if !self.dropped.insert(coder) {
+            return;
+        }
+        self.drops += 1;
+        let n = self.drops;
+        if n <= MAX_DROPPED_CODER_WARNINGS {
+            self.notes.push(format!(
+                "{why}: a call the agent coded does not decode; the calls of coder {coder} \
+                 (one thread's) from there on are dropped"
+            ));
+        } else if n == MAX_DROPPED_CODER_WARNINGS + 1 {
+            self.notes
+                .push("more coders' calls that do not decode are dropped".to_string());
+        }
+    }
 }
 
 enum Fill {
@@ -187,6 +217,13 @@ impl<R: Read> Reader<R> {
     /// Problems that did not stop reading: a truncated tail, a missing end chunk.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Problems in what an engine sent, found while reading a recording that is itself
+    /// whole: calls the agent coded that do not decode, skipped with their thread's later
+    /// calls (a malformed agent stream that the recorder found is a Note record instead).
+    pub fn notes(&self) -> &[String] {
+        &self.stream.notes
     }
 
     /// Returns the next record, or `None` at the end of the recording.
@@ -541,15 +578,39 @@ fn decode_record(
             let at = ts.ts.wrapping_add(delta);
             let back = at.wrapping_add(duration);
             ts.ts = back;
-            let (thread, coder, coded) = if t == tag::THREAD_CALL {
-                (who, &mut ts.coder, None)
+            let (thread, (call, exits), coded) = if t == tag::THREAD_CALL {
+                (who, coded_call(d, &mut ts.coder, duration, false)?, None)
             } else {
-                match stream.coders.get_mut(&who) {
-                    Some((thread, c)) => (*thread, c, Some(who)),
-                    None => return Err(d.error(format!("coded call of undefined coder {who}"))),
+                let len = usize::from(d.u8()?);
+                let mut body = d.take(len)?;
+                let Some((thread, coder)) = stream.coders.get_mut(&who) else {
+                    return Err(d.error(format!("coded call of undefined coder {who}")));
+                };
+                if stream.dropped.contains(&who) {
+                    return Ok(None);
+                }
+                // The recorder stores the agent's bodies without decoding them: one that
+                // does not decode is skipped by its length, as a malformed agent stream
+                // was ended, rather than making the rest of the file unreadable.
+                match coded_call(&mut body, coder, duration, true).and_then(|c| {
+                    if c.0.func as usize >= rltrace_wire::FUNCTIONS.len() {
+                        Err(body.error(format!(
+                            "coded call of function {}, not of the allocator family",
+                            c.0.func
+                        )))
+                    } else if !body.is_empty() {
+                        Err(body.error("coded call ends before its length"))
+                    } else {
+                        Ok(c)
+                    }
+                }) {
+                    Ok(c) => (*thread, c, Some(who)),
+                    Err(e) => {
+                        stream.drop_coder(who, e);
+                        return Ok(None);
+                    }
                 }
             };
-            let (call, exits) = coded_call(d, coder, duration, coded.is_some())?;
             let stack = match coded {
                 // The recorder stores the agent's coding without decoding it: a stack it
                 // never defined reads as none rather than making the file unreadable.
@@ -575,6 +636,8 @@ fn decode_record(
                 return Err(d.error(format!("more than {MAX_CODERS} coders")));
             }
             stream.coders.insert(coder, (thread, Coder::default()));
+            // Defined again, it starts afresh, decodable again.
+            stream.dropped.remove(&coder);
             return Ok(None);
         }
         tag::STACK_ALIAS => {

@@ -714,7 +714,7 @@ fn agent_coded(n: u64, coders: u32) -> (Vec<u8>, Vec<Record>) {
         let len = put_coded(&mut buf, &call, coder, last_key);
         let h = get_coded_head(&buf[..len], states[c as usize].2).unwrap();
         states[c as usize].2 = h.key;
-        w.coded_call(c, h.ts_in, h.key, h.exits, &buf[h.body..], h.len)
+        w.coded_call(c, h.ts_in, h.key, h.exits, &buf[h.body - 1..], h.len + 1)
             .unwrap();
         let thread = thread_of(c);
         let stack = (local != rltrace_wire::NO_STACK)
@@ -761,8 +761,8 @@ fn agent_coded_calls_read_back_across_chunks() {
 #[test]
 fn a_coded_call_of_an_undefined_coder_is_an_error_naming_it() {
     let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
-    // malloc(48) with no stack, coded for a coder never defined.
-    let body = [0u8, 0x61, 48, 8, 0];
+    // malloc(48) with no stack (its length byte first), for a coder never defined.
+    let body = [5u8, 0, 0x61, 48, 8, 0];
     w.coded_call(7, 10, 20, true, &body, body.len()).unwrap();
     let bytes = w.finish().unwrap().0;
     let err = read_all(&bytes).unwrap_err().to_string();
@@ -782,5 +782,64 @@ fn damaged_agent_coded_chunks_are_errors_or_harmless_never_panics() {
             b[i] ^= flip;
             let _ = read_all(&b);
         }
+    }
+}
+
+#[test]
+fn a_coded_call_that_does_not_decode_drops_its_coders_later_calls_only() {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    w.coder(0, 0).unwrap();
+    w.coder(1, 1).unwrap();
+    // malloc(48) returning a new pointer, with no stack: length byte, function, shape,
+    // size code, stack code, the far value code and its distance.
+    let good = [7u8, 0, 0x61, 96, 8, 17, 0x80, 0x40];
+    let bad = [
+        // No such function.
+        &[5u8, 10, 0x61, 96, 8, 1][..],
+        // An odd value code past the far one.
+        &[4, 4, 0x01, 19, 8][..],
+        // A byte left over after the stack code.
+        &[5, 4, 0x01, 1, 8, 0][..],
+        // Cut short: the far value's distance is missing.
+        &[5, 0, 0x61, 96, 8, 17][..],
+    ];
+    for b in bad {
+        // Coder 1's calls: fine, then this bad one, then fine again (dropped).
+        w.coded_call(1, 100, 110, true, &good, good.len()).unwrap();
+        w.coded_call(1, 120, 130, b[2] != 0x01, b, b.len()).unwrap();
+        w.coded_call(1, 140, 150, true, &good, good.len()).unwrap();
+        // Coder 0's: unaffected.
+        w.coded_call(0, 200, 210, true, &good, good.len()).unwrap();
+        // A new definition starts the coder afresh: its calls decode again.
+        w.coder(1, 1).unwrap();
+    }
+    let bytes = w.finish().unwrap().0;
+    let mut r = Reader::new(bytes.as_slice()).unwrap();
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        got.push(rec);
+    }
+    // The file is whole: nothing is a warning, the skipped calls are notes.
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let warnings = r.notes().to_vec();
+    let enters: Vec<(u32, u64)> = got
+        .iter()
+        .filter_map(|r| match r {
+            Record::Enter(e) => Some((e.thread, e.ts)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(u32, u64)> = (0..bad.len()).flat_map(|_| [(1, 100), (0, 200)]).collect();
+    assert_eq!(enters, want);
+    assert_eq!(warnings.len(), bad.len(), "{warnings:?}");
+    for (w, what) in warnings.iter().zip([
+        "function 10, not of the allocator family",
+        "bad value code 19",
+        "ends before its length",
+        "runs past the end",
+    ]) {
+        assert!(w.contains(what), "{what}: {w}");
+        assert!(w.contains("coder 1"), "{w}");
+        assert!(w.contains("byte "), "{w}");
     }
 }

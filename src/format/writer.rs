@@ -180,11 +180,11 @@ impl<W: Write> Writer<W> {
     }
 
     /// Appends a finished call that the agent coded against coder `coder`'s state (tag
-    /// 17): its body, `from[..len]`, is stored as it is, its times (nanoseconds) go to
-    /// the time column. `from` may run on past the body: a short body is then copied
-    /// in one 16-byte move (through a buffer on the stack, the move waited for the
-    /// stores that filled it). The recorder checked the body's structure
-    /// (`rltrace_wire::coded::get_coded`).
+    /// 17): `from[..n]`, its body's length byte and its body, is stored as it is; its
+    /// times (nanoseconds) go to the time column. `from` may run on past them: a short
+    /// body is then copied in one 16-byte move (through a buffer on the stack, the move
+    /// waited for the stores that filled it). The body is not checked here: a reader
+    /// skips one that does not decode.
     pub fn coded_call(
         &mut self,
         coder: u32,
@@ -192,7 +192,7 @@ impl<W: Write> Writer<W> {
         ts_out: u64,
         exits: bool,
         from: &[u8],
-        len: usize,
+        n: usize,
     ) -> Result<(), FormatError> {
         if self.coders.is_full_for(coder) {
             self.seal()?;
@@ -205,14 +205,14 @@ impl<W: Write> Writer<W> {
         let duration = if exits { ts_out.wrapping_sub(ts_in) } else { 0 };
         put_times(&mut self.times, ts_in.wrapping_sub(t.ts), duration);
         t.ts = ts_in.wrapping_add(duration);
-        let len = len.min(from.len());
+        let n = n.min(from.len());
         match from.first_chunk::<16>() {
-            Some(w) if len <= 16 => {
+            Some(w) if n <= 16 => {
                 let at = e.buf.len();
                 e.buf.extend_from_slice(w);
-                e.buf.truncate(at + len);
+                e.buf.truncate(at + n);
             }
-            _ => e.buf.extend_from_slice(&from[..len]),
+            _ => e.buf.extend_from_slice(&from[..n]),
         }
         self.counted()
     }

@@ -126,7 +126,7 @@ struct AgentModule {
 
 /// One thread's batch as it came off the wire: its records are decoded one at a time, by
 /// the merge, when their turn is near (see src/record/merge.rs for why). Its coded calls
-/// are checked, not decoded: their bodies go to the recording as they are.
+/// are not decoded: their bodies go to the recording as they are, with their lengths.
 struct RawBatch {
     tid: u32,
     /// Offset in the batch of the first record not decoded yet.
@@ -189,10 +189,11 @@ impl Run for RawBatch {
                 return (!self.head.stacks.is_empty()).then_some(self.last);
             };
             let decoded = if rest[0] == wire::REC_CODED {
-                match wire::coded::get_coded(rest, self.chain) {
+                match wire::coded::get_coded_head(rest, self.chain) {
                     Ok(h) => {
                         self.chain = h.key;
-                        self.head.body = self.at + h.body..self.at + h.body + h.len;
+                        // The body's length byte and the body, stored as they are.
+                        self.head.body = self.at + h.body - 1..self.at + h.body + h.len;
                         self.at += h.body + h.len;
                         self.head.coded = Some(Coded {
                             ts_in: h.ts_in,
@@ -203,7 +204,7 @@ impl Run for RawBatch {
                         self.keyed = true;
                         return Some(h.key);
                     }
-                    Err(e) => Err(("malformed coded call", e.at)),
+                    Err(e) => Err(("short coded call", e.at)),
                 }
             } else {
                 decode_record(rest)
@@ -263,7 +264,8 @@ struct Head {
     rec: Option<Ordered>,
     coded: Option<Coded>,
     /// The batch the head lies in (a batch's head lends it, so that a coded call's body
-    /// is written from where it lies), and where in it a coded call's body is.
+    /// is written from where it lies), and where in it a coded call's length byte and
+    /// body are.
     bytes: Vec<u8>,
     body: std::ops::Range<usize>,
 }
@@ -1702,13 +1704,16 @@ mod tests {
     fn a_malformed_record_ends_its_batch_with_its_offset_in_the_stream() {
         let mut t = Chain::default();
         let good = call(&mut t, 1, wire::NO_STACK);
-        let mut bad = call(&mut t, 2, wire::NO_STACK);
-        // A return value code past the far one.
-        let last = bad.len() - 1;
-        bad[last] = 19;
-        let bytes = batch(7, 0, &[good.clone(), bad]);
-        // At offset 500 of its connection's stream; the bad call starts after the batch's
-        // header and the good call.
+        // A return value code past the far one: stored as it is (the reader skips it).
+        let mut odd = call(&mut t, 2, wire::NO_STACK);
+        let last = odd.len() - 1;
+        odd[last] = 19;
+        // A body longer than what is left of the batch: the batch ends there.
+        let mut cut = call(&mut t, 3, wire::NO_STACK);
+        cut[7] += 5;
+        let bytes = batch(7, 0, &[good.clone(), odd, cut.clone()]);
+        // At offset 500 of its connection's stream; the cut call's body starts after its
+        // kind, key distance, duration and length bytes.
         let mut m = Merge::default();
         let run = RawBatch::new(bytes.clone(), 500).unwrap();
         m.push(ImageRun::Batch(run));
@@ -1716,17 +1721,19 @@ mod tests {
         let (_, first) = m.pop(false).unwrap();
         assert!(matches!(first.coded, Some(c) if c.ts_out == 1));
         let (_, second) = m.pop(false).unwrap();
-        match second.rec {
+        assert!(matches!(second.coded, Some(c) if c.ts_out == 2));
+        let (_, third) = m.pop(false).unwrap();
+        match third.rec {
             Some(Ordered::Corrupt(what, at)) => {
-                assert_eq!(what, "malformed coded call");
-                assert_eq!(at, 500 + bytes.len() as u64 - 1);
+                assert_eq!(what, "short coded call");
+                assert_eq!(at, 500 + (bytes.len() - cut.len()) as u64 + 8);
             }
             _ => panic!("not a corrupt record"),
         }
         assert!(m.pop(false).is_none());
         assert!(matches!(
             check_message(wire::MSG_BATCH, &bytes),
-            Err(("malformed coded call", _))
+            Err(("short coded call", _))
         ));
         assert!(check_message(wire::MSG_BATCH, &batch(7, 0, &[good])).is_ok());
         assert!(matches!(

@@ -300,6 +300,14 @@ impl<W: Write> Merger<'_, W> {
         for n in std::mem::take(&mut self.t.notes) {
             self.w.push(&n)?;
         }
+        // Calls of the agent's that did not decode are not in the combined file's
+        // coding: what the reader said of them goes along as notes.
+        for text in a.notes() {
+            self.w.push(&Record::Note(crate::format::Note {
+                pid: 0,
+                text: text.clone(),
+            }))?;
+        }
         self.w
             .add_dropped(a.summary().map_or(0, |s| s.dropped) + self.t.dropped);
         self.w.finish()

@@ -337,7 +337,8 @@ impl<W: Write> Sink<W> {
         self.writer.stack_alias(coder, local, stack)
     }
 
-    /// Records a finished call the agent coded for `coder` (times in recording time).
+    /// Records a finished call the agent coded for `coder` (times in recording time):
+    /// `from[..n]` is its body's length byte and its body.
     pub fn coded_call(
         &mut self,
         coder: u32,
@@ -345,10 +346,9 @@ impl<W: Write> Sink<W> {
         ts_out: u64,
         exits: bool,
         from: &[u8],
-        len: usize,
+        n: usize,
     ) -> Result<(), FormatError> {
-        self.writer
-            .coded_call(coder, ts_in, ts_out, exits, from, len)
+        self.writer.coded_call(coder, ts_in, ts_out, exits, from, n)
     }
 
     /// Records a newly mapped module and returns its id.

@@ -215,17 +215,17 @@ const LONG_DURATION: u16 = u16::MAX;
 /// must hold [`CODED_LEN`] bytes, coding it against `coder` and `last_key` (the key of
 /// the coder's previous coded call, 0 before the first); returns the length written.
 ///
-/// `kind u8, body length u8, i32 key - last_key, u16 key - entry time, body`; a key
+/// `kind u8, i32 key - last_key, u16 key - entry time, body length u8, body`; a key
 /// distance outside `i32` is `i32::MIN` and the key (`u64`), a duration from `u16::MAX`
 /// on is `u16::MAX` and the duration (`u64`). The body is the format's thread-coded call
 /// from its function id on (docs/FORMAT.md), its stack code naming the agent's stack
 /// ids. The header is fixed-size, not varints, so that the recorder finds the body
-/// without waiting for two varints' lengths.
+/// without waiting for two varints' lengths; the length comes last, so that length and
+/// body go to the recording as one piece.
 #[inline(always)]
 pub fn put_coded(out: &mut [u8], c: &crate::Call, coder: &mut Coder, last_key: &mut u64) -> usize {
     let mut w = crate::Put { buf: out, at: 0 };
     w.u8(crate::REC_CODED);
-    w.u8(0);
     match i32::try_from(c.ts_out.wrapping_sub(*last_key) as i64) {
         Ok(d) if d != FAR_KEY => w.u32(d as u32),
         _ => {
@@ -241,6 +241,8 @@ pub fn put_coded(out: &mut [u8], c: &crate::Call, coder: &mut Coder, last_key: &
         }
     }
     *last_key = c.ts_out;
+    let len_at = w.at;
+    w.u8(0);
     let body = w.at;
     let func = u32::from(c.func);
     let ret = c.flags & crate::CALL_RET != 0;
@@ -271,7 +273,7 @@ pub fn put_coded(out: &mut [u8], c: &crate::Call, coder: &mut Coder, last_key: &
         value(&mut w, coder, func, SLOT_RET, c.out);
     }
     let len = w.at - body;
-    if let Some(b) = w.buf.get_mut(1) {
+    if let Some(b) = w.buf.get_mut(len_at) {
         *b = len as u8;
     }
     w.at
@@ -284,7 +286,7 @@ pub struct CodedHead {
     pub key: u64,
     /// Its entry time.
     pub ts_in: u64,
-    /// Where its body starts in the record, and its length.
+    /// Where its body starts in the record (its length byte is just before).
     pub body: usize,
     /// The body's length.
     pub len: usize,
@@ -293,13 +295,13 @@ pub struct CodedHead {
 }
 
 /// Reads the header of the coded call record at the start of `rec` (kind byte
-/// included), whose coder's previous coded call had key `last_key`; the body is not
-/// looked at beyond its shape (see [`get_coded`], which checks it).
+/// included), whose coder's previous coded call had key `last_key`, and makes sure its
+/// body is there. The body is not checked: the recorder stores it with its length, and
+/// the reader, which decodes it anyway, skips one that does not decode (docs/FORMAT.md).
 #[inline(always)]
 pub fn get_coded_head(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Truncated> {
     let mut g = crate::Get::new(rec);
     g.u8()?;
-    let len = g.u8()? as usize;
     let key = match g.u32()? as i32 {
         FAR_KEY => g.u64()?,
         d => last_key.wrapping_add(d as i64 as u64),
@@ -308,9 +310,10 @@ pub fn get_coded_head(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Tru
         LONG_DURATION => g.u64()?,
         d => u64::from(d),
     });
+    let len = g.u8()? as usize;
     let body = g.offset();
     let b = g.bytes(len)?;
-    // The function id is below 128 in a checked body: one byte, then the shape.
+    // The function id is below 128 in a body that decodes: one byte, then the shape.
     let exits = b.get(1).is_some_and(|f| f & shape::EXIT != 0);
     Ok(CodedHead {
         key,
@@ -321,83 +324,12 @@ pub fn get_coded_head(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Tru
     })
 }
 
-/// Reads the coded call record at the start of `rec` as [`get_coded_head`] does, and
-/// checks that its body decodes as a coded call of the allocator family (without the
-/// coder's state: a stack code naming a recent stack is taken on trust), since the
-/// recorder stores it as it is.
-#[inline]
-pub fn get_coded(rec: &[u8], last_key: u64) -> Result<CodedHead, crate::Truncated> {
-    let h = get_coded_head(rec, last_key)?;
-    let bad = |at: usize| crate::Truncated { at };
-    let (body, end) = (h.body, h.body + h.len);
-    // Read from the whole record on, so that varints are read a word at a time; a field
-    // that runs past the body shows as a body that does not end where it should.
-    let mut v = crate::Get { buf: rec, at: body };
-    // Checked by the varints' first bytes and lengths, without their values: putting
-    // values together was most of the recorder's time per call. What the agent writes is
-    // always in shortest form, so a value that needs more bytes than its first is at
-    // least 128.
-    let (func, n) = v.skip_uvar()?;
-    if n > 1 || usize::from(func) >= crate::FUNCTIONS.len() {
-        return Err(bad(body));
-    }
-    let form = v.u8()?;
-    let n = usize::from(form & shape::ARGS);
-    let exits = form & shape::EXIT != 0;
-    if n > crate::CALL_ARGS || (!exits && form & (shape::RET | shape::OUT) != 0) {
-        return Err(bad(body + 1));
-    }
-    for _ in 0..n {
-        check_value(&mut v)?;
-    }
-    let start = v.offset();
-    let (_, len) = v.skip_uvar()?;
-    // Up to four bytes is below 2^28: only a longer stack code can be past its range.
-    if len > 4 {
-        v = crate::Get {
-            buf: rec,
-            at: start,
-        };
-        if v.uvar()? > NO_STACK_CODE + u64::from(u32::MAX) {
-            return Err(bad(start));
-        }
-    }
-    if form & shape::RET != 0 {
-        check_value(&mut v)?;
-    }
-    if form & shape::OUT != 0 {
-        check_value(&mut v)?;
-    }
-    if v.offset() != end {
-        return Err(bad(v.offset().min(end)));
-    }
-    Ok(h)
-}
-
-/// Checks the value code at `v` (and the distance after a [`FAR_VALUE`]) and steps over
-/// it: an even code is a small value's distance, an odd one a recent value up to
-/// `FAR_VALUE`.
-#[inline(always)]
-fn check_value(v: &mut crate::Get) -> Result<(), crate::Truncated> {
-    let start = v.offset();
-    let (first, n) = v.skip_uvar()?;
-    if first & 1 == 1 {
-        if n > 1 || u64::from(first) > FAR_VALUE {
-            return Err(crate::Truncated { at: start });
-        }
-        if u64::from(first) == FAR_VALUE {
-            v.skip_uvar()?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
     use crate::{Call, CALL_OUT, CALL_RET, NO_STACK};
-    use std::{vec, vec::Vec};
+    use std::vec::Vec;
 
     fn call(func: u8, args: &[u64], ret: Option<u64>, out: Option<u64>, stack: u32) -> Call {
         let mut a = [0; crate::CALL_ARGS];
@@ -493,7 +425,7 @@ mod tests {
             c.ts_out = ts_out;
             let mut buf = [0u8; CODED_LEN];
             let n = put_coded(&mut buf, &c, &mut enc, &mut key);
-            let h = get_coded(&buf[..n], last).unwrap();
+            let h = get_coded_head(&buf[..n], last).unwrap();
             last = h.key;
             assert_eq!((h.key, h.ts_in, h.body + h.len), (ts_out, ts_in, n));
             assert_eq!(h.exits, c.flags != 0);
@@ -509,7 +441,7 @@ mod tests {
             assert_eq!(rets, want);
             // Any byte cut off the end is noticed.
             for cut in 0..n {
-                assert!(get_coded(&buf[..cut], 0).is_err(), "cut at {cut}");
+                assert!(get_coded_head(&buf[..cut], 0).is_err(), "cut at {cut}");
             }
         }
         assert_eq!(enc, dec);
@@ -517,31 +449,5 @@ mod tests {
         let mut c = Coder::default();
         c.value(0, SLOT_RET, 0x5555_0000_1000);
         assert_eq!(c.value(4, 0, 0x5555_0000_1000), (1, None));
-    }
-
-    #[test]
-    fn bodies_that_do_not_decode_are_refused_with_their_offset() {
-        // kind, length, key distance (i32), duration (u16), then a body.
-        let rec = |body: &[u8]| {
-            let mut r = vec![crate::REC_CODED, body.len() as u8, 2, 0, 0, 0, 0, 0];
-            r.extend_from_slice(body);
-            r
-        };
-        let ok = rec(&[0, 0x61, 48, 8, 0]);
-        assert!(get_coded(&ok, 0).is_ok());
-        for (body, at) in [
-            (&[10u8, 0x41, 48, 8, 0][..], 8),    // no such function
-            (&[0, 0x44, 48, 8, 0][..], 9),       // four arguments
-            (&[4, 0x41, 48, 8][..], 9),          // a return value without a return
-            (&[0, 0x61, 19, 8, 0][..], 10),      // odd value code past the far one
-            (&[0, 0x61, 0x83, 1, 8, 0][..], 10), // an odd code of two bytes (131)
-            (&[0, 0x61, 17, 0x80][..], 11),      // the far value's distance cut short
-            (&[0, 0x61, 48, 8, 0, 0][..], 13),   // a byte left over
-            (&[0, 0x61, 48, 0xff, 0xff, 0xff, 0xff, 0x7f, 0][..], 11), // stack id past 32 bits
-        ] {
-            let r = rec(body);
-            let e = get_coded(&r, 0).unwrap_err();
-            assert_eq!(e.at, at, "{body:?}");
-        }
     }
 }

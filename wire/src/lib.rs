@@ -496,27 +496,6 @@ impl<'a> Get<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    /// Steps over an unsigned LEB128 varint without putting its value together (its
-    /// length is where the word's stop bits say); returns its first byte, which holds
-    /// the value's low seven bits, and its length. Refuses what [`Get::uvar`] refuses.
-    #[inline(always)]
-    pub fn skip_uvar(&mut self) -> Result<(u8, usize), Truncated> {
-        if let Some(word) = self.buf.get(self.at..self.at + 8) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(word);
-            let x = u64::from_le_bytes(a);
-            let ends = !x & 0x8080_8080_8080_8080;
-            if ends != 0 {
-                let n = (ends.trailing_zeros() as usize + 1) / 8;
-                self.at += n;
-                return Ok((x as u8, n));
-            }
-        }
-        let start = self.at;
-        let first = *self.buf.get(start).ok_or(Truncated { at: start })?;
-        self.uvar()?;
-        Ok((first, self.at - start))
-    }
     /// Takes an unsigned LEB128 varint; one longer than 10 bytes or past 64 bits is
     /// refused at its first byte.
     #[inline(always)]
