@@ -286,6 +286,7 @@ impl Run for ImageRun {
         }
     }
 
+    #[inline]
     fn advance(&mut self) -> Option<u64> {
         match self {
             ImageRun::Batch(b) => b.advance(),

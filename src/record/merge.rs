@@ -160,13 +160,15 @@ impl<R: Run> Merge<R> {
             // A confused stream may go backwards: that record is simply behind.
             Some(h) => {
                 let e = (h, slot);
-                match self.heads.peek_mut() {
+                // Looked at first, only taken for the swap: a `PeekMut` costs its drop.
+                if self.heads.peek().is_some_and(|top| top.0 < e) {
                     // Another run's head comes first: one sift, the two swapped.
-                    Some(mut top) if top.0 < e => {
+                    if let Some(mut top) = self.heads.peek_mut() {
                         self.first = Some(top.0);
                         *top = Reverse(e);
                     }
-                    _ => self.first = Some(e),
+                } else {
+                    self.first = Some(e);
                 }
             }
             None => {
