@@ -843,3 +843,20 @@ fn a_coded_call_that_does_not_decode_drops_its_coders_later_calls_only() {
         assert!(w.contains("byte "), "{w}");
     }
 }
+
+#[test]
+fn notes_of_calls_that_do_not_decode_are_capped() {
+    let mut w = Writer::new(Vec::new(), &Meta::default()).unwrap();
+    // One coder, defined again and again, each time with a call of no such function.
+    let bad = [5u8, 10, 0x61, 96, 8, 1];
+    for _ in 0..40 {
+        w.coder(3, 0).unwrap();
+        w.coded_call(3, 100, 110, true, &bad, bad.len()).unwrap();
+    }
+    let bytes = w.finish().unwrap().0;
+    let mut r = Reader::new(bytes.as_slice()).unwrap();
+    while r.next_record().unwrap().is_some() {}
+    let notes = r.notes();
+    assert_eq!(notes.len(), 17, "{notes:?}");
+    assert!(notes[16].contains("more coders"), "{}", notes[16]);
+}
