@@ -592,18 +592,7 @@ fn decode_record(
                 // The recorder stores the agent's bodies without decoding them: one that
                 // does not decode is skipped by its length, as a malformed agent stream
                 // was ended, rather than making the rest of the file unreadable.
-                match coded_call(&mut body, coder, duration, true).and_then(|c| {
-                    if c.0.func as usize >= rltrace_wire::FUNCTIONS.len() {
-                        Err(body.error(format!(
-                            "coded call of function {}, not of the allocator family",
-                            c.0.func
-                        )))
-                    } else if !body.is_empty() {
-                        Err(body.error("coded call ends before its length"))
-                    } else {
-                        Ok(c)
-                    }
-                }) {
+                match agent_body(&mut body, coder, duration) {
                     Ok(c) => (*thread, c, Some(who)),
                     Err(e) => {
                         stream.drop_coder(who, e);
@@ -612,8 +601,7 @@ fn decode_record(
                 }
             };
             let stack = match coded {
-                // The recorder stores the agent's coding without decoding it: a stack it
-                // never defined reads as none rather than making the file unreadable.
+                // A local stack the recorder never defined reads as none.
                 Some(c) => call
                     .stack
                     .and_then(|l| stream.aliases.get(&(c, l)).copied().flatten()),
@@ -806,6 +794,27 @@ fn decode_record(
         }
         other => return Err(d.error(format!("unknown record tag {other}"))),
     }))
+}
+
+/// Decodes the body of an agent-coded call (all of `body`) against `coder`: lenient
+/// about stacks, strict about the rest, which must be a call of the allocator family
+/// that ends where the body does.
+fn agent_body(
+    body: &mut Decoder,
+    coder: &mut Coder,
+    duration: u64,
+) -> Result<(CodedFields, bool), FormatError> {
+    let c = coded_call(body, coder, duration, true)?;
+    if c.0.func as usize >= rltrace_wire::FUNCTIONS.len() {
+        return Err(body.error(format!(
+            "coded call of function {}, not of the allocator family",
+            c.0.func
+        )));
+    }
+    if !body.is_empty() {
+        return Err(body.error("coded call ends before its length"));
+    }
+    Ok(c)
 }
 
 /// The fields of a thread-coded call after its thread or coder.

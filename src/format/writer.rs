@@ -65,10 +65,8 @@ pub struct Writer<W: Write> {
     enc: Encoder,
     /// The running timestamp of the chunk, in `unit`s.
     last_ts: u64,
-    /// Nanoseconds per stored time unit (the `time-unit-ns` metadata).
-    unit: u64,
-    /// The same, ready to divide by.
-    quantum: Unit,
+    /// The stored time unit (the `time-unit-ns` metadata).
+    unit: Unit,
     /// What the chunk's thread-coded calls are predicted from.
     threads: Threads,
     /// The chunk's coders of coded calls (tag 17), each with its last time.
@@ -107,8 +105,7 @@ impl<W: Write> Writer<W> {
             out,
             enc: Encoder::default(),
             last_ts: 0,
-            unit,
-            quantum: Unit::new(unit),
+            unit: Unit::new(unit),
             threads: Threads::default(),
             coders: Threads::default(),
             times: Encoder::default(),
@@ -127,8 +124,8 @@ impl<W: Write> Writer<W> {
             self.seal()?;
         }
         // Both ends quantised on the absolute clock: durations average out right.
-        let ts_in = self.quantum.of(c.ts_in);
-        let ts_out = self.quantum.of(c.ts_out);
+        let ts_in = self.unit.of(c.ts_in);
+        let ts_out = self.unit.of(c.ts_out);
         // Beyond the format's limit the reader would refuse the record anyway.
         let args = &c.args[..c.args.len().min(MAX_ARGS)];
         let exits = c.ret.is_some() || c.out.is_some();
@@ -197,8 +194,8 @@ impl<W: Write> Writer<W> {
         if self.coders.is_full_for(coder) {
             self.seal()?;
         }
-        let ts_in = self.quantum.of(ts_in);
-        let ts_out = self.quantum.of(ts_out);
+        let ts_in = self.unit.of(ts_in);
+        let ts_out = self.unit.of(ts_out);
         let e = &mut self.enc;
         e.u8(tag::CODED_CALL);
         let t = self.coders.put_thread(e, coder);
@@ -356,12 +353,6 @@ impl Unit {
     }
 }
 
-/// `ns / unit`.
-#[inline]
-fn quantise(ns: u64, unit: u64) -> u64 {
-    Unit::new(unit).of(ns)
-}
-
 fn write_chunk<W: Write>(out: &mut W, kind: u8, raw: &[u8]) -> Result<(), FormatError> {
     write_chunk_flags(out, kind, 0, raw)
 }
@@ -473,7 +464,7 @@ fn encode_symbols(e: &mut Encoder, symbols: &[PackedAddress]) {
     e.buf.extend_from_slice(&body.buf);
 }
 
-fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
+fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: Unit, rec: &Record) {
     match rec {
         Record::Module(m) => {
             e.u8(tag::MODULE);
@@ -520,7 +511,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             } else {
                 tag::ENTER_DATA
             });
-            let ts = quantise(en.ts, unit);
+            let ts = unit.of(en.ts);
             e.uvar(en.thread.into());
             e.svar(ts.wrapping_sub(*last_ts) as i64);
             *last_ts = ts;
@@ -543,7 +534,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             e.u8(t);
             e.uvar(x.thread.into());
             if let Some(ts) = x.ts {
-                let ts = quantise(ts, unit);
+                let ts = unit.of(ts);
                 e.svar(ts.wrapping_sub(*last_ts) as i64);
                 *last_ts = ts;
             }
@@ -562,7 +553,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
             e.u8(tag::PROCESS_START);
             e.uvar(p.pid.into());
             e.uvar(p.parent.into());
-            e.uvar(quantise(p.ts, unit));
+            e.uvar(unit.of(p.ts));
             e.u8(match p.cause {
                 StartCause::Spawn => 0,
                 StartCause::Fork => 1,
@@ -575,7 +566,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
         Record::ProcessExit(p) => {
             e.u8(tag::PROCESS_EXIT);
             e.uvar(p.pid.into());
-            e.uvar(quantise(p.ts, unit));
+            e.uvar(unit.of(p.ts));
             match p.how {
                 ExitHow::Code(c) => {
                     e.u8(0);
@@ -597,7 +588,7 @@ fn encode_record(e: &mut Encoder, last_ts: &mut u64, unit: u64, rec: &Record) {
         Record::Signal(x) => {
             e.u8(tag::SIGNAL);
             e.uvar(x.thread.into());
-            e.uvar(quantise(x.ts, unit));
+            e.uvar(unit.of(x.ts));
             e.svar(x.signo.into());
             e.svar(x.code.into());
             e.uvar(x.addr);
@@ -623,13 +614,13 @@ impl<W: Write> Writer<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::quantise;
+    use super::Unit;
 
     #[test]
     fn quantising_by_a_constant_unit_is_plain_division() {
         for ns in [0, 1, 999, 1_000, 1_999_999, 3_600_000_000_123, u64::MAX] {
             for unit in [1, 7, 1_000, 1_000_000, 1_000_000_000, u64::MAX] {
-                assert_eq!(quantise(ns, unit), ns / unit, "{ns} / {unit}");
+                assert_eq!(Unit::new(unit).of(ns), ns / unit, "{ns} / {unit}");
             }
         }
     }

@@ -89,9 +89,9 @@ pub struct Merge<R> {
     runs: Vec<Option<R>>,
     free: Vec<usize>,
     /// (key of a run's head, run slot) of the run with the smallest, kept out of
-    /// `heads`: a thread's calls come out several in a row (seven on average in the
-    /// 4-thread fixture), and each of those is then one comparison with the heap's top
-    /// instead of a sift through the heap.
+    /// `heads`: a thread's calls come out several in a row (3 to 12 on average in the
+    /// 4-thread fixture, with how the threads ran), and each of those is then one
+    /// comparison with the heap's top instead of a sift through the heap.
     first: Option<(u64, usize)>,
     /// The same of every other run, smallest first.
     heads: BinaryHeap<Reverse<(u64, usize)>>,

@@ -198,8 +198,8 @@ pub const MAX_NAME: usize = 1024;
 /// Thread record: a stack definition (`id u32, n u16, n × u64`); ids are unique in the
 /// stream (a thread that records again after its state was retired keeps them apart).
 pub const REC_STACK: u8 = 1;
-/// Thread record 2, a finished call in plain varints, was protocol version 5's; version
-/// 6 sends [`REC_CODED`] instead.
+// Thread record 2, a finished call in plain varints, was protocol version 5's; version 6
+// sends `REC_CODED` instead.
 /// Thread record: entry into an imported function (`import u16, ts u64, stack u32,
 /// nargs u8, nargs × u64, ndata u8`, then per captured argument `arg u8, truncated u8,
 /// len u16, bytes`).
